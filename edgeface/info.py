@@ -1,0 +1,75 @@
+"""`edgeface info`: versions, backends, device, default model card."""
+from __future__ import annotations
+
+import importlib
+import platform
+
+from . import __version__
+
+
+def _version(mod: str):
+    try:
+        m = importlib.import_module(mod)
+        return getattr(m, "__version__", "installed")
+    except Exception:
+        return None
+
+
+def collect_info() -> dict:
+    report = {"edgeface": __version__, "python": platform.python_version(), "platform": platform.platform(),
+              "machine": platform.machine(),
+              "packages": {m: _version(m) for m in ("numpy", "cv2", "torch", "onnx", "onnxruntime", "ncnn", "tensorrt")}}
+    try:
+        from .device import device_info
+
+        report["device"] = device_info()
+    except ImportError:
+        pass
+    try:
+        from .backends import available_backends
+
+        report["backends"] = available_backends()
+    except ImportError:
+        pass
+    report["default_model"] = default_model_card()
+    return report
+
+
+def default_model_card() -> dict:
+    from .checkpoint import DEFAULT_WEIGHTS
+
+    card = {"weights": str(DEFAULT_WEIGHTS), "size_mb": round(DEFAULT_WEIGHTS.stat().st_size / 1e6, 3)
+            if DEFAULT_WEIGHTS.exists() else None}
+    try:
+        from .checkpoint import load_model
+        from .model import count_macs, count_params
+
+        model, spec, meta = load_model(None)
+        card.update(arch=f"{spec.arch} x{spec.width}", input=f"{spec.input_size}x{spec.input_size} {spec.channel_order}",
+                    params=count_params(model), macs=count_macs(model, spec.input_size),
+                    version=spec.model_version, val=meta.get("val"))
+    except Exception as e:  # torch missing on a device, or no weights yet
+        card["note"] = f"model details need torch and the weights ({type(e).__name__})"
+    return card
+
+
+def print_info(report: dict, console) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"edgeface {report['edgeface']}", show_header=False)
+    t.add_row("python", report["python"])
+    t.add_row("platform", report["platform"])
+    for k, v in report["packages"].items():
+        t.add_row(k, v or "[dim]not installed[/dim]")
+    for k, v in (report.get("backends") or {}).items():
+        t.add_row(f"backend {k}", str(v))
+    for k, v in (report.get("device") or {}).items():
+        t.add_row(f"device {k}", str(v))
+    card = report["default_model"]
+    for k in ("arch", "input", "version", "size_mb", "note"):
+        if card.get(k) is not None:
+            t.add_row(f"model {k}", str(card[k]))
+    if card.get("params") is not None:
+        t.add_row("model params", f"{card['params'] / 1e6:.3f} M")
+        t.add_row("model MACs", f"{card['macs'] / 1e6:.2f} M multiply-adds")
+    console.print(t)

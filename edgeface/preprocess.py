@@ -1,0 +1,167 @@
+"""The one crop and preprocess path: training, calibration, evaluation and inference all call these.
+
+crop_face: a face box in an image -> the square uint8 BGR crop the spec's crop rule defines
+           (optionally with the augmentation transform training uses: scale, shift, rotation, flip).
+to_input:  uint8 BGR crops (N, H, W, 3) -> float32 NCHW in the spec's channel order, normalised.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .errors import EdgefaceError
+from .spec import ModelSpec
+
+_BORDERS = {"replicate": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
+
+
+def crop_matrix(box: Sequence[float], spec: ModelSpec, size: int | None = None, *, scale: float = 1.0,
+                shift: tuple[float, float] = (0.0, 0.0), angle_deg: float = 0.0, flip: bool = False) -> np.ndarray:
+    """2x3 affine matrix mapping source pixels to the output crop.
+
+    ``scale``/``shift`` jitter the square (shift in units of the square's side), ``angle_deg`` rotates the
+    *image content* clockwise by that angle (so a head's roll grows by about that much), ``flip`` mirrors.
+    """
+    x, y, w, h = (float(v) for v in box)
+    if not (w > 0 and h > 0) or not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise EdgefaceError(f"face box {tuple(box)} has no area; boxes are (x, y, w, h) with w, h > 0")
+    rule = spec.crop
+    out = int(size or spec.input_size)
+    side = rule.scale * max(w, h) * scale
+    cx = x + w / 2 + rule.shift_x * w + shift[0] * side
+    cy = y + h / 2 + rule.shift_y * h + shift[1] * side
+    k = out / side
+    # Image y points down, so a clockwise rotation on screen is a positive angle in cv2's convention
+    # negated; getRotationMatrix2D rotates counter-clockwise for positive angles.
+    t = math.radians(-angle_deg)
+    c, s = math.cos(t) * k, math.sin(t) * k
+    # dst = R*k*(src - centre) + out/2 ; cv2's matrix for angle a (ccw on screen): [[c, s], [-s, c]]
+    m = np.array([[c, s, 0.0], [-s, c, 0.0]], dtype=np.float64)
+    m[:, 2] = np.array([out / 2, out / 2]) - m[:, :2] @ np.array([cx, cy])
+    if flip:
+        m[0] = -m[0]
+        m[0, 2] += out
+    return m
+
+
+def crop_face(image: np.ndarray, box: Sequence[float], spec: ModelSpec, size: int | None = None, **transform) -> np.ndarray:
+    """Square crop of one face, uint8 HxWx3 BGR, ``size`` (default the spec's input size) on a side."""
+    image = check_image(image)
+    out = int(size or spec.input_size)
+    m = crop_matrix(box, spec, out, **transform)
+    side_px = out / math.hypot(m[0, 0], m[0, 1])
+    # Shrinking by more than 2x with bilinear sampling aliases: pre-blur like INTER_AREA would.
+    interp = cv2.INTER_AREA if side_px > 2 * out and not transform.get("angle_deg") else cv2.INTER_LINEAR
+    if interp == cv2.INTER_AREA:
+        return _area_crop(image, m, out, spec)
+    return cv2.warpAffine(image, m, (out, out), flags=cv2.INTER_LINEAR,
+                          borderMode=_BORDERS[spec.crop.border], borderValue=(0, 0, 0))
+
+
+def _area_crop(image: np.ndarray, m: np.ndarray, out: int, spec: ModelSpec) -> np.ndarray:
+    # Axis-aligned crop (no rotation): cut the square with padding, then resize with INTER_AREA.
+    k = math.hypot(m[0, 0], m[0, 1])
+    flip = m[0, 0] < 0
+    side = out / k
+    if flip:
+        x0 = (m[0, 2] - out) / k
+    else:
+        x0 = -m[0, 2] / k
+    y0 = -m[1, 2] / k
+    x0i, y0i, s = int(round(x0)), int(round(y0)), max(1, int(round(side)))
+    h, w = image.shape[:2]
+    pad = [max(0, -y0i), max(0, y0i + s - h), max(0, -x0i), max(0, x0i + s - w)]
+    if any(pad):
+        image = cv2.copyMakeBorder(image, *pad, _BORDERS[spec.crop.border], value=(0, 0, 0))
+        x0i += pad[2]
+        y0i += pad[0]
+    sq = image[y0i:y0i + s, x0i:x0i + s]
+    res = cv2.resize(sq, (out, out), interpolation=cv2.INTER_AREA)
+    return res[:, ::-1].copy() if flip else res
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise EdgefaceError(f"expected a numpy image, got {type(image).__name__}; load it with cv2.imread")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise EdgefaceError(f"image has shape {image.shape}; expected HxWx3 uint8 BGR")
+    if image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.dtype != np.uint8:
+        raise EdgefaceError(f"image dtype is {image.dtype}; expected uint8 (0..255 BGR)")
+    return image
+
+
+def read_image(path) -> np.ndarray:
+    """cv2.imread with a clear error for a missing or undecodable file."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        import os
+        if not os.path.exists(path):
+            raise EdgefaceError(f"image {path} does not exist")
+        raise EdgefaceError(f"image {path} cannot be decoded (corrupt or not an image); remove or replace it")
+    return img
+
+
+def check_crops(crops, spec: ModelSpec, rgb: bool = False) -> np.ndarray:
+    """One crop, a list of crops, or an (N, H, W, 3) array -> contiguous uint8 (N, S, S, 3) BGR batch."""
+    s = spec.input_size
+    if isinstance(crops, (list, tuple)):
+        if len(crops) == 0:
+            raise EdgefaceError("empty batch: pass at least one crop")
+        crops = [_one_crop(c, s) for c in crops]
+        batch = np.stack(crops)
+    elif isinstance(crops, np.ndarray):
+        if crops.ndim == 3:
+            batch = _one_crop(crops, s)[None]
+        elif crops.ndim == 4:
+            if crops.shape[0] == 0:
+                raise EdgefaceError("empty batch: pass at least one crop")
+            if crops.shape[3] != 3:
+                raise EdgefaceError(f"crops have shape {crops.shape}; expected (N, H, W, 3) uint8 BGR")
+            batch = crops if crops.shape[1:3] == (s, s) else np.stack([_one_crop(c, s) for c in crops])
+        else:
+            raise EdgefaceError(f"crops have shape {crops.shape}; expected (H, W, 3) or (N, H, W, 3) uint8 BGR")
+    else:
+        raise EdgefaceError(f"crops must be a numpy array or a list of arrays, got {type(crops).__name__}")
+    if batch.dtype != np.uint8:
+        raise EdgefaceError(f"crops have dtype {batch.dtype}; expected uint8 0..255 (convert with .astype(np.uint8))")
+    if rgb:
+        batch = batch[..., ::-1]
+    return np.ascontiguousarray(batch)
+
+
+def _one_crop(c, s: int) -> np.ndarray:
+    if not isinstance(c, np.ndarray) or c.ndim != 3 or c.shape[2] != 3:
+        shape = getattr(c, "shape", type(c).__name__)
+        raise EdgefaceError(f"a crop has shape {shape}; expected (H, W, 3) uint8 BGR")
+    if c.dtype != np.uint8:
+        raise EdgefaceError(f"a crop has dtype {c.dtype}; expected uint8 0..255")
+    if c.shape[:2] != (s, s):
+        c = cv2.resize(c, (s, s), interpolation=cv2.INTER_AREA if c.shape[0] > s else cv2.INTER_LINEAR)
+    return c
+
+
+def input_affine(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(scale, bias, channel_index): input[c] = bgr[..., idx[c]] * scale[c] + bias[c]."""
+    idx = [2, 1, 0] if spec.channel_order.upper() == "RGB" else [0, 1, 2]
+    scale = (1.0 / np.asarray(spec.std, dtype=np.float32)).astype(np.float32)
+    bias = (-np.asarray(spec.mean, dtype=np.float32) * scale).astype(np.float32)
+    return scale, bias, idx
+
+
+def to_input(batch_bgr: np.ndarray, spec: ModelSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (N, S, S, 3) BGR -> float32 (N, 3, S, S), channel order and normalisation from the spec."""
+    n, h, w, _ = batch_bgr.shape
+    if out is None:
+        out = np.empty((n, 3, h, w), dtype=np.float32)
+    scale, bias, idx = input_affine(spec)
+    for c, src in enumerate(idx):
+        np.multiply(batch_bgr[..., src], scale[c], out=out[:, c], dtype=np.float32)
+        out[:, c] += bias[c]
+    return out

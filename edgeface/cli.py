@@ -108,6 +108,23 @@ def eval_cmd(model: Optional[str] = typer.Argument(None, help="Checkpoint or art
     write_json(json_out, {"model": label, "split": split, "sets": results})
 
 
+# Each feature registers its sub-commands from its own module in edgeface/commands/ (one file per verb
+# family), so a missing optional dependency of one verb never breaks the others.
+COMMAND_MODULES = ("export", "predict", "quantize", "bench", "deploy")
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        modname = f"{__package__}.commands.{name}"
+        try:
+            importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name != modname:  # a real missing dependency inside the module: surface it
+                raise
+
+
 def main():
     try:
         app()
@@ -117,3 +134,6 @@ def main():
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         sys.exit(130)
+
+
+_register_commands()

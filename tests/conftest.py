@@ -1,0 +1,74 @@
+"""Shared fixtures. Tests that need ../shared/data skip with a reason when it is absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EDGEFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "pointing04" / "labels.csv").is_file():
+        pytest.skip(f"real face data not found at {SHARED_DATA} (set EDGEFACE_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """The shipped default weights when present, else a random-weights checkpoint (parity work needs no
+    training)."""
+    from edgeface.checkpoint import DEFAULT_WEIGHTS
+
+    if DEFAULT_WEIGHTS.is_file():
+        return DEFAULT_WEIGHTS
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.pt")
+
+
+def random_checkpoint(path: Path, width: float = 0.25, seed: int = 0) -> Path:
+    import torch
+
+    from edgeface.checkpoint import save_checkpoint
+    from edgeface.model import build_model
+    from edgeface.spec import ModelSpec
+
+    torch.manual_seed(seed)
+    spec = ModelSpec(width=width)
+    model = build_model(spec)
+    # Non-trivial BN statistics, so parity tests exercise the folded scales.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    save_checkpoint(path, model, spec, {"note": "random weights for tests"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def face_crops(shared_data) -> np.ndarray:
+    """32 real 112x112 BGR face crops from the val splits (cropped by the shared crop rule)."""
+    from edgeface.data import load_samples
+    from edgeface.evaluate import load_crops
+    from edgeface.spec import ModelSpec
+
+    samples = []
+    for name in ("pointing04", "qmul", "utkface", "celeba"):
+        samples += load_samples(shared_data / name, split="val")[:8]
+    return load_crops(samples, ModelSpec())
+
+
+@pytest.fixture(scope="session")
+def synthetic_crops() -> np.ndarray:
+    """Generated images: smooth gradients, noise and shapes (no data needed)."""
+    rng = np.random.default_rng(0)
+    out = []
+    yy, xx = np.mgrid[0:112, 0:112]
+    for i in range(16):
+        base = np.stack([(xx * (i + 1)) % 256, (yy * 2 + i * 7) % 256, ((xx + yy) * 3) % 256], -1)
+        noise = rng.integers(0, 40, (112, 112, 3))
+        out.append(np.clip(base + noise, 0, 255).astype(np.uint8))
+    return np.stack(out)

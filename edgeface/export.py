@@ -1,0 +1,231 @@
+"""Export a checkpoint to deployable artifacts: ONNX (opset 17) and ncnn (through pnnx).
+
+Every artifact carries its ModelSpec: inside the ONNX ``metadata_props`` (key ``edgeface.spec``), or in a
+``<stem>.spec.json`` beside the ncnn ``.param``/``.bin``. Artifacts are written to a temporary name and
+renamed, so an interrupted export never leaves a half-written file behind.
+
+Folded preprocessing (``fold_preprocess=True``): the graph takes uint8 NHWC BGR crops and does the cast,
+channel swap, normalisation and NCHW transpose itself, so a camera frame's crop needs no Python copy. The
+artifact records this as ``input_kind = "uint8_nhwc_bgr"`` (ONNX metadata key ``edgeface.input_kind``, or
+``"input_kind"`` in the ncnn spec file), which backends read to know what to feed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgefaceError
+from .spec import SPEC_KEY, ModelSpec
+
+INPUT_KIND_KEY = "edgeface.input_kind"     # ONNX metadata: "float32_nchw" (default) or "uint8_nhwc_bgr"
+PRECISION_KEY = "edgeface.precision"       # ONNX metadata: weight precision of the artifact
+FLOAT_NCHW = "float32_nchw"                # same strings as edgeface.backends.base
+UINT8_NHWC = "uint8_nhwc_bgr"
+DEFAULT_OPSET = 17                         # TensorRT 8.6 (JetPack 5) parses ONNX up to opset 17
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise EdgefaceError("exporting needs PyTorch: pip install 'edgeface[train]'") from None
+    return torch
+
+
+def resolve_model(model_or_checkpoint, spec: ModelSpec | None = None):
+    """(torch model in eval mode, spec) from a module, a checkpoint path, or None (shipped default)."""
+    torch = _torch()
+    if isinstance(model_or_checkpoint, torch.nn.Module):
+        model = model_or_checkpoint
+        if spec is None:
+            spec = ModelSpec(width=getattr(model, "width", 0.25))
+        return model.eval(), spec
+    from .checkpoint import load_model
+
+    if model_or_checkpoint is not None and not str(model_or_checkpoint).endswith(".pt"):
+        raise EdgefaceError(f"{model_or_checkpoint} is not a PyTorch checkpoint (.pt); export starts from a checkpoint")
+    model, ck_spec, _ = load_model(model_or_checkpoint)
+    return model, spec or ck_spec
+
+
+def _folded_module(model, spec: ModelSpec):
+    """Wrap ``model`` so it takes uint8 (N, S, S, 3) BGR; the affine comes from preprocess.input_affine."""
+    torch = _torch()
+    from .preprocess import input_affine
+
+    scale, bias, idx = input_affine(spec)
+
+    class Folded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+            # A 1x1 convolution does channel selection and normalisation in one op: out[c] = s[c]*in[idx[c]] + b[c]
+            w = torch.zeros(3, 3, 1, 1)
+            for c, src in enumerate(idx):
+                w[c, src, 0, 0] = float(scale[c])
+            self.register_buffer("w", w)
+            self.register_buffer("b", torch.tensor(bias, dtype=torch.float32))
+
+        def forward(self, x):
+            x = x.permute(0, 3, 1, 2).to(torch.float32)
+            return self.net(torch.nn.functional.conv2d(x, self.w, self.b))
+
+    return Folded().eval()
+
+
+@contextmanager
+def atomic_path(out_path: Path):
+    """Yield a temporary sibling path; on success rename it onto ``out_path`` (no half-written artifact)."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts are ordinary files
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# -- ONNX -------------------------------------------------------------------------------------------
+def export_onnx(model_or_checkpoint=None, out_path: str | Path = "model.onnx", *, spec: ModelSpec | None = None,
+                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, fold_preprocess: bool = False,
+                simplify: bool = True) -> Path:
+    """Export to ONNX with the legacy TorchScript exporter (exact to ~1e-6 at opset 17) and return the path.
+
+    Input ``spec.input_name``: float32 (N, 3, S, S) normalised, or uint8 (N, S, S, 3) BGR when
+    ``fold_preprocess``; outputs named after the spec (``blur`` (N, 1), ``pose`` (N, 3)). The ModelSpec is
+    stored in ``metadata_props`` and the model passes ``onnx.checker``.
+    """
+    torch = _torch()
+    import onnx
+
+    out_path = Path(out_path)
+    model, spec = resolve_model(model_or_checkpoint, spec)
+    s = spec.input_size
+    if fold_preprocess:
+        net = _folded_module(model, spec)
+        dummy = torch.zeros(1, s, s, 3, dtype=torch.uint8)
+    else:
+        net = model
+        dummy = torch.zeros(1, 3, s, s)
+    names = list(spec.output_names)
+    axes = {spec.input_name: {0: "batch"}, **{n: {0: "batch"} for n in names}} if dynamic_batch else None
+    with tempfile.TemporaryDirectory(prefix="edgeface-onnx-") as td:
+        raw = Path(td) / "raw.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the legacy exporter's DeprecationWarning is expected here
+            try:
+                torch.onnx.export(net, (dummy,), str(raw), dynamo=False, opset_version=opset,
+                                  input_names=[spec.input_name], output_names=names, dynamic_axes=axes,
+                                  do_constant_folding=True)
+            except Exception as e:  # noqa: BLE001 - exporter errors come in many types
+                raise EdgefaceError(f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        proto = onnx.load(str(raw))
+    if simplify:
+        proto = _simplify(proto)
+    _set_metadata(proto, {SPEC_KEY: spec.to_json(), INPUT_KIND_KEY: UINT8_NHWC if fold_preprocess else FLOAT_NCHW,
+                          PRECISION_KEY: "fp32"})
+    proto.producer_name = "edgeface"
+    from . import __version__
+
+    proto.producer_version = __version__
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise EdgefaceError(f"exported ONNX fails onnx.checker ({str(e).splitlines()[0][:200]})") from None
+    with atomic_path(out_path) as tmp:
+        onnx.save(proto, str(tmp))
+    return out_path
+
+
+def _simplify(proto):
+    try:
+        import onnxslim
+    except ImportError:
+        warnings.warn("onnxslim is not installed; the ONNX is exported unsimplified (pip install onnxslim)")
+        return proto
+    try:
+        slim = onnxslim.slim(proto)
+    except Exception as e:  # noqa: BLE001 - a failed simplification must not lose the export
+        warnings.warn(f"onnxslim failed ({type(e).__name__}); keeping the unsimplified graph")
+        return proto
+    return slim if slim is not None else proto
+
+
+def _set_metadata(proto, items: dict[str, str]) -> None:
+    keep = [p for p in proto.metadata_props if p.key not in items]
+    del proto.metadata_props[:]
+    for p in keep:
+        proto.metadata_props.add(key=p.key, value=p.value)
+    for k, v in items.items():
+        proto.metadata_props.add(key=k, value=v)
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ONNX's metadata_props as a dict (graph weights are not loaded). EdgefaceError if unreadable."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise EdgefaceError(f"ONNX file {p} does not exist")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise EdgefaceError(f"{p} is not a readable ONNX model ({type(e).__name__}); it may be truncated — "
+                            f"re-export it with `edgeface export`") from None
+    if not proto.graph.node:
+        raise EdgefaceError(f"{p} is not an ONNX model (empty graph); re-export it with `edgeface export`")
+    return {m.key: m.value for m in proto.metadata_props}
+
+
+def read_onnx_spec(path: str | Path) -> ModelSpec:
+    """The ModelSpec stored in an ONNX's metadata_props; EdgefaceError when missing, corrupt or foreign."""
+    meta = read_onnx_metadata(path)
+    if SPEC_KEY not in meta:
+        raise EdgefaceError(f"{path} has no edgeface ModelSpec in its metadata (a foreign ONNX?); export it with "
+                            f"`edgeface export` so preprocessing and outputs are known")
+    return ModelSpec.from_json(meta[SPEC_KEY])
+
+
+def read_onnx_input_kind(path: str | Path) -> str:
+    return read_onnx_metadata(path).get(INPUT_KIND_KEY, FLOAT_NCHW)
+
+
+# -- ncnn (filled in by export_ncnn below) -----------------------------------------------------------
+def ncnn_paths(param_path: str | Path) -> tuple[Path, Path, Path]:
+    """(.param, .bin, .spec.json) for an ncnn artifact named ``<stem>.ncnn.param``."""
+    p = Path(param_path)
+    name = p.name
+    stem = name[: -len(".ncnn.param")] if name.endswith(".ncnn.param") else p.stem
+    return p, p.with_name(f"{stem}.ncnn.bin"), p.with_name(f"{stem}.spec.json")
+
+
+def read_ncnn_spec(param_path: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
+    """(ModelSpec, artifact info) from the spec file beside an ncnn ``.param``.
+
+    Artifact info holds ``blobs`` (spec name -> ncnn blob name), ``precision`` and ``input_kind``.
+    """
+    param, binf, spec_file = ncnn_paths(param_path)
+    if not spec_file.is_file():
+        raise EdgefaceError(f"{spec_file.name} (the ModelSpec) is missing beside {param.name}; "
+                            f"re-export with `edgeface export --format ncnn`")
+    try:
+        data = json.loads(spec_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise EdgefaceError(f"{spec_file} is not valid JSON; re-export with `edgeface export --format ncnn`") from None
+    if not isinstance(data, dict) or "spec" not in data:
+        raise EdgefaceError(f"{spec_file} holds no ModelSpec; re-export with `edgeface export --format ncnn`")
+    spec = ModelSpec.from_dict(data["spec"])
+    info = {k: v for k, v in data.items() if k != "spec"}
+    return spec, info

@@ -97,13 +97,14 @@ def eval_cmd(model: Optional[str] = typer.Argument(None, help="Checkpoint or art
     from .data import find_sets, load_samples
     from .runners import make_runner
 
+    # Check every data folder before loading a model, so a typo fails in a second.
+    sets = [(folder, load_samples(folder, split=split or None, require_labels=True))
+            for d in data for folder in find_sets(d)]
     runner, spec, label = make_runner(model, backend)
     results = {}
-    for d in data:
-        for folder in find_sets(d):
-            samples = load_samples(folder, split=split or None, require_labels=True)
-            console.print(f"evaluating {label} on {folder} ({len(samples)} images)")
-            results[folder.name] = evaluate_samples(runner, samples, spec)
+    for folder, samples in sets:
+        console.print(f"evaluating {label} on {folder} ({len(samples)} images)")
+        results[folder.name] = evaluate_samples(runner, samples, spec)
     out_console.print(format_table(results, title=f"{label} on split '{split}'"))
     write_json(json_out, {"model": label, "split": split, "sets": results})
 

@@ -1,0 +1,131 @@
+"""Readers (labels.csv, AFLW2000-3D .mat fixtures, image folders), bad input through the CLI, smoke training."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeface.data import find_sets, load_samples
+from edgeface.errors import EdgefaceError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "edgeface", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error:"), err
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+
+
+def make_aflw_fixture(folder: Path, n: int = 4) -> list[tuple[float, float, float]]:
+    """AFLW2000-3D layout: imageNNNNN.jpg + .mat with Pose_Para (pitch, yaw, roll radians, tx, ty, tz, s)
+    and pt2d (2 x 21, -1 for missing landmarks)."""
+    from scipy.io import savemat
+
+    folder.mkdir(parents=True, exist_ok=True)
+    poses = [(10.0, -20.0, 5.0), (-45.0, 12.0, -8.0), (120.0, 0.0, 0.0), (0.0, 0.0, 3.0)][:n]
+    rng = np.random.default_rng(0)
+    for i, (yaw, pitch, roll) in enumerate(poses):
+        img = rng.integers(0, 255, (450, 450, 3), dtype=np.uint8)
+        cv2.imwrite(str(folder / f"image{i:05d}.jpg"), img)
+        pts = np.stack([rng.uniform(150, 300, 21), rng.uniform(160, 320, 21)])
+        pts[:, 3] = -1  # a missing landmark must not stretch the box
+        pp = np.array([[math.radians(pitch), math.radians(yaw), math.radians(roll), 225, 225, 0, 1e-3]])
+        savemat(str(folder / f"image{i:05d}.mat"), {"Pose_Para": pp, "pt2d": pts,
+                                                   "pt3d_68": rng.uniform(0, 450, (3, 68))})
+    return poses
+
+
+def test_aflw2000_reader(tmp_path):
+    poses = make_aflw_fixture(tmp_path / "aflw")
+    s = load_samples(tmp_path / "aflw")
+    assert len(s) == 3  # the 120 deg yaw image is dropped by the +-99 protocol
+    assert s[0].yaw == pytest.approx(10.0) and s[0].pitch == pytest.approx(-20.0) and s[0].roll == pytest.approx(5.0)
+    x, y, w, h = s[0].box
+    assert x >= 150 and y >= 160 and x + w <= 300 and y + h <= 320
+
+
+def test_labels_csv_teacher_fallback_and_errors(tmp_path):
+    d = tmp_path / "set"
+    (d / "images").mkdir(parents=True)
+    cv2.imwrite(str(d / "images" / "a.jpg"), np.zeros((50, 50, 3), np.uint8))
+    (d / "labels.csv").write_text("file,x,y,w,h,yaw,pitch,roll,t_yaw,t_pitch,t_roll,split\n"
+                                  "images/a.jpg,1,2,30,30,NaN,5,,12,7,3,val\n"
+                                  "images/a.jpg,1,2,30,30,80,5,,70,7,30,train\n")
+    val = load_samples(d, split="val")
+    assert len(val) == 1 and val[0].yaw == 12 and val[0].pitch == 5 and val[0].roll == 3
+    tr = load_samples(d, split="train")
+    assert math.isnan(tr[0].roll)  # teacher roll is not trusted on a profile
+    (d / "labels.csv").write_text("file,x,y\nimages/a.jpg,1,2\n")
+    with pytest.raises(EdgefaceError, match="lacks column"):
+        load_samples(d)
+
+
+def test_image_folder_and_find_sets(tmp_path, shared_data):
+    d = tmp_path / "crops"
+    d.mkdir()
+    cv2.imwrite(str(d / "x.png"), np.zeros((60, 60, 3), np.uint8))
+    assert len(load_samples(d)) == 1
+    assert [p.name for p in find_sets(shared_data)] == ["celeba", "pointing04", "qmul", "utkface"]
+
+
+def test_cli_bad_inputs(tmp_path):
+    assert_one_line_error(run_cli("eval", "--data", tmp_path / "nope"), "does not exist")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(run_cli("eval", "--data", empty), "no labels.csv")
+    bad = tmp_path / "badcsv"
+    bad.mkdir()
+    (bad / "labels.csv").write_text("file,x\na.jpg,1\n")
+    assert_one_line_error(run_cli("eval", "--data", bad), "lacks column")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "a.jpg").write_bytes(b"not a jpeg at all")
+    (corrupt / "labels.csv").write_text("file,x,y,w,h,yaw,pitch,roll\na.jpg,0,0,10,10,0,0,0\n")
+    assert_one_line_error(run_cli("eval", "--data", corrupt, "--split", ""), "cannot be decoded")
+    ck = tmp_path / "bad.pt"
+    ck.write_bytes(b"garbage")
+    assert_one_line_error(run_cli("eval", ck, "--data", corrupt, "--split", ""), "not a readable edgeface checkpoint")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("kind: train\ndata: {sets: [{name: x}]}\ntrain: {epohcs: 3}\n")
+    assert_one_line_error(run_cli("train", "--recipe", recipe), "unknown field 'train.epohcs'")
+
+
+def test_info_prints_model_card():
+    proc = run_cli("info", "--json", "/dev/stdout")
+    assert proc.returncode == 0, proc.stderr
+    assert "model" in proc.stdout
+
+
+def test_smoke_training_and_eval(tmp_path, shared_data):
+    out = tmp_path / "run"
+    proc = run_cli("train", "--recipe", "recipes/train/mbv2_025.yaml", "--epochs", "1", "--limit", "48",
+                   "--epoch-size", "128", "--data-root", shared_data, "--out", out, "--json", tmp_path / "m.json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "model.pt").is_file() and (out / "last.pt").is_file()
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics) == {"pointing04", "qmul", "utkface", "celeba"}
+    assert all(m["n"] == 48 for m in metrics.values())
+    # resume continues from last.pt (no epochs left: it only re-evaluates)
+    proc = run_cli("train", "--recipe", "recipes/train/mbv2_025.yaml", "--epochs", "1", "--limit", "48",
+                   "--epoch-size", "128", "--data-root", shared_data, "--out", out, "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli("eval", out / "model.pt", "--data", shared_data / "pointing04", "--json", tmp_path / "e.json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "e.json").read_text())["sets"]["pointing04"]
+    assert res["n"] == 372 and res["yaw_mae"] is not None and res["blur_spearman"] is not None

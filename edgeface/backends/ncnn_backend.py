@@ -1,0 +1,144 @@
+"""ncnn (Tencent): the ARM CPU engine (Raspberry Pi), with optional Vulkan.
+
+ncnn runs one image per extractor, so a batch loops over its items, reusing the loaded Net. By default
+the uint8 BGR crops go in directly: ``Mat.from_pixels`` swaps channels and ``substract_mean_normalize``
+normalises in ncnn's (NEON) code, so no float copy is made in Python (``input_kind`` = uint8 NHWC).
+"""
+from __future__ import annotations
+
+import functools
+import platform
+
+import numpy as np
+
+from ..errors import EdgefaceError
+from .base import FLOAT_NCHW, UINT8_NHWC, Backend
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fp16() -> bool:
+    """True where the CPU has fp16 vector arithmetic: ARMv8.2-A and later (Pi 5's Cortex-A76, Jetson Orin),
+    not the Pi 4's Cortex-A72 and not x86 (where ncnn's fp16 paths only add conversions)."""
+    machine = platform.machine().lower()
+    if machine not in ("aarch64", "arm64"):
+        return False
+    if platform.system() == "Darwin":  # every Apple Silicon core has FEAT_FP16
+        return True
+    try:
+        with open("/proc/cpuinfo") as fh:
+            text = fh.read()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.lower().startswith("features"):
+            flags = set(line.split(":", 1)[1].split())
+            return bool(flags & {"fphp", "asimdhp"})
+    return False
+
+
+class NcnnBackend(Backend):
+    """Options: ``fp16`` (bool; fp16 packed/storage/arithmetic; default: on only where the CPU has fp16),
+    ``vulkan`` (bool; run on the GPU through Vulkan, default off), ``pixel_input`` (bool, default on:
+    take uint8 BGR crops and normalise inside ncnn; off: take the float32 NCHW batch)."""
+
+    name = "ncnn"
+
+    def load(self) -> None:
+        import ncnn
+
+        from ..export import ncnn_paths, read_ncnn_spec
+
+        param, binf, _ = ncnn_paths(self.artifact)
+        for f in (param, binf):
+            if not f.is_file():
+                raise EdgefaceError(f"ncnn artifact file {f} is missing; an ncnn model is a .ncnn.param + .ncnn.bin pair")
+        _, art = read_ncnn_spec(param)
+        blobs = art.get("blobs", {})
+        self._in_blob = blobs.get(self.spec.input_name, self.spec.input_name)
+        self._out_blobs = [blobs.get(n, n) for n in self.spec.output_names]
+        self._weights = art.get("precision", "fp32")
+        if art.get("input_kind", FLOAT_NCHW) != FLOAT_NCHW:
+            raise EdgefaceError(f"{param.name} declares input {art.get('input_kind')!r}; ncnn artifacts take float32 NCHW")
+
+        fp16 = self.options.get("fp16")
+        self._fp16 = cpu_has_fp16() if fp16 is None else bool(fp16)
+        net = ncnn.Net()
+        opt = net.opt
+        opt.num_threads = int(self.threads) if self.threads else opt.num_threads
+        opt.use_fp16_packed = opt.use_fp16_storage = opt.use_fp16_arithmetic = self._fp16
+        opt.use_bf16_storage = False  # bf16 would lose more than the fp16 bound allows
+        self._vulkan = bool(self.options.get("vulkan", False))
+        if self._vulkan:
+            if ncnn.get_gpu_count() == 0:
+                raise EdgefaceError("ncnn found no Vulkan GPU; drop the vulkan option or install the GPU's Vulkan driver")
+            opt.use_vulkan_compute = True
+        else:
+            opt.use_vulkan_compute = False
+        if net.load_param(str(param)) != 0:
+            raise EdgefaceError(f"ncnn cannot parse {param.name} (corrupt or not an ncnn .param); re-export it")
+        if net.load_model(str(binf)) != 0:
+            raise EdgefaceError(f"ncnn cannot read the weights {binf.name} (truncated or not matching the .param); "
+                                f"re-export it")
+        have = set(net.input_names()) | set(net.output_names())
+        want = {self._in_blob, *self._out_blobs}
+        if want - have:
+            raise EdgefaceError(f"{param.name} lacks the blobs {sorted(want - have)} its spec names; re-export it")
+        self._ncnn, self._net = ncnn, net
+        self._pixel_input = bool(self.options.get("pixel_input", True))
+        self.input_kind = UINT8_NHWC if self._pixel_input else FLOAT_NCHW
+        if self._pixel_input:
+            from ..preprocess import input_affine
+
+            scale, bias, idx = input_affine(self.spec)
+            # ncnn computes (v - mean) * norm per channel, in the network's channel order.
+            self._norm = [float(v) for v in scale]
+            self._mean = [float(-b / s) for b, s in zip(bias, scale)]
+            swap = idx == [2, 1, 0]
+            self._pixel_type = ncnn.Mat.PixelType.PIXEL_BGR2RGB if swap else ncnn.Mat.PixelType.PIXEL_BGR
+        self.precision = "fp16" if (self._fp16 or self._weights == "fp16") else "fp32"
+        self._loaded = True
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if not self._loaded:
+            self.load()
+        x = self.check_input(x)
+        ncnn, net = self._ncnn, self._net
+        n = x.shape[0]
+        outs = [None] * len(self._out_blobs)
+        s = self.spec.input_size
+        for i in range(n):
+            if self._pixel_input:
+                m = ncnn.Mat.from_pixels(x[i], self._pixel_type, s, s)
+                m.substract_mean_normalize(self._mean, self._norm)
+            else:
+                m = ncnn.Mat(x[i])
+            with net.create_extractor() as ex:
+                ex.input(self._in_blob, m)
+                for k, blob in enumerate(self._out_blobs):
+                    ret, out = ex.extract(blob)
+                    if ret != 0:
+                        raise EdgefaceError(f"ncnn failed to compute {blob!r} (code {ret})")
+                    a = np.asarray(out).reshape(-1)
+                    if outs[k] is None:
+                        outs[k] = np.empty((n, a.size), dtype=np.float32)
+                    outs[k][i] = a
+        return dict(zip(self.spec.output_names, outs))
+
+    def info(self) -> dict:
+        d = super().info()
+        try:
+            import ncnn
+
+            d["version"] = ncnn.__version__
+        except ImportError:
+            pass
+        d.update(weights=getattr(self, "_weights", None), fp16_arithmetic=getattr(self, "_fp16", None),
+                 vulkan=getattr(self, "_vulkan", None), cpu_has_fp16=cpu_has_fp16())
+        return d
+
+    def close(self) -> None:
+        net = getattr(self, "_net", None)
+        if net is not None:
+            net.clear()
+        self._net = None
+        super().close()

@@ -1,0 +1,86 @@
+"""ONNX Runtime: CPU by default; CUDA / TensorRT execution providers are used when the installed
+onnxruntime has them (onnxruntime-gpu). Full graph optimizations, the thread count honoured.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import EdgefaceError
+from .base import FLOAT_NCHW, Backend
+
+# Preferred first; only those the installed onnxruntime offers are used.
+PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxRuntimeBackend(Backend):
+    """Options: ``providers`` (list, overrides the preference), ``allow_spinning`` (bool; worker threads
+    busy-wait between runs — lowest latency, burns CPU; default ORT's), ``optimized_model_path``."""
+
+    name = "onnxruntime"
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        from ..export import INPUT_KIND_KEY, PRECISION_KEY, read_onnx_metadata
+
+        meta = read_onnx_metadata(self.artifact)  # clear errors for a missing / truncated / foreign file
+        self.input_kind = meta.get(INPUT_KIND_KEY, FLOAT_NCHW)
+        self.precision = meta.get(PRECISION_KEY, self.precision)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: parallel mode only adds overhead
+        so.inter_op_num_threads = 1
+        if self.threads:
+            so.intra_op_num_threads = int(self.threads)
+        spinning = self.options.get("allow_spinning")
+        if spinning is not None:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        if self.options.get("optimized_model_path"):
+            so.optimized_model_filepath = str(self.options["optimized_model_path"])
+        so.log_severity_level = 3  # warnings about unused initialisers etc. are noise for users
+        available = ort.get_available_providers()
+        providers = self.options.get("providers") or [p for p in PROVIDER_PREFERENCE if p in available]
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise EdgefaceError(f"onnxruntime here lacks {', '.join(missing)} (it has {', '.join(available)}); "
+                                f"install onnxruntime-gpu for CUDA/TensorRT")
+        try:
+            self._sess = ort.InferenceSession(str(self.artifact), sess_options=so, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise EdgefaceError(f"onnxruntime cannot load {self.artifact.name} "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        inputs = self._sess.get_inputs()
+        out_names = [o.name for o in self._sess.get_outputs()]
+        if len(inputs) != 1 or set(self.spec.output_names) - set(out_names):
+            raise EdgefaceError(f"{self.artifact.name} has inputs {[i.name for i in inputs]} and outputs {out_names}; "
+                                f"its ModelSpec wants one input and outputs {list(self.spec.output_names)}")
+        self._input_name = inputs[0].name
+        self._out_names = list(self.spec.output_names)
+        self._providers = self._sess.get_providers()
+        self._loaded = True
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if not self._loaded:
+            self.load()
+        x = self.check_input(x)
+        # run() hands x to ORT without a copy (contiguous, right dtype) and returns fresh numpy outputs.
+        outs = self._sess.run(self._out_names, {self._input_name: x})
+        return dict(zip(self._out_names, outs))
+
+    @property
+    def session(self):
+        """The raw onnxruntime.InferenceSession (for benchmarking the engine without edgeface around it)."""
+        if not self._loaded:
+            self.load()
+        return self._sess
+
+    def info(self) -> dict:
+        import onnxruntime as ort
+
+        d = super().info()
+        d.update(version=ort.__version__, providers=getattr(self, "_providers", None))
+        return d
+
+    def close(self) -> None:
+        self._sess = None
+        super().close()

@@ -111,7 +111,7 @@ def eval_cmd(model: Optional[str] = typer.Argument(None, help="Checkpoint or art
 
 # Each feature registers its sub-commands from its own module in edgeface/commands/ (one file per verb
 # family), so a missing optional dependency of one verb never breaks the others.
-COMMAND_MODULES = ("export", "predict", "quantize", "bench", "deploy")
+COMMAND_MODULES = ("export", "predict", "quantize", "bench", "deploy", "build")
 
 
 def _register_commands() -> None:
@@ -130,7 +130,9 @@ def main():
     try:
         app()
     except EdgefaceError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # messages hold "edgeface[extra]", which rich would eat as markup
+
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")

@@ -37,7 +37,8 @@ def cpu_has_fp16() -> bool:
 
 
 class NcnnBackend(Backend):
-    """Options: ``fp16`` (bool; fp16 packed/storage/arithmetic; default: on only where the CPU has fp16),
+    """Options: ``fp16`` (True/"on", False/"off", "auto" = ncnn's own per-CPU choice; default None: on only
+    where the CPU has fp16 arithmetic), ``int8_arithmetic`` (bool),
     ``vulkan`` (bool; run on the GPU through Vulkan, default off), ``pixel_input`` (bool, default on:
     take uint8 BGR crops and normalise inside ncnn; off: take the float32 NCHW batch)."""
 
@@ -60,13 +61,19 @@ class NcnnBackend(Backend):
         if art.get("input_kind", FLOAT_NCHW) != FLOAT_NCHW:
             raise EdgefaceError(f"{param.name} declares input {art.get('input_kind')!r}; ncnn artifacts take float32 NCHW")
 
-        fp16 = self.options.get("fp16")
-        self._fp16 = cpu_has_fp16() if fp16 is None else bool(fp16)
         net = ncnn.Net()
         opt = net.opt
         opt.num_threads = int(self.threads) if self.threads else opt.num_threads
-        opt.use_fp16_packed = opt.use_fp16_storage = opt.use_fp16_arithmetic = self._fp16
-        opt.use_bf16_storage = False  # bf16 would lose more than the fp16 bound allows
+        fp16 = self.options.get("fp16")
+        fp16 = {"on": True, "off": False}.get(fp16, fp16) if isinstance(fp16, str) else fp16
+        if fp16 == "auto":  # ncnn's own per-CPU defaults, untouched
+            self._fp16 = bool(opt.use_fp16_arithmetic)
+        else:
+            self._fp16 = cpu_has_fp16() if fp16 is None else bool(fp16)
+            opt.use_fp16_packed = opt.use_fp16_storage = opt.use_fp16_arithmetic = self._fp16
+            opt.use_bf16_storage = False  # bf16 would lose more than the fp16 bound allows
+        if "int8_arithmetic" in self.options:  # INT8 layers (from `edgeface quantize`) use ncnn's INT8 kernels
+            opt.use_int8_inference = bool(self.options["int8_arithmetic"])
         self._vulkan = bool(self.options.get("vulkan", False))
         if self._vulkan:
             if ncnn.get_gpu_count() == 0:

@@ -1,0 +1,282 @@
+"""What a person reads: the terminal table, PNG plots and a Markdown summary of bench rows."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+PLOTS = ("latency.png", "throughput.png", "accuracy_latency.png")
+
+
+def _f(v, fmt="{:.3f}", none="–"):
+    return none if v is None else fmt.format(v)
+
+
+def row_name(r: dict) -> str:
+    return f"{r['artifact']} ({r['backend']} {r['precision']})"
+
+
+def device_line(dev: Optional[dict]) -> str:
+    if not dev:
+        return "device: unknown"
+    parts = [dev.get("board_model") or dev.get("cpu_model") or dev.get("machine") or "?"]
+    if dev.get("cpu_model") and dev.get("board_model"):
+        parts.append(dev["cpu_model"])
+    parts.append(f"{dev.get('cores_available') or dev.get('cores')} cores")
+    if dev.get("governor"):
+        parts.append(f"governor {dev['governor']}")
+    if dev.get("temperature_c") is not None:
+        parts.append(f"{dev['temperature_c']:.0f} °C")
+    j = dev.get("jetson") or {}
+    if j.get("jetpack") or j.get("l4t"):
+        parts.append(f"JetPack {j.get('jetpack') or '?'} (L4T {j.get('l4t') or '?'})")
+    if j.get("nvpmodel"):
+        parts.append(f"nvpmodel {j['nvpmodel'].get('name')}")
+    if dev.get("host"):
+        parts.insert(0, f"{dev['host']}:")
+    return ", ".join(str(p) for p in parts)
+
+
+def make_tables(rows: list[dict], title: str = "edgeface bench"):
+    """(speed table: one row per artifact x batch x threads, accuracy table: one row per artifact)."""
+    from rich.table import Table
+
+    speed = Table(title=title, caption=device_line(rows[0]["device"]) if rows else None)
+    for col in ("artifact", "engine", "batch", "thr", "p50 ms", "p90 ms", "p99 ms", "img/s", "load ms", "1st ms",
+                "RSS MB"):
+        speed.add_column(col, justify="left" if col in ("artifact", "engine") else "right",
+                         no_wrap=col != "artifact", overflow="fold")
+    for r in rows:
+        lat = r["latency_ms"]
+        speed.add_row(r["artifact"], f"{r['backend']} {r['precision']}", str(r["batch"]), str(r["threads"] or "auto"),
+                      _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(r["throughput_ips"], "{:.0f}"),
+                      _f(r["load_ms"], "{:.1f}"), _f(r["first_inference_ms"], "{:.2f}"), _f(r["peak_rss_mb"], "{:.1f}"))
+    acc = Table(title="accuracy (pose MAE in degrees) and deviation from the FP32 reference")
+    for col in ("artifact", "engine", "size MB", "yaw", "pitch", "roll", "mean", "blur MAE", "blur ρ", "Δpose max",
+                "Δpose mean", "Δblur max"):
+        acc.add_column(col, justify="left" if col in ("artifact", "engine") else "right",
+                       no_wrap=col != "artifact", overflow="fold")
+    seen = set()
+    for r in rows:
+        if r["artifact"] in seen:
+            continue
+        seen.add(r["artifact"])
+        a, d = r.get("accuracy") or {}, r.get("vs_reference") or {}
+        acc.add_row(r["artifact"], f"{r['backend']} {r['precision']}", _f(r["size_mb"], "{:.3f}"),
+                    _f(a.get("yaw_mae"), "{:.2f}"), _f(a.get("pitch_mae"), "{:.2f}"), _f(a.get("roll_mae"), "{:.2f}"),
+                    _f(a.get("mean_mae"), "{:.2f}"), _f(a.get("blur_mae"), "{:.4f}"), _f(a.get("blur_spearman"), "{:.3f}"),
+                    _f(d.get("pose_max_abs"), "{:.2g}"), _f(d.get("pose_mean_abs"), "{:.2g}"),
+                    _f(d.get("blur_max_abs"), "{:.2g}"))
+    return speed, acc
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = ("| artifact | backend | precision | batch | threads | p50 ms | p90 ms | p99 ms | img/s | load ms | "
+            "first ms | peak RSS MB | size MB | yaw MAE° | pitch MAE° | mean MAE° | blur MAE | blur ρ | "
+            "Δpose max° | Δblur max |")
+    lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
+    for r in rows:
+        lat, acc, dev = r["latency_ms"], r.get("accuracy") or {}, r.get("vs_reference") or {}
+        cells = [f"`{r['artifact']}`", r["backend"], r["precision"], str(r["batch"]), str(r["threads"] or "auto"),
+                 _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(r["throughput_ips"], "{:.0f}"),
+                 _f(r["load_ms"], "{:.1f}"), _f(r["first_inference_ms"], "{:.2f}"), _f(r["peak_rss_mb"], "{:.1f}"),
+                 _f(r["size_mb"], "{:.3f}"), _f(acc.get("yaw_mae"), "{:.2f}"), _f(acc.get("pitch_mae"), "{:.2f}"),
+                 _f(acc.get("mean_mae"), "{:.2f}"), _f(acc.get("blur_mae"), "{:.4f}"),
+                 _f(acc.get("blur_spearman"), "{:.3f}"), _f(dev.get("pose_max_abs"), "{:.2g}"),
+                 _f(dev.get("blur_max_abs"), "{:.2g}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- plots ------------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(names):
+    plt = _plt()
+    cmap = plt.get_cmap("tab10")
+    return {n: cmap(i % 10) for i, n in enumerate(names)}
+
+
+def _artifact_names(rows):
+    names = []
+    for r in rows:
+        n = row_name(r)
+        if n not in names:
+            names.append(n)
+    return names
+
+
+def plot_latency(rows: list[dict], path: Path) -> None:
+    """Per-call latency distribution per artifact: one panel per batch size (first thread count)."""
+    plt = _plt()
+    names = _artifact_names(rows)
+    colors = _colors(names)
+    threads0 = rows[0]["threads"]
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(max(6.0, 1.6 + 2.2 * len(names)) * min(len(batches), 3) / 1.4
+                                                         if len(batches) > 1 else max(6.0, 1.6 + 2.2 * len(names)), 4.8),
+                             squeeze=False)
+    for ax, b in zip(axes[0], batches):
+        sel = [r for r in rows if r["batch"] == b and r["threads"] == threads0 and r.get("latencies_ms")]
+        data = [r["latencies_ms"] for r in sel]
+        if not data:
+            ax.set_visible(False)
+            continue
+        pos = list(range(1, len(sel) + 1))
+        # The tail beyond p99 (a preempted call) would squash everything else: the axis stops above the
+        # largest p99 and the calls cut off are counted in the label.
+        top = max(r["latency_ms"]["p99"] for r in sel) * 1.15
+        shape = [[v for v in d if v <= r["latency_ms"]["p99"]] or d for d, r in zip(data, sel)]
+        parts = ax.violinplot(shape, positions=pos, showextrema=False, widths=0.8)
+        for body, r in zip(parts["bodies"], sel):
+            body.set_facecolor(colors[row_name(r)])
+            body.set_alpha(0.35)
+        ax.boxplot(data, positions=pos, widths=0.18, showfliers=False, medianprops={"color": "black"})
+        for p, r, d in zip(pos, sel, data):
+            lat = r["latency_ms"]
+            ax.scatter([p], [lat["p99"]], marker="v", color="crimson", zorder=3, label="p99" if p == 1 else None)
+            ax.annotate(f"p50 {lat['p50']:.3g}", (p, lat["p50"]), xytext=(14, 0), textcoords="offset points",
+                        fontsize=8, va="center")
+            over = sum(v > top for v in d)
+            if over:
+                ax.annotate(f"{over} call(s) above, max {lat['max']:.3g}", (p, top), xytext=(0, -10),
+                            textcoords="offset points", ha="center", fontsize=7, color="dimgray")
+        ax.set_ylim(0, top)
+        ax.set_xticks(pos)
+        ax.set_xticklabels([f"{r['artifact']}\n{r['backend']} {r['precision']}" for r in sel], fontsize=8)
+        ax.set_ylabel("latency per call (ms)")
+        ax.set_title(f"batch {b}, {threads0 or 'auto'} thread(s), {len(data[0])} calls each")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    fig.suptitle("Latency per call (box: quartiles, whiskers 1.5 IQR; violin: density up to p99; ▼ p99)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_throughput(rows: list[dict], path: Path) -> None:
+    """Images/s against batch size, one line per artifact (and per thread count)."""
+    plt = _plt()
+    names = _artifact_names(rows)
+    colors = _colors(names)
+    thread_values = sorted({r["threads"] or 0 for r in rows})
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for n in names:
+        for k, t in enumerate(thread_values):
+            sel = sorted((r for r in rows if row_name(r) == n and (r["threads"] or 0) == t), key=lambda r: r["batch"])
+            if not sel:
+                continue
+            label = n if len(thread_values) == 1 else f"{n}, {t or 'auto'} thr"
+            ax.plot([r["batch"] for r in sel], [r["throughput_ips"] for r in sel], styles[k % 4], marker="o",
+                    color=colors[n], label=label)
+    batches = sorted({r["batch"] for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches)
+    ax.set_xticklabels([str(b) for b in batches])
+    ax.set_xlabel("batch size (crops per call)")
+    ax.set_ylabel("throughput (images / s)")
+    ax.set_ylim(bottom=0)
+    thr = ", ".join(str(t or "auto") for t in thread_values)
+    ax.set_title(f"Throughput against batch size ({thr} thread(s))")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy_latency(rows: list[dict], path: Path) -> None:
+    """Pose mean MAE against p50 latency at the smallest batch: the trade-off in one picture."""
+    plt = _plt()
+    names = _artifact_names(rows)
+    colors = _colors(names)
+    b0, t0 = min(r["batch"] for r in rows), rows[0]["threads"]
+    sel = [r for r in rows if r["batch"] == b0 and r["threads"] == t0]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    have = [r for r in sel if (r.get("accuracy") or {}).get("mean_mae") is not None]
+    if not have:
+        ax.text(0.5, 0.5, "no accuracy measured\n(run with --data DIR holding labels.csv)", ha="center", va="center",
+                transform=ax.transAxes, fontsize=12)
+        ax.set_axis_off()
+    for k, r in enumerate(have):
+        x, y = r["latency_ms"]["p50"], r["accuracy"]["mean_mae"]
+        ax.errorbar([x], [y], xerr=[[x - r["latency_ms"]["min"]], [r["latency_ms"]["p90"] - x]], fmt="o", ms=9,
+                    color=colors[row_name(r)], capsize=4, label=f"{row_name(r)}: {y:.2f}°, p50 {x:.3g} ms")
+        ax.annotate(r["artifact"], (x, y), xytext=(6, 8 + 11 * k), textcoords="offset points", fontsize=8,
+                    color=colors[row_name(r)])
+    if have:
+        ax.set_xlabel(f"latency p50 per call (ms), batch {b0}, {t0 or 'auto'} thread(s); bar: min to p90")
+        ax.set_ylabel("pose mean MAE (degrees, lower is better)")
+        ax.set_xlim(left=0, right=max(r["latency_ms"]["p90"] for r in have) * 1.3)
+        ys = [r["accuracy"]["mean_mae"] for r in have]
+        span = max(ys) - min(ys)
+        pad = max(0.1, span * 0.5, 0.02 * max(ys))
+        ax.set_ylim(min(ys) - pad, max(ys) + pad)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        n = have[0]["accuracy"].get("n")
+        ax.set_title(f"Accuracy against latency (n = {n} labelled faces)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(rows: list[dict], warnings: list[str], out_dir: str | Path, *, command: str = "",
+                 data: Optional[str] = None) -> Path:
+    """PNG plots + README.md into ``out_dir`` (built in a temp folder, then moved into place)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".bench-report-", dir=out_dir.parent))
+    try:
+        plot_latency(rows, tmp / "latency.png")
+        plot_throughput(rows, tmp / "throughput.png")
+        plot_accuracy_latency(rows, tmp / "accuracy_latency.png")
+        (tmp / "README.md").write_text(markdown_summary(rows, warnings, command=command, data=data))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def markdown_summary(rows: list[dict], warnings: list[str], *, command: str = "", data: Optional[str] = None) -> str:
+    dev = rows[0]["device"] if rows else {}
+    r0 = rows[0] if rows else {}
+    how = (f"{r0.get('iterations')} timed calls" if r0 else "")
+    lines = ["# edgeface bench", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [f"**Device:** {device_line(dev)}", ""]
+    if dev.get("isa_flags"):
+        lines += [f"ISA features: {', '.join(dev['isa_flags'])}", ""]
+    lines += [markdown_table(rows), ""]
+    lines += ["## How these numbers were taken", "",
+              "- Latency: `time.perf_counter_ns()` around each `Predictor.predict` call on uint8 BGR crops "
+              "(preprocessing included), after the warm-up calls; p50/p90/p99 interpolate linearly between "
+              f"order statistics. First row: {how}, warm-up {r0.get('warmup')} calls, {r0.get('rounds')} rounds.",
+              "- Artifacts are interleaved: each round gives every artifact a block of calls, the order rotating "
+              "each round, so drift in clock speed or background load hits all alike.",
+              "- Each artifact × batch × threads runs in its own fresh process: load time (Predictor created and "
+              "session ready), first inference and peak RSS (`VmHWM` of that process: interpreter + runtime + "
+              "model + buffers; MB = 10⁶ bytes) belong to it alone.",
+              "- Throughput = images per second of timed call time (batch × calls / Σ latency).",
+              f"- Accuracy: pose MAE against labels and blur on synthetic blur of the same faces"
+              f"{f' from `{data}`' if data else ''}; deviation (Δ) from the FP32 reference "
+              f"`{r0.get('reference')}` on the same inputs.", ""]
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    lines += ["## Plots", "", "![latency](latency.png)", "", "![throughput](throughput.png)", "",
+              "![accuracy vs latency](accuracy_latency.png)", ""]
+    return "\n".join(lines)

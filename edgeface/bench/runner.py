@@ -1,0 +1,335 @@
+"""Orchestration: artifacts x batch sizes x thread counts, interleaved, each subject in its own process.
+
+For every (batch, threads) the subjects (one worker process per artifact) are loaded one after the other,
+warmed up, then timed in round-robin blocks (the order rotates every round), so drift in the machine's
+clock, temperature or background load hits every artifact alike. Accuracy and the deviation from the FP32
+reference are measured once per artifact on the same inputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .. import __version__
+from ..errors import EdgefaceError
+from . import stats
+
+CONTRACT_KEYS = ("artifact", "backend", "precision", "batch", "threads", "latency_ms", "throughput_ips", "load_ms",
+                 "first_inference_ms", "peak_rss_mb", "size_mb", "accuracy", "vs_reference", "device")
+ACCURACY_KEYS = ("yaw_mae", "pitch_mae", "roll_mae", "mean_mae", "blur_mae", "blur_spearman", "n")
+VS_REFERENCE_KEYS = ("pose_max_abs", "pose_mean_abs", "blur_max_abs")
+REFERENCE_INPUTS = 64  # synthetic crops for the vs-reference check when no --data is given
+
+
+@dataclass
+class BenchConfig:
+    artifacts: list[str]
+    batches: list[int] = field(default_factory=lambda: [1])
+    threads: list[Optional[int]] = field(default_factory=lambda: [1])
+    warmup: int = 10
+    iters: Optional[int] = None
+    duration: Optional[float] = 2.0
+    rounds: int = 10
+    backend: str = "auto"
+    data: Optional[str] = None
+    split: Optional[str] = "val"
+    limit: Optional[int] = None
+    reference: str = "auto"   # "auto" (first FP32 artifact), "none", or a path to an artifact / checkpoint
+
+    def check(self) -> None:
+        if not self.artifacts:
+            raise EdgefaceError("no artifact given: edgeface bench model.onnx [model.ncnn.param ...]")
+        for a in self.artifacts:
+            if not Path(a).exists():
+                raise EdgefaceError(f"artifact {a} does not exist")
+        if any(b < 1 for b in self.batches):
+            raise EdgefaceError(f"--batch values must be ≥ 1, got {self.batches}")
+        if any(t is not None and t < 1 for t in self.threads):
+            raise EdgefaceError(f"--threads values must be ≥ 1, got {self.threads}")
+        if self.iters is not None and self.iters < 1:
+            raise EdgefaceError(f"--iters must be ≥ 1, got {self.iters}")
+        if self.iters is None and (self.duration is None or self.duration <= 0):
+            raise EdgefaceError("--duration must be > 0 seconds (or pass --iters N)")
+        if self.warmup < 0:
+            raise EdgefaceError(f"--warmup must be ≥ 0, got {self.warmup}")
+        if self.rounds < 1:
+            raise EdgefaceError(f"--rounds must be ≥ 1, got {self.rounds}")
+
+
+def artifact_files(path: str | Path) -> list[Path]:
+    """Every file that makes up an artifact: a bundle directory's files, ncnn's .param/.bin/.spec.json, an
+    ONNX file and its external data."""
+    p = Path(path)
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file())
+    name = p.name
+    if name.endswith(".param") or name.endswith(".bin"):
+        stem = name[: -len(".ncnn.param")] if name.endswith(".ncnn.param") else \
+            name[: -len(".ncnn.bin")] if name.endswith(".ncnn.bin") else p.stem
+        cands = [p.with_name(f"{stem}.ncnn.param"), p.with_name(f"{stem}.ncnn.bin"), p.with_name(f"{stem}.spec.json")]
+        if not name.startswith(stem + ".ncnn"):
+            cands = [p.with_suffix(".param"), p.with_suffix(".bin"), p.with_name(f"{p.stem}.spec.json")]
+        return [c for c in cands if c.is_file()]
+    files = [p]
+    for extra in (p.with_name(p.name + ".data"), p.with_name(p.stem + ".spec.json")):
+        if extra.is_file():
+            files.append(extra)
+    return files
+
+
+# -- worker processes -------------------------------------------------------------------------------------
+class Worker:
+    """One subject process. Requests are synchronous: only one worker computes at a time."""
+
+    def __init__(self, label: str):
+        self.label = label
+        env = dict(os.environ)
+        # Predictor(threads=N) sets the engine's pools; OpenMP/BLAS pools outside it must not add threads.
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgeface.bench.worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
+
+    def call(self, cmd: str, **kw):
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+            last = [ln for ln in err.strip().splitlines() if ln.strip()]
+            raise EdgefaceError(f"{self.label}: the benchmark process died during '{cmd}'"
+                                + (f" ({last[-1].strip()})" if last else ""))
+        reply = json.loads(line)
+        if "error" in reply:
+            raise EdgefaceError(f"{self.label}: {reply['error']}")
+        return reply["ok"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call("quit")
+            except EdgefaceError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+# -- inputs ---------------------------------------------------------------------------------------------
+def _synthetic_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Smooth random images: deterministic stand-ins when no data is given (timing does not depend on content)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    return np.stack([cv2.resize(s, (size, size), interpolation=cv2.INTER_CUBIC) for s in small])
+
+
+def labelled_samples(data: str, split: Optional[str], limit: Optional[int] = None):
+    """The samples of a labelled folder; a folder without labels or without any pose label is refused in one line."""
+    from ..data import load_samples
+
+    samples = load_samples(data, split=split or None, require_labels=True)
+    if limit:
+        samples = samples[:limit]
+    if np.isnan(np.array([s.pose for s in samples], np.float32)).all():
+        raise EdgefaceError(f"{data} has no yaw/pitch/roll labels (labels.csv needs yaw,pitch,roll columns) "
+                            "so pose accuracy cannot be measured; drop --data to benchmark speed only")
+    return samples
+
+
+def load_eval_set(data: str, split: Optional[str], spec, limit: Optional[int] = None):
+    """(crops, poses) from a labelled folder, cropped by the artifact's own crop rule."""
+    from ..evaluate import load_crops
+
+    samples = labelled_samples(data, split, limit)
+    return load_crops(samples, spec), np.array([s.pose for s in samples], np.float32)
+
+
+def _spec_from_dict(d):
+    from ..spec import ModelSpec
+
+    return ModelSpec.from_dict(d) if d else ModelSpec()
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+def _label(artifact: str) -> str:
+    p = Path(artifact)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def _deviation(out: dict, ref: dict) -> dict:
+    dp = np.abs(np.asarray(out["pose"], np.float64) - np.asarray(ref["pose"], np.float64))
+    db = np.abs(np.asarray(out["blur"], np.float64) - np.asarray(ref["blur"], np.float64))
+    return {"pose_max_abs": float(dp.max()), "pose_mean_abs": float(dp.mean()), "blur_max_abs": float(db.max())}
+
+
+def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) -> tuple[list[dict], list[str]]:
+    """Benchmark every artifact x batch x threads. Returns (rows in the contract's shape, warnings)."""
+    from ..device import device_info, is_throttled, pitfall_warnings
+
+    cfg.check()
+    device = device if device is not None else device_info()
+    labels = [_label(a) for a in cfg.artifacts]
+    if len(set(labels)) < len(labels):  # same file name in different folders: fall back to full paths
+        labels = [str(a) for a in cfg.artifacts]
+    sizes = [stats.file_size_mb(artifact_files(a)) for a in cfg.artifacts]
+    work = Path(tempfile.mkdtemp(prefix="edgeface-bench-"))
+    rows: list[dict] = []
+    warnings: list[str] = []
+    accuracy: dict[int, dict] = {}
+    outputs: dict[int, dict] = {}
+    info: dict[int, dict] = {}
+    ref_index: Optional[int] = None
+    ref_label: Optional[str] = None
+    inputs_path = work / "inputs.npz"
+    try:
+        configs = [(t, b) for t in cfg.threads for b in cfg.batches]
+        # The crop geometry comes from the spec that travels with the (first) artifact.
+        probe = Worker(labels[0])
+        try:
+            spec = _spec_from_dict(probe.call("load", artifact=str(cfg.artifacts[0]), backend=cfg.backend,
+                                              threads=1, inputs=None)["spec"])
+        finally:
+            probe.close()
+        _write_inputs(inputs_path, cfg, spec, batch_max=max(cfg.batches))
+        task = progress.add_task("benchmark", total=len(configs) * len(cfg.artifacts) * cfg.rounds) if progress else None
+        for ci, (threads, batch) in enumerate(configs):
+            workers = [Worker(lb) for lb in labels]
+            try:
+                loaded = [w.call("load", artifact=str(a), backend=cfg.backend, threads=threads,
+                                 inputs=str(inputs_path)) for a, w in zip(cfg.artifacts, workers)]
+                for i, d in enumerate(loaded):
+                    info.setdefault(i, d)
+                firsts = [w.call("first", batch=batch)["first_inference_ms"] for w in workers]
+                for w in workers:
+                    if cfg.warmup:
+                        w.call("warmup", batch=batch, n=cfg.warmup)
+                timings: list[list[int]] = [[] for _ in workers]
+                for r in range(cfg.rounds):
+                    for k in range(len(workers)):
+                        i = (k + r) % len(workers)  # rotate who goes first, so no one always follows another
+                        if cfg.iters is not None:
+                            n = cfg.iters // cfg.rounds + (1 if r < cfg.iters % cfg.rounds else 0)
+                            if n:
+                                timings[i] += workers[i].call("time", batch=batch, iters=n)["ns"]
+                        else:
+                            timings[i] += workers[i].call("time", batch=batch, seconds=cfg.duration / cfg.rounds)["ns"]
+                        if progress:
+                            progress.advance(task)
+                rss = [w.call("rss") for w in workers]
+                if ci == 0:
+                    _choose_reference_and_measure(cfg, workers, info, work, outputs, accuracy)
+                    if cfg.reference not in ("auto", "none"):
+                        ref_index, ref_label = -1, str(cfg.reference)
+                        outputs[-1] = _reference_outputs(cfg.reference, cfg.backend, inputs_path, work)
+                    elif cfg.reference == "auto":
+                        ref_index = _auto_reference(info)
+                        ref_label = labels[ref_index] if ref_index is not None else None
+                for i, w in enumerate(workers):
+                    lat = stats.latency_stats(timings[i])
+                    measured_s = sum(timings[i]) / 1e9
+                    row_warn = pitfall_warnings({}, iters=len(timings[i]), measured_s=measured_s, warmup=cfg.warmup)
+                    rows.append({
+                        "artifact": labels[i], "backend": loaded[i]["backend"], "precision": loaded[i]["precision"],
+                        "batch": batch, "threads": threads, "latency_ms": lat,
+                        "throughput_ips": stats.throughput(timings[i], batch),
+                        "load_ms": loaded[i]["load_ms"], "first_inference_ms": firsts[i],
+                        "peak_rss_mb": rss[i]["peak_rss_mb"], "size_mb": sizes[i],
+                        "accuracy": None, "vs_reference": None, "device": device,
+                        # beyond the contract: how the numbers were taken
+                        "path": str(cfg.artifacts[i]), "iterations": len(timings[i]), "measured_s": measured_s,
+                        "warmup": cfg.warmup, "rounds": cfg.rounds, "rss_before_load_mb": loaded[i]["rss_before_load_mb"],
+                        "import_ms": loaded[i].get("import_ms"),
+                        "reference": None, "warnings": row_warn, "edgeface": __version__,
+                        "latencies_ms": [round(d / 1e6, 5) for d in timings[i]],
+                    })
+            finally:
+                for w in workers:
+                    w.close()
+        # Fill accuracy / vs_reference per artifact (measured once, on the first configuration).
+        for row in rows:
+            i = labels.index(row["artifact"])
+            acc = accuracy.get(i)
+            row["accuracy"] = {k: acc.get(k) for k in ACCURACY_KEYS} if acc else None
+            if ref_index is not None and i in outputs and ref_index in outputs:
+                row["vs_reference"] = _deviation(outputs[i], outputs[ref_index])
+                row["reference"] = ref_label
+        end = device_info()
+        if is_throttled(end) and not is_throttled(device):
+            warnings.append(f"throttling began during the run: {is_throttled(end)}")
+        warnings[:0] = pitfall_warnings(device)
+        device_warnings = list(warnings)
+        short = sorted({w for r in rows for w in r["warnings"]})
+        if rows and short:  # one line for the whole run: the weakest configuration
+            weakest = min(rows, key=lambda r: (r["iterations"], r["measured_s"]))
+            for w in pitfall_warnings({}, iters=min(r["iterations"] for r in rows),
+                                      measured_s=min(r["measured_s"] for r in rows), warmup=cfg.warmup):
+                warnings.append(f"{w} (weakest: {weakest['artifact']} batch {weakest['batch']})"
+                                if "measured" in w or "timed calls" in w else w)
+        if cfg.reference == "auto" and ref_index is None:
+            warnings.append("no FP32 artifact among those benchmarked: vs_reference is null "
+                            "(pass --reference model.onnx or a checkpoint .pt)")
+        for row in rows:
+            row["device_after"] = {"temperature_c": end.get("temperature_c"), "throttled": end.get("throttled")}
+            row["warnings"] = list(dict.fromkeys(device_warnings + row["warnings"]))
+        return [stats.clean(r) for r in rows], warnings
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _write_inputs(path: Path, cfg: BenchConfig, spec, batch_max: int) -> None:
+    """inputs.npz: crops for timing, the labelled eval set, and the inputs the vs-reference check uses."""
+    size = spec.input_size
+    arrays = {}
+    if cfg.data:
+        crops, poses = load_eval_set(cfg.data, cfg.split, spec, cfg.limit)
+        arrays.update(eval=crops, eval_pose=poses, reference=crops, timing=crops[:max(batch_max, 1)])
+    else:
+        synth = _synthetic_crops(max(REFERENCE_INPUTS, batch_max), size)
+        arrays.update(reference=synth[:REFERENCE_INPUTS], timing=synth[:batch_max])
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _auto_reference(info: dict[int, dict]) -> Optional[int]:
+    """The first FP32 artifact, ONNX Runtime preferred (the most literal translation of the checkpoint)."""
+    fp32 = [i for i, d in sorted(info.items()) if str(d.get("precision", "")).lower() == "fp32"]
+    ort = [i for i in fp32 if info[i].get("backend") == "onnxruntime"]
+    return (ort or fp32 or [None])[0]
+
+
+def _choose_reference_and_measure(cfg, workers, info, work, outputs, accuracy) -> None:
+    for i, w in enumerate(workers):
+        out = work / f"outputs{i}.npz"
+        w.call("outputs", out=str(out))
+        outputs[i] = dict(np.load(out))
+        if cfg.data:
+            accuracy[i] = w.call("accuracy")["accuracy"]
+
+
+def _reference_outputs(reference: str, backend: str, inputs_path: Path, work: Path) -> dict:
+    w = Worker(f"reference {reference}")
+    try:
+        w.call("load", artifact=str(reference), backend="auto", threads=None, inputs=str(inputs_path))
+        out = work / "outputs_reference.npz"
+        w.call("outputs", out=str(out))
+        return dict(np.load(out))
+    finally:
+        w.close()

@@ -41,6 +41,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 # Which target an x86/ARM machine is (also what `deploy` records); device kinds of the recipes.
 X86, RPI, JETSON, ARM64 = "x86", "rpi", "jetson", "arm64"
+ANY_DEVICE = "*"
 
 
 @dataclass(frozen=True)
@@ -340,7 +341,8 @@ def open_bundle(path: str | Path, *, allow_foreign_target: bool = False, device:
                 verify: bool = True) -> BundleInfo:
     """Read and verify a bundle folder; return what to load. EdgefaceError (one line) when anything is off.
 
-    ``device`` overrides the detected device kind; ``verify=False`` skips the sha256 pass (for a caller
+    ``device`` overrides the detected device kind (``ANY_DEVICE`` skips the device check: for tools that only
+    inspect a bundle, like deploy's own final check); ``verify=False`` skips the sha256 pass (for a caller
     that verified it moments ago, e.g. deploy's own check).
     """
     root = Path(path)
@@ -349,7 +351,9 @@ def open_bundle(path: str | Path, *, allow_foreign_target: bool = False, device:
     if verify:
         verify_files(root, manifest)
     spec = ModelSpec.from_dict(manifest["spec"])
-    note = check_target(root, manifest, device or detect_device(), allow_foreign_target)
+    note = None
+    if device != ANY_DEVICE:
+        note = check_target(root, manifest, device or detect_device(), allow_foreign_target)
     if note:
         warnings.warn(note, stacklevel=2)
     artifact = _safe_member(root, manifest["artifact"], mpath)
@@ -357,9 +361,13 @@ def open_bundle(path: str | Path, *, allow_foreign_target: bool = False, device:
     options = manifest.get("options") or {}
     if not isinstance(options, dict):
         raise EdgefaceError(f"{mpath} field 'options' must be an object; re-run edgeface deploy")
+    options = dict(options)
+    calib_path = _safe_member(root, cache, mpath) if cache else None
+    if calib_path is not None:
+        options.setdefault("calib_cache", str(calib_path))  # TensorRT's implicit-calibration builds read it
     return BundleInfo(artifact=artifact, backend=manifest["backend"], precision=manifest["precision"], spec=spec,
-                      target=manifest["target"], manifest=manifest, root=root, options=dict(options),
-                      calib_cache=_safe_member(root, cache, mpath) if cache else None,
+                      target=manifest["target"], manifest=manifest, root=root, options=options,
+                      calib_cache=calib_path,
                       input_kind=str(manifest.get("input_kind") or "float32_nchw"))
 
 

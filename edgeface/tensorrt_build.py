@@ -314,7 +314,10 @@ class BuildOptions:
 
     @property
     def builder_flags(self) -> tuple[str, ...]:
-        """Names in trt.BuilderFlag to set."""
+        """Names in trt.BuilderFlag to set (none from 11 on: a strongly typed network takes its precision
+        from the ONNX's types and Q/DQ nodes)."""
+        if self.trt_major >= 11:
+            return ()
         if self.precision == "fp16":
             return ("FP16",)
         if self.precision == "int8":
@@ -550,7 +553,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str = "f
         raise EdgefaceError(f"TensorRT failed to build an engine from {onnx_path.name} (see the TensorRT log above)")
     build_s = time.perf_counter() - t0
     if cache_obj is not None:
-        _atomic_write(Path(opts.timing_cache), bytes(config.get_timing_cache().serialize()))
+        _atomic_write(Path(opts.timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
 
     try:
         name, cc = gpu_properties()
@@ -564,7 +567,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str = "f
     from . import __version__
 
     rec["edgeface"] = __version__
-    return write_engine(engine_path, bytes(serialized), rec)
+    return write_engine(engine_path, bytes(memoryview(serialized)), rec)
 
 
 # -- preflight: will TensorRT's ONNX parser take this model? -----------------------------------------------------

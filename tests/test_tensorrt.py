@@ -209,7 +209,7 @@ def test_build_options_int8_explicit_and_implicit(tmp_path):
     assert any("deprecated" in n for n in imp.notes)
     # TensorRT 11 keeps only explicit quantization (strongly typed networks)
     q11 = plan_build("int8", "input", [-1, 3, 112, 112], has_qdq=True, trt_version="11.0.0")
-    assert q11.network_flags == ("STRONGLY_TYPED",)
+    assert q11.network_flags == ("STRONGLY_TYPED",) and q11.builder_flags == ()
 
 
 @pytest.mark.parametrize("args, match", [
@@ -277,7 +277,7 @@ def test_int8_qdq_onnx_passes_tensorrt_preflight(exported, tmp_path):
     out = tmp_path / "model.int8.qdq.onnx"
     quantize_static(str(exported["fp32"]), str(out), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     assert check_onnx_for_tensorrt(out) == []
     # the same model with an asymmetric (uint8, non-zero zero point) activation is refused
     asym = tmp_path / "asym.onnx"
@@ -285,6 +285,7 @@ def test_int8_qdq_onnx_passes_tensorrt_preflight(exported, tmp_path):
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
     problems = check_onnx_for_tensorrt(asym)
     assert any("zero point is uint8" in p for p in problems)
+    assert any("zero point is int32" in p for p in problems)   # ORT's default int32 bias quantization
 
 
 def _tiny_model(nodes, opset=17, inputs=None, outputs=None, initializers=(), domain_imports=()):

@@ -39,6 +39,16 @@ def read_engine_spec(engine_path: str | Path) -> tuple[ModelSpec, dict]:
     return ModelSpec.from_dict(spec), record
 
 
+def _np_dtype(trt, dt) -> np.dtype:
+    """numpy dtype of a TensorRT DataType (trt.nptype lacks UINT8 on some versions)."""
+    by_name = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+               "BOOL": np.bool_, "UINT8": np.uint8}
+    name = getattr(dt, "name", str(dt).split(".")[-1])
+    if name in by_name:
+        return np.dtype(by_name[name])
+    raise EdgefaceError(f"engine tensor type {name} is not one edgeface feeds or reads; rebuild from the edgeface ONNX")
+
+
 class TensorRTBackend(Backend):
     """Options: ``cache_dir`` (engine cache for .onnx artifacts), ``calib_cache`` (implicit INT8 from an
     FP32 ONNX), ``min_batch``/``opt_batch``/``max_batch`` (profile when building), ``workspace_mb``,
@@ -81,7 +91,7 @@ class TensorRTBackend(Backend):
             why = (f"{art.name} was built with TensorRT {built[0]} for {built[1]} (sm {built[2]}); this is TensorRT "
                    f"{here.trt_version} on {here.gpu_name} (sm {here.compute_capability})")
             if onnx.is_file():
-                print(f"{why}: building a fresh engine from {onnx.name}")
+                self.options.get("log", print)(f"{why}: building a fresh engine from {onnx.name}")
                 return find_or_build_engine(onnx, record.get("precision", "fp16"), self.options.get("cache_dir"),
                                             facts=here, calib_cache=self.options.get("calib_cache"))
             raise EdgefaceError(f"{why}; engines do not move between devices — rebuild it here with "
@@ -128,7 +138,7 @@ class TensorRTBackend(Backend):
         if len(inputs) != 1:
             raise EdgefaceError(f"{self._engine_file.name} has inputs {inputs}; edgeface engines have one")
         self._input = inputs[0]
-        in_dtype = np.dtype(trt.nptype(eng.get_tensor_dtype(self._input)))
+        in_dtype = _np_dtype(trt, eng.get_tensor_dtype(self._input))
         self.input_kind = UINT8_NHWC if in_dtype == np.uint8 else FLOAT_NCHW
         lo, _, hi = eng.get_tensor_profile_shape(self._input, 0)
         self._min_batch, self._max_batch = int(lo[0]), int(hi[0])
@@ -142,7 +152,7 @@ class TensorRTBackend(Backend):
         self._out_shapes = {}
         for name in outputs:
             shape = tuple(int(d) for d in eng.get_tensor_shape(name))[1:]
-            dtype = np.dtype(trt.nptype(eng.get_tensor_dtype(name)))
+            dtype = _np_dtype(trt, eng.get_tensor_dtype(name))
             self._out_shapes[name] = (shape, dtype)
             self._host[name] = self._cuda.pinned_empty((self._max_batch, *shape), dtype)
             self._device[name] = self._cuda.malloc(self._host[name].nbytes)

@@ -101,10 +101,11 @@ def export_tensorrt_format(model, out_dir: Path, *, precision: str = "fp16", fol
     from .export import export_onnx
 
     try:
-        from .tensorrt_build import build_engine
+        from .tensorrt_build import build_engine, import_tensorrt
     except ImportError as e:
         raise EdgefaceError(f"TensorRT engine building is unavailable ({e}); "
                             f"pip install 'edgeface[tensorrt]' on the Jetson/GPU that will run it") from None
+    import_tensorrt()  # fail before the ONNX export when TensorRT is absent (MissingBackendError, one line)
     onnx_path = export_onnx(model, out_dir / FORMATS["onnx"].filename, fold_preprocess=fold_preprocess, **options)
     return build_engine(onnx_path, out_dir, precision=precision, workspace_mb=workspace_mb,
                         timing_cache=timing_cache, calib_cache=calib_cache)

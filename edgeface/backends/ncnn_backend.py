@@ -26,9 +26,13 @@ def cpu_has_fp16() -> bool:
         return True
     try:
         with open("/proc/cpuinfo") as fh:
-            text = fh.read()
+            return fp16_in_cpuinfo(fh.read())
     except OSError:
         return False
+
+
+def fp16_in_cpuinfo(text: str) -> bool:
+    """Whether an ARM /proc/cpuinfo lists half-precision arithmetic (``fphp`` scalar / ``asimdhp`` vector)."""
     for line in text.splitlines():
         if line.lower().startswith("features"):
             flags = set(line.split(":", 1)[1].split())

@@ -43,7 +43,9 @@ def fingerprint_crops(crops: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _check_folder(folder: Path) -> None:
+def check_calibration_folder(folder: Path) -> None:
+    """Cheap checks first (before any export): missing, empty, or no images in it."""
+    folder = Path(folder)
     if not folder.exists():
         raise EdgefaceError(f"calibration folder {folder} does not exist; pass --calib with a folder of face crops")
     if not folder.is_dir():
@@ -67,7 +69,7 @@ def load_calibration_set(folder: str | Path, spec: ModelSpec, num: int = DEFAULT
     folder = Path(folder)
     if num < 1:
         raise EdgefaceError(f"--num must be at least 1, got {num}")
-    _check_folder(folder)
+    check_calibration_folder(folder)
     samples = load_samples(folder, split=split)
     samples = sorted(samples, key=lambda s: str(s.path))
     if len(samples) > num:

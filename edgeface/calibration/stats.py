@@ -156,15 +156,31 @@ def collect_statistics(model_path: str | Path, crops: np.ndarray, spec: ModelSpe
         for i, v in enumerate(run(crops[start:start + batch])):
             if not v.size:
                 continue
-            if amax[i] == 0:
-                hist[i, BINS] += v.size  # an all-zero tensor: everything in the first positive bin
-                continue
-            idx = np.floor((v.astype(np.float64) + amax[i]) * (BINS / amax[i])).astype(np.int64)
-            np.clip(idx, 0, 2 * BINS - 1, out=idx)
-            hist[i] += np.bincount(idx, minlength=2 * BINS)
+            hist[i] += _histogram(v, amax[i])
         if progress is not None:
             progress.advance(task)
     return ActivationStats(names, lo, hi, hist)
+
+
+def stats_from_arrays(arrays: dict) -> ActivationStats:
+    """Statistics of given arrays (one per tensor name): the same binning as ``collect_statistics``."""
+    names = list(arrays)
+    lo = np.array([float(np.min(arrays[n])) for n in names])
+    hi = np.array([float(np.max(arrays[n])) for n in names])
+    hist = np.zeros((len(names), 2 * BINS), np.int64)
+    for i, n in enumerate(names):
+        hist[i] = _histogram(np.asarray(arrays[n], np.float64).ravel(), max(abs(lo[i]), abs(hi[i])))
+    return ActivationStats(names, lo, hi, hist)
+
+
+def _histogram(v: np.ndarray, amax: float) -> np.ndarray:
+    if amax == 0:
+        h = np.zeros(2 * BINS, np.int64)
+        h[BINS] = v.size  # an all-zero tensor: everything in the first positive bin
+        return h
+    idx = np.floor((v.astype(np.float64) + amax) * (BINS / amax)).astype(np.int64)
+    np.clip(idx, 0, 2 * BINS - 1, out=idx)
+    return np.bincount(idx, minlength=2 * BINS)
 
 
 # -- the cache ------------------------------------------------------------------------------------

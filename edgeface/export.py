@@ -74,7 +74,7 @@ def _folded_module(model, spec: ModelSpec):
             self.register_buffer("b", torch.tensor(bias, dtype=torch.float32))
 
         def forward(self, x):
-            x = x.permute(0, 3, 1, 2).to(torch.float32)
+            x = x.to(torch.float32).permute(0, 3, 1, 2)  # cast first: TensorRT takes uint8 only as an input cast to float
             return self.net(torch.nn.functional.conv2d(x, self.w, self.b))
 
     return Folded().eval()

@@ -221,7 +221,7 @@ def bench_remote(cfg: BenchConfig, target: SshTarget, *, remote_python: str = "p
             args += ["--data", data, "--split", ""]
         if want_report:
             args += ["--report", "out/report"]
-        rc, err_tail = _stream(target, f"cd {qdir} && mkdir -p out && " + " ".join(shlex.quote(a) for a in args),
+        rc, err_tail = _stream(target, f"cd {qdir} && mkdir -p out && COLUMNS=200 " + " ".join(shlex.quote(a) for a in args),
                                console)
         if rc != 0:
             msg = next((ln.split("error:", 1)[1].strip() for ln in reversed(err_tail) if "error:" in ln), None)
@@ -245,8 +245,10 @@ def bench_remote(cfg: BenchConfig, target: SshTarget, *, remote_python: str = "p
                 target.run(f"rm -rf {qdir}", timeout=60)
             except EdgefaceError:
                 pass  # the connection is gone; the folder is a .partial or complete temp dir under /tmp
+    from .runner import summarize_warnings
+
     rows = doc
-    warnings = list(dict.fromkeys(w for row in rows for w in row.get("warnings") or []))
+    warnings = summarize_warnings(rows)
     local_labels = {f"in/{p}": a for p, a in zip(remote_paths, cfg.artifacts)}
     from .runner import _label
 
@@ -266,7 +268,7 @@ def _stream(target: SshTarget, command: str, console) -> tuple[int, list[str]]:
     tail: list[str] = []
     for line in proc.stderr:
         tail = (tail + [line.rstrip()])[-40:]
-        if console is not None and line.strip() and "error:" not in line:
+        if console is not None and line.strip() and not line.startswith(("error:", "warning:", "report:")):
             console.print(f"{target.host} | {line.rstrip()}", highlight=False, markup=False)
     rc = proc.wait()
     if rc == 255:

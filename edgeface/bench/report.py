@@ -35,7 +35,7 @@ def device_line(dev: Optional[dict]) -> str:
     if j.get("nvpmodel"):
         parts.append(f"nvpmodel {j['nvpmodel'].get('name')}")
     if dev.get("host"):
-        parts.insert(0, f"{dev['host']}:")
+        parts[0] = f"{dev['host']}: {parts[0]}"
     return ", ".join(str(p) for p in parts)
 
 

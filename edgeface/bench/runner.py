@@ -273,13 +273,7 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) ->
             warnings.append(f"throttling began during the run: {is_throttled(end)}")
         warnings[:0] = pitfall_warnings(device)
         device_warnings = list(warnings)
-        short = sorted({w for r in rows for w in r["warnings"]})
-        if rows and short:  # one line for the whole run: the weakest configuration
-            weakest = min(rows, key=lambda r: (r["iterations"], r["measured_s"]))
-            for w in pitfall_warnings({}, iters=min(r["iterations"] for r in rows),
-                                      measured_s=min(r["measured_s"] for r in rows), warmup=cfg.warmup):
-                warnings.append(f"{w} (weakest: {weakest['artifact']} batch {weakest['batch']})"
-                                if "measured" in w or "timed calls" in w else w)
+        warnings += sampling_warnings(rows, cfg.warmup)
         if cfg.reference == "auto" and ref_index is None:
             warnings.append("no FP32 artifact among those benchmarked: vs_reference is null "
                             "(pass --reference model.onnx or a checkpoint .pt)")
@@ -291,6 +285,35 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) ->
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
+
+
+def sampling_warnings(rows: list[dict], warmup: Optional[int]) -> list[str]:
+    """Too few calls / too short / no warm-up, once for the whole run, naming the weakest configuration."""
+    from ..device import pitfall_warnings
+
+    if not rows:
+        return []
+    weakest = min(rows, key=lambda r: (r["iterations"], r["measured_s"]))
+    out = []
+    for w in pitfall_warnings({}, iters=min(r["iterations"] for r in rows),
+                              measured_s=min(r["measured_s"] for r in rows), warmup=warmup):
+        out.append(w if w.startswith("no warm-up") else f"{w} (weakest: {weakest['artifact']} batch {weakest['batch']})")
+    return out
+
+
+def summarize_warnings(rows: list[dict]) -> list[str]:
+    """The run's warnings from its JSON rows (used for results fetched from a device)."""
+    if not rows:
+        return []
+    sampling = [w for r in rows for w in pitfall_warnings_of_row(r)]
+    general = [w for r in rows for w in r.get("warnings") or [] if w not in sampling]
+    return list(dict.fromkeys(general + sampling_warnings(rows, rows[0].get("warmup"))))
+
+
+def pitfall_warnings_of_row(row: dict) -> list[str]:
+    from ..device import pitfall_warnings
+
+    return pitfall_warnings({}, iters=row.get("iterations"), measured_s=row.get("measured_s"), warmup=row.get("warmup"))
 
 
 def _write_inputs(path: Path, cfg: BenchConfig, spec, batch_max: int) -> None:

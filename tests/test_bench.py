@@ -1,0 +1,159 @@
+"""edgeface bench: statistics checked against an independent timing, memory against /proc, the JSON contract,
+the report folder, bad inputs."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeface.bench import stats
+from edgeface.bench.runner import ACCURACY_KEYS, CONTRACT_KEYS, VS_REFERENCE_KEYS
+
+LATENCY_KEYS = ("p50", "p90", "p99", "mean", "min", "max")
+
+
+@pytest.fixture(scope="module")
+def onnx_model(checkpoint, tmp_path_factory) -> Path:
+    from edgeface.export import export_onnx
+
+    return Path(export_onnx(checkpoint, tmp_path_factory.mktemp("bench") / "model.onnx"))
+
+
+def edgeface(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgeface", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_latency_stats_match_an_independent_implementation():
+    rng = np.random.default_rng(0)
+    ns = (rng.lognormal(0, 0.5, 997) * 1e6).astype(np.int64)  # skewed, like real latencies
+    got = stats.latency_stats(ns)
+    ms = [v / 1e6 for v in ns.tolist()]
+    q = statistics.quantiles(ms, n=100, method="inclusive")  # q[k-1] = k-th percentile, linear interpolation
+    assert got["p50"] == pytest.approx(statistics.median(ms), rel=1e-12)
+    assert got["p90"] == pytest.approx(q[89], rel=1e-12) and got["p99"] == pytest.approx(q[98], rel=1e-12)
+    assert got["mean"] == pytest.approx(statistics.fmean(ms)) and got["min"] == min(ms) and got["max"] == max(ms)
+    assert stats.latency_stats(list(range(1_000_000, 101_000_000, 1_000_000)))["p90"] == pytest.approx(90.1)
+    assert stats.throughput([2_000_000] * 10, batch=8) == pytest.approx(4000.0)  # 8 images per 2 ms
+
+
+def test_timing_agrees_with_independent_perf_counter_on_a_real_artifact(onnx_model, synthetic_crops):
+    from edgeface.predictor import Predictor
+
+    inner: list[int] = []
+    with Predictor(onnx_model, backend="onnxruntime", threads=1) as p:
+        def call(x):  # the same calls, timed independently from inside
+            t0 = time.perf_counter_ns()
+            p.predict(x)
+            inner.append(time.perf_counter_ns() - t0)
+
+        for _ in range(5):
+            p.predict(synthetic_crops[:4])
+        outer = stats.time_calls(call, synthetic_crops[:4], iters=200)
+    assert len(outer) == len(inner) == 200
+    overhead = np.asarray(outer) - np.asarray(inner)
+    assert (overhead >= 0).all()  # the bench's interval encloses the call
+    assert np.median(overhead) < 50_000  # and adds well under 50 µs to it
+    s_outer, s_inner = stats.latency_stats(outer), stats.latency_stats(inner)
+    for k in ("p50", "mean", "min"):
+        assert s_outer[k] == pytest.approx(s_inner[k], rel=0.05, abs=0.05), k
+    assert s_outer["min"] <= s_outer["p50"] <= s_outer["p90"] <= s_outer["p99"] <= s_outer["max"]
+    # --duration: calls until that much time was timed, not far beyond it
+    with Predictor(onnx_model, backend="onnxruntime", threads=1) as p:
+        ns = stats.time_calls(p.predict, synthetic_crops[:1], seconds=0.2)
+    assert 0.2 <= sum(ns) / 1e9 < 0.2 + max(ns) / 1e9 + 1e-9
+
+
+def test_peak_rss_is_what_proc_reports():
+    def vm(field):
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
+
+    assert stats.peak_rss_mb() == pytest.approx(vm("VmHWM") * 1024 / 1e6, abs=2.0)
+    before = stats.peak_rss_mb()
+    block = np.ones(200_000_000 // 8)  # 200 MB, touched
+    assert stats.peak_rss_mb() - before > 150
+    assert stats.rss_mb() == pytest.approx(vm("VmRSS") * 1024 / 1e6, abs=5.0)
+    del block
+
+
+def test_bench_cli_json_contract_and_report(onnx_model, tmp_path):
+    # The same model twice under two names: two interleaved subjects, each in its own process.
+    twin = tmp_path / "twin" / "model.onnx"
+    twin.parent.mkdir()
+    twin.write_bytes(onnx_model.read_bytes())
+    r = edgeface("bench", onnx_model, twin, "--batch", "1,4", "--iters", "40", "--warmup", "3", "--rounds", "4",
+                 "--json", tmp_path / "bench.json", "--report", tmp_path / "report")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert isinstance(rows, list) and len(rows) == 4
+    assert {(row["artifact"].split("/")[0], row["batch"]) for row in rows} == \
+        {(onnx_model.parent.name, 1), (onnx_model.parent.name, 4), ("twin", 1), ("twin", 4)}
+    for row in rows:
+        assert set(CONTRACT_KEYS) <= set(row)
+        assert set(row["latency_ms"]) == set(LATENCY_KEYS)
+        lat = row["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert row["iterations"] == 40 and len(row["latencies_ms"]) == 40
+        assert stats.latency_stats(np.asarray(row["latencies_ms"]) * 1e6)["p50"] == pytest.approx(lat["p50"], abs=1e-4)
+        assert row["throughput_ips"] == pytest.approx(row["batch"] * 40 / (sum(row["latencies_ms"]) / 1e3), rel=1e-3)
+        assert row["backend"] == "onnxruntime" and row["precision"] == "fp32" and row["threads"] == 1
+        assert row["load_ms"] > 0 and row["first_inference_ms"] > 0
+        # whole-process peak RSS: more than the interpreter before loading, less than a runaway
+        assert row["rss_before_load_mb"] < row["peak_rss_mb"] < 2000
+        assert row["size_mb"] == pytest.approx(os.path.getsize(onnx_model) / 1e6)
+        assert row["accuracy"] is None  # no --data: not measured, so null
+        assert set(row["vs_reference"]) == set(VS_REFERENCE_KEYS)
+        assert row["vs_reference"]["pose_max_abs"] == 0.0  # identical models, identical inputs
+        assert row["device"]["cpu_model"] and row["device"]["cores"] >= 1
+    report = tmp_path / "report"
+    for name in ("latency.png", "throughput.png", "accuracy_latency.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (report / "README.md").read_text()
+    assert "| artifact |" in md and "latency.png" in md and "perf_counter_ns" in md
+    assert "p50 ms" in r.stdout and "img/s" in r.stdout
+
+
+def test_bench_accuracy_on_labelled_data(onnx_model, shared_data, tmp_path):
+    r = edgeface("bench", onnx_model, "--data", shared_data / "pointing04", "--limit", "24", "--batch", "1",
+                 "--iters", "20", "--warmup", "2", "--rounds", "2", "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    row = json.loads((tmp_path / "b.json").read_text())[0]
+    assert set(row["accuracy"]) == set(ACCURACY_KEYS) and row["accuracy"]["n"] == 24
+    # the same numbers edgeface.evaluate gives for the same faces and model
+    from edgeface.data import load_samples
+    from edgeface.evaluate import evaluate_samples
+    from edgeface.runners import make_runner
+
+    runner, spec, _ = make_runner(str(onnx_model), "onnxruntime")
+    want = evaluate_samples(runner, load_samples(shared_data / "pointing04", split="val")[:24], spec)
+    for k in ("yaw_mae", "pitch_mae", "mean_mae", "blur_mae"):
+        assert row["accuracy"][k] == pytest.approx(want[k], rel=1e-5), k
+    assert "too short" in r.stderr or "timed calls" in r.stderr  # 20 calls: the bench says it is too few
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.onnx"], "does not exist"),
+    (["{onnx}", "--batch", "1,x"], "--batch takes comma-separated integers"),
+    (["{onnx}", "--iters", "10", "--duration", "1"], "not both"),
+    (["{onnx}", "--data", "{nolabels}"], "no labels.csv"),
+    (["{onnx}", "--host", "root@127.0.0.1", "--identity", "/nonexistent/key"], "--identity"),
+])
+def test_bench_bad_input_is_one_line(onnx_model, tmp_path, args, message):
+    nolabels = tmp_path / "faces"
+    nolabels.mkdir()
+    import cv2
+
+    cv2.imwrite(str(nolabels / "a.jpg"), np.zeros((64, 64, 3), np.uint8))
+    r = edgeface("bench", *[a.format(onnx=onnx_model, nolabels=nolabels) for a in args])
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr

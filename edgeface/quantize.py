@@ -48,6 +48,21 @@ def parse_backends(backend: str | Sequence[str]) -> list[str]:
     return out
 
 
+def model_spec(model):
+    """The ModelSpec of a checkpoint, the default model or an ONNX, without exporting anything."""
+    from .spec import ModelSpec
+
+    if model is not None and str(model).endswith(".onnx"):
+        from .export import read_onnx_spec
+
+        if not Path(model).is_file():
+            raise EdgefaceError(f"model {model} does not exist")
+        return read_onnx_spec(model)
+    from .checkpoint import read_checkpoint
+
+    return ModelSpec.from_dict(read_checkpoint(model)["spec"])
+
+
 def prepare_fp32(model, work: Path, backends: Sequence[str], fold_preprocess: bool = False, opset: int = 17):
     """(fp32 onnx, fp32 ncnn param or None, spec) in ``work`` from a checkpoint, the default model or an ONNX."""
     from .export import export_ncnn, export_onnx, read_onnx_spec
@@ -138,8 +153,11 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
     try:
         with _progress(console) as progress, tempfile.TemporaryDirectory(prefix="edgeface-fp32-") as work:
             work = Path(work)
+            # Read the calibration images before exporting: a bad image fails in seconds, not after pnnx.
+            calib_set = load_calibration_set(calib, model_spec(model), num=num, progress=progress)
             fp32_onnx, fp32_ncnn, spec = prepare_fp32(model, work, backends)
-            calib_set = load_calibration_set(calib, spec, num=num, progress=progress)
+            if spec != model_spec(model):
+                calib_set = load_calibration_set(calib, spec, num=num, progress=progress)
             stats, cache_file, reused = load_or_collect(fp32_onnx, calib_set, spec, stats_cache, cache_dir, progress)
             onnx_model = onnx.load(str(fp32_onnx))
             plan = make_plan(onnx_model, stats, method)

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""The rpi bundle, run on ARM: x86 vs an emulated Raspberry Pi (qemu-user aarch64), as JSON.
+
+    sudo .ci/arm_emulated.sh                        # prepares the rootfs, then runs this
+    python3 scripts/arm_emulated_check.py --rootfs /var/cache/edgeface/rootfs-...   [--bundle DIR] [--json FILE]
+
+Host side: deploy the rpi bundle (`edgeface deploy --target rpi`, unless --bundle is given), run it here
+with Predictor(bundle), copy bundle + inputs + the edgeface source into the rootfs, and run this same file
+there (``run`` mode) under ``QEMU_CPU=cortex-a72`` (Raspberry Pi 4, fp16 off: must equal x86 within 1e-4)
+and ``QEMU_CPU=cortex-a76`` (Raspberry Pi 5, fp16 storage/arithmetic on: a looser bound). The ARM side
+imports edgeface with no torch installed and asserts torch was never imported. Prints the max deviations
+as JSON; exits 1 when a bound is exceeded.
+
+Needs root (chroot). The ``run`` mode is what executes inside the rootfs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXACT_BOUND = 1e-4                               # fp16 off: ncnn's fp32 NEON vs x86 kernels
+FP16_BOUND = {"pose_deg": 0.5, "blur": 0.01}     # fp16 on (Pi 5): half-precision arithmetic
+RUNS = (("cortex-a72", False, "Raspberry Pi 4"), ("cortex-a76", True, "Raspberry Pi 5"))
+IN_ROOT = "/opt/edgeface-check"                  # work folder inside the rootfs
+
+
+# -- inside the rootfs (or anywhere): run the bundle on the saved inputs ------------------------------------
+def run_mode(args) -> int:
+    import numpy as np
+
+    t0 = time.perf_counter()
+    from edgeface import Predictor  # noqa: F401 - the import itself is part of the check
+
+    crops = np.load(args.inputs)
+    options = {} if args.fp16 is None else {"fp16": bool(int(args.fp16))}
+    with Predictor(args.bundle, **options) as p:
+        r = p.predict(crops)
+        info = p.info()
+    np.savez(args.out, blur=r.blur, pose=r.pose)
+    report = {"machine": platform.machine(), "python": platform.python_version(),
+              "torch_imported": "torch" in sys.modules, "onnx_imported": "onnx" in sys.modules,
+              "backend": info.get("backend"), "ncnn": info.get("version"), "fp16_arithmetic": info.get("fp16_arithmetic"),
+              "seconds": round(time.perf_counter() - t0, 2)}
+    print(json.dumps(report))
+    return 0
+
+
+# -- host side ---------------------------------------------------------------------------------------------
+def _inputs(n_per_set: int = 8):
+    """Real val faces when ../shared/data is present (what matters), else the deterministic synthetic set."""
+    import numpy as np
+
+    from edgeface.deploy import _synthetic_faces, default_verify_data
+    from edgeface.spec import ModelSpec
+
+    data = default_verify_data()
+    if data is None:
+        return _synthetic_faces(ModelSpec(), 32), "synthetic images (no ../shared/data)"
+    from edgeface.data import find_sets, load_samples
+    from edgeface.evaluate import load_crops
+
+    samples = []
+    for folder in find_sets(data):
+        samples += load_samples(folder, split="val")[:n_per_set]
+    return np.ascontiguousarray(load_crops(samples, ModelSpec())), f"{len(samples)} val faces from {data}"
+
+
+def _copy_source(root: Path) -> None:
+    """The edgeface package as a device would get it, minus training weights and caches."""
+    dest = root / IN_ROOT.lstrip("/") / "src"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(REPO / "edgeface", dest / "edgeface",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pt", "*.pyc"))
+    shutil.copy2(Path(__file__), dest / "arm_emulated_check.py")
+
+
+def _chroot_run(root: Path, cpu: str, fp16: bool, timeout: float) -> dict:
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8", "QEMU_CPU": cpu,
+           "PYTHONPATH": f"{IN_ROOT}/src:/opt/site", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    out = f"{IN_ROOT}/out-{cpu}.npz"
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"  # looked up on the host's PATH, not the env below
+    cmd = [chroot, str(root), "/usr/bin/python3", f"{IN_ROOT}/src/arm_emulated_check.py", "run",
+           "--bundle", f"{IN_ROOT}/bundle", "--inputs", f"{IN_ROOT}/inputs.npy", "--out", out, "--fp16", str(int(fp16))]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"ARM run ({cpu}) failed with code {proc.returncode}: {' | '.join(tail)}")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report["wall_s"] = round(time.perf_counter() - t0, 2)
+    report["out"] = str(root / out.lstrip("/"))
+    return report
+
+
+def check(root: Path, bundle: Path | None = None, timeout: float = 300.0, log=print) -> dict:
+    """The whole comparison; returns the JSON-able report (``passed`` says whether the bounds held)."""
+    import numpy as np
+
+    from edgeface import Predictor
+
+    if os.geteuid() != 0:
+        raise PermissionError("chroot needs root")
+    if not (root / "usr/bin/python3").exists():
+        raise FileNotFoundError(f"{root} holds no python3; build it with .ci/arm_emulated.sh")
+    with tempfile.TemporaryDirectory(prefix="edgeface-arm-") as td:
+        if bundle is None:
+            bundle = Path(td) / "rpi-fp32"
+            log("deploying the rpi bundle on x86 (edgeface deploy --target rpi)")
+            proc = subprocess.run([sys.executable, "-m", "edgeface", "deploy", "--target", "rpi", "--precision", "fp32",
+                                   "--out", str(bundle), "--no-verify"], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"edgeface deploy --target rpi failed: {proc.stderr.strip().splitlines()[-1:]}")
+        crops, inputs_desc = _inputs()
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "an rpi bundle on x86" is the point here
+            with Predictor(str(bundle)) as p:
+                ref = p.predict(crops)
+                x86_info = p.info()
+        work = root / IN_ROOT.lstrip("/")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        shutil.copytree(bundle, work / "bundle")
+        np.save(work / "inputs.npy", crops)
+        _copy_source(root)
+        report = {"bundle": str(bundle), "inputs": inputs_desc, "n": int(len(crops)),
+                  "x86": {"backend": x86_info.get("backend"), "ncnn": x86_info.get("version"),
+                          "fp16_arithmetic": x86_info.get("fp16_arithmetic"), "machine": platform.machine()},
+                  "runs": {}}
+        passed = True
+        try:
+            for cpu, fp16, board in RUNS:
+                log(f"running in the aarch64 rootfs with QEMU_CPU={cpu} ({board}, fp16 {'on' if fp16 else 'off'})")
+                run = _chroot_run(root, cpu, fp16, timeout)
+                got = np.load(run.pop("out"))
+                pose_dev = float(np.abs(got["pose"] - ref.pose).max())
+                blur_dev = float(np.abs(got["blur"] - ref.blur).max())
+                bound = {"pose_deg": EXACT_BOUND, "blur": EXACT_BOUND} if not fp16 else dict(FP16_BOUND)
+                ok = (pose_dev <= bound["pose_deg"] and blur_dev <= bound["blur"] and run["machine"] == "aarch64"
+                      and not run["torch_imported"] and bool(run["fp16_arithmetic"]) == fp16)
+                passed &= ok
+                report["runs"][cpu] = {"board": board, "fp16": fp16, "pose_max_abs": pose_dev, "blur_max_abs": blur_dev,
+                                       "bound": bound, "passed": ok, **run}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    report["passed"] = passed
+    return report
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="mode")
+    r = sub.add_parser("run", help="(inside the rootfs) run a bundle on saved inputs")
+    r.add_argument("--bundle", required=True)
+    r.add_argument("--inputs", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--fp16", default=None)
+    ap.add_argument("--rootfs", default=os.environ.get("EDGEFACE_ARM_ROOTFS"))
+    ap.add_argument("--bundle", type=Path, default=None, help="an rpi bundle (default: deploy one now)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the report here")
+    args = ap.parse_args()
+    if args.mode == "run":
+        return run_mode(args)
+    if not args.rootfs:
+        ap.error("--rootfs (or EDGEFACE_ARM_ROOTFS) is required; .ci/arm_emulated.sh prepares it")
+    report = check(Path(args.rootfs), args.bundle, log=lambda m: print(m, file=sys.stderr))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

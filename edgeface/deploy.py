@@ -324,17 +324,34 @@ def check_tensorrt_onnx(path: Path, opset: int) -> None:
                             + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
 
 
-def quantize_artifact(target: dict, source: Source, calib: Optional[Path], work: Path, fp32_artifact: str,
+def quantize_artifact(target: dict, source: Source, calib: Optional[Path], work: Path,
                       note: Callable[[str], None]) -> tuple[str, Optional[str], dict]:
-    """INT8 artifact for the target in ``work`` (the quantize module's per-backend path, with its own
-    accuracy guard): (artifact name, calib cache name or None, calibration summary)."""
-    from . import quantize as q
+    """INT8 artifact for the target in ``work``: (artifact name, calib cache name or None, calibration summary).
 
-    result = q.quantize_for_deploy(backend=target["backend"], checkpoint=source.checkpoint, calib=calib,
-                                   out_dir=work, fp32_artifact=work / fp32_artifact, qat=source.qat,
-                                   opset=int(target["onnx"]["opset"]),
-                                   fold_preprocess=target["input_layout"] == "uint8_nhwc_bgr", log=note)
+    Calibration goes through `edgeface quantize`'s per-backend path (with its own accuracy guard); a
+    quantization-aware checkpoint is exported by edgeface.qat and needs no calibration set.
+    """
+    if source.qat and calib is None:
+        from . import qat
+
+        result = qat.export_for_deploy(backend=target["backend"], checkpoint=source.checkpoint, out_dir=work,
+                                       opset=int(target["onnx"]["opset"]), log=note)
+    else:
+        from .quantize import quantize_for_deploy
+
+        result = quantize_for_deploy(backend=target["backend"], checkpoint=source.checkpoint, calib=calib,
+                                     out_dir=work, qat=source.qat, opset=int(target["onnx"]["opset"]),
+                                     fold_preprocess=target["input_layout"] == "uint8_nhwc_bgr", log=note)
     return result["artifact"], result.get("calib_cache"), result.get("summary") or {}
+
+
+def _artifact_input_kind(path: Path) -> str:
+    """What the artifact itself declares (an INT8 ONNX may take float NCHW even where the target folds)."""
+    if path.name.endswith(".onnx"):
+        from .export import read_onnx_input_kind
+
+        return read_onnx_input_kind(path)
+    return "float32_nchw"
 
 
 def make_reference(source: Source):
@@ -402,18 +419,20 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
     verify_result = None
     try:
         with Steps(console) as steps:
-            artifact, input_kind, calib_cache = steps.run(
-                f"export {target['backend']} ({'fp32' if precision == 'int8' else precision}) from {source.label}",
-                export_artifact, target, source, precision, staged)
             calibration = None
-            if precision == "int8":
+            if precision != "int8":
+                artifact, input_kind, calib_cache = steps.run(
+                    f"export {target['backend']} ({precision}) from {source.label}",
+                    export_artifact, target, source, precision, staged)
+            else:
                 artifact, calib_cache, calibration = steps.run(
-                    f"quantize int8 for {target['backend']}"
+                    f"export + quantize int8 for {target['backend']}"
                     + (" (quantization-aware checkpoint)" if source.qat and calib_path is None else f" from {calib_path}"),
-                    quantize_artifact, target, source, calib_path, staged, artifact, steps.note)
+                    quantize_artifact, target, source, calib_path, staged, steps.note)
                 if target["backend"] == "tensorrt":
                     check_tensorrt_onnx(staged / artifact, int(target["onnx"]["opset"]))
                 _drop_unused(staged, keep={artifact, calib_cache, *_companions(artifact)})
+                input_kind = _artifact_input_kind(staged / artifact)
             manifest_args = dict(
                 target=name, backend=target["backend"], precision=precision, artifact=artifact,
                 target_recipe=target, options=backend_options(target, precision), input_kind=input_kind,
@@ -491,20 +510,65 @@ def _verify_line(v: dict) -> str:
 
 
 # -- --host: copy to a device, build there, bench there ------------------------------------------------------------
-def deploy_remote(bundle: Path, host: str, target: dict, console=None) -> dict:
-    """Copy the bundle to ``host`` over SSH, build the TensorRT engine there (Jetson) and run its bench."""
-    from .bench import remote as ssh
+REMOTE_DIR = "edgeface-bundles"   # under the SSH user's home on the device
 
-    remote_dir = f"edgeface-bundles/{bundle.name}"
-    report: dict[str, Any] = {"host": host, "path": remote_dir}
+
+def remote_install_command(name: str) -> str:
+    """Unpack a tar stream as ~/edgeface-bundles/NAME: under .partial first, swapped in only when complete,
+    so a dropped connection never leaves a bundle that looks whole (and the old one stays until then)."""
+    import shlex
+
+    n = shlex.quote(name)
+    return (f"mkdir -p {REMOTE_DIR} && cd {REMOTE_DIR} && rm -rf {n}.partial && mkdir {n}.partial && "
+            f"tar -xf - -C {n}.partial && rm -rf {n}.old && {{ [ ! -e {n} ] || mv {n} {n}.old; }} && "
+            f"mv {n}.partial {n} && rm -rf {n}.old")
+
+
+def deploy_remote(bundle: Path, host: str, target: dict, console=None, remote_python: str = "python3") -> dict:
+    """Copy the bundle to ``host`` (~/edgeface-bundles/NAME) over SSH, check it there with the device's own
+    edgeface (sha256, version, target), build the TensorRT engine there (Jetson), and run the device's bench."""
+    import io
+    import shlex
+    import tarfile
+
+    from .bench.remote import SshTarget, bench_remote
+    from .bench.runner import BenchConfig
+
+    ssh = SshTarget(host)
+    remote = f"{REMOTE_DIR}/{bundle.name}"
+    report: dict[str, Any] = {"host": host, "path": f"~/{remote}"}
+    py = shlex.quote(remote_python)
+
+    def _check(r, what):
+        if r.returncode != 0:
+            err = r.stderr.decode("utf-8", "replace").strip().splitlines()
+            msg = next((ln.split("error:", 1)[1].strip() for ln in reversed(err) if "error:" in ln), err[-1] if err else "")
+            raise EdgefaceError(f"{what} on {ssh.where} failed: {msg or f'exit status {r.returncode}'}")
+        return r.stdout.decode("utf-8", "replace")
+
+    def upload():
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for f in sorted(bundle.iterdir()):
+                tar.add(f, arcname=f.name, recursive=True)
+        _check(ssh.run(remote_install_command(bundle.name), stdin=buf.getvalue(), timeout=600), "copying the bundle")
+
+    def verify_there():
+        code = ("import json, sys; from edgeface.bundle import open_bundle; "
+                f"i = open_bundle({remote!r}); print(json.dumps({{'target': i.target, 'backend': i.backend}}))")
+        return json.loads(_check(ssh.run(f"{py} -c {shlex.quote(code)}", timeout=120), "checking the bundle")
+                          .strip().splitlines()[-1])
+
     with Steps(console) as steps:
-        steps.run(f"copy bundle to {host}:{remote_dir}", ssh.copy_to, host, bundle, remote_dir)
+        steps.run(f"copy bundle to {host}:~/{remote}", upload)
+        report["check"] = steps.run(f"check the bundle with {host}'s edgeface", verify_there)
         if target["backend"] == "tensorrt":
-            report["build"] = steps.run(f"build the TensorRT engine on {host}", ssh.run_edgeface, host,
-                                        ["build", remote_dir])
-        bench = steps.run(f"bench on {host}", ssh.run_edgeface, host, ["bench", remote_dir, "--json", "-"])
-        try:
-            report["bench"] = json.loads(bench) if isinstance(bench, str) else bench
-        except json.JSONDecodeError:
-            report["bench"] = bench
+            out = steps.run(f"build the TensorRT engine on {host}", lambda: _check(
+                ssh.run(f"{py} -m edgeface build {shlex.quote(remote)}", timeout=3600), "edgeface build"))
+            report["build"] = out.strip().splitlines()[-1:] if out.strip() else []
+        rows, warns, fetched = steps.run(f"bench on {host}", bench_remote, BenchConfig(artifacts=[str(bundle)]), ssh,
+                                         remote_python=remote_python, console=console)
+        if fetched is not None:
+            shutil.rmtree(fetched, ignore_errors=True)
+        report["bench"], report["warnings"] = rows, warns
     return report

@@ -1,0 +1,316 @@
+"""edgeface deploy: bundles for x86 / rpi / jetson, their manifest checks, and every refusal path.
+
+Real components throughout: the exporter, onnxruntime, ncnn (x86 wheel), the quantizer, Predictor(bundle).
+The jetson bundle is checked up to the engine build (TensorRT cannot be installed here).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeface.bundle import (ANY_DEVICE, BUNDLE_VERSION, MANIFEST_NAME, check_target, open_bundle, read_manifest,
+                             sha256_file, write_manifest)
+from edgeface.errors import EdgefaceError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _deploy(target, checkpoint, out, **kw):
+    from edgeface.deploy import deploy
+
+    return deploy(target, str(checkpoint), out=out, **kw)
+
+
+def _cli(*args, timeout=300):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "edgeface", *args], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=timeout)
+
+
+def _error_lines(proc) -> list[str]:
+    return [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, checkpoint):
+    """x86 (verified on held-out faces when present), rpi and jetson FP32 bundles, deployed once."""
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for target in ("x86", "rpi", "jetson"):
+        res = _deploy(target, checkpoint, root / target, precision="fp32")
+        out[target] = res
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    from edgeface.runners import make_runner
+
+    runner, _, _ = make_runner(str(checkpoint))
+    return runner
+
+
+def _crops():
+    from edgeface.deploy import _synthetic_faces
+    from edgeface.spec import ModelSpec
+
+    return _synthetic_faces(ModelSpec(), 12)
+
+
+# -- what a bundle holds -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target,backend,artifact", [("x86", "onnxruntime", "model.onnx"),
+                                                     ("rpi", "ncnn", "model.ncnn.param"),
+                                                     ("jetson", "tensorrt", "model.onnx")])
+def test_manifest_lists_every_file_with_its_hash(bundles, target, backend, artifact):
+    res = bundles[target]
+    m = read_manifest(res.bundle)
+    assert (m["target"], m["backend"], m["precision"], m["artifact"]) == (target, backend, "fp32", artifact)
+    on_disk = sorted(p.name for p in res.bundle.iterdir() if p.name != MANIFEST_NAME)
+    assert sorted(m["files"]) == on_disk
+    for name, entry in m["files"].items():
+        assert entry["sha256"] == sha256_file(res.bundle / name)
+        assert entry["bytes"] == (res.bundle / name).stat().st_size
+    assert m["bundle_version"] == BUNDLE_VERSION and m["edgeface_version"]
+    assert m["tools"]["edgeface"] and m["tools"]["onnx"] and m["tools"]["python"]
+    assert m["spec"]["input_size"] == 112 and m["spec"]["outputs"][1]["name"] == "pose"
+    assert m["target_recipe"]["name"] == target
+    acc = m["accuracy"]
+    assert acc["passed"] is True and acc["n_faces"] >= 12
+    # FP32 artifacts reproduce the torch model: far inside the budget, not just inside it.
+    assert acc["pose_max_abs"] < 1e-2 and acc["blur_max_abs"] < 1e-3
+    assert not any(p.name.startswith(f".{target}.") for p in res.bundle.parent.iterdir()), "temp folder left behind"
+
+
+def test_targets_are_data(tmp_path):
+    from edgeface.targets import list_targets, load_target
+
+    assert {"x86", "rpi", "jetson"} <= set(list_targets())
+    rpi = load_target("rpi")
+    assert rpi["backend"] == "ncnn" and rpi["ncnn"]["fp16"] == "off" and rpi["verify"]["int8"]["pose_mean_abs"] > 0
+    assert load_target("jetson")["onnx"]["opset"] <= 17
+    bad = tmp_path / "toaster.yaml"
+    bad.write_text((REPO / "recipes/targets/x86.yaml").read_text().replace("threads: 0", "threadz: 0"))
+    with pytest.raises(EdgefaceError, match="unknown field 'threadz'"):
+        load_target(bad)
+    bad.write_text((REPO / "recipes/targets/x86.yaml").read_text().replace("backend: onnxruntime", "backend: tflite"))
+    with pytest.raises(EdgefaceError, match="'backend' is 'tflite'"):
+        load_target(bad)
+
+
+# -- running bundles here ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["x86", "rpi"])
+def test_predictor_runs_the_bundle(bundles, reference, target):
+    import warnings
+
+    from edgeface import Predictor
+
+    crops = _crops()
+    ref_blur, ref_pose = reference(crops)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Predictor(str(bundles[target].bundle)) as p:
+            r = p.predict(crops)
+            assert p.backend == bundles[target].backend and p.precision == "fp32"
+    np.testing.assert_allclose(r.pose, ref_pose, atol=1e-2)
+    np.testing.assert_allclose(r.blur, ref_blur, atol=1e-3)
+    foreign = [w for w in caught if "deployed for" in str(w.message)]
+    assert bool(foreign) == (target == "rpi"), "an rpi bundle on x86 runs, with a warning that speed differs"
+
+
+def test_jetson_bundle_up_to_the_engine_build(bundles):
+    from edgeface.tensorrt_build import check_onnx_for_tensorrt
+
+    res = bundles["jetson"]
+    assert check_onnx_for_tensorrt(res.bundle / "model.onnx", max_opset=17) == []
+    info = open_bundle(res.bundle, device=ANY_DEVICE)
+    assert info.backend == "tensorrt" and info.options["workspace_mb"] > 0 and info.input_kind == "float32_nchw"
+    assert "TensorRT engine" in res.manifest["accuracy"]["runtime"]
+
+
+def test_bundle_for_another_target_is_refused(bundles):
+    from edgeface import Predictor
+
+    with pytest.raises(EdgefaceError, match=r"deployed for target 'jetson' \(tensorrt\).*deploy --target x86"):
+        Predictor(str(bundles["jetson"].bundle))
+    # A device-bound target whose backend *is* installed still needs an explicit opt-in.
+    m = dict(read_manifest(bundles["x86"].bundle), target="edge-gpu", target_recipe={"portable": False})
+    with pytest.raises(EdgefaceError, match="allow_foreign_target=True"):
+        check_target(bundles["x86"].bundle, m, device="x86", allow_foreign_target=False)
+    assert check_target(bundles["x86"].bundle, m, device="x86", allow_foreign_target=True)
+
+
+# -- a damaged bundle ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage,match", [
+    ("flip", r"bundle file model.ncnn.bin does not match its sha256 .*re-run edgeface deploy"),
+    ("truncate", r"bundle file model.ncnn.bin has \d+ bytes, the manifest says \d+"),
+    ("delete", r"bundle file model.ncnn.bin is missing"),
+    ("extra", r"holds model.onnx, which its manifest does not list"),
+    ("manifest", r"manifest.json is not valid JSON"),
+    ("future", r"format version 99 .* upgrade edgeface"),
+    ("escape", r"lists '\.\./x', which is outside the bundle"),
+])
+def test_tampered_bundle_one_clear_line(bundles, tmp_path, damage, match):
+    from edgeface import Predictor
+
+    b = tmp_path / "b"
+    shutil.copytree(bundles["rpi"].bundle, b)
+    binf = b / "model.ncnn.bin"
+    if damage == "flip":
+        data = bytearray(binf.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        binf.write_bytes(bytes(data))
+    elif damage == "truncate":
+        binf.write_bytes(binf.read_bytes()[:-4])
+    elif damage == "delete":
+        binf.unlink()
+    elif damage == "extra":
+        shutil.copy(bundles["x86"].bundle / "model.onnx", b / "model.onnx")
+    elif damage == "manifest":
+        (b / MANIFEST_NAME).write_text((b / MANIFEST_NAME).read_text()[:-20])
+    else:
+        m = json.loads((b / MANIFEST_NAME).read_text())
+        if damage == "future":
+            m["bundle_version"] = 99
+        else:
+            m["files"]["../x"] = {"sha256": "0" * 64}
+        (b / MANIFEST_NAME).write_text(json.dumps(m))
+    with pytest.raises(EdgefaceError, match=match) as e:
+        Predictor(str(b))
+    assert "\n" not in str(e.value)
+
+
+def test_tampered_bundle_cli_prints_one_error_line(bundles, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(bundles["x86"].bundle, b)
+    with open(b / "model.onnx", "r+b") as fh:
+        fh.seek(200)
+        fh.write(b"\x00\x01\x02\x03")
+    img = tmp_path / "face.png"
+    import cv2
+
+    cv2.imwrite(str(img), _crops()[0])
+    proc = _cli("predict", str(b), str(img))
+    lines = _error_lines(proc)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and "model.onnx does not match its sha256" in lines[0] and "re-run edgeface deploy" in lines[0]
+
+
+# -- refusals and the atomic write ---------------------------------------------------------------------------------
+def test_existing_bundle_needs_force(bundles, checkpoint, tmp_path):
+    b = tmp_path / "x86"
+    shutil.copytree(bundles["x86"].bundle, b)
+    before = read_manifest(b)
+    proc = _cli("deploy", "--target", "x86", "--model", str(checkpoint), "--out", str(b), "--no-verify")
+    assert proc.returncode == 2 and _error_lines(proc) == [f"error: bundle {b} already exists; pass --force to replace it"]
+    assert read_manifest(b) == before
+    junk = tmp_path / "photos"
+    junk.mkdir()
+    (junk / "cat.jpg").write_bytes(b"x")
+    proc = _cli("deploy", "--target", "x86", "--model", str(checkpoint), "--out", str(junk), "--force")
+    assert proc.returncode == 2 and "not a bundle" in _error_lines(proc)[0] and (junk / "cat.jpg").exists()
+
+
+def test_int8_without_calib_is_one_line(checkpoint, tmp_path):
+    proc = _cli("deploy", "--target", "rpi", "--precision", "int8", "--model", str(checkpoint), "--out", str(tmp_path / "b"))
+    lines = _error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: --precision int8 needs calibration images: pass --calib DIR")
+    assert not (tmp_path / "b").exists()
+    proc = _cli("deploy", "--target", "x86", "--precision", "fp16", "--model", str(checkpoint), "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "supports --precision fp32|int8, not fp16" in proc.stderr
+
+
+def test_over_budget_is_refused_and_writes_nothing(checkpoint, tmp_path):
+    from edgeface.deploy import deploy
+
+    strict = tmp_path / "strict-x86.yaml"
+    text = (REPO / "recipes/targets/x86.yaml").read_text().replace("name: x86", "name: strict-x86")
+    strict.write_text(text.replace("fp32: {pose_max_abs: 0.05", "fp32: {pose_max_abs: 0.0"))
+    out = tmp_path / "b"
+    with pytest.raises(EdgefaceError, match=r"exceeds the accuracy budget \(pose_max_abs .* > 0\b.*--no-verify"):
+        deploy(str(strict), str(checkpoint), out=out)
+    assert not out.exists() and not list(tmp_path.glob(".b.*"))
+
+
+def test_interrupted_deploy_leaves_the_old_bundle_whole(bundles, checkpoint, tmp_path):
+    from edgeface.deploy import clean_stale_partials
+
+    out = tmp_path / "x86"
+    shutil.copytree(bundles["x86"].bundle, out)
+    before = {p.name: sha256_file(p) for p in out.iterdir()}
+    proc = subprocess.Popen([sys.executable, "-m", "edgeface", "deploy", "--target", "x86", "--model", str(checkpoint),
+                             "--out", str(out), "--force"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list(tmp_path.glob(".x86.partial-*")):
+            assert proc.poll() is None, "deploy ended before it could be interrupted"
+            time.sleep(0.05)
+        partials = list(tmp_path.glob(".x86.partial-*"))
+        assert partials, "the deploy never created its temporary folder"
+        time.sleep(1.0)  # let it get into the export
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert {p.name: sha256_file(p) for p in out.iterdir()} == before
+    open_bundle(out)  # still a complete, verified bundle
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "x86"]
+    assert leftovers and all(p.name.startswith(".x86.partial-") for p in leftovers), "hidden, clearly partial"
+    assert clean_stale_partials(out) == leftovers  # the next deploy removes them (their pid is dead)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x86"]
+
+
+def test_force_replaces_atomically(bundles, tmp_path):
+    from edgeface.deploy import move_into_place
+
+    out = tmp_path / "rpi"
+    shutil.copytree(bundles["rpi"].bundle, out)
+    staged = tmp_path / ".rpi.partial-1-x"
+    shutil.copytree(bundles["x86"].bundle, staged)
+    with pytest.raises(EdgefaceError, match="already exists"):
+        move_into_place(staged, out, force=False)
+    move_into_place(staged, out, force=True)
+    assert read_manifest(out)["target"] == "x86" and sorted(p.name for p in tmp_path.iterdir()) == ["rpi"]
+
+
+def test_write_manifest_refuses_links_and_missing_artifact(tmp_path):
+    from edgeface.spec import ModelSpec
+
+    (tmp_path / "model.onnx").write_bytes(b"abc")
+    with pytest.raises(EdgefaceError, match="model.ncnn.param is not in the bundle folder"):
+        write_manifest(tmp_path, target="x86", backend="ncnn", precision="fp32", artifact="model.ncnn.param",
+                       spec=ModelSpec())
+    os.symlink("/etc/passwd", tmp_path / "model.bin")
+    with pytest.raises(EdgefaceError, match="symbolic link"):
+        write_manifest(tmp_path, target="x86", backend="onnxruntime", precision="fp32", artifact="model.onnx",
+                       spec=ModelSpec())
+
+
+# -- INT8 -------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["rpi", "jetson"])
+def test_int8_bundle_with_calibration(shared_data, checkpoint, tmp_path, target):
+    res = _deploy(target, checkpoint, tmp_path / target, precision="int8", calib=shared_data / "celeba")
+    m = res.manifest
+    assert m["precision"] == "int8" and m["calibration"]["images"] > 0 and m["accuracy"]["passed"]
+    if target == "jetson":
+        from edgeface.tensorrt_build import check_onnx_for_tensorrt
+
+        assert m["calib_cache"] == "calib.cache" and (res.bundle / "calib.cache").is_file()
+        assert check_onnx_for_tensorrt(res.bundle / "model.onnx") == []
+        info = open_bundle(res.bundle, device=ANY_DEVICE)
+        assert info.options["calib_cache"] == str(res.bundle / "calib.cache")
+    else:
+        from edgeface import Predictor
+
+        with Predictor(str(res.bundle)) as p:
+            assert p.predict(_crops()).pose.shape == (12, 3)

@@ -281,6 +281,13 @@ def classify(tree_model: Optional[str], tegra_release: Optional[str]) -> str:
     return m or "unknown"
 
 
+def _loadavg() -> Optional[list]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def device_info(include_power: bool = True) -> dict:
     """A JSON-able snapshot of the machine; keys absent from a platform are None, never guessed."""
     cpu = parse_cpuinfo(_read("/proc/cpuinfo") or "")
@@ -303,6 +310,7 @@ def device_info(include_power: bool = True) -> dict:
         "cores": os.cpu_count(),
         "cores_available": available,
         "memory_mb": round(int(mem.group(1)) / 1024) if mem else None,
+        "load_average": _loadavg(),
         "governor": gov_values[0] if len(gov_values) == 1 else (", ".join(gov_values) or None),
         "cpu_freq_mhz": read_cur_freq_mhz(),
         "isa_flags": cpu["isa_flags"],
@@ -360,6 +368,10 @@ def pitfall_warnings(info: dict, *, iters: Optional[int] = None, measured_s: Opt
                    "set 'performance' (cpupower frequency-set -g performance) before benchmarking")
     elif gov and gov not in ("performance",):
         out.append(f"CPU frequency governor is '{gov}' (clock scales with load); 'performance' gives steadier numbers")
+    load, cores = info.get("load_average"), info.get("cores_available") or info.get("cores")
+    if load and cores and load[0] >= 0.5 * cores:
+        out.append(f"the machine is busy (load average {load[0]:.1f} on {cores} cores): other processes compete for "
+                   "the CPU, so latency is inflated and noisy (multi-threaded runs worst); benchmark on an idle machine")
     reason = is_throttled(info)
     if reason:
         out.append(f"throttling: {reason}; cool the board / use the official power supply")

@@ -86,6 +86,9 @@ def test_thermal_zones_and_governor(tmp_path):
     warns = D.pitfall_warnings({"governor": "powersave"}, iters=10, measured_s=0.2, warmup=0)
     assert len(warns) == 4 and "powersave" in warns[0] and "performance" in warns[0]
     assert D.pitfall_warnings({"governor": "performance"}, iters=500, measured_s=3.0, warmup=10) == []
+    busy = D.pitfall_warnings({"load_average": [13.2, 12.0, 9.0], "cores_available": 2})
+    assert len(busy) == 1 and "busy (load average 13.2 on 2 cores)" in busy[0]
+    assert D.pitfall_warnings({"load_average": [0.2, 0.1, 0.1], "cores_available": 2}) == []
 
 
 def test_jetson_parsers(tmp_path):

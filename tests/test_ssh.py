@@ -143,3 +143,26 @@ def test_artifact_the_device_cannot_run(sshd, tmp_path):
     line = one_error_line(bench(sshd, engine, "--iters", "5"))
     assert line.startswith(f"error: on {sshd['host']}:") and "tensorrt" in line
     assert remote_temps() == before  # cleaned up after the failure too
+
+
+def test_dropped_upload_leaves_nothing_that_looks_whole(sshd, onnx_model):
+    """The upload is unpacked under in.partial and renamed only when complete: cut the stream halfway."""
+    import io
+    import tarfile
+
+    from edgeface.bench.remote import UPLOAD_COMMAND, SshTarget
+
+    target = SshTarget(sshd["host"], port=sshd["port"], identity=sshd["dir"] / "client_key",
+                       known_hosts=sshd["dir"] / "known_hosts")
+    workdir = target.run("mktemp -d /tmp/edgeface-bench.XXXXXX").stdout.decode().strip()
+    try:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(str(onnx_model), arcname="a0/model.onnx")
+        cut = buf.getvalue()[: len(buf.getvalue()) // 2]  # the connection drops mid-transfer
+        r = target.run(UPLOAD_COMMAND.format(workdir=workdir), stdin=cut)
+        assert r.returncode != 0
+        listing = target.run(f"ls -A {workdir}").stdout.decode().split()
+        assert listing == ["in.partial"]  # nothing under the final name
+    finally:
+        target.run(f"rm -rf {workdir}")

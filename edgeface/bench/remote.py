@@ -30,6 +30,8 @@ UNREACHABLE = ("Connection refused", "No route to host", "Could not resolve host
                "Connection closed by")
 EXTRA_FOR_SUFFIX = {".onnx": "ort", ".param": "ncnn", ".bin": "ncnn", ".engine": "tensorrt"}
 NO_PYTHON, NO_EDGEFACE = 120, 121
+# Unpacked under a .partial name and renamed only once tar has read the whole stream.
+UPLOAD_COMMAND = "cd {workdir} && mkdir in.partial && tar -xf - -C in.partial && mv in.partial in"
 
 
 @dataclass
@@ -205,7 +207,7 @@ def bench_remote(cfg: BenchConfig, target: SshTarget, *, remote_python: str = "p
             if ref not in ("auto", "none"):
                 ref = "in/" + _add_artifact(tar, ref, "ref")
             data = "in/" + _add_data(tar, cfg.data, cfg.split, cfg.limit) if cfg.data else None
-        r = target.run(f"cd {qdir} && mkdir in.partial && tar -xf - -C in.partial && mv in.partial in",
+        r = target.run(UPLOAD_COMMAND.format(workdir=qdir),
                        stdin=buf.getvalue(), timeout=600)
         if r.returncode != 0:
             raise EdgefaceError(f"copying to {target.where} failed: "

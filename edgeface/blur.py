@@ -1,9 +1,10 @@
 """Synthetic blur and its label.
 
 Label definition (documented in the README): a blur kernel's strength is its equivalent Gaussian sigma
-``s`` (the PSF's standard deviation along its widest axis) measured in pixels of the model's 112 px crop,
-i.e. relative to the face's size. Gaussian sigma g -> s = g; linear motion of length L -> s = L / sqrt(12);
-defocus disk of radius r -> s = r / 2. The score is
+``s`` — the root-mean-square of the PSF's standard deviations along the two image axes,
+s = sqrt((var_x + var_y) / 2), rotation invariant — measured in pixels of the model's 112 px crop, i.e.
+relative to the face's size. Gaussian sigma g -> s = g; defocus disk of radius r -> s = r / 2; linear motion
+of length L -> s = L / sqrt(24) (all its spread lies along one axis, detail across it survives). The score is
 
     blur = 1 - exp(-s / S0),  S0 = 2.5 px
 
@@ -42,7 +43,7 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 
 
 def motion_kernel(sigma: float, angle_deg: float) -> np.ndarray:
-    length = sigma * math.sqrt(12.0)
+    length = sigma * math.sqrt(24.0)  # RMS over both axes: variance L^2/12 along the motion, 0 across
     k = _odd(length + 3)
     ker = np.zeros((k, k), np.float32)
     c = (k - 1) / 2

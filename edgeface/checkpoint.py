@@ -28,7 +28,7 @@ def save_checkpoint(path: str | Path, model, spec: ModelSpec, meta: dict | None 
                     train_state: dict | None = None) -> None:
     torch = _torch()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    obj = {"format": FORMAT, "spec": spec.to_dict(), "state_dict": state, "meta": meta or {}}
+    obj = {"format": FORMAT, "spec": spec.to_dict(), "state_dict": state, "meta": _plain(meta or {})}
     if train_state is not None:
         obj["train_state"] = train_state
     path = Path(path)
@@ -42,6 +42,20 @@ def save_checkpoint(path: str | Path, model, spec: ModelSpec, meta: dict | None 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _plain(obj):
+    """Meta as plain JSON types: numpy scalars would make the file unloadable with weights_only=True."""
+    import json
+
+    def default(o):
+        if hasattr(o, "item"):
+            return o.item()
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        return str(o)
+
+    return json.loads(json.dumps(obj, default=default))
 
 
 def read_checkpoint(path: str | Path | None = None) -> dict[str, Any]:

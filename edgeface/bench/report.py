@@ -143,12 +143,12 @@ def plot_latency(rows: list[dict], path: Path) -> None:
         ax.boxplot(data, positions=pos, widths=0.18, showfliers=False, medianprops={"color": "black"})
         for p, r, d in zip(pos, sel, data):
             lat = r["latency_ms"]
-            ax.scatter([p], [lat["p99"]], marker="v", color="crimson", zorder=3, label="p99" if p == 1 else None)
+            ax.scatter([p], [lat["p99"]], marker="v", color="crimson", zorder=3)
             ax.annotate(f"p50 {lat['p50']:.3g}", (p, lat["p50"]), xytext=(14, 0), textcoords="offset points",
                         fontsize=8, va="center")
             over = sum(v > top for v in d)
             if over:
-                ax.annotate(f"{over} call(s) above, max {lat['max']:.3g}", (p, top), xytext=(0, -10),
+                ax.annotate(f"{over} above\nmax {lat['max']:.3g}", (p, top), xytext=(0, -4), va="top",
                             textcoords="offset points", ha="center", fontsize=7, color="dimgray")
         ax.set_ylim(0, top)
         ax.set_xticks(pos)
@@ -156,7 +156,6 @@ def plot_latency(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("latency per call (ms)")
         ax.set_title(f"batch {b}, {threads0 or 'auto'} thread(s), {len(data[0])} calls each")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
     fig.suptitle("Latency per call (box: quartiles, whiskers 1.5 IQR; violin: density up to p99; ▼ p99)",
                  fontsize=11)
     fig.tight_layout()
@@ -209,12 +208,10 @@ def plot_accuracy_latency(rows: list[dict], path: Path) -> None:
         ax.text(0.5, 0.5, "no accuracy measured\n(run with --data DIR holding labels.csv)", ha="center", va="center",
                 transform=ax.transAxes, fontsize=12)
         ax.set_axis_off()
-    for k, r in enumerate(have):
+    for r in have:
         x, y = r["latency_ms"]["p50"], r["accuracy"]["mean_mae"]
         ax.errorbar([x], [y], xerr=[[x - r["latency_ms"]["min"]], [r["latency_ms"]["p90"] - x]], fmt="o", ms=9,
                     color=colors[row_name(r)], capsize=4, label=f"{row_name(r)}: {y:.2f}°, p50 {x:.3g} ms")
-        ax.annotate(r["artifact"], (x, y), xytext=(6, 8 + 11 * k), textcoords="offset points", fontsize=8,
-                    color=colors[row_name(r)])
     if have:
         ax.set_xlabel(f"latency p50 per call (ms), batch {b0}, {t0 or 'auto'} thread(s); bar: min to p90")
         ax.set_ylabel("pose mean MAE (degrees, lower is better)")

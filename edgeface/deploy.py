@@ -149,7 +149,10 @@ def verify_bundle(runner, reference, crops: np.ndarray, poses: np.ndarray, budge
     else:
         ref_bb = art_bb = np.empty(0)
         ref_bp = art_bp = np.empty((0, 3))
-    dp = np.abs(np.concatenate([art_p, art_bp]) - np.concatenate([ref_p, ref_bp]))
+    # Pose is budgeted on the faces as they are; on the synthetically blurred copies (some blurred until the
+    # face is gone) pose is reported but not budgeted. Blur is budgeted on both.
+    dp = np.abs(art_p - ref_p)
+    dp_blurred = np.abs(art_bp - ref_bp)
     db = np.abs(np.concatenate([art_b, art_bb]) - np.concatenate([ref_b, ref_bb]))
     ref_acc, art_acc = pose_metrics(ref_p, poses), pose_metrics(art_p, poses)
     increase = None
@@ -157,7 +160,8 @@ def verify_bundle(runner, reference, crops: np.ndarray, poses: np.ndarray, budge
         increase = art_acc["mean_mae"] - ref_acc["mean_mae"]
     result = {
         "n_faces": int(len(crops)), "n_blurred": int(len(blur_imgs)),
-        "pose_max_abs": float(dp.max()), "pose_mean_abs": float(dp.mean()),
+        "pose_max_abs": float(dp.max()), "pose_p99_abs": float(np.percentile(dp, 99)), "pose_mean_abs": float(dp.mean()),
+        "pose_max_abs_blurred": float(dp_blurred.max()) if dp_blurred.size else None,
         "blur_max_abs": float(db.max()), "blur_mean_abs": float(db.mean()),
         "reference": {"pose_mean_mae": ref_acc.get("mean_mae"), "yaw_mae": ref_acc.get("yaw_mae"),
                       "pitch_mae": ref_acc.get("pitch_mae"), "roll_mae": ref_acc.get("roll_mae"),
@@ -169,7 +173,7 @@ def verify_bundle(runner, reference, crops: np.ndarray, poses: np.ndarray, budge
         "budget": dict(budget),
     }
     over = []
-    for key in ("pose_max_abs", "pose_mean_abs", "blur_max_abs", "pose_mae_increase"):
+    for key in ("pose_max_abs", "pose_p99_abs", "pose_mean_abs", "blur_max_abs", "pose_mae_increase"):
         value = result[key]
         if value is not None and value > budget[key]:
             over.append(f"{key} {value:.4g} > {budget[key]:.4g}")
@@ -387,7 +391,7 @@ def bundle_runner(bundle: Path, target: dict):
 def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: Optional[str] = None,
            calib: Optional[str | Path] = None, out: Optional[str | Path] = None, force: bool = False,
            verify: bool = True, verify_data: Optional[str | Path] = None, host: Optional[str] = None,
-           console=None) -> DeployResult:
+           ssh_options: Optional[dict] = None, console=None) -> DeployResult:
     """Export, quantize, verify and write a bundle for ``target_name``; see the module docstring."""
     t_start = time.perf_counter()
     target = load_target(target_name)
@@ -471,7 +475,9 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
     result = DeployResult(bundle=out, target=name, backend=target["backend"], precision=precision, manifest=manifest,
                           verify=verify_result, seconds=time.perf_counter() - t_start, steps=dict(steps.times))
     if host:
-        result.remote = deploy_remote(out, host, target, console)
+        ssh_options = dict(ssh_options or {})
+        result.remote = deploy_remote(out, host, target, console,
+                                      remote_python=ssh_options.pop("remote_python", None) or "python3", **ssh_options)
     return result
 
 
@@ -506,6 +512,7 @@ def _verify_line(v: dict) -> str:
                f"({v['pose_mae_increase']:+.3f})")
     verdict = "[green]within budget[/green]" if v["passed"] else "[red]over budget[/red]"
     return (f"vs FP32 on {v['n_faces']} faces + {v['n_blurred']} blurred: pose max |Δ| {v['pose_max_abs']:.4g}°, "
+            f"p99 {v['pose_p99_abs']:.4g}°, "
             f"mean {v['pose_mean_abs']:.4g}°, blur max |Δ| {v['blur_max_abs']:.4g}{acc}: {verdict}")
 
 
@@ -524,7 +531,9 @@ def remote_install_command(name: str) -> str:
             f"mv {n}.partial {n} && rm -rf {n}.old")
 
 
-def deploy_remote(bundle: Path, host: str, target: dict, console=None, remote_python: str = "python3") -> dict:
+def deploy_remote(bundle: Path, host: str, target: dict, console=None, remote_python: str = "python3",
+                  port: Optional[int] = None, identity: Optional[Path] = None,
+                  known_hosts: Optional[Path] = None) -> dict:
     """Copy the bundle to ``host`` (~/edgeface-bundles/NAME) over SSH, check it there with the device's own
     edgeface (sha256, version, target), build the TensorRT engine there (Jetson), and run the device's bench."""
     import io
@@ -534,7 +543,7 @@ def deploy_remote(bundle: Path, host: str, target: dict, console=None, remote_py
     from .bench.remote import SshTarget, bench_remote
     from .bench.runner import BenchConfig
 
-    ssh = SshTarget(host)
+    ssh = SshTarget(host, port=port, identity=identity, known_hosts=known_hosts)
     remote = f"{REMOTE_DIR}/{bundle.name}"
     report: dict[str, Any] = {"host": host, "path": f"~/{remote}"}
     py = shlex.quote(remote_python)

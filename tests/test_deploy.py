@@ -314,3 +314,31 @@ def test_int8_bundle_with_calibration(shared_data, checkpoint, tmp_path, target)
 
         with Predictor(str(res.bundle)) as p:
             assert p.predict(_crops()).pose.shape == (12, 3)
+
+
+
+# -- --host: a real OpenSSH server on 127.0.0.1 plays the device (the bench tests' loopback sshd) ---------------
+from test_ssh import sshd  # noqa: E402,F401 - reuse the fixture: host key, client key, known_hosts
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_deploy_to_host_over_ssh(bundles, sshd, tmp_path):  # noqa: F811
+    from edgeface.deploy import deploy_remote
+    from edgeface.targets import load_target
+
+    name = f"x86-remote-{os.getpid()}"
+    bundle = tmp_path / name
+    shutil.copytree(bundles["x86"].bundle, bundle)
+    landed = Path.home() / "edgeface-bundles" / name  # this machine is the device
+    d = sshd["dir"]
+    try:
+        rep = deploy_remote(bundle, sshd["host"], load_target("x86"), remote_python=sys.executable,
+                            port=sshd["port"], identity=d / "client_key", known_hosts=d / "known_hosts")
+        assert rep["check"] == {"target": "x86", "backend": "onnxruntime"}
+        assert {p.name: sha256_file(p) for p in landed.iterdir()} == {p.name: sha256_file(p) for p in bundle.iterdir()}
+        row = rep["bench"][0]
+        assert row["backend"] == "onnxruntime" and row["latency_ms"]["p50"] > 0 and row["device"]["ssh_port"] == sshd["port"]
+        assert not list(landed.parent.glob(f"{name}.*")), "no .partial/.old left on the device"
+    finally:
+        shutil.rmtree(landed, ignore_errors=True)

@@ -32,6 +32,11 @@ def deploy(target: str = typer.Option(..., "--target", "-t",
                                                       help="Held-out labelled faces (default: the val split of ../shared/data)."),
            host: Optional[str] = typer.Option(None, "--host",
                                               help="USER@HOST: copy the bundle there over SSH, build (Jetson) and bench there."),
+           port: Optional[int] = typer.Option(None, "--port", help="SSH port of --host."),
+           identity: Optional[Path] = typer.Option(None, "--identity", help="SSH private key for --host."),
+           known_hosts: Optional[Path] = typer.Option(None, "--known-hosts",
+                                                      help="known_hosts file holding --host's key (host keys are checked)."),
+           remote_python: str = typer.Option("python3", "--remote-python", help="Python with edgeface on --host."),
            json_out: Optional[Path] = typer.Option(None, "--json", help="Write the deploy report as JSON.")):
     """Weights -> verified bundle for a device: export, quantize (int8), verify against FP32, write atomically.
 
@@ -43,7 +48,9 @@ def deploy(target: str = typer.Option(..., "--target", "-t",
     from ..deploy import deploy as run_deploy
 
     result = run_deploy(target, model, precision=precision, calib=calib, out=out, force=force,
-                        verify=not no_verify, verify_data=verify_data, host=host, console=console)
+                        verify=not no_verify, verify_data=verify_data, host=host, console=console,
+                        ssh_options={"port": port, "identity": identity, "known_hosts": known_hosts,
+                                     "remote_python": remote_python})
     files = ", ".join(f"{k} ({v['bytes'] / 1e6:.2f} MB)" for k, v in result.manifest["files"].items())
     out_console.print(f"[green]bundle[/green] {result.bundle}  target={result.target} backend={result.backend} "
                       f"precision={result.precision}  ({escape(files)})  {result.seconds:.1f} s", highlight=False)
@@ -52,4 +59,9 @@ def deploy(target: str = typer.Option(..., "--target", "-t",
     if result.backend == "tensorrt":
         out_console.print(f"on the Jetson: `edgeface build {result.bundle.name}` builds the engine "
                           f"(or the first Predictor() call does)", highlight=False)
+    if result.remote:
+        for row in result.remote.get("bench") or []:
+            lat = row.get("latency_ms") or {}
+            out_console.print(f"{host}: {row.get('backend')} {row.get('precision')} batch {row.get('batch')} "
+                              f"p50 {lat.get('p50')} ms, {row.get('throughput_ips')} img/s", highlight=False)
     write_json(json_out, result.to_json())

@@ -14,7 +14,7 @@ from edgeface.export import (INPUT_KIND_KEY, export_onnx, ncnn_paths, read_ncnn_
                              read_onnx_spec, rename_ncnn_blobs)
 from edgeface.formats import FORMATS, export, format_of_artifact, get_format
 from edgeface.spec import SPEC_KEY
-from export_cache import exported
+from export_cache import exported, parity_checkpoint
 
 # Operators TensorRT 8.6's ONNX parser supports that this network may use (a short, explicit list: a new op
 # appearing in the export should be a decision, not an accident).
@@ -24,12 +24,13 @@ TRT_OK_OPS = {"Conv", "Relu", "Clip", "Add", "Mul", "GlobalAveragePool", "Flatte
 
 @pytest.fixture(scope="module")
 def arts(checkpoint):
-    return exported(str(checkpoint))
+    return exported(parity_checkpoint(str(checkpoint)))
 
 
 def test_onnx_structure_and_spec(arts, checkpoint):
     from edgeface.checkpoint import read_checkpoint
 
+    checkpoint = parity_checkpoint(str(checkpoint))
     m = onnx.load(str(arts["onnx"]))
     onnx.checker.check_model(m, full_check=True)
     assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) == 17

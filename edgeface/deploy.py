@@ -533,7 +533,7 @@ def remote_install_command(name: str) -> str:
 
 def deploy_remote(bundle: Path, host: str, target: dict, console=None, remote_python: str = "python3",
                   port: Optional[int] = None, identity: Optional[Path] = None,
-                  known_hosts: Optional[Path] = None) -> dict:
+                  known_hosts: Optional[Path] = None, bench_options: Optional[dict] = None) -> dict:
     """Copy the bundle to ``host`` (~/edgeface-bundles/NAME) over SSH, check it there with the device's own
     edgeface (sha256, version, target), build the TensorRT engine there (Jetson), and run the device's bench."""
     import io
@@ -575,7 +575,8 @@ def deploy_remote(bundle: Path, host: str, target: dict, console=None, remote_py
             out = steps.run(f"build the TensorRT engine on {host}", lambda: _check(
                 ssh.run(f"{py} -m edgeface build {shlex.quote(remote)}", timeout=3600), "edgeface build"))
             report["build"] = out.strip().splitlines()[-1:] if out.strip() else []
-        rows, warns, fetched = steps.run(f"bench on {host}", bench_remote, BenchConfig(artifacts=[str(bundle)]), ssh,
+        rows, warns, fetched = steps.run(f"bench on {host}", bench_remote,
+                                         BenchConfig(artifacts=[str(bundle)], **(bench_options or {})), ssh,
                                          remote_python=remote_python, console=console)
         if fetched is not None:
             shutil.rmtree(fetched, ignore_errors=True)

@@ -40,15 +40,22 @@ def _error_lines(proc) -> list[str]:
     return [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
 
 
+class _LazyBundles(dict):
+    """target -> DeployResult of an FP32 bundle, deployed on first use (so `-k` runs deploy only what they need)."""
+
+    def __init__(self, root: Path, checkpoint: Path):
+        super().__init__()
+        self.root, self.checkpoint = root, checkpoint
+
+    def __missing__(self, target):
+        self[target] = _deploy(target, self.checkpoint, self.root / target, precision="fp32")
+        return self[target]
+
+
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory, checkpoint):
-    """x86 (verified on held-out faces when present), rpi and jetson FP32 bundles, deployed once."""
-    root = tmp_path_factory.mktemp("bundles")
-    out = {}
-    for target in ("x86", "rpi", "jetson"):
-        res = _deploy(target, checkpoint, root / target, precision="fp32")
-        out[target] = res
-    return out
+    """x86, rpi and jetson FP32 bundles (verified on held-out faces when present), each deployed once."""
+    return _LazyBundles(tmp_path_factory.mktemp("bundles"), checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +341,8 @@ def test_deploy_to_host_over_ssh(bundles, sshd, tmp_path):  # noqa: F811
     d = sshd["dir"]
     try:
         rep = deploy_remote(bundle, sshd["host"], load_target("x86"), remote_python=sys.executable,
-                            port=sshd["port"], identity=d / "client_key", known_hosts=d / "known_hosts")
+                            port=sshd["port"], identity=d / "client_key", known_hosts=d / "known_hosts",
+                            bench_options={"duration": 0.2, "rounds": 2, "warmup": 2})
         assert rep["check"] == {"target": "x86", "backend": "onnxruntime"}
         assert {p.name: sha256_file(p) for p in landed.iterdir()} == {p.name: sha256_file(p) for p in bundle.iterdir()}
         row = rep["bench"][0]

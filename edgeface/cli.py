@@ -72,7 +72,7 @@ def train(recipe: Path = typer.Option(..., "--recipe", help="Recipe YAML (e.g. r
         from .qat import train_qat
 
         result = train_qat(recipe, out=str(out) if out else None, epochs=epochs, limit=limit,
-                           data_root=str(data_root) if data_root else None, console=console)
+                           data_root=str(data_root) if data_root else None, epoch_size=epoch_size, console=console)
     else:
         from .train import train as run_train
 

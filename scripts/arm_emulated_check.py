@@ -29,7 +29,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EXACT_BOUND = 1e-4                               # fp16 off: ncnn's fp32 NEON vs x86 kernels
 FP16_BOUND = {"pose_deg": 0.5, "blur": 0.01}     # fp16 on (Pi 5): half-precision arithmetic
-RUNS = (("cortex-a72", False, "Raspberry Pi 4"), ("cortex-a76", True, "Raspberry Pi 5"))
+# (QEMU_CPU, fp16 on, board, run name). The bundle's own policy (fp16 off) must be exact on both Pis; fp16 on
+# is measured and reported against FP16_BOUND but does not decide `passed` (with the trained model it gave
+# 9.3 deg: fp16 arithmetic is not safe for this model, which is why recipes/targets/rpi.yaml keeps it off).
+RUNS = (("cortex-a72", False, "Raspberry Pi 4", "cortex-a72"), ("cortex-a76", False, "Raspberry Pi 5", "cortex-a76"),
+        ("cortex-a76", True, "Raspberry Pi 5", "cortex-a76-fp16"))
 IN_ROOT = "/opt/edgeface-check"                  # work folder inside the rootfs
 
 
@@ -86,7 +90,7 @@ def _copy_source(root: Path) -> None:
 def _chroot_run(root: Path, cpu: str, fp16: bool, timeout: float) -> dict:
     env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8", "QEMU_CPU": cpu,
            "PYTHONPATH": f"{IN_ROOT}/src:/opt/site", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    out = f"{IN_ROOT}/out-{cpu}.npz"
+    out = f"{IN_ROOT}/out-{cpu}-fp16{int(fp16)}.npz"
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"  # looked up on the host's PATH, not the env below
     cmd = [chroot, str(root), "/usr/bin/python3", f"{IN_ROOT}/src/arm_emulated_check.py", "run",
            "--bundle", f"{IN_ROOT}/bundle", "--inputs", f"{IN_ROOT}/inputs.npy", "--out", out, "--fp16", str(int(fp16))]
@@ -139,18 +143,20 @@ def check(root: Path, bundle: Path | None = None, timeout: float = 300.0, log=pr
                   "runs": {}}
         passed = True
         try:
-            for cpu, fp16, board in RUNS:
+            for cpu, fp16, board, run_name in RUNS:
                 log(f"running in the aarch64 rootfs with QEMU_CPU={cpu} ({board}, fp16 {'on' if fp16 else 'off'})")
                 run = _chroot_run(root, cpu, fp16, timeout)
                 got = np.load(run.pop("out"))
                 pose_dev = float(np.abs(got["pose"] - ref.pose).max())
                 blur_dev = float(np.abs(got["blur"] - ref.blur).max())
                 bound = {"pose_deg": EXACT_BOUND, "blur": EXACT_BOUND} if not fp16 else dict(FP16_BOUND)
-                ok = (pose_dev <= bound["pose_deg"] and blur_dev <= bound["blur"] and run["machine"] == "aarch64"
-                      and not run["torch_imported"] and bool(run["fp16_arithmetic"]) == fp16)
+                within = pose_dev <= bound["pose_deg"] and blur_dev <= bound["blur"]
+                ok = (run["machine"] == "aarch64" and not run["torch_imported"] and bool(run["fp16_arithmetic"]) == fp16
+                      and (within or fp16))
                 passed &= ok
-                report["runs"][cpu] = {"board": board, "fp16": fp16, "pose_max_abs": pose_dev, "blur_max_abs": blur_dev,
-                                       "bound": bound, "passed": ok, **run}
+                report["runs"][run_name] = {"board": board, "fp16": fp16, "pose_max_abs": pose_dev,
+                                            "blur_max_abs": blur_dev, "bound": bound, "within_bound": within,
+                                            "passed": ok, **run}
         finally:
             shutil.rmtree(work, ignore_errors=True)
     report["passed"] = passed

@@ -63,6 +63,8 @@ def train(recipe: Path = typer.Option(..., "--recipe", help="Recipe YAML (e.g. r
           limit: Optional[int] = typer.Option(None, "--limit", help="Use at most N samples per set (smoke runs)."),
           data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the recipe's sets."),
           resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+          init: Optional[Path] = typer.Option(None, "--init", help="Start weights (overrides the recipe's train.init)."),
+          seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
           json_out: Optional[Path] = typer.Option(None, "--json", help="Write the final val metrics as JSON.")):
     """Train from a recipe (FP32, or quantization-aware with a `kind: qat` recipe)."""
     from .recipes import load_yaml
@@ -78,7 +80,7 @@ def train(recipe: Path = typer.Option(..., "--recipe", help="Recipe YAML (e.g. r
 
         result = run_train(recipe, out=str(out) if out else None, epochs=epochs, limit=limit,
                            data_root=str(data_root) if data_root else None, resume=resume,
-                           epoch_size=epoch_size, console=console)
+                           epoch_size=epoch_size, init=str(init) if init else None, seed=seed, console=console)
     console.print(f"[green]saved[/green] {result}")
     if json_out:
         from .checkpoint import read_checkpoint

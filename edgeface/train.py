@@ -192,7 +192,8 @@ def _load_sets(recipe: dict, split: str, root: Path) -> dict[str, list[Sample]]:
 
 
 def train(recipe_path, out: str | None = None, epochs: int | None = None, limit: int | None = None,
-          data_root: str | None = None, resume: bool = False, epoch_size: int | None = None, console=None) -> Path:
+          data_root: str | None = None, resume: bool = False, epoch_size: int | None = None,
+          init: str | None = None, seed: int | None = None, console=None) -> Path:
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -209,6 +210,13 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
         recipe["train"]["epoch_size"] = epoch_size
     if data_root is not None:
         recipe["data"]["root"] = data_root
+    if init is not None:
+        recipe["train"]["init"] = init
+    if seed is not None:
+        recipe["train"]["seed"] = seed
+    if recipe["train"]["init"] and not Path(recipe["train"]["init"]).is_file():
+        raise EdgefaceError(f"recipe {recipe_path}: field 'train.init' names {recipe['train']['init']}, which does "
+                            f"not exist; train it first or pass --init CHECKPOINT")
     out_dir = Path(out or recipe["out"])
     root = Path(recipe["data"]["root"])
     if not root.is_dir():

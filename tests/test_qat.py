@@ -177,10 +177,19 @@ def test_conversions_keep_the_trained_scales(smoke_run, synthetic_crops):
 
     from edgeface.predictor import Predictor
 
-    m = onnx.load(str(smoke_run / "onnxruntime" / "model.onnx"))
-    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    zps = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits]
-    assert zps and all(z.dtype == np.uint8 and (z == 128).all() for z in zps)  # symmetric int8 scale, u8 form
+    def act_quant(path):
+        m = onnx.load(str(path))
+        inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        return [(float(inits[n.input[1]]), inits[n.input[2]]) for n in m.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[2] in inits]
+
+    trained = np.array([s for s, _ in act_quant(smoke_run / "tensorrt" / "model.onnx")])
+    u8 = act_quant(smoke_run / "onnxruntime" / "model.onnx")
+    assert u8 and all(z.dtype == np.uint8 and int(z) in (0, 128) for _, z in u8)
+    # zero point 128: the trained int8 scale itself; zero point 0: a ReLU6 output, [0, 127 s] on 255 steps
+    for scale, z in u8:
+        target = trained if int(z) == 128 else trained * 127 / 255
+        assert np.abs(target / scale - 1).min() < 1e-5, (scale, int(z))
     outs = {}
     for rel, backend in (("tensorrt/model.onnx", "onnxruntime"), ("onnxruntime/model.onnx", "onnxruntime"),
                          ("ncnn/model.ncnn.param", "ncnn")):
@@ -190,7 +199,9 @@ def test_conversions_keep_the_trained_scales(smoke_run, synthetic_crops):
     for rel, r in outs.items():
         pose = np.stack([r.yaw, r.pitch, r.roll], 1) - np.stack([ref.yaw, ref.pitch, ref.roll], 1)
         scale = max(1.0, float(np.abs(np.stack([ref.yaw, ref.pitch, ref.roll])).max()))
-        assert np.abs(pose).max() <= 0.05 * scale, rel
+        # Random weights amplify rounding-path differences; a wrong range (e.g. a dropped ReLU6 clamp) is
+        # off by most of the output scale.
+        assert np.abs(pose).max() <= 0.15 * scale and np.abs(pose).mean() <= 0.05 * scale, rel
         assert np.abs(r.blur - ref.blur).max() <= 0.05, rel
     ncnn_param = (smoke_run / "ncnn" / "model.ncnn.param").read_text()
     assert " 8=2" in ncnn_param or " 8=1" in ncnn_param  # int8 layers present

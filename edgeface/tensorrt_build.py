@@ -25,13 +25,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from .errors import EdgefaceError, MissingBackendError
+from .fileio import atomic_write_bytes
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MIN_TRT = (8, 5)               # name-based tensors + execute_async_v3 exist from 8.5 (JetPack 5)
@@ -209,22 +209,9 @@ def write_engine(engine_path: str | Path, engine_bytes: bytes, record: dict) -> 
     record["engine_sha256"] = hashlib.sha256(engine_bytes).hexdigest()
     record["engine_bytes"] = len(engine_bytes)
     record.setdefault("built_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    _atomic_write(engine_path, bytes(engine_bytes))
-    _atomic_write(sidecar_path(engine_path), (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode())
+    atomic_write_bytes(engine_path, bytes(engine_bytes))
+    atomic_write_bytes(sidecar_path(engine_path), (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode())
     return engine_path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def default_cache_dir() -> Path:
@@ -553,7 +540,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str = "f
         raise EdgefaceError(f"TensorRT failed to build an engine from {onnx_path.name} (see the TensorRT log above)")
     build_s = time.perf_counter() - t0
     if cache_obj is not None:
-        _atomic_write(Path(opts.timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
+        atomic_write_bytes(Path(opts.timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
 
     try:
         name, cc = gpu_properties()

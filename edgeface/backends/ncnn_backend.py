@@ -106,7 +106,10 @@ class NcnnBackend(Backend):
             self._mean = [float(-b / s) for b, s in zip(bias, scale)]
             swap = idx == [2, 1, 0]
             self._pixel_type = ncnn.Mat.PixelType.PIXEL_BGR2RGB if swap else ncnn.Mat.PixelType.PIXEL_BGR
-        self.precision = "fp16" if (self._fp16 or self._weights == "fp16") else "fp32"
+        if self._weights == "int8":  # our INT8 emitter records it; fp16 arithmetic does not change that
+            self.precision = "int8"
+        else:
+            self.precision = "fp16" if (self._fp16 or self._weights == "fp16") else "fp32"
         self._loaded = True
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:

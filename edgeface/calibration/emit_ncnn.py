@@ -17,10 +17,7 @@ plan keeps in float (the heads), stays float.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -28,6 +25,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ..errors import EdgefaceError
+from ..fileio import atomic_write_bytes
 
 MAGIC = 7767517
 TAG_FP16 = 0x01306B47
@@ -212,26 +210,14 @@ def emit_ncnn(fp32_param, out_param, onnx_model, ranges_sym: Mapping[str, tuple]
     text = "\n".join([str(MAGIC), f"{len(layers)} {blob_count}"] + [l.line() for l in layers]) + "\n"
     param_out.parent.mkdir(parents=True, exist_ok=True)
     # Weights and spec first, the .param last: a loader looks for the .param.
-    _atomic_write(bin_out, b"".join(chunks))
+    atomic_write_bytes(bin_out, b"".join(chunks))
     if spec_in.is_file():
         import json
 
         info = json.loads(spec_in.read_text())
         info["precision"] = "int8"
-        _atomic_write(spec_out, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
-    _atomic_write(param_out, text.encode())
+        atomic_write_bytes(spec_out, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(param_out, text.encode())
     return {"param": str(param_out), "bin": str(bin_out), "quantized_layers": len(quantized),
             "float_layers": kept_float, "layers": quantized}
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -21,7 +21,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
@@ -117,17 +116,9 @@ def write_calibration_cache(path: str | Path, scales: Mapping[str, float], heade
     """Write TensorRT's calibration-cache text file atomically (no half-written cache on failure)."""
     path = Path(path)
     text = format_calibration_cache(scales, header)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from ..fileio import atomic_write_bytes
+
+    return atomic_write_bytes(path, text.encode("ascii"))
 
 
 def read_calibration_cache(path: str | Path) -> dict[str, float]:

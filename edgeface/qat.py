@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -460,7 +459,7 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
     from .model import build_model
     from .preprocess import to_input
     from .spec import ModelSpec
-    from .train import AugmentedFaces, CropCache, _collate, _load_sets, masked_losses
+    from .train import AugmentedFaces, CropCache, _collate, _load_sets, masked_losses, warmup_cosine
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -518,13 +517,7 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
 
     opt = torch.optim.AdamW(prepared.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     steps_per_epoch = max(1, t["epoch_size"] // t["batch_size"])
-    total_steps = steps_per_epoch * t["epochs"]
-    warm = max(1, int(t["warmup_epochs"] * steps_per_epoch))
-
-    def lr_at(step):
-        if step < warm:
-            return t["lr"] * (step + 1) / warm
-        return t["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
+    lr_at = warmup_cosine(t, steps_per_epoch)
 
     dataset = AugmentedFaces(cache, a, t["seed"])
     bn_frozen = obs_frozen = False

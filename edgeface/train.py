@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from .blur import degrade, random_blur, sharpness
-from .data import Sample, find_sets, load_samples
+from .data import Sample, load_samples
 from .errors import EdgefaceError
 from .pose import rotate_pose
 from .preprocess import crop_face, read_image, to_input
@@ -159,6 +159,19 @@ def _collate(batch):
     return imgs, poses, blurs
 
 
+def warmup_cosine(t: dict, steps_per_epoch: int):
+    """Learning rate per step: linear warm-up over ``warmup_epochs``, then cosine to 0 (FP32 and QAT share it)."""
+    total = steps_per_epoch * t["epochs"]
+    warm = max(1, int(t["warmup_epochs"] * steps_per_epoch))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return t["lr"] * (step + 1) / warm
+        return t["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return lr_at
+
+
 def masked_losses(blur_pred, pose_pred, blur_t, pose_t, beta: float):
     """Smooth-L1 pose loss (degrees / 10) and BCE blur loss, each averaged over known labels only."""
     import torch
@@ -243,13 +256,7 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
         model.load_state_dict(init["state_dict"])
     opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     steps_per_epoch = max(1, t["epoch_size"] // t["batch_size"])
-    total_steps = steps_per_epoch * t["epochs"]
-    warm = max(1, int(t["warmup_epochs"] * steps_per_epoch))
-
-    def lr_at(step):
-        if step < warm:
-            return t["lr"] * (step + 1) / warm
-        return t["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
+    lr_at = warmup_cosine(t, steps_per_epoch)
 
     start_epoch, history = 0, []
     last = out_dir / "last.pt"

@@ -6,7 +6,7 @@
      same preprocessed batch (target >= 90 %). Rounds alternate between the two so background load hits both.
   3. ORT and ncnn batch-1 latency vs torch eager, one thread each (target >= 4x faster).
 
-    python3 scripts/bench_predictor.py [--checkpoint runs/default/model.pt] [--json out.json]
+    python3 scripts/bench_predictor.py [--checkpoint edgeface/weights/default.pt] [--json out.json]
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def throughput_pair(fn_a, fn_b, batch: int, rounds: int, per_round: int) -> tupl
 
 
 def default_checkpoint() -> Path:
-    for cand in (REPO / "runs" / "default" / "model.pt", REPO / "edgeface" / "weights" / "default.pt"):
+    for cand in (REPO / "edgeface" / "weights" / "default.pt", REPO / "runs" / "default" / "model.pt"):
         if cand.is_file():
             return cand
     raise SystemExit("no checkpoint: pass --checkpoint (runs/default/model.pt or edgeface/weights/default.pt)")

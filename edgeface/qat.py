@@ -459,7 +459,7 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
     from .model import build_model
     from .preprocess import to_input
     from .spec import ModelSpec
-    from .train import AugmentedFaces, CropCache, _collate, _load_sets, masked_losses, warmup_cosine
+    from .train import AugmentedFaces, CropCache, _collate, _load_sets, run_epoch, warmup_cosine
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -549,21 +549,8 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
                                                  prefetch_factor=4 if t["workers"] else None)
             state = ("BN frozen" if bn_frozen else "BN live") + (", ranges frozen" if obs_frozen else "")
             task = progress.add_task(f"QAT epoch {epoch + 1}/{t['epochs']} ({state})", total=steps_per_epoch, info="")
-            sums = np.zeros(2)
             te = time.perf_counter()
-            for i, (imgs, poses, blurs) in enumerate(loader):
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step)
-                bp, pp = prepared(torch.from_numpy(to_input(imgs, spec)))
-                pl, bl = masked_losses(bp, pp, torch.from_numpy(blurs), torch.from_numpy(poses), recipe["loss"]["pose_beta"])
-                loss = recipe["loss"]["pose"] * pl + recipe["loss"]["blur"] * bl
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                sums += (pl.item(), bl.item())
-                rate = (i + 1) * t["batch_size"] / (time.perf_counter() - te)
-                progress.update(task, advance=1, info=f"pose {sums[0] / (i + 1):.3f} blur {sums[1] / (i + 1):.3f} {rate:.0f} img/s")
+            sums, step = run_epoch(prepared, loader, opt, lr_at, step, recipe["loss"], spec, progress, task)
             move_exported_model_to_eval(prepared)
             val = {name: evaluate_samples(runner, s, spec, blur=False, seed=0) for name, s in val_sets.items() if s}
             history.append({"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch, "blur_loss": sums[1] / steps_per_epoch,

@@ -190,6 +190,30 @@ def masked_losses(blur_pred, pose_pred, blur_t, pose_t, beta: float):
     return pose_loss, blur_loss
 
 
+def run_epoch(forward, loader, opt, lr_at, step: int, loss_weights: dict, spec: ModelSpec, progress, task):
+    """One pass over ``loader`` (FP32 training and QAT share it): returns (summed [pose, blur] losses, step)."""
+    import torch
+
+    sums = np.zeros(2)
+    t0 = time.perf_counter()
+    seen = 0
+    for i, (imgs, poses, blurs) in enumerate(loader):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        bp, pp = forward(torch.from_numpy(to_input(imgs, spec)))
+        pl, bl = masked_losses(bp, pp, torch.from_numpy(blurs), torch.from_numpy(poses), loss_weights["pose_beta"])
+        loss = loss_weights["pose"] * pl + loss_weights["blur"] * bl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        seen += len(imgs)
+        sums += (pl.item(), bl.item())
+        rate = seen / (time.perf_counter() - t0)
+        progress.update(task, advance=1, info=f"pose {sums[0] / (i + 1):.3f} blur {sums[1] / (i + 1):.3f} {rate:.0f} img/s")
+    return sums, step
+
+
 def _load_sets(recipe: dict, split: str, root: Path) -> dict[str, list[Sample]]:
     out = {}
     for s in recipe["data"]["sets"]:
@@ -290,22 +314,8 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
                                                  persistent_workers=False, prefetch_factor=4 if t["workers"] else None)
             model.train()
             task = progress.add_task(f"epoch {epoch + 1}/{t['epochs']}", total=steps_per_epoch, info="")
-            sums = np.zeros(2)
-            t0 = time.perf_counter()
-            for i, (imgs, poses, blurs) in enumerate(loader):
-                for gparam in opt.param_groups:
-                    gparam["lr"] = lr_at(step)
-                x = torch.from_numpy(to_input(imgs, spec)).contiguous(memory_format=torch.channels_last)
-                bp, pp = model(x)
-                pl, bl = masked_losses(bp, pp, torch.from_numpy(blurs), torch.from_numpy(poses), recipe["loss"]["pose_beta"])
-                loss = recipe["loss"]["pose"] * pl + recipe["loss"]["blur"] * bl
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                sums += (pl.item(), bl.item())
-                rate = (i + 1) * t["batch_size"] / (time.perf_counter() - t0)
-                progress.update(task, advance=1, info=f"pose {sums[0] / (i + 1):.3f} blur {sums[1] / (i + 1):.3f} {rate:.0f} img/s")
+            sums, step = run_epoch(lambda x: model(x.contiguous(memory_format=torch.channels_last)), loader, opt,
+                                   lr_at, step, recipe["loss"], spec, progress, task)
             model.eval()
             val = {name: evaluate_samples(torch_runner, s, spec, blur=False, seed=0) for name, s in val_samples.items()}
             summary = {"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch, "blur_loss": sums[1] / steps_per_epoch,

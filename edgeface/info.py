@@ -54,22 +54,27 @@ def default_model_card() -> dict:
 
 
 def print_info(report: dict, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"edgeface {report['edgeface']}", show_header=False)
-    t.add_row("python", report["python"])
-    t.add_row("platform", report["platform"])
+
+    def row(key, value):
+        if value is not None:  # an unmeasured fact is left out, not shown as "None"
+            t.add_row(key, escape(str(value)))  # escape: "pip install 'edgeface[ort]'" is not rich markup
+
+    row("python", report["python"])
+    row("platform", report["platform"])
     for k, v in report["packages"].items():
-        t.add_row(k, v or "[dim]not installed[/dim]")
+        row(k, v or "not installed")
     for k, v in (report.get("backends") or {}).items():
-        t.add_row(f"backend {k}", str(v))
+        row(f"backend {k}", v)
     for k, v in (report.get("device") or {}).items():
-        t.add_row(f"device {k}", str(v))
+        row(f"device {k}", v)
     card = report["default_model"]
     for k in ("arch", "input", "version", "size_mb", "note"):
-        if card.get(k) is not None:
-            t.add_row(f"model {k}", str(card[k]))
+        row(f"model {k}", card.get(k))
     if card.get("params") is not None:
-        t.add_row("model params", f"{card['params'] / 1e6:.3f} M")
-        t.add_row("model MACs", f"{card['macs'] / 1e6:.2f} M multiply-adds")
+        row("model params", f"{card['params'] / 1e6:.3f} M")
+        row("model MACs", f"{card['macs'] / 1e6:.2f} M multiply-adds")
     console.print(t)

@@ -460,23 +460,15 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
     from .preprocess import to_input
     from .spec import ModelSpec
     from .train import AugmentedFaces, CropCache, _collate, _load_sets, run_epoch, warmup_cosine
+    from .train import apply_cli_overrides, data_root_of
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     recipe = load_qat_recipe(recipe_path)  # every field checked before any work
-    if epochs is not None:
-        if epochs < 1:
-            raise EdgefaceError(f"--epochs must be >= 1, got {epochs}")
-        recipe["train"]["epochs"] = epochs
-    if epoch_size is not None:
-        recipe["train"]["epoch_size"] = epoch_size
-    if limit is not None:
-        recipe["data"]["limit"] = limit
-    if data_root is not None:
-        recipe["data"]["root"] = data_root
-    root = Path(recipe["data"]["root"])
-    if not root.is_dir():
-        raise EdgefaceError(f"data root {root} does not exist; pass --data-root DIR (e.g. ../shared/data)")
+    if epochs is not None and epochs < 1:
+        raise EdgefaceError(f"--epochs must be >= 1, got {epochs}")
+    apply_cli_overrides(recipe, epochs, epoch_size, limit, data_root)
+    root = data_root_of(recipe)
     out_dir = Path(out or recipe["out"])
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgefaceError(f"--out {out_dir} is a file; choose a folder")

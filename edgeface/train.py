@@ -214,6 +214,22 @@ def run_epoch(forward, loader, opt, lr_at, step: int, loss_weights: dict, spec: 
     return sums, step
 
 
+def apply_cli_overrides(recipe: dict, epochs=None, epoch_size=None, limit=None, data_root=None) -> dict:
+    """The command line's --epochs/--epoch-size/--limit/--data-root over a validated recipe (FP32 and QAT)."""
+    for section, key, value in (("train", "epochs", epochs), ("train", "epoch_size", epoch_size),
+                                ("data", "limit", limit), ("data", "root", data_root)):
+        if value is not None:
+            recipe[section][key] = value
+    return recipe
+
+
+def data_root_of(recipe: dict) -> Path:
+    root = Path(recipe["data"]["root"])
+    if not root.is_dir():
+        raise EdgefaceError(f"data root {root} does not exist; pass --data-root DIR (e.g. ../shared/data)")
+    return root
+
+
 def _load_sets(recipe: dict, split: str, root: Path) -> dict[str, list[Sample]]:
     out = {}
     for s in recipe["data"]["sets"]:
@@ -238,15 +254,7 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
     from .evaluate import evaluate_samples, format_table
     from .model import build_model
 
-    recipe = load_train_recipe(recipe_path)
-    if epochs is not None:
-        recipe["train"]["epochs"] = epochs
-    if limit is not None:
-        recipe["data"]["limit"] = limit
-    if epoch_size is not None:
-        recipe["train"]["epoch_size"] = epoch_size
-    if data_root is not None:
-        recipe["data"]["root"] = data_root
+    recipe = apply_cli_overrides(load_train_recipe(recipe_path), epochs, epoch_size, limit, data_root)
     if init is not None:
         recipe["train"]["init"] = init
     if seed is not None:
@@ -255,9 +263,7 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
         raise EdgefaceError(f"recipe {recipe_path}: field 'train.init' names {recipe['train']['init']}, which does "
                             f"not exist; train it first or pass --init CHECKPOINT")
     out_dir = Path(out or recipe["out"])
-    root = Path(recipe["data"]["root"])
-    if not root.is_dir():
-        raise EdgefaceError(f"data root {root} does not exist; pass --data-root DIR (e.g. ../shared/data)")
+    root = data_root_of(recipe)
     t = recipe["train"]
     torch.manual_seed(t["seed"])
     torch.set_num_threads(t["threads"])

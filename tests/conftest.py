@@ -49,6 +49,22 @@ def random_checkpoint(path: Path, width: float = 0.25, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ckpt(checkpoint) -> str:
+    """The checkpoint parity tests compare against (see export_cache.parity_checkpoint)."""
+    from export_cache import parity_checkpoint
+
+    return parity_checkpoint(str(checkpoint))
+
+
+@pytest.fixture(scope="session")
+def arts(ckpt) -> dict:
+    """Artifacts exported once per session from ``ckpt`` (ONNX, folded ONNX, ncnn fp32/fp16)."""
+    from export_cache import exported
+
+    return exported(ckpt)
+
+
+@pytest.fixture(scope="session")
 def face_crops(shared_data) -> np.ndarray:
     """32 real 112x112 BGR face crops from the val splits (cropped by the shared crop rule)."""
     from edgeface.data import load_samples

@@ -16,7 +16,7 @@ from edgeface.backends.base import FLOAT_NCHW, UINT8_NHWC
 from edgeface.errors import EdgefaceError, MissingBackendError
 from edgeface.predictor import Predictor
 from edgeface.spec import ModelSpec
-from export_cache import exported, parity_checkpoint, reference
+from export_cache import reference
 
 BOUNDS = {"fp32": (0.05, 1e-3), "fp16": (0.5, 0.01)}
 
@@ -33,14 +33,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ckpt(checkpoint):
-    return parity_checkpoint(str(checkpoint))
-
-
-@pytest.fixture(scope="module")
-def arts(ckpt):
-    return exported(ckpt)
 
 
 def _needs(backend):

@@ -13,17 +13,9 @@ import pytest
 from edgeface.errors import EdgefaceError
 from edgeface.predictor import Predictor, Result
 from edgeface.preprocess import crop_face
-from export_cache import exported, parity_checkpoint, reference
+from export_cache import reference
 
 
-@pytest.fixture(scope="module")
-def ckpt(checkpoint):
-    return parity_checkpoint(str(checkpoint))
-
-
-@pytest.fixture(scope="module")
-def arts(ckpt):
-    return exported(ckpt)
 
 
 @pytest.fixture(scope="module")

@@ -55,29 +55,63 @@ def resolve_model(model_or_checkpoint, spec: ModelSpec | None = None):
     return model, spec or ck_spec
 
 
-def _folded_module(model, spec: ModelSpec):
-    """Wrap ``model`` so it takes uint8 (N, S, S, 3) BGR; the affine comes from preprocess.input_affine."""
-    torch = _torch()
+def prepend_preprocess(proto, spec: ModelSpec, cast_first: bool = True):
+    """Return ``proto`` (a float32-NCHW-input ONNX) taking uint8 (N, S, S, 3) BGR instead.
+
+    Cast, Transpose to NCHW, Gather (only when the spec wants RGB), Mul, Add, i.e.
+    input[c] = bgr[..., idx[c]] * scale[c] + bias[c] from preprocess.input_affine, feed the original graph.
+    ``cast_first`` (for artifacts: TensorRT takes uint8 only as a network input cast straight to float);
+    without it the layout ops move 1-byte pixels, a quarter of the memory traffic (for ORT at load time).
+    A 1x1 Conv would do the affine in one node but ran ~25 % slower in ORT than Mul and Add.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
     from .preprocess import input_affine
 
+    graph = proto.graph
+    init_names = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in init_names]
+    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise EdgefaceError(f"cannot fold preprocessing into a graph with inputs {[i.name for i in inputs]}; "
+                            f"it needs one float32 NCHW input")
+    old = inputs[0]
+    s = spec.input_size
+    batch = old.type.tensor_type.shape.dim[0]
+    batch_dim = batch.dim_param or (batch.dim_value if batch.HasField("dim_value") else "batch")
+    name = old.name
+    inner = f"{name}__normalised"
+    for node in graph.node:
+        for k, used in enumerate(node.input):
+            if used == name:
+                node.input[k] = inner
     scale, bias, idx = input_affine(spec)
-
-    class Folded(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = model
-            # A 1x1 convolution does channel selection and normalisation in one op: out[c] = s[c]*in[idx[c]] + b[c]
-            w = torch.zeros(3, 3, 1, 1)
-            for c, src in enumerate(idx):
-                w[c, src, 0, 0] = float(scale[c])
-            self.register_buffer("w", w)
-            self.register_buffer("b", torch.tensor(bias, dtype=torch.float32))
-
-        def forward(self, x):
-            x = x.to(torch.float32).permute(0, 3, 1, 2)  # cast first: TensorRT takes uint8 only as an input cast to float
-            return self.net(torch.nn.functional.conv2d(x, self.w, self.b))
-
-    return Folded().eval()
+    consts = {"edgeface_scale": np.asarray(scale, np.float32).reshape(1, 3, 1, 1),
+              "edgeface_bias": np.asarray(bias, np.float32).reshape(1, 3, 1, 1)}
+    cast = [helper.make_node("Cast", [name], [f"{name}__float"], to=TensorProto.FLOAT, name="edgeface_cast")]
+    layout = [helper.make_node("Transpose", [name], [f"{name}__nchw"], perm=[0, 3, 1, 2], name="edgeface_nchw")]
+    if list(idx) != [0, 1, 2]:
+        consts["edgeface_channel_order"] = np.asarray(idx, np.int64)
+        layout.append(helper.make_node("Gather", [f"{name}__nchw", "edgeface_channel_order"], [f"{name}__planar"],
+                                       axis=1, name="edgeface_channel_order"))
+    else:
+        layout.append(helper.make_node("Identity", [f"{name}__nchw"], [f"{name}__planar"], name="edgeface_planar"))
+    # chain the two groups: the first takes the graph input, the second the first's output
+    first, second = (cast, layout) if cast_first else (layout, cast)
+    second[0].input[0] = first[-1].output[0]
+    planar = second[-1].output[0]
+    pre = first + second
+    pre += [helper.make_node("Mul", [planar, "edgeface_scale"], [f"{name}__scaled"], name="edgeface_scale"),
+            helper.make_node("Add", [f"{name}__scaled", "edgeface_bias"], [inner], name="edgeface_bias")]
+    nodes = pre + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    pos = list(graph.input).index(old)
+    graph.input.remove(old)
+    graph.input.insert(pos, helper.make_tensor_value_info(name, TensorProto.UINT8, [batch_dim, s, s, 3]))
+    _set_metadata(proto, {INPUT_KIND_KEY: UINT8_NHWC})
+    return proto
 
 
 @contextmanager
@@ -113,12 +147,7 @@ def export_onnx(model_or_checkpoint=None, out_path: str | Path = "model.onnx", *
     out_path = Path(out_path)
     model, spec = resolve_model(model_or_checkpoint, spec)
     s = spec.input_size
-    if fold_preprocess:
-        net = _folded_module(model, spec)
-        dummy = torch.zeros(1, s, s, 3, dtype=torch.uint8)
-    else:
-        net = model
-        dummy = torch.zeros(1, 3, s, s)
+    net, dummy = model, torch.zeros(1, 3, s, s)
     names = list(spec.output_names)
     axes = {spec.input_name: {0: "batch"}, **{n: {0: "batch"} for n in names}} if dynamic_batch else None
     with tempfile.TemporaryDirectory(prefix="edgeface-onnx-") as td:
@@ -134,8 +163,9 @@ def export_onnx(model_or_checkpoint=None, out_path: str | Path = "model.onnx", *
         proto = onnx.load(str(raw))
     if simplify:
         proto = _simplify(proto)
-    _set_metadata(proto, {SPEC_KEY: spec.to_json(), INPUT_KIND_KEY: UINT8_NHWC if fold_preprocess else FLOAT_NCHW,
-                          PRECISION_KEY: "fp32"})
+    _set_metadata(proto, {SPEC_KEY: spec.to_json(), INPUT_KIND_KEY: FLOAT_NCHW, PRECISION_KEY: "fp32"})
+    if fold_preprocess:
+        proto = prepend_preprocess(proto, spec)
     proto.producer_name = "edgeface"
     from . import __version__
 

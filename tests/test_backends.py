@@ -22,7 +22,8 @@ BOUNDS = {"fp32": (0.05, 1e-3), "fp16": (0.5, 0.01)}
 
 # (id, artifact key, backend, options, precision class)
 CASES = [
-    ("onnxruntime-fp32", "onnx", "onnxruntime", {}, "fp32"),
+    ("onnxruntime-fp32", "onnx", "onnxruntime", {}, "fp32"),  # preprocessing folded in at load time
+    ("onnxruntime-fp32-float-input", "onnx", "onnxruntime", {"fold_preprocess": False}, "fp32"),
     ("onnxruntime-fp32-folded", "onnx_folded", "onnxruntime", {}, "fp32"),
     ("ncnn-fp32", "ncnn_fp32", "ncnn", {"fp16": False}, "fp32"),
     ("ncnn-fp32-float-input", "ncnn_fp32", "ncnn", {"fp16": False, "pixel_input": False}, "fp32"),
@@ -80,7 +81,7 @@ def test_reference_is_not_trivial(ckpt, synthetic_crops):
 # -- lifecycle and options ----------------------------------------------------------------------------
 def test_lifecycle_is_lazy_and_closes(arts):
     spec = ModelSpec()
-    b = get_backend_class("onnxruntime")(arts["onnx"], spec, threads=1)
+    b = get_backend_class("onnxruntime")(arts["onnx"], spec, threads=1, fold_preprocess=False)
     assert b._loaded is False  # construction loads nothing
     with b:
         out = b.run(np.zeros((2, 3, 112, 112), np.float32))
@@ -105,6 +106,9 @@ def test_onnxruntime_session_options(arts):
 
 def test_input_kinds(arts):
     with Predictor(arts["onnx"]) as p:
+        assert p.input_kind == UINT8_NHWC  # folded in at load time
+        assert p.info()["preprocess_folded_at_load"] is True
+    with Predictor(arts["onnx"], fold_preprocess=False) as p:
         assert p.input_kind == FLOAT_NCHW
     with Predictor(arts["onnx_folded"]) as p:
         assert p.input_kind == UINT8_NHWC
@@ -114,10 +118,11 @@ def test_input_kinds(arts):
         assert p.input_kind == FLOAT_NCHW
 
 
-@pytest.mark.parametrize("key,backend", [("onnx", "onnxruntime"), ("onnx_folded", "onnxruntime"),
-                                         ("ncnn_fp32", "ncnn")])
-def test_backend_rejects_wrong_input(arts, key, backend):
-    with Predictor(arts[key], backend=backend) as p:
+@pytest.mark.parametrize("key,backend,options", [("onnx", "onnxruntime", {}),
+                                                 ("onnx", "onnxruntime", {"fold_preprocess": False}),
+                                                 ("onnx_folded", "onnxruntime", {}), ("ncnn_fp32", "ncnn", {})])
+def test_backend_rejects_wrong_input(arts, key, backend, options):
+    with Predictor(arts[key], backend=backend, **options) as p:
         b = p.backend_session
         good = np.zeros((1, 112, 112, 3), np.uint8) if b.input_kind == UINT8_NHWC else np.zeros((1, 3, 112, 112),
                                                                                                 np.float32)

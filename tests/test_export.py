@@ -19,7 +19,7 @@ from export_cache import exported, parity_checkpoint
 # Operators TensorRT 8.6's ONNX parser supports that this network may use (a short, explicit list: a new op
 # appearing in the export should be a decision, not an accident).
 TRT_OK_OPS = {"Conv", "Relu", "Clip", "Add", "Mul", "GlobalAveragePool", "Flatten", "Gemm", "Concat", "Sigmoid",
-              "Transpose", "Cast", "Reshape", "MatMul"}
+              "Transpose", "Cast", "Reshape", "MatMul", "Gather"}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,29 @@ def test_folded_preprocess_graph(arts):
     assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [112, 112, 3]
     assert read_onnx_input_kind(arts["onnx_folded"]) == "uint8_nhwc_bgr"
     assert {n.op_type for n in m.graph.node} <= TRT_OK_OPS
+    # TensorRT takes a uint8 input only when it is cast to float straight away
+    (consumer,) = [n for n in m.graph.node if inp.name in n.input]
+    assert consumer.op_type == "Cast"
+
+
+def test_prepend_preprocess_both_orders_match_numpy(arts, synthetic_crops):
+    import onnxruntime as ort
+
+    from edgeface.export import prepend_preprocess, read_onnx_spec
+    from edgeface.preprocess import to_input
+
+    spec = read_onnx_spec(arts["onnx"])
+    ref = ort.InferenceSession(str(arts["onnx"]), providers=["CPUExecutionProvider"])
+    want = ref.run(None, {"input": to_input(synthetic_crops, spec)})
+    for cast_first in (True, False):
+        proto = prepend_preprocess(onnx.load(str(arts["onnx"])), spec, cast_first=cast_first)
+        onnx.checker.check_model(proto, full_check=True)
+        s = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = s.run(None, {"input": synthetic_crops})
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-5)
+    with pytest.raises(EdgefaceError, match="float32 NCHW input"):
+        prepend_preprocess(onnx.load(str(arts["onnx_folded"])), spec)
 
 
 def test_onnx_without_spec_and_corrupt_files(tmp_path, arts):

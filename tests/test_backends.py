@@ -216,3 +216,11 @@ def test_torch_backend_matches_model(ckpt, synthetic_crops):
     # channels_last vs NCHW kernels differ in summation order only.
     assert np.abs(out["pose"] - pose.numpy()).max() < 1e-3
     assert np.abs(out["blur"] - blur.numpy()).max() < 1e-5
+
+
+def test_onnxruntime_folds_only_a_single_float_input(arts):
+    spec = ModelSpec()
+    cls = get_backend_class("onnxruntime")
+    assert cls(arts["onnx"], spec)._folded_bytes() is not None
+    # an artifact already taking uint8 is left as it is (the fold needs one float32 input)
+    assert cls(arts["onnx_folded"], spec)._folded_bytes() is None

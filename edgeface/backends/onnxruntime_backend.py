@@ -3,8 +3,9 @@ onnxruntime has them (onnxruntime-gpu). Full graph optimizations, the thread cou
 
 A float-input artifact gets its preprocessing folded in at load time (``export.prepend_preprocess``, in
 memory; the file is untouched), so the session takes the uint8 NHWC BGR crops as they are. Measured on
-2 x86 cores at batch 32: numpy's ``to_input`` before the run cost 9-12 % of the raw session's throughput,
-the folded graph ~0-2 % (``scripts/bench_predictor.py``). ``fold_preprocess=False`` keeps the float input.
+2 x86 cores at batch 32 (``scripts/bench_predictor.py``, three runs): numpy's ``to_input`` before the run
+cost 11-14 % of the raw session's throughput, the folded graph 0.5-11 % (median 3.6 %). A graph whose input
+is not one float32 tensor is left as it is. ``fold_preprocess=False`` keeps the float input.
 """
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ class OnnxRuntimeBackend(Backend):
         self.input_kind = meta.get(INPUT_KIND_KEY, FLOAT_NCHW)
         model: str | bytes = str(self.artifact)
         if self.input_kind == FLOAT_NCHW and self.options.get("fold_preprocess", True):
-            model = self._folded_bytes()
-            self.input_kind = UINT8_NHWC
-            self.folded_at_load = True
+            folded = self._folded_bytes()
+            if folded is not None:
+                model, self.input_kind, self.folded_at_load = folded, UINT8_NHWC, True
         self.precision = meta.get(PRECISION_KEY, self.precision)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -71,7 +72,8 @@ class OnnxRuntimeBackend(Backend):
         self._providers = self._sess.get_providers()
         self._loaded = True
 
-    def _folded_bytes(self) -> bytes:
+    def _folded_bytes(self) -> bytes | None:
+        """The artifact with preprocessing prepended, or None where its input is not one float32 tensor."""
         import onnx
 
         from ..export import prepend_preprocess
@@ -81,7 +83,10 @@ class OnnxRuntimeBackend(Backend):
         except Exception as e:  # noqa: BLE001 - protobuf / external-data errors
             raise EdgefaceError(f"{self.artifact.name} cannot be read ({type(e).__name__}); re-export it "
                                 f"with `edgeface export`") from None
-        return prepend_preprocess(proto, self.spec, cast_first=False).SerializeToString()
+        try:
+            return prepend_preprocess(proto, self.spec, cast_first=False).SerializeToString()
+        except EdgefaceError:
+            return None
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if not self._loaded:

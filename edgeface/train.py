@@ -20,7 +20,7 @@ from .spec import CropRule, ModelSpec
 
 TRAIN_SCHEMA = {
     "kind": "train",
-    "model": {"arch": "mobilenetv2", "width": 0.25, "input_size": 112, "crop_scale": 1.4, "version": "1.0.0"},
+    "model": {"arch": "mobilenetv2", "width": 0.25, "input_size": 112, "crop_scale": 1.4, "version": "1.1.0"},
     "data": {
         "root": "../shared/data",
         "sets": REQUIRED,  # list of {name, weight}

@@ -49,10 +49,44 @@ def _f(row: dict, key: str) -> float:
         return NAN
 
 
-def read_labels_csv(folder: str | Path, split: str | None = None) -> list[Sample]:
+# Per-person label offsets are measured this close to frontal, where the teacher is most reliable.
+PERSON_OFFSET_MAX_YAW = 30.0
+PERSON_OFFSET_MIN_ROWS = 5
+
+
+def person_offsets(rows: list[dict]) -> dict[str, tuple[float, float]]:
+    """Per-person (``group``) yaw/pitch corrections for rig-angle labels, from the teacher.
+
+    Lab sets (Pointing'04, QMUL) label each photo with the camera's angle, so a person who sits turned
+    carries that offset on every photo. A person's offset = median(teacher - label) over their near-frontal
+    rows; the correction is that offset minus the median offset of all people, so the set keeps its own
+    frame and only the person-to-person scatter is removed. People without enough rows get none.
+    """
+    per: dict[str, list[list[float]]] = {}
+    for row in rows:
+        yaw = _f(row, "yaw")
+        if math.isnan(yaw) or abs(yaw) > PERSON_OFFSET_MAX_YAW or not row.get("group"):
+            continue
+        d = per.setdefault(row["group"], [[], []])
+        for k, a in enumerate(("yaw", "pitch")):
+            v = _f(row, f"t_{a}") - _f(row, a)
+            if not math.isnan(v):
+                d[k].append(v)
+    med = {g: tuple(float(np.median(v)) if len(v) >= PERSON_OFFSET_MIN_ROWS else math.nan for v in d)
+           for g, d in per.items()}
+    centre = []
+    for k in range(2):
+        vals = [m[k] for m in med.values() if not math.isnan(m[k])]
+        centre.append(float(np.median(vals)) if vals else 0.0)
+    return {g: tuple(0.0 if math.isnan(m[k]) else m[k] - centre[k] for k in range(2)) for g, m in med.items()}
+
+
+def read_labels_csv(folder: str | Path, split: str | None = None, centre_people: bool = False) -> list[Sample]:
     """A folder with ``labels.csv`` (file,x,y,w,h and any of yaw,pitch,roll,blur; t_* teacher columns).
 
     Ground truth wins where present; the teacher's angles fill the gaps (teacher roll only near frontal).
+    ``centre_people`` removes each person's rig offset from the ground-truth yaw/pitch (`person_offsets`,
+    measured on the rows of the split read); for training only, never for evaluation.
     """
     folder = Path(folder)
     path = folder / "labels.csv"
@@ -67,15 +101,20 @@ def read_labels_csv(folder: str | Path, split: str | None = None) -> list[Sample
             rows = list(reader)
     except UnicodeDecodeError:
         raise EdgefaceError(f"{path} is not a text CSV file; write it as UTF-8 with a header line") from None
+    if split:
+        rows = [(i, r) for i, r in enumerate(rows, start=2) if r.get("split", split) == split]
+    else:
+        rows = list(enumerate(rows, start=2))
+    offsets = person_offsets([r for _, r in rows]) if centre_people else {}
     samples = []
-    for i, row in enumerate(rows, start=2):
-        if split and row.get("split", split) != split:
-            continue
+    for i, row in rows:
         box = tuple(_f(row, k) for k in ("x", "y", "w", "h"))
         if not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
             raise EdgefaceError(f"{path} line {i}: face box {box} is not a box with positive width and height")
         yaw, pitch, roll = _f(row, "yaw"), _f(row, "pitch"), _f(row, "roll")
         t_yaw, t_pitch, t_roll = _f(row, "t_yaw"), _f(row, "t_pitch"), _f(row, "t_roll")
+        d_yaw, d_pitch = offsets.get(row.get("group", ""), (0.0, 0.0))
+        yaw, pitch = yaw + d_yaw, pitch + d_pitch  # NaN stays NaN: only ground truth is corrected
         if math.isnan(yaw):
             yaw = t_yaw
         if math.isnan(pitch):
@@ -138,7 +177,8 @@ def read_image_folder(folder: str | Path) -> list[Sample]:
     return [Sample(p, (NAN, NAN, NAN, NAN), source=folder.name) for p in files]
 
 
-def load_samples(folder: str | Path, split: str | None = None, require_labels: bool = False) -> list[Sample]:
+def load_samples(folder: str | Path, split: str | None = None, require_labels: bool = False,
+                 centre_people: bool = False) -> list[Sample]:
     """Read any supported layout; a clear error for a missing or empty folder."""
     folder = Path(folder)
     if not folder.exists():
@@ -146,7 +186,7 @@ def load_samples(folder: str | Path, split: str | None = None, require_labels: b
     if not folder.is_dir():
         raise EdgefaceError(f"{folder} is not a folder; pass a folder with labels.csv, AFLW2000-3D .mat files or images")
     if (folder / "labels.csv").is_file():
-        samples = read_labels_csv(folder, split)
+        samples = read_labels_csv(folder, split, centre_people)
     elif any(folder.glob("*.mat")):
         samples = read_aflw2000(folder)
     else:

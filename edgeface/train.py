@@ -27,6 +27,7 @@ TRAIN_SCHEMA = {
         "split": "train",
         "val_split": "val",
         "limit": (int, None),  # per-set cap on samples (smoke runs)
+        "centre_people": False,  # remove per-person rig offsets from training labels (data.person_offsets)
     },
     "train": {
         "epochs": 30, "epoch_size": 12000, "batch_size": 128, "lr": 0.003, "weight_decay": 0.0001,
@@ -230,11 +231,11 @@ def data_root_of(recipe: dict) -> Path:
     return root
 
 
-def _load_sets(recipe: dict, split: str, root: Path) -> dict[str, list[Sample]]:
+def _load_sets(recipe: dict, split: str, root: Path, centre_people: bool = False) -> dict[str, list[Sample]]:
     out = {}
     for s in recipe["data"]["sets"]:
         folder = root / s["name"]
-        samples = load_samples(folder, split=split, require_labels=True)
+        samples = load_samples(folder, split=split, require_labels=True, centre_people=centre_people)
         limit = recipe["data"]["limit"]
         if limit:
             rng = np.random.default_rng(recipe["train"]["seed"])
@@ -268,7 +269,7 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
     torch.manual_seed(t["seed"])
     torch.set_num_threads(t["threads"])
     spec = spec_from_recipe(recipe)
-    train_sets = _load_sets(recipe, recipe["data"]["split"], root)
+    train_sets = _load_sets(recipe, recipe["data"]["split"], root, recipe["data"]["centre_people"])
     val_sets = _load_sets(recipe, recipe["data"]["val_split"], root)
     all_train = [s for v in train_sets.values() for s in v]
     weights = np.concatenate([np.full(len(train_sets[s["name"]]), s["weight"] / max(1, len(train_sets[s["name"]])))

@@ -76,6 +76,31 @@ def test_labels_csv_teacher_fallback_and_errors(tmp_path):
         load_samples(d)
 
 
+def test_centre_people_removes_person_offsets_only(tmp_path):
+    """Three people whose teacher disagrees with the rig by +10, 0 and -4 deg yaw near frontal: the median
+    person (0) keeps their labels, the others move by their offset from it; profiles do not count in the
+    measurement, and a teacher-filled label is not moved."""
+    d = tmp_path / "lab"
+    (d / "images").mkdir(parents=True)
+    cv2.imwrite(str(d / "images" / "a.jpg"), np.zeros((50, 50, 3), np.uint8))
+    lines = ["file,x,y,w,h,yaw,pitch,roll,t_yaw,t_pitch,t_roll,group,split"]
+    for person, off in (("A", 10.0), ("B", 0.0), ("C", -4.0)):
+        for yaw in (-30, -15, 0, 15, 30):
+            lines.append(f"images/a.jpg,1,2,30,30,{yaw},0,,{yaw + off},{off / 2},,{person},train")
+        for _ in range(6):  # profiles, where the teacher is off by +60 for A: must not count
+            lines.append(f"images/a.jpg,1,2,30,30,90,0,,{90 + 60 * (person == 'A')},0,,{person},train")
+    lines.append("images/a.jpg,1,2,30,30,,,,7,3,,A,train")  # teacher only
+    (d / "labels.csv").write_text("\n".join(lines) + "\n")
+    plain = load_samples(d, split="train")
+    centred = load_samples(d, split="train", centre_people=True)
+    shift = {}
+    for p, c in zip(plain[:-1], centred[:-1]):
+        shift.setdefault(c.group, set()).add((round(c.yaw - p.yaw, 3), round(c.pitch - p.pitch, 3)))
+    # the teacher-only row keeps the teacher's 7 / 3 exactly
+    assert (centred[-1].yaw, centred[-1].pitch) == (7.0, 3.0)
+    assert shift["A"] == {(10.0, 5.0)} and shift["B"] == {(0.0, 0.0)} and shift["C"] == {(-4.0, -2.0)}
+
+
 def test_image_folder_and_find_sets(tmp_path, shared_data):
     d = tmp_path / "crops"
     d.mkdir()

@@ -54,13 +54,12 @@ PERSON_OFFSET_MAX_YAW = 30.0
 PERSON_OFFSET_MIN_ROWS = 5
 
 
-def person_offsets(rows: list[dict]) -> dict[str, tuple[float, float]]:
-    """Per-person (``group``) yaw/pitch corrections for rig-angle labels, from the teacher.
+def teacher_label_offsets(rows: list[dict]) -> dict[str, tuple[float, float]]:
+    """Per person (``group``): median(teacher - label) of yaw and pitch over their near-frontal rows
+    (|label yaw| <= PERSON_OFFSET_MAX_YAW); NaN where a person has fewer than PERSON_OFFSET_MIN_ROWS.
 
     Lab sets (Pointing'04, QMUL) label each photo with the camera's angle, so a person who sits turned
-    carries that offset on every photo. A person's offset = median(teacher - label) over their near-frontal
-    rows; the correction is that offset minus the median offset of all people, so the set keeps its own
-    frame and only the person-to-person scatter is removed. People without enough rows get none.
+    carries that offset on every photo; the teacher sees the head.
     """
     per: dict[str, list[list[float]]] = {}
     for row in rows:
@@ -72,8 +71,16 @@ def person_offsets(rows: list[dict]) -> dict[str, tuple[float, float]]:
             v = _f(row, f"t_{a}") - _f(row, a)
             if not math.isnan(v):
                 d[k].append(v)
-    med = {g: tuple(float(np.median(v)) if len(v) >= PERSON_OFFSET_MIN_ROWS else math.nan for v in d)
-           for g, d in per.items()}
+    return {g: tuple(float(np.median(v)) if len(v) >= PERSON_OFFSET_MIN_ROWS else math.nan for v in d)
+            for g, d in per.items()}
+
+
+def person_offsets(rows: list[dict]) -> dict[str, tuple[float, float]]:
+    """Per-person yaw/pitch corrections for rig-angle labels: each person's `teacher_label_offsets` minus
+    the median of all people's, so the set keeps its own frame and only the person-to-person scatter is
+    removed. People without enough rows get none.
+    """
+    med = teacher_label_offsets(rows)
     centre = []
     for k in range(2):
         vals = [m[k] for m in med.values() if not math.isnan(m[k])]

@@ -147,7 +147,7 @@ def export_onnx(model_or_checkpoint=None, out_path: str | Path = "model.onnx", *
     out_path = Path(out_path)
     model, spec = resolve_model(model_or_checkpoint, spec)
     s = spec.input_size
-    net, dummy = model, torch.zeros(1, 3, s, s)
+    dummy = torch.zeros(1, 3, s, s)
     names = list(spec.output_names)
     axes = {spec.input_name: {0: "batch"}, **{n: {0: "batch"} for n in names}} if dynamic_batch else None
     with tempfile.TemporaryDirectory(prefix="edgeface-onnx-") as td:
@@ -155,7 +155,7 @@ def export_onnx(model_or_checkpoint=None, out_path: str | Path = "model.onnx", *
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the legacy exporter's DeprecationWarning is expected here
             try:
-                torch.onnx.export(net, (dummy,), str(raw), dynamo=False, opset_version=opset,
+                torch.onnx.export(model, (dummy,), str(raw), dynamo=False, opset_version=opset,
                                   input_names=[spec.input_name], output_names=names, dynamic_axes=axes,
                                   do_constant_folding=True)
             except Exception as e:  # noqa: BLE001 - exporter errors come in many types
@@ -202,21 +202,30 @@ def _set_metadata(proto, items: dict[str, str]) -> None:
         proto.metadata_props.add(key=k, value=v)
 
 
-def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The ONNX's metadata_props as a dict (graph weights are not loaded). EdgefaceError if unreadable."""
+def load_onnx(path: str | Path, load_external_data: bool = False):
+    """The ONNX proto; EdgefaceError for a missing, truncated or empty file."""
     import onnx
 
     p = Path(path)
     if not p.is_file():
         raise EdgefaceError(f"ONNX file {p} does not exist")
     try:
-        proto = onnx.load(str(p), load_external_data=False)
+        proto = onnx.load(str(p), load_external_data=load_external_data)
     except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
         raise EdgefaceError(f"{p} is not a readable ONNX model ({type(e).__name__}); it may be truncated — "
                             f"re-export it with `edgeface export`") from None
     if not proto.graph.node:
         raise EdgefaceError(f"{p} is not an ONNX model (empty graph); re-export it with `edgeface export`")
+    return proto
+
+
+def onnx_metadata(proto) -> dict[str, str]:
     return {m.key: m.value for m in proto.metadata_props}
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ONNX's metadata_props as a dict (external weights are not loaded). EdgefaceError if unreadable."""
+    return onnx_metadata(load_onnx(path))
 
 
 def read_onnx_spec(path: str | Path) -> ModelSpec:

@@ -29,13 +29,16 @@ class OnnxRuntimeBackend(Backend):
     def load(self) -> None:
         import onnxruntime as ort
 
-        from ..export import INPUT_KIND_KEY, PRECISION_KEY, read_onnx_metadata
+        from ..export import INPUT_KIND_KEY, PRECISION_KEY, load_onnx, onnx_metadata
 
-        meta = read_onnx_metadata(self.artifact)  # clear errors for a missing / truncated / foreign file
+        fold = self.options.get("fold_preprocess", True)
+        # One parse serves the metadata and the fold; clear errors for a missing / truncated / foreign file.
+        proto = load_onnx(self.artifact, load_external_data=fold)
+        meta = onnx_metadata(proto)
         self.input_kind = meta.get(INPUT_KIND_KEY, FLOAT_NCHW)
         model: str | bytes = str(self.artifact)
-        if self.input_kind == FLOAT_NCHW and self.options.get("fold_preprocess", True):
-            folded = self._folded_bytes()
+        if self.input_kind == FLOAT_NCHW and fold:
+            folded = self._folded_bytes(proto)
             if folded is not None:
                 model, self.input_kind, self.folded_at_load = folded, UINT8_NHWC, True
         self.precision = meta.get(PRECISION_KEY, self.precision)
@@ -72,17 +75,10 @@ class OnnxRuntimeBackend(Backend):
         self._providers = self._sess.get_providers()
         self._loaded = True
 
-    def _folded_bytes(self) -> bytes | None:
+    def _folded_bytes(self, proto) -> bytes | None:
         """The artifact with preprocessing prepended, or None where its input is not one float32 tensor."""
-        import onnx
-
         from ..export import prepend_preprocess
 
-        try:
-            proto = onnx.load(str(self.artifact))
-        except Exception as e:  # noqa: BLE001 - protobuf / external-data errors
-            raise EdgefaceError(f"{self.artifact.name} cannot be read ({type(e).__name__}); re-export it "
-                                f"with `edgeface export`") from None
         try:
             return prepend_preprocess(proto, self.spec, cast_first=False).SerializeToString()
         except EdgefaceError:

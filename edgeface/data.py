@@ -88,12 +88,15 @@ def person_offsets(rows: list[dict]) -> dict[str, tuple[float, float]]:
     return {g: tuple(0.0 if math.isnan(m[k]) else m[k] - centre[k] for k in range(2)) for g, m in med.items()}
 
 
-def read_labels_csv(folder: str | Path, split: str | None = None, centre_people: bool = False) -> list[Sample]:
+def read_labels_csv(folder: str | Path, split: str | None = None, centre_people: bool = False,
+                    teacher_max_yaw: float | None = None) -> list[Sample]:
     """A folder with ``labels.csv`` (file,x,y,w,h and any of yaw,pitch,roll,blur; t_* teacher columns).
 
     Ground truth wins where present; the teacher's angles fill the gaps (teacher roll only near frontal).
     ``centre_people`` removes each person's rig offset from the ground-truth yaw/pitch (`person_offsets`,
     measured on the rows of the split read); for training only, never for evaluation.
+    ``teacher_max_yaw`` masks the teacher's yaw/pitch where it reads the face wider than that: FaceMesh saturates
+    near +-60 deg (14-15 deg MAE beyond 60 on AFLW2000-3D), and rendered views now teach wide poses.
     """
     folder = Path(folder)
     path = folder / "labels.csv"
@@ -122,9 +125,10 @@ def read_labels_csv(folder: str | Path, split: str | None = None, centre_people:
         t_yaw, t_pitch, t_roll = _f(row, "t_yaw"), _f(row, "t_pitch"), _f(row, "t_roll")
         d_yaw, d_pitch = offsets.get(row.get("group", ""), (0.0, 0.0))
         yaw, pitch = yaw + d_yaw, pitch + d_pitch  # NaN stays NaN: only ground truth is corrected
-        if math.isnan(yaw):
+        teacher_ok = teacher_max_yaw is None or abs(t_yaw) <= teacher_max_yaw  # NaN compares False: masked
+        if math.isnan(yaw) and teacher_ok:
             yaw = t_yaw
-        if math.isnan(pitch):
+        if math.isnan(pitch) and teacher_ok:
             pitch = t_pitch
         if math.isnan(roll) and not math.isnan(t_roll):
             ref_yaw = yaw if not math.isnan(yaw) else t_yaw
@@ -185,7 +189,7 @@ def read_image_folder(folder: str | Path) -> list[Sample]:
 
 
 def load_samples(folder: str | Path, split: str | None = None, require_labels: bool = False,
-                 centre_people: bool = False) -> list[Sample]:
+                 centre_people: bool = False, teacher_max_yaw: float | None = None) -> list[Sample]:
     """Read any supported layout; a clear error for a missing or empty folder."""
     folder = Path(folder)
     if not folder.exists():
@@ -193,7 +197,7 @@ def load_samples(folder: str | Path, split: str | None = None, require_labels: b
     if not folder.is_dir():
         raise EdgefaceError(f"{folder} is not a folder; pass a folder with labels.csv, AFLW2000-3D .mat files or images")
     if (folder / "labels.csv").is_file():
-        samples = read_labels_csv(folder, split, centre_people)
+        samples = read_labels_csv(folder, split, centre_people, teacher_max_yaw)
     elif any(folder.glob("*.mat")):
         samples = read_aflw2000(folder)
     else:

@@ -86,7 +86,30 @@ def synthetic_blur_set(crops: np.ndarray, seed: int = 0, sharp_min: float = SHAR
     return np.stack(imgs), np.asarray(labels)
 
 
+# |yaw| bins users ask about: where does the model stop being right? The last bin takes everything wider.
+YAW_BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, math.inf))
+
+
+def yaw_bin_name(lo: float, hi: float) -> str:
+    return f"{lo:.0f}-{hi:.0f}" if math.isfinite(hi) else f"{lo:.0f}+"
+
+
 def pose_metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """MAE per axis and their mean, overall and by |true yaw| bin (``by_yaw``)."""
+    out = _axis_maes(pred, truth)
+    by_yaw = {}
+    ayaw = np.abs(truth[:, 0])
+    for lo, hi in YAW_BINS:
+        m = (ayaw >= lo) & (ayaw < hi)  # NaN yaw falls in no bin
+        if m.any():
+            r = _axis_maes(pred[m], truth[m])
+            by_yaw[yaw_bin_name(lo, hi)] = {"n": int(m.sum()), "mean_mae": r["mean_mae"], "yaw_mae": r["yaw_mae"],
+                                            "pitch_mae": r["pitch_mae"], "roll_mae": r["roll_mae"]}
+    out["by_yaw"] = by_yaw
+    return out
+
+
+def _axis_maes(pred: np.ndarray, truth: np.ndarray) -> dict:
     out, maes = {}, []
     for k, name in enumerate(("yaw", "pitch", "roll")):
         m = ~np.isnan(truth[:, k])
@@ -133,10 +156,36 @@ def format_table(results: dict[str, dict], title: str = "accuracy"):
 
     table = Table(title=title)
     cols = ("n", "yaw_mae", "pitch_mae", "roll_mae", "mean_mae", "blur_mae", "blur_spearman", "blur_sharp_mean")
+    bins = [yaw_bin_name(lo, hi) for lo, hi in YAW_BINS]
     table.add_column("set")
     for c in cols:
         table.add_column(c, justify="right")
+    for b in bins:
+        table.add_column(f"mean |yaw| {b}", justify="right")
+
+    def cell(v):
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
     for name, r in results.items():
-        table.add_row(name, *[("-" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])))
-                              for c in cols])
+        per_bin = r.get("by_yaw") or {}
+        table.add_row(name, *[cell(r.get(c)) for c in cols],
+                      *[cell(per_bin[b]["mean_mae"]) + f" ({per_bin[b]['n']})" if b in per_bin else "-" for b in bins])
     return table
+
+
+def rendered_val(root, spec: ModelSpec, context: float = 1.6, console=None,
+                 limit: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Model crops and labels of the rendered wide-pose val set (val people only), or None where ``root`` has
+    no meshes. One render per near-frontal val face, |yaw| spread uniformly over 0-90 deg."""
+    from pathlib import Path
+
+    from .render_bank import VAL_CONFIG, build_bank
+
+    root = Path(root)
+    if not all((root / name / "mesh.npz").is_file() for name in VAL_CONFIG.sets):
+        return None
+    from dataclasses import replace
+
+    bank = build_bank(root, replace(VAL_CONFIG, limit=limit), spec, context, split="val", console=console, seed_offset=1)
+    crops = np.stack([crop_face(np.asarray(bank.images[j]), bank.boxes[j], spec) for j in range(len(bank))])
+    return crops, np.asarray(bank.poses, np.float32)

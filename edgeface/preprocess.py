@@ -61,6 +61,25 @@ def crop_face(image: np.ndarray, box: Sequence[float], spec: ModelSpec, size: in
                           borderMode=_BORDERS[spec.crop.border], borderValue=(0, 0, 0))
 
 
+def context_crop(image: np.ndarray, box: Sequence[float], spec: ModelSpec, context: float) -> tuple[np.ndarray, np.ndarray]:
+    """A crop ``context`` times wider than the model's, centred like it, and the face box in its pixels.
+
+    Training caches these once per face (or rendered view), so augmentation is a cheap warp of the cache
+    through ``crop_face`` with the box returned here.
+    """
+    from dataclasses import replace
+
+    size = int(round(spec.input_size * context))
+    wide = replace(spec, crop=replace(spec.crop, scale=spec.crop.scale * context))
+    x, y, w, h = (float(v) for v in box)
+    crop = crop_face(image, box, wide, size)
+    k = size / (wide.crop.scale * max(w, h))  # cache pixels per source pixel; the cache is centred on the box
+    c = size / 2
+    inner = np.array([c - w * k / 2 - spec.crop.shift_x * w * k, c - h * k / 2 - spec.crop.shift_y * h * k,
+                      w * k, h * k], np.float32)
+    return crop, inner
+
+
 def _area_crop(image: np.ndarray, m: np.ndarray, out: int, spec: ModelSpec) -> np.ndarray:
     # Axis-aligned crop (no rotation): cut the square with padding, then resize with INTER_AREA.
     k = math.hypot(m[0, 0], m[0, 1])

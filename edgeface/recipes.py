@@ -64,7 +64,9 @@ def validate(data: dict, schema: dict, where: str, prefix: str = "") -> dict:
         if key not in data:
             if default is REQUIRED:
                 raise EdgefaceError(f"{where}: missing required field '{name}'")
-            out[key] = copy.deepcopy(default)
+            # A missing section takes its fields' defaults (not the schema itself, whose (type, default) pairs
+            # would leak into the recipe).
+            out[key] = validate({}, spec, where, name + ".") if isinstance(spec, dict) else copy.deepcopy(default)
             continue
         value = data[key]
         if isinstance(spec, dict):

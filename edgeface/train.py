@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -14,7 +13,7 @@ from .blur import degrade, random_blur, sharpness
 from .data import Sample, load_samples
 from .errors import EdgefaceError
 from .pose import rotate_pose
-from .preprocess import crop_face, read_image, to_input
+from .preprocess import context_crop, crop_face, read_image, to_input
 from .recipes import REQUIRED, load_yaml, validate
 from .spec import CropRule, ModelSpec
 
@@ -28,6 +27,7 @@ TRAIN_SCHEMA = {
         "val_split": "val",
         "limit": (int, None),  # per-set cap on samples (smoke runs)
         "centre_people": False,  # remove per-person rig offsets from training labels (data.person_offsets)
+        "teacher_max_yaw": (float, None),  # mask teacher yaw/pitch labels wider than this (data.read_labels_csv)
     },
     "train": {
         "epochs": 30, "epoch_size": 12000, "batch_size": 128, "lr": 0.003, "weight_decay": 0.0001,
@@ -38,6 +38,11 @@ TRAIN_SCHEMA = {
         "context": 1.6, "scale": [0.85, 1.2], "shift": 0.07, "rotate_deg": 30.0, "rotate_p": 0.5,
         "flip_p": 0.5, "grey_p": 0.15, "colour": 0.3, "blur_p": 0.65, "sharp_min": 80.0,
         "jpeg_p": 0.4, "noise_p": 0.35,
+    },
+    # Faces re-rendered at new head rotations from their meshes (render_bank); views 0 = off.
+    "render": {
+        "sets": ["utkface", "celeba"], "views": 0, "weight": 1.0, "max_source_yaw": 25.0, "max_source_pitch": 25.0,
+        "yaw_min": 15.0, "yaw_max": 90.0, "pitch_p": 0.4, "pitch_delta": 25.0, "max_pitch": 45.0, "seed": 0,
     },
     "loss": {"pose": 1.0, "blur": 1.0, "pose_beta": 2.0},
     "out": "runs/mbv2_025",
@@ -54,10 +59,26 @@ def load_train_recipe(path) -> dict:
     if not isinstance(sets, list) or not sets:
         raise EdgefaceError(f"recipe {path}: field 'data.sets' must be a non-empty list of {{name, weight}}")
     for i, s in enumerate(sets):
-        validate(s, {"name": REQUIRED, "weight": 1.0}, f"recipe {path}", f"data.sets[{i}].")
+        if not isinstance(s, dict):
+            raise EdgefaceError(f"recipe {path}: field 'data.sets[{i}]' must be a mapping {{name, weight}}")
+        sets[i] = validate(s, {"name": REQUIRED, "weight": 1.0}, f"recipe {path}", f"data.sets[{i}].")
+    r = recipe["render"]
+    if r["views"] < 0 or r["weight"] < 0 or not 0 <= r["yaw_min"] <= r["yaw_max"] <= 90 or not r["sets"]:
+        raise EdgefaceError(f"recipe {path}: fields 'render.*' need views >= 0, weight >= 0, "
+                            f"0 <= yaw_min <= yaw_max <= 90 and a non-empty sets list")
     if recipe["augment"]["context"] < 1.0:
         raise EdgefaceError(f"recipe {path}: field 'augment.context' must be >= 1.0")
     return recipe
+
+
+def bank_config(recipe: dict):
+    """The recipe's ``render`` section as a render_bank.BankConfig (its training-only ``weight`` left out)."""
+    from .render_bank import BankConfig
+
+    r = dict(recipe["render"])
+    r.pop("weight")
+    r["sets"] = tuple(r["sets"])
+    return BankConfig(**r, limit=recipe["data"]["limit"])
 
 
 def spec_from_recipe(recipe: dict) -> ModelSpec:
@@ -70,26 +91,29 @@ def spec_from_recipe(recipe: dict) -> ModelSpec:
 # Context cache: every face once, cropped wider than the model sees, so augmentation is a cheap warp.
 # ----------------------------------------------------------------------------------------------
 class CropCache:
+    """Context crops of every face (and rendered view) with their pose labels and sharpness."""
+
     def __init__(self, samples: list[Sample], spec: ModelSpec, context: float, progress=None, task=None):
         self.spec = spec
         self.context = context
         self.size = int(round(spec.input_size * context))
-        ctx_spec = replace(spec, crop=replace(spec.crop, scale=spec.crop.scale * context))
         self.images = np.empty((len(samples), self.size, self.size, 3), np.uint8)
         self.boxes = np.empty((len(samples), 4), np.float32)
         for i, s in enumerate(samples):
-            img = read_image(s.path)
-            x, y, w, h = s.box
-            self.images[i] = crop_face(img, s.box, ctx_spec, self.size)
-            # The box in cache coordinates: the cache is centred on the box, k px per source px.
-            k = self.size / (ctx_spec.crop.scale * max(w, h))
-            c = self.size / 2
-            self.boxes[i] = (c - w * k / 2 - spec.crop.shift_x * w * k, c - h * k / 2 - spec.crop.shift_y * h * k,
-                             w * k, h * k)
+            self.images[i], self.boxes[i] = context_crop(read_image(s.path), s.box, spec, context)
             if progress is not None:
                 progress.advance(task)
-        self.poses = np.array([s.pose for s in samples], np.float32)
+        self.poses = np.array([s.pose for s in samples], np.float32).reshape(-1, 3)
         self.sharp = np.array([sharpness(self.base_crop(i)) for i in range(len(samples))], np.float32)
+        self.rendered = np.zeros(len(samples), bool)
+
+    def add_rendered(self, images: np.ndarray, boxes: np.ndarray, poses: np.ndarray) -> None:
+        """Append rendered views. They carry no blur label: resampling softens them by an unknown amount."""
+        self.images = np.concatenate([self.images, images])
+        self.boxes = np.concatenate([self.boxes, boxes.astype(np.float32)])
+        self.poses = np.concatenate([self.poses, poses.astype(np.float32)])
+        self.sharp = np.concatenate([self.sharp, np.full(len(images), -np.inf, np.float32)])
+        self.rendered = np.concatenate([self.rendered, np.ones(len(images), bool)])
 
     def base_crop(self, i: int) -> np.ndarray:
         return crop_face(self.images[i], self.boxes[i], self.spec)
@@ -149,6 +173,8 @@ class AugmentedFaces:
                 img, blur = random_blur(img, rng, p_sharp=0.0)
             else:
                 blur = 0.0
+        elif cache.rendered[i] and rng.random() < a["blur_p"]:
+            img, _ = random_blur(img, rng, p_sharp=0.0)  # robustness only: a render's own softness is unknown
         img = degrade(img, rng, a["jpeg_p"], a["noise_p"])
         return img, np.array([yaw, pitch, roll], np.float32), np.float32(blur)
 
@@ -231,11 +257,13 @@ def data_root_of(recipe: dict) -> Path:
     return root
 
 
-def _load_sets(recipe: dict, split: str, root: Path, centre_people: bool = False) -> dict[str, list[Sample]]:
+def _load_sets(recipe: dict, split: str, root: Path, centre_people: bool = False,
+               teacher_max_yaw: float | None = None) -> dict[str, list[Sample]]:
     out = {}
     for s in recipe["data"]["sets"]:
         folder = root / s["name"]
-        samples = load_samples(folder, split=split, require_labels=True, centre_people=centre_people)
+        samples = load_samples(folder, split=split, require_labels=True, centre_people=centre_people,
+                               teacher_max_yaw=teacher_max_yaw)
         limit = recipe["data"]["limit"]
         if limit:
             rng = np.random.default_rng(recipe["train"]["seed"])
@@ -252,7 +280,7 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .checkpoint import read_checkpoint, save_checkpoint
-    from .evaluate import evaluate_samples, format_table
+    from .evaluate import evaluate_crops, evaluate_samples, format_table
     from .model import build_model
 
     recipe = apply_cli_overrides(load_train_recipe(recipe_path), epochs, epoch_size, limit, data_root)
@@ -269,17 +297,28 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
     torch.manual_seed(t["seed"])
     torch.set_num_threads(t["threads"])
     spec = spec_from_recipe(recipe)
-    train_sets = _load_sets(recipe, recipe["data"]["split"], root, recipe["data"]["centre_people"])
+    train_sets = _load_sets(recipe, recipe["data"]["split"], root, recipe["data"]["centre_people"],
+                            recipe["data"]["teacher_max_yaw"])
     val_sets = _load_sets(recipe, recipe["data"]["val_split"], root)
     all_train = [s for v in train_sets.values() for s in v]
     weights = np.concatenate([np.full(len(train_sets[s["name"]]), s["weight"] / max(1, len(train_sets[s["name"]])))
                               for s in recipe["data"]["sets"]])
+    bank = rendered_val_set = None
+    if recipe["render"]["views"] > 0:  # first: its mesh files are checked before hours of other work
+        from .evaluate import rendered_val
+        from .render_bank import build_bank
+
+        bank = build_bank(root, bank_config(recipe), spec, recipe["augment"]["context"], "train", console=console)
+        rendered_val_set = rendered_val(root, spec, console=console, limit=recipe["data"]["limit"])
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*cols, console=console, transient=False) as progress:
         task = progress.add_task("caching crops", total=len(all_train), info="")
         cache = CropCache(all_train, spec, recipe["augment"]["context"], progress, task)
     n_sharp = int((cache.sharp >= recipe["augment"]["sharp_min"]).sum())
+    if bank is not None:
+        cache.add_rendered(np.asarray(bank.images), bank.boxes, bank.poses)
+        weights = np.concatenate([weights, np.full(len(bank), recipe["render"]["weight"] / len(bank))])
 
     model = build_model(spec).to(memory_format=torch.channels_last)
     if t["init"]:
@@ -325,6 +364,8 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
                                    lr_at, step, recipe["loss"], spec, progress, task)
             model.eval()
             val = {name: evaluate_samples(torch_runner, s, spec, blur=False, seed=0) for name, s in val_samples.items()}
+            if rendered_val_set is not None:
+                val["rendered"] = evaluate_crops(torch_runner, *rendered_val_set, blur=False)
             summary = {"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch, "blur_loss": sums[1] / steps_per_epoch,
                        "val_mean_mae": {k: v.get("mean_mae") for k, v in val.items()}}
             history.append(summary)
@@ -334,6 +375,8 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
             save_checkpoint(last, model, spec, meta, {"optimizer": opt.state_dict(), "epoch": epoch + 1})
     model.eval()
     final = {name: evaluate_samples(torch_runner, s, spec, blur=True, seed=0) for name, s in val_samples.items()}
+    if rendered_val_set is not None:
+        final["rendered"] = evaluate_crops(torch_runner, *rendered_val_set, blur=False)
     meta = {"recipe": recipe, "history": history, "n_train": len(cache), "n_sharp": n_sharp, "val": final}
     best = out_dir / "model.pt"
     save_checkpoint(best, model, spec, meta)

@@ -11,6 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EDGEFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Render banks and other caches go to a temporary folder (inherited by CLI subprocesses), never ~/.cache."""
+    old = os.environ.get("EDGEFACE_CACHE")
+    os.environ["EDGEFACE_CACHE"] = str(tmp_path_factory.mktemp("edgeface-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGEFACE_CACHE", None)
+    else:
+        os.environ["EDGEFACE_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "pointing04" / "labels.csv").is_file():

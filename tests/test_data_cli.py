@@ -144,8 +144,10 @@ def test_smoke_training_and_eval(tmp_path, shared_data):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "model.pt").is_file() and (out / "last.pt").is_file()
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics) == {"pointing04", "qmul", "utkface", "celeba"}
-    assert all(m["n"] == 48 for m in metrics.values())
+    assert set(metrics) == {"pointing04", "qmul", "utkface", "celeba", "rendered"}
+    assert all(metrics[k]["n"] == 48 for k in ("pointing04", "qmul", "utkface", "celeba"))
+    # the rendered wide-pose val set: 48 sources from each in-the-wild set, reported by |yaw| bin
+    assert metrics["rendered"]["n"] == 96 and set(metrics["rendered"]["by_yaw"]) == {"0-30", "30-60", "60+"}
     # resume continues from last.pt (no epochs left: it only re-evaluates)
     proc = run_cli("train", "--recipe", "recipes/train/mbv2_025.yaml", "--epochs", "1", "--limit", "48",
                    "--epoch-size", "128", "--data-root", shared_data, "--out", out, "--resume")
@@ -154,3 +156,4 @@ def test_smoke_training_and_eval(tmp_path, shared_data):
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "e.json").read_text())["sets"]["pointing04"]
     assert res["n"] == 372 and res["yaw_mae"] is not None and res["blur_spearman"] is not None
+    assert sum(b["n"] for b in res["by_yaw"].values()) == 372

@@ -1,0 +1,172 @@
+"""Face profiling (re-rendering faces at new head rotations) and the cached render bank."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeface.errors import EdgefaceError
+from edgeface.evaluate import pose_metrics
+from edgeface.pose import matrix_to_pose, pose_to_matrix
+from edgeface.profiling import profile_face, to_camera
+from edgeface.render_bank import BankConfig, build_bank, preview, read_mesh_file, read_sources
+from edgeface.spec import ModelSpec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mesh_axes(mesh: np.ndarray) -> np.ndarray:
+    """The data pack's head axes from FaceMesh points (its README): x from eye and mouth corners, up from
+    chin to forehead made orthogonal, forward = x cross up; camera frame after flipping y and z."""
+    p = to_camera(np.asarray(mesh, np.float64))
+    x = (p[263] - p[33]) + (p[362] - p[133]) + (p[291] - p[61])
+    x /= np.linalg.norm(x)
+    up = p[10] - p[152]
+    up -= x * (up @ x)
+    up /= np.linalg.norm(up)
+    return np.column_stack([x, up, np.cross(x, up)])
+
+
+def mesh_pose(mesh: np.ndarray) -> tuple[float, float, float]:
+    return matrix_to_pose(mesh_axes(mesh))
+
+
+@pytest.fixture(scope="module")
+def celeba_faces(shared_data):
+    folder = shared_data / "celeba"
+    if not (folder / "mesh.npz").is_file():
+        pytest.skip("the data pack has no mesh.npz")
+    return read_sources(folder, "val", BankConfig(max_source_yaw=15, max_source_pitch=15))[:6]
+
+
+def test_label_is_the_turned_mesh_pose(celeba_faces):
+    """The render's label is exact: the head axes of the turned mesh give the same angles (the teacher's own
+    definition), at wide yaw and with a pitch change, to a fraction of a degree."""
+    for s in celeba_faces:
+        img = cv2.imread(str(s.image))
+        assert max(abs(a - b) for a, b in zip(mesh_pose(s.mesh), s.pose)) < 0.5  # the source itself agrees
+        for d_yaw, d_pitch in ((-70.0, 0.0), (60.0, 15.0), (-30.0, -20.0)):
+            view = profile_face(img, s.mesh, s.pose, s.box, d_yaw, d_pitch)
+            want = (s.pose[0] + d_yaw, s.pose[1] + d_pitch, s.pose[2])
+            assert np.allclose(view.pose, want, atol=1e-6)
+            # The turned points are the source points under exactly the label's rotation ...
+            turn = pose_to_matrix(*view.pose) @ pose_to_matrix(*s.pose).T
+            assert np.allclose(mesh_axes(view.mesh), turn @ mesh_axes(s.mesh), atol=1e-6)
+            # ... so the teacher would read the render as labelled, within the source's own rounding
+            # (float16 points, 0.01 deg labels), which wide yaw amplifies a little.
+            assert np.allclose(mesh_pose(view.mesh), view.pose, atol=1.0), (mesh_pose(view.mesh), view.pose)
+
+
+def test_no_turn_keeps_image_and_box(celeba_faces):
+    s = celeba_faces[0]
+    img = cv2.imread(str(s.image))
+    view = profile_face(img, s.mesh, s.pose, s.box, 0.0)
+    assert np.allclose(view.box, s.box, atol=1e-6)
+    diff = np.abs(view.image.astype(int) - img.astype(int))
+    assert np.median(diff) == 0 and diff.mean() < 2.0  # resampled through identity affines
+
+
+def test_turn_moves_face_and_keeps_background(celeba_faces):
+    s = celeba_faces[1]
+    img = cv2.imread(str(s.image))
+    view = profile_face(img, s.mesh, s.pose, s.box, 75.0 - s.pose[0])
+    h, w = img.shape[:2]
+    assert view.image.shape == img.shape and view.image.dtype == np.uint8
+    # Yaw > 0 turns the nose to image-left: the nose tip (point 1) moves left of the face box centre.
+    assert view.mesh[1, 0] < view.box[0] + view.box[2] / 2
+    # The image border is fixed: the corners are untouched.
+    for y, x in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)):
+        assert np.abs(view.image[y, x].astype(int) - img[y, x].astype(int)).max() <= 2
+    # The face region did change.
+    x, y, bw, bh = (int(v) for v in s.box)
+    assert np.abs(view.image[y:y + bh, x:x + bw].astype(int) - img[y:y + bh, x:x + bw].astype(int)).mean() > 10
+
+
+def test_profile_rejects_bad_mesh_and_pose(celeba_faces):
+    s = celeba_faces[0]
+    img = cv2.imread(str(s.image))
+    with pytest.raises(EdgefaceError, match="face mesh"):
+        profile_face(img, s.mesh[:100], s.pose, s.box, 30.0)
+    with pytest.raises(EdgefaceError, match="finite"):
+        profile_face(img, s.mesh, (float("nan"), 0.0, 0.0), s.box, 30.0)
+
+
+def write_set(folder: Path, n: int = 3, mesh_rows: int | None = None, files=None) -> None:
+    folder.mkdir(parents=True)
+    with open(folder / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "x", "y", "w", "h", "t_yaw", "t_pitch", "t_roll", "split"])
+        for i in range(n):
+            w.writerow([f"images/{i}.jpg", 10, 10, 50, 50, 0, 0, 0, "val" if i == n - 1 else "train"])
+    m = n if mesh_rows is None else mesh_rows
+    names = files if files is not None else [f"images/{i}.jpg" for i in range(m)]
+    np.savez(folder / "mesh.npz", files=np.array(names), mesh=np.zeros((m, 468, 3), np.float16), ok=np.ones(m, bool))
+
+
+def test_bank_rejects_missing_corrupt_and_mismatched_meshes(tmp_path):
+    cfg = BankConfig(sets=("s",))
+    spec = ModelSpec()
+    write_set(tmp_path / "a" / "s", n=4)
+    (tmp_path / "a" / "s" / "mesh.npz").unlink()
+    with pytest.raises(EdgefaceError, match="mesh.npz is missing"):
+        build_bank(tmp_path / "a", cfg, spec, 1.6, cache=tmp_path / "c")
+    write_set(tmp_path / "b" / "s")
+    (tmp_path / "b" / "s" / "mesh.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(EdgefaceError, match="not a readable mesh file"):
+        build_bank(tmp_path / "b", cfg, spec, 1.6, cache=tmp_path / "c")
+    write_set(tmp_path / "c1" / "s", mesh_rows=2)
+    with pytest.raises(EdgefaceError, match="does not match"):
+        build_bank(tmp_path / "c1", cfg, spec, 1.6, cache=tmp_path / "c")
+    write_set(tmp_path / "d" / "s", files=["images/2.jpg", "images/1.jpg", "images/0.jpg"])
+    with pytest.raises(EdgefaceError, match="does not match"):
+        read_mesh_file(tmp_path / "d" / "s", ["images/0.jpg", "images/1.jpg", "images/2.jpg"])
+
+
+def test_bank_cli_error_is_one_line(tmp_path):
+    root = tmp_path / "data"
+    write_set(root / "utkface", mesh_rows=2)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("kind: train\ndata: {sets: [{name: utkface}]}\nrender: {views: 1, sets: [utkface]}\n")
+    env = dict(os.environ, EDGEFACE_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "edgeface", "train", "--recipe", recipe, "--data-root", root,
+                           "--out", tmp_path / "run"], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr and lines[-1].startswith("error:") and "does not match" in lines[-1], proc.stderr
+
+
+def test_bank_is_cached_and_rebuilt_when_inputs_change(tmp_path, shared_data):
+    root = tmp_path / "data"
+    (root / "celeba").mkdir(parents=True)
+    for f in ("labels.csv", "mesh.npz"):
+        (root / "celeba" / f).symlink_to(shared_data / "celeba" / f)
+    (root / "celeba" / "images").symlink_to(shared_data / "celeba" / "images")
+    cfg = BankConfig(sets=("celeba",), views=2, limit=6)
+    spec = ModelSpec()
+    bank = build_bank(root, cfg, spec, 1.6, "val", cache=tmp_path / "cache", workers=2)
+    assert len(bank) == 12 and bank.images.shape == (12, 179, 179, 3)
+    assert np.all(np.abs(bank.poses[:, 0]) >= cfg.yaw_min - 1e-3) and np.all(np.abs(bank.poses[:, 0]) <= 90 + 1e-3)
+    again = build_bank(root, cfg, spec, 1.6, "val", cache=tmp_path / "cache")
+    assert again.folder == bank.folder and np.array_equal(np.asarray(again.images), bank.images)
+    other = build_bank(root, replace(cfg, seed=1), spec, 1.6, "val", cache=tmp_path / "cache", workers=1)
+    assert other.folder != bank.folder
+    png = preview(bank, root, cfg, "val", spec, tmp_path / "preview.png", n_faces=3, per_face=2)
+    grid = cv2.imread(str(png))
+    assert grid.shape == (3 * 224, 3 * 224, 3)
+
+
+def test_pose_metrics_by_yaw_bin():
+    truth = np.array([[10, 0, 0], [-45, 0, 0], [80, 0, 0], [-95, 0, 0], [np.nan, 0, 0]], np.float64)
+    pred = truth.copy()
+    pred[:, 0] = np.nan_to_num(truth[:, 0]) + np.array([1, 2, 3, 5, 0])
+    m = pose_metrics(pred, truth)
+    assert m["by_yaw"]["0-30"]["n"] == 1 and m["by_yaw"]["0-30"]["yaw_mae"] == pytest.approx(1)
+    assert m["by_yaw"]["30-60"]["yaw_mae"] == pytest.approx(2)
+    assert m["by_yaw"]["60+"]["n"] == 2 and m["by_yaw"]["60+"]["yaw_mae"] == pytest.approx(4)

@@ -10,11 +10,13 @@ so y and z are flipped on the way in; projection is orthographic, as MediaPipe's
 * The mesh covers brows to chin only. The rest of the head (forehead and hair above, ears and the side of
   the head, jaw and neck edge below) is modelled as rings of extra points outside the face oval that curve
   back to a silhouette in the plane of a head centre put ``HEAD_DEPTH`` face widths behind the face.
-  They turn with the face. A far ring and the image border stay fixed, so the background stays put and
-  only the band between the head's silhouette and the far ring stretches.
-* Triangles (Delaunay over the source positions) are drawn far to near into an index map, so the near side
-  of the face hides the far side; triangles that turn their back to the camera are culled. One inverse
-  affine per triangle and one ``cv2.remap`` render the image.
+  They turn with the face. A far ring stays fixed: the background beyond it stays put, and only the band
+  between the head's silhouette and the far ring stretches.
+* Triangles: Delaunay over the face points in cylindrical coordinates about the head's axis (neighbours on
+  the skin, not in the photo's foreshortened projection), then bands joining each ring to the next. They
+  are drawn far to near into an index map, so the near side of the face hides the far side. One inverse
+  affine per triangle and one ``cv2.remap`` render the image, on a canvas grown (border replicated) where
+  the turned head would leave the frame.
 * The rotation changes the *Euler* yaw (and optionally pitch) and keeps the other angles, as 300W-LP did:
   R' = Rx(-(p + dp)) Ry(-(y + dy)) Rz(-r). Turning about the camera's vertical axis instead is just as
   exact, but a pitched source turned by 80 deg reads e.g. yaw -73 / pitch -58 / roll 59: Euler angles near
@@ -33,6 +35,7 @@ import numpy as np
 
 from .errors import EdgefaceError
 from .pose import matrix_to_pose, pose_to_matrix
+from .preprocess import check_image
 
 N_MESH_POINTS = 468
 # MediaPipe FaceMesh's face-oval contour (landmark indices, in order around the face).
@@ -45,16 +48,17 @@ HEAD_DEPTH = 0.55  # head centre behind the face's mean depth, in face widths (c
 # below (jaw and neck edge); directions in between blend smoothly.
 HEAD_REACH_SIDE, HEAD_REACH_TOP, HEAD_REACH_BOTTOM = 0.12, 0.45, 0.06
 HEAD_RINGS = (0.35, 0.7, 1.0)  # fractions of the reach; 1.0 is the silhouette, in the head centre's plane
+ELLIPSE_START = 0.5  # where on the head's outline ellipse the face oval sits (0 = facing the camera)
 FIXED_RING = 0.35  # the far ring that stays put, this many face widths beyond the silhouette
-BORDER_STEPS = 4  # fixed points per image edge
 
 
 @dataclass(frozen=True)
 class ProfiledFace:
-    image: np.ndarray  # uint8 HxWx3 BGR, same size as the source
+    image: np.ndarray  # uint8 BGR: the source grown by ``margin`` px on every side (border replicated)
     pose: tuple[float, float, float]  # yaw, pitch, roll in degrees (Pose_Para convention)
-    box: tuple[float, float, float, float]  # x, y, w, h: the face box, same convention as the source's box
-    mesh: np.ndarray  # (468, 3) the turned face points, stored convention (x, y pixels down, z away)
+    box: tuple[float, float, float, float]  # x, y, w, h in ``image`` pixels, the source box's convention
+    mesh: np.ndarray  # (468, 3) the turned face points in ``image`` pixels (stored convention: y down, z away)
+    margin: int = 0  # 0 unless the turned head would leave the source's frame
 
 
 def check_mesh(mesh: np.ndarray) -> np.ndarray:
@@ -76,8 +80,9 @@ def target_rotation(pose: tuple[float, float, float], d_yaw: float, d_pitch: flo
     return (yaw + d_yaw, pitch + d_pitch, roll)
 
 
-def _head_points(face: np.ndarray, rot: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Head-centre (camera frame), moving head-ring points and the fixed far ring (camera frame)."""
+def _head_rings(face: np.ndarray, rot: np.ndarray, width: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Head centre and the rings around the face (camera frame), inner to outer, each ``len(FACE_OVAL)``
+    points in oval order: the moving head rings, then the fixed far ring last."""
     forward = rot[:, 2]
     centre = face.mean(axis=0) - HEAD_DEPTH * width * forward
     local = (face - centre) @ rot  # head frame: rows are points, columns the head's x/up/forward axes
@@ -91,36 +96,41 @@ def _head_points(face: np.ndarray, rot: np.ndarray, width: float) -> tuple[np.nd
     rings = []
     for t in HEAD_RINGS:
         xy = oval[:, :2] + radial * (t * reach)[:, None]
-        # Depth follows a quarter ellipse from the oval back to the centre's plane, tangent to the line of
-        # sight at the silhouette (t = 1), as a head's outline is.
-        z = oval[:, 2] * math.sqrt(max(0.0, 1.0 - t * t))
+        # Depth follows an ellipse from the oval back to the centre's plane, tangent to the line of sight at
+        # the silhouette (t = 1), as a head's outline is. It starts part-way round (ELLIPSE_START), already
+        # falling away faster than the cheek does: a flat start would make a crease at the oval that
+        # folds over itself as the head turns (seen as saw teeth at the ear).
+        u = ELLIPSE_START + (1.0 - ELLIPSE_START) * t
+        z = oval[:, 2] * math.sqrt(max(0.0, 1.0 - u * u)) / math.sqrt(1.0 - ELLIPSE_START ** 2)
         rings.append(np.column_stack([xy, z]))
     far_xy = oval[:, :2] + radial * (reach + FIXED_RING * width)[:, None]
-    far = np.column_stack([far_xy, np.zeros(len(oval))])
-    to_cam = lambda p: p @ rot.T + centre  # noqa: E731 - local inverse of the head-frame change above
-    return centre, to_cam(np.concatenate(rings)), to_cam(far)
+    rings.append(np.column_stack([far_xy, np.zeros(len(oval))]))
+    return centre, [r @ rot.T + centre for r in rings]
 
 
-def _border_points(h: int, w: int) -> np.ndarray:
-    s = np.linspace(0, 1, BORDER_STEPS + 1)
-    xs, ys = s * (w - 1), s * (h - 1)
-    pts = [(x, 0) for x in xs] + [(x, h - 1) for x in xs] + [(0, y) for y in ys[1:-1]] + [(w - 1, y) for y in ys[1:-1]]
-    return np.array(pts, np.float64)
+def _strip(inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """Triangles joining two closed rings of point indices, point i to point i (a band of quads, halved)."""
+    nxt = np.roll(np.arange(len(inner)), -1)
+    return np.concatenate([np.column_stack([inner, outer, outer[nxt]]),
+                           np.column_stack([inner, outer[nxt], inner[nxt]])])
 
 
-def _triangles(points2d: np.ndarray) -> np.ndarray:
+def _mesh_triangles(face: np.ndarray, centre: np.ndarray, rot: np.ndarray, width: float) -> np.ndarray:
+    """Triangles over the face points: Delaunay in cylindrical coordinates about the head's vertical axis.
+
+    In the photo's own projection the cheeks are foreshortened, and a 2D Delaunay there joins points across
+    depth (slivers from the cheek's edge to the ear) that fold into saw teeth once the cheek turns toward the
+    camera. Around the head's axis the face is a single-valued surface, so neighbours there are neighbours
+    on the skin. The hull is the face oval, so no triangle leaves the face.
+    """
     from scipy.spatial import Delaunay
 
-    return Delaunay(points2d).simplices.astype(np.int64)
+    local = (face - centre) @ rot
+    around = np.arctan2(local[:, 0], local[:, 2]) * (HEAD_DEPTH * width)  # arc length at about the face's radius
+    return Delaunay(np.column_stack([around, local[:, 1]])).simplices.astype(np.int64)
 
 
-def _signed_area(p: np.ndarray, tris: np.ndarray) -> np.ndarray:
-    a, b, c = p[tris[:, 0]], p[tris[:, 1]], p[tris[:, 2]]
-    return 0.5 * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
-
-
-def warp_triangles(image: np.ndarray, src: np.ndarray, dst: np.ndarray, tris: np.ndarray, depth: np.ndarray,
-                   keep: np.ndarray) -> np.ndarray:
+def warp_triangles(image: np.ndarray, src: np.ndarray, dst: np.ndarray, tris: np.ndarray, depth: np.ndarray) -> np.ndarray:
     """Piecewise-affine warp: triangle ``tris[i]`` moves from ``src`` to ``dst`` (pixel positions); where
     triangles overlap, the one with the larger ``depth`` (nearer) wins. Pixels no triangle covers keep
     their source value."""
@@ -129,8 +139,7 @@ def warp_triangles(image: np.ndarray, src: np.ndarray, dst: np.ndarray, tris: np
     order = np.argsort(depth, kind="stable")
     fixed = (dst * 16).round().astype(np.int32)  # fillConvexPoly's 4 fractional bits
     for t in order:
-        if keep[t]:
-            cv2.fillConvexPoly(index, fixed[tris[t]], int(t), lineType=cv2.LINE_8, shift=4)
+        cv2.fillConvexPoly(index, fixed[tris[t]], int(t), lineType=cv2.LINE_8, shift=4)
     # Inverse affine per triangle, destination pixel -> source pixel: S = A @ [D; 1].
     d = np.concatenate([dst[tris], np.ones((len(tris), 3, 1))], axis=2)  # (T, 3, 3): rows are vertices
     s = src[tris]  # (T, 3, 2)
@@ -163,9 +172,9 @@ def profile_face(image: np.ndarray, mesh: np.ndarray, pose: tuple[float, float, 
     renders are cropped as the data pack's photos are.
     """
     mesh = check_mesh(mesh)
+    image = check_image(image)
     if not all(math.isfinite(v) for v in (*pose, d_yaw, d_pitch)):
         raise EdgefaceError(f"face profiling needs a finite pose and rotation, got pose {pose}, d_yaw {d_yaw}, d_pitch {d_pitch}")
-    h, w = image.shape[:2]
     face = to_camera(mesh)
     rot = pose_to_matrix(*pose)
     new_pose = target_rotation(pose, d_yaw, d_pitch)
@@ -173,30 +182,40 @@ def profile_face(image: np.ndarray, mesh: np.ndarray, pose: tuple[float, float, 
     width = float(np.linalg.norm(face[CHEEK_LEFT] - face[CHEEK_RIGHT]))
     if width < 4:
         raise EdgefaceError(f"face mesh is {width:.1f} px wide; too small to re-render")
-    centre, ring, far = _head_points(face, rot, width)
-    moving = np.concatenate([face, ring])
-    turned = (moving - centre) @ (new_rot @ rot.T).T + centre
-    fixed2d = np.concatenate([far[:, :2], _border_points(h, w) * np.array([1.0, -1.0])])
+    centre, rings = _head_rings(face, rot, width)
+    n_face, n_ring = len(face), len(FACE_OVAL)
+    points = np.concatenate([face, *rings])  # face, head rings inner to outer, fixed far ring last
+    n_moving = len(points) - n_ring
+    turned = points.copy()
+    turned[:n_moving] = (points[:n_moving] - centre) @ (new_rot @ rot.T).T + centre
 
-    # Image pixels: x right, y down (the camera frame's y negated).
-    to_px = np.array([1.0, -1.0])
-    src = np.concatenate([moving[:, :2], fixed2d]) * to_px
-    dst = np.concatenate([turned[:, :2], fixed2d]) * to_px
-    tris = _triangles(src)
-    n_moving = len(moving)
-    depth_of = np.concatenate([turned[:, 2], np.full(len(fixed2d), -np.inf)])
-    is_fixed = (tris >= n_moving).any(axis=1)
-    # Background triangles first (they touch a fixed point), then the head far to near.
-    depth = np.where(is_fixed, -np.inf, depth_of[tris].mean(axis=1))
-    src_area, dst_area = _signed_area(src, tris), _signed_area(dst, tris)
-    keep = is_fixed | (np.sign(src_area) == np.sign(dst_area))  # cull head triangles turned away
-    out = warp_triangles(image, src, dst, tris, depth, keep)
+    # Triangles: Delaunay inside the face; outside it, bands joining each ring to the next in oval order
+    # (a free triangulation there zig-zags between rings and tears into combs when they move). The last
+    # band ends on the fixed ring: the background stretches there. Beyond it no triangle: pixels stay.
+    ring_idx = [np.array(FACE_OVAL)] + [n_face + k * n_ring + np.arange(n_ring) for k in range(len(rings))]
+    tris = np.concatenate([_mesh_triangles(face, centre, rot, width)] + [_strip(a, b) for a, b in zip(ring_idx, ring_idx[1:])])
+    to_px = np.array([1.0, -1.0])  # image pixels: x right, y down (the camera frame's y negated)
+    src, dst = points[:, :2] * to_px, turned[:, :2] * to_px
+    # Tight crops (UTKFace's face fills the frame) would lose a turned nose past the border: grow the canvas
+    # by replicating the border, as the crop rule does anyway, until every point fits.
+    h, w = image.shape[:2]
+    reach = dst[:n_moving]  # the fixed ring may lie outside: the remap replicates the border there anyway
+    margin = int(math.ceil(max(0.0, -reach.min(), (reach[:, 0] - (w - 1)).max(), (reach[:, 1] - (h - 1)).max())))
+    margin = min(margin, int(2 * width) + 2)  # a bound, whatever the mesh says
+    if margin:
+        image = cv2.copyMakeBorder(image, margin, margin, margin, margin, cv2.BORDER_REPLICATE)
+        src, dst = src + margin, dst + margin
+    is_band = (tris >= n_moving).any(axis=1)
+    # The background band first, then the head far to near, so the near side hides the far side.
+    depth = np.where(is_band, -np.inf, turned[tris, 2].mean(axis=1))
+    out = warp_triangles(image, src, dst, tris, depth)
 
-    sx, sy, sside = _extent_box(face[:, :2] * to_px)
-    bx, by, bw, bh = (float(v) for v in box)
+    sx, sy, sside = _extent_box(src[:N_MESH_POINTS])
+    bx, by, bw, bh = float(box[0]) + margin, float(box[1]) + margin, float(box[2]), float(box[3])
     rel = ((bx + bw / 2 - sx) / sside, (by + bh / 2 - sy) / sside, bw / sside, bh / sside)
-    nx, ny, nside = _extent_box(turned[:N_MESH_POINTS, :2] * to_px)
+    nx, ny, nside = _extent_box(dst[:N_MESH_POINTS])
     nw, nh = rel[2] * nside, rel[3] * nside
     new_box = (nx + rel[0] * nside - nw / 2, ny + rel[1] * nside - nh / 2, nw, nh)
     exact = matrix_to_pose(new_rot)  # the Euler triple that R' decomposes to (equal to new_pose below 90 deg)
-    return ProfiledFace(out, exact, new_box, to_camera(turned[:N_MESH_POINTS]))
+    mesh_px = to_camera(turned[:N_MESH_POINTS]) + np.array([margin, margin, 0.0])
+    return ProfiledFace(out, exact, new_box, mesh_px, margin)

@@ -68,8 +68,9 @@ def test_no_turn_keeps_image_and_box(celeba_faces):
     s = celeba_faces[0]
     img = cv2.imread(str(s.image))
     view = profile_face(img, s.mesh, s.pose, s.box, 0.0)
-    assert np.allclose(view.box, s.box, atol=1e-6)
-    diff = np.abs(view.image.astype(int) - img.astype(int))
+    m = view.margin
+    assert np.allclose(view.box, (s.box[0] + m, s.box[1] + m, s.box[2], s.box[3]), atol=1e-6)
+    diff = np.abs(view.image[m:m + img.shape[0], m:m + img.shape[1]].astype(int) - img.astype(int))
     assert np.median(diff) == 0 and diff.mean() < 2.0  # resampled through identity affines
 
 
@@ -78,15 +79,27 @@ def test_turn_moves_face_and_keeps_background(celeba_faces):
     img = cv2.imread(str(s.image))
     view = profile_face(img, s.mesh, s.pose, s.box, 75.0 - s.pose[0])
     h, w = img.shape[:2]
-    assert view.image.shape == img.shape and view.image.dtype == np.uint8
+    m = view.margin
+    assert view.image.shape == (h + 2 * m, w + 2 * m, 3) and view.image.dtype == np.uint8
+    inside = view.image[m:m + h, m:m + w]
     # Yaw > 0 turns the nose to image-left: the nose tip (point 1) moves left of the face box centre.
     assert view.mesh[1, 0] < view.box[0] + view.box[2] / 2
-    # The image border is fixed: the corners are untouched.
+    # The background far from the head is fixed: the source's corners are untouched.
     for y, x in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)):
-        assert np.abs(view.image[y, x].astype(int) - img[y, x].astype(int)).max() <= 2
+        assert np.abs(inside[y, x].astype(int) - img[y, x].astype(int)).max() <= 2
     # The face region did change.
     x, y, bw, bh = (int(v) for v in s.box)
-    assert np.abs(view.image[y:y + bh, x:x + bw].astype(int) - img[y:y + bh, x:x + bw].astype(int)).mean() > 10
+    assert np.abs(inside[y:y + bh, x:x + bw].astype(int) - img[y:y + bh, x:x + bw].astype(int)).mean() > 10
+
+
+def test_tight_crop_grows_the_canvas(shared_data):
+    """UTKFace's faces fill the frame: a profile's nose must not be cut off at the border."""
+    s = read_sources(shared_data / "utkface", "val", BankConfig(limit=3))[0]
+    img = cv2.imread(str(s.image))
+    view = profile_face(img, s.mesh, s.pose, s.box, 85.0 - s.pose[0])
+    assert view.margin > 0
+    hh, ww = view.image.shape[:2]
+    assert np.all(view.mesh[:, 0] >= 0) and np.all(view.mesh[:, 0] < ww) and np.all(view.mesh[:, 1] < hh)
 
 
 def test_profile_rejects_bad_mesh_and_pose(celeba_faces):

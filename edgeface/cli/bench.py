@@ -9,8 +9,11 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, console, out_console, write_json
-from ..errors import EdgefaceError
+from ..core.errors import EdgefaceError
+from ..engines import registry
+from .output import console, out_console, write_json
+
+NAME = "bench"
 
 
 def parse_int_list(text: str, flag: str, allow_auto: bool = False) -> list:
@@ -31,8 +34,7 @@ def parse_int_list(text: str, flag: str, allow_auto: bool = False) -> list:
     return list(dict.fromkeys(out))
 
 
-@app.command()
-def bench(
+def command(
     artifacts: list[Path] = typer.Argument(..., help="Artifacts to compare: model.onnx, model.ncnn.param, "
                                            "model.engine, a bundle folder, or a checkpoint .pt."),
     data: Optional[Path] = typer.Option(None, "--data", help="Labelled folder (labels.csv with yaw,pitch,...) for "
@@ -47,7 +49,7 @@ def bench(
                                              help="Seconds of timed calls per artifact x batch x threads (default 2)."),
     rounds: int = typer.Option(10, "--rounds", help="Interleaving: timed calls are split into this many "
                                "round-robin blocks across the artifacts."),
-    backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | ncnn | tensorrt | torch."),
+    backend: str = typer.Option("auto", "--backend", help=" | ".join(["auto", *registry.names()]) + "."),
     reference: str = typer.Option("auto", "--reference", help="FP32 reference for the deviation check: 'auto' (the "
                                   "first FP32 artifact), 'none', or a path (artifact or checkpoint .pt)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results (a list, one object per "
@@ -83,12 +85,13 @@ def bench(
         from ..bench.runner import labelled_samples
 
         labelled_samples(str(data), cfg.split, limit)
-    command = "edgeface bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
+    command_line = "edgeface bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     if host:
-        from ..bench.remote import SshTarget, bench_remote
+        from ..bench.remote import bench_remote
+        from ..remote.ssh import SshTarget
 
         target = SshTarget(host, port=port, identity=identity, known_hosts=known_hosts)
         console.print(f"benchmarking on {target.where} over SSH")
@@ -109,7 +112,7 @@ def bench(
         if report is not None:
             from ..bench.report import write_report
 
-            write_report(rows, warnings, report, command=command, data=cfg.data)
+            write_report(rows, warnings, report, command=command_line, data=cfg.data)
 
     from ..bench.report import make_tables
 

@@ -11,12 +11,13 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, console, out_console, write_json
-from ..errors import EdgefaceError
+from ..core.errors import EdgefaceError
+from .output import console, out_console, write_json
+
+NAME = "build"
 
 
-@app.command()
-def build(bundle: Path = typer.Argument(..., help="Jetson bundle folder (from `edgeface deploy --target jetson`), "
+def command(bundle: Path = typer.Argument(..., help="Jetson bundle folder (from `edgeface deploy --target jetson`), "
                                                   "or an edgeface .onnx."),
           precision: Optional[str] = typer.Option(None, "--precision",
                                                   help="fp32|fp16|int8 (default: the bundle's precision; fp16 for "
@@ -34,18 +35,22 @@ def build(bundle: Path = typer.Argument(..., help="Jetson bundle folder (from `e
                                                      help="Builder workspace (default: the target's, else 1024)."),
           json_out: Optional[Path] = typer.Option(None, "--json", help="Write what was built as JSON.")):
     """Build and cache the TensorRT engine for this device (needs TensorRT: run it on the Jetson)."""
-    from ..tensorrt_build import find_or_build_engine, import_tensorrt, read_sidecar
+    from ..core.artifact import read_engine_record
+    from ..engines.tensorrt.build import find_or_build_engine
+    from ..engines.tensorrt.library import import_tensorrt, require_version_in_range
 
     if not bundle.exists():
         raise EdgefaceError(f"{bundle} does not exist; pass a bundle folder from `edgeface deploy --target jetson`")
-    import_tensorrt()   # the one-line "TensorRT is not installed here" before any other work
+    trt = import_tensorrt()   # the one-line "TensorRT is not installed here" before any other work
     if bundle.is_dir():
-        from ..bundle import engine_cache_dir, open_bundle
+        from ..runtime.bundle import engine_cache_dir, open_bundle
 
         info = open_bundle(bundle)
         if info.backend != "tensorrt":
             raise EdgefaceError(f"bundle {bundle} is for the {info.backend} backend (target '{info.target}'); "
                                 f"`edgeface build` builds TensorRT engines for Jetson bundles")
+        require_version_in_range(str(trt.__version__), info.options.get("tensorrt_min_version"),
+                                 info.options.get("tensorrt_max_version"), target=f"target '{info.target}'")
         onnx_path = info.artifact
         precision = precision or info.precision
         cache = cache_dir or engine_cache_dir(info)
@@ -60,7 +65,7 @@ def build(bundle: Path = typer.Argument(..., help="Jetson bundle folder (from `e
         engine = find_or_build_engine(onnx_path, precision, cache, calib_cache=calib, min_batch=min_batch,
                                       opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace,
                                       log=lambda m: console.print(m, highlight=False))
-    record = read_sidecar(engine)
+    record = read_engine_record(engine)
     out_console.print(f"engine {engine} (TensorRT {record['trt_version']}, {record['gpu_name']} "
                       f"sm{record['compute_capability']}, {record['precision']})", highlight=False)
     write_json(json_out, {"engine": str(engine), **{k: record.get(k) for k in (

@@ -6,17 +6,19 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, console, out_console, write_json
+from ..engines import registry
+from .output import console, out_console, write_json
+
+NAME = "deploy"
 
 
 def _targets_help() -> str:
-    from ..targets import list_targets
+    from ..deploy.targets import list_targets
 
     return "|".join(list_targets())
 
 
-@app.command()
-def deploy(target: str = typer.Option(..., "--target", "-t",
+def command(target: str = typer.Option(..., "--target", "-t",
                                       help=f"Device: {_targets_help()} (a file in recipes/targets/), or a target YAML path."),
            model: Optional[Path] = typer.Option(None, "--model", "-m",
                                                 help="Checkpoint (.pt, FP32 or QAT); default: the shipped model."),
@@ -56,9 +58,10 @@ def deploy(target: str = typer.Option(..., "--target", "-t",
                       f"precision={result.precision}  ({escape(files)})  {result.seconds:.1f} s", highlight=False)
     if result.verify is None:
         out_console.print("[yellow]not verified (--no-verify)[/yellow]")
-    if result.backend == "tensorrt":
-        out_console.print(f"on the Jetson: `edgeface build {result.bundle.name}` builds the engine "
-                          f"(or the first Predictor() call does)", highlight=False)
+    if registry.get(result.backend).builds_on_device:
+        out_console.print(f"on the {result.target} device: `edgeface build {result.bundle.name}` builds the "
+                          f"{registry.get(result.backend).title} engine (or the first Predictor() call does)",
+                          highlight=False)
     if result.remote:
         for row in result.remote.get("bench") or []:
             lat = row.get("latency_ms") or {}

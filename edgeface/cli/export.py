@@ -7,15 +7,15 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, console, out_console, write_json
-from ..errors import EdgefaceError
-from ..formats import FORMATS
+from ..core.errors import EdgefaceError
+from ..engines import registry
+from .output import console, out_console, write_json
 
-_EXPORTABLE = [f.name for f in FORMATS.values() if f.exporter]
+NAME = "export"
+_EXPORTABLE = [e.format for e in registry.exportable()]
 
 
-@app.command()
-def export(model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the shipped model."),
+def command(model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the shipped model."),
            fmt: str = typer.Option("onnx", "--format", "-f", help=f"One of: {', '.join(_EXPORTABLE)}."),
            precision: Optional[str] = typer.Option(None, "--precision",
                                                    help="fp32|fp16 (ncnn: fp16 weight storage; tensorrt: builder "
@@ -26,10 +26,10 @@ def export(model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); 
            out: Path = typer.Option(Path("export"), "--out", "-o", help="Output folder."),
            json_out: Optional[Path] = typer.Option(None, "--json", help="Write what was exported as JSON.")):
     """Export a checkpoint to a deployable artifact (ModelSpec inside the ONNX, or beside the ncnn files)."""
-    from ..formats import export as run_export, get_format
+    from ..export import export as run_export
 
-    spec_fmt = get_format(fmt)
-    if spec_fmt.exporter is None:
+    engine = registry.by_format(fmt)
+    if engine.exporter is None:
         raise EdgefaceError(f"--format must be one of {', '.join(_EXPORTABLE)}")
     if model is not None and not model.is_file():
         raise EdgefaceError(f"checkpoint {model} does not exist")
@@ -38,10 +38,10 @@ def export(model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); 
         artifact = run_export(fmt, model, out, precision=precision, fold_preprocess=fold_preprocess)
     seconds = time.perf_counter() - t0
     files = [p for p in sorted(Path(artifact).parent.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    report = {"format": fmt, "artifact": str(artifact), "backend": spec_fmt.backend,
-              "precision": precision or spec_fmt.precisions[0], "fold_preprocess": fold_preprocess,
+    report = {"format": fmt, "artifact": str(artifact), "backend": engine.name,
+              "precision": precision or engine.precisions[0], "fold_preprocess": fold_preprocess,
               "source": str(model) if model else "default", "seconds": round(seconds, 2),
               "files": {p.name: p.stat().st_size for p in files}}
-    out_console.print(f"[green]exported[/green] {artifact} ({spec_fmt.backend}, {report['precision']}, "
+    out_console.print(f"[green]exported[/green] {artifact} ({engine.name}, {report['precision']}, "
                       f"{seconds:.1f} s)", highlight=False)
     write_json(json_out, report)

@@ -1,10 +1,26 @@
-"""`edgeface info`: versions, backends, device, default model card."""
+"""`edgeface info`: versions, engines, the device, the default model's card."""
 from __future__ import annotations
 
 import importlib
 import platform
+from pathlib import Path
+from typing import Optional
 
-from . import __version__
+import typer
+
+from ..core import __version__
+from ..core.device import device_info
+from ..engines.registry import available_backends
+from .output import out_console, write_json
+
+NAME = "info"
+
+
+def command(json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON.")):
+    """Versions, installed backends, the detected device and the default model's card."""
+    report = collect_info()
+    print_info(report, out_console)
+    write_json(json_out, report)
 
 
 def _version(mod: str):
@@ -19,30 +35,21 @@ def collect_info() -> dict:
     report = {"edgeface": __version__, "python": platform.python_version(), "platform": platform.platform(),
               "machine": platform.machine(),
               "packages": {m: _version(m) for m in ("numpy", "cv2", "torch", "onnx", "onnxruntime", "ncnn", "tensorrt")}}
-    try:
-        from .device import device_info
-
-        report["device"] = device_info()
-    except ImportError:
-        pass
-    try:
-        from .backends import available_backends
-
-        report["backends"] = available_backends()
-    except ImportError:
-        pass
+    report["device"] = device_info()
+    report["backends"] = available_backends()
     report["default_model"] = default_model_card()
     return report
 
 
 def default_model_card() -> dict:
-    from .checkpoint import DEFAULT_WEIGHTS
+    """The shipped weights' card; its details need torch (a torch-free device gets a note instead)."""
+    from ..engines.torch.checkpoint import DEFAULT_WEIGHTS
 
     card = {"weights": str(DEFAULT_WEIGHTS), "size_mb": round(DEFAULT_WEIGHTS.stat().st_size / 1e6, 3)
             if DEFAULT_WEIGHTS.exists() else None}
     try:
-        from .checkpoint import load_model
-        from .model import count_macs, count_params
+        from ..engines.torch.checkpoint import load_model
+        from ..engines.torch.network import count_macs, count_params
 
         model, spec, meta = load_model(None)
         card.update(arch=f"{spec.arch} x{spec.width}", input=f"{spec.input_size}x{spec.input_size} {spec.channel_order}",

@@ -9,8 +9,11 @@ from typing import Optional
 import numpy as np
 import typer
 
-from ..cli import app, out_console, write_json
-from ..errors import EdgefaceError
+from ..core.errors import EdgefaceError
+from ..engines import registry
+from .output import out_console, write_json
+
+NAME = "predict"
 
 
 def read_boxes_csv(path: Path) -> dict[str, list[tuple[float, float, float, float]]]:
@@ -39,19 +42,18 @@ def _boxes_for(boxes: dict, image: Path) -> list | None:
     return None
 
 
-@app.command()
-def predict(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx, model.ncnn.param, model.engine "
+def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx, model.ncnn.param, model.engine "
                                                      "or .pt; 'default' for the shipped model."),
             images: list[Path] = typer.Argument(..., help="Images: face crops, or full images with --boxes."),
             boxes_csv: Optional[Path] = typer.Option(None, "--boxes",
                                                      help="CSV file,x,y,w,h: face boxes per image (several rows "
                                                           "per image allowed); images not listed are face crops."),
-            backend: str = typer.Option("auto", "--backend", help="auto|onnxruntime|ncnn|tensorrt|torch."),
+            backend: str = typer.Option("auto", "--backend", help="|".join(["auto", *registry.names()]) + "."),
             threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads."),
             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all results as one JSON list.")):
     """Blur score and head pose (degrees) per face, printed as JSON lines."""
-    from ..predictor import Predictor
-    from ..preprocess import read_image
+    from ..core.preprocess import read_image
+    from ..runtime.predictor import Predictor
 
     boxes = read_boxes_csv(boxes_csv) if boxes_csv else {}
     # Read every image first: a bad file fails the command before any output is printed.

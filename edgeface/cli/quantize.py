@@ -6,14 +6,17 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, console, out_console, write_json
+from ..engines import registry
+from .output import console, out_console, write_json
+
+NAME = "quantize"
 
 
-@app.command()
-def quantize(model: Optional[str] = typer.Argument(None, help="Checkpoint (.pt) or FP32 ONNX; default: the shipped model."),
+def command(model: Optional[str] = typer.Argument(None, help="Checkpoint (.pt) or FP32 ONNX; default: the shipped model."),
              calib: Path = typer.Option(..., "--calib", help="Calibration images: face crops, or images with labels.csv."),
              method: str = typer.Option("minmax", "--method", help="minmax | percentile | entropy | mse."),
-             backend: str = typer.Option("all", "--backend", help="onnxruntime | tensorrt | ncnn | all."),
+             backend: str = typer.Option("all", "--backend", help=" | ".join(
+                 [e.name for e in registry.with_int8()] + ["all"]) + "."),
              num: int = typer.Option(300, "--num", help="Calibration images to use (fixed-seed subset)."),
              max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Keep the most sensitive layers in "
                                                       "float until the pose mean MAE rise is at most DEGREES."),

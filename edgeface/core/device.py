@@ -1,8 +1,13 @@
-"""What machine are the numbers from? CPU, governor, ISA, Raspberry Pi / Jetson state, temperature, power.
+"""What machine is this? One device vocabulary, and the facts a benchmark records about it.
 
-Every value is read from the OS (``/proc``, ``/sys``, ``/etc``, the vendor tools where present) and is
-``None`` when it could not be read: a benchmark must never carry a guessed device property. The parsers
-take the file's *text* so tests feed them real samples from a Pi or a Jetson.
+``detect_device`` names the kind of machine in the vocabulary the targets, bundles and ``backend="auto"``
+use: "x86", "rpi", "jetson", "arm64" (any other ARM board), or the machine name for anything else. The
+benchmark snapshot (``device_info``) reports the same word under "kind".
+
+The rest reads CPU, governor, ISA, Raspberry Pi / Jetson state, temperature and power. Every value is read
+from the OS (``/proc``, ``/sys``, ``/etc``, the vendor tools where present) and is ``None`` when it could not
+be read: a benchmark must never carry a guessed device property. The parsers take the file's *text* so
+tests feed them real samples from a Pi or a Jetson.
 """
 from __future__ import annotations
 
@@ -14,6 +19,13 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Optional
+
+# The device vocabulary (what recipes/targets/*.yaml name in `device:`).
+X86, RPI, JETSON, ARM64 = "x86", "rpi", "jetson", "arm64"
+DEVICE_KINDS = (X86, RPI, JETSON, ARM64)
+X86_MACHINES = ("x86_64", "amd64", "i686", "i386")
+DEVICE_TREE_MODEL = ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model")
+TEGRA_RELEASE = "/etc/nv_tegra_release"
 
 # ISA features that change which kernels an inference engine picks (int8 dot products, fp16 arithmetic).
 X86_FLAGS_OF_NOTE = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
@@ -268,17 +280,42 @@ def parse_nvinfer_version_header(text: Optional[str]) -> Optional[str]:
 
 
 # -- the snapshot ---------------------------------------------------------------------------------------
-def classify(tree_model: Optional[str], tegra_release: Optional[str]) -> str:
-    if tree_model and "raspberry pi" in tree_model.lower():
-        return "rpi"
-    if tegra_release or (tree_model and "jetson" in tree_model.lower()):
-        return "jetson"
-    m = platform.machine().lower()
-    if m in ("x86_64", "amd64", "i686"):
-        return "x86"
+def classify(machine: str, board: Optional[str], tegra_release: Optional[str]) -> str:
+    """The device kind of a machine from what it reports: ``platform.machine()``, its board model (device
+    tree, or the Pi kernel's cpuinfo "Model" line) and the text of /etc/nv_tegra_release."""
+    board = (board or "").lower()
+    if "raspberry pi" in board:
+        return RPI
+    if tegra_release or "jetson" in board:
+        return JETSON
+    m = (machine or "").lower()
+    if m in X86_MACHINES:
+        return X86
     if m in ("aarch64", "arm64") or m.startswith("arm"):
-        return "arm"
+        return ARM64
     return m or "unknown"
+
+
+def board_model() -> Optional[str]:
+    """The board's model from the device tree (ARM boards), or None."""
+    for probe in DEVICE_TREE_MODEL:
+        model = parse_device_tree_model(_read(probe))
+        if model:
+            return model
+    return None
+
+
+def detect_device() -> str:
+    """The kind of this machine (see the module docstring); ``EDGEFACE_DEVICE`` overrides it (tests, and
+    boards the probes do not know)."""
+    forced = os.environ.get("EDGEFACE_DEVICE")
+    if forced:
+        return forced
+    machine = platform.machine()
+    if machine.lower() in X86_MACHINES:  # no board probes needed (the Predictor asks on every load)
+        return X86
+    board = board_model() or parse_cpuinfo(_read("/proc/cpuinfo") or "")["board_model"]
+    return classify(machine, board, _read(TEGRA_RELEASE))
 
 
 def _loadavg() -> Optional[list]:
@@ -291,9 +328,9 @@ def _loadavg() -> Optional[list]:
 def device_info(include_power: bool = True) -> dict:
     """A JSON-able snapshot of the machine; keys absent from a platform are None, never guessed."""
     cpu = parse_cpuinfo(_read("/proc/cpuinfo") or "")
-    tree_model = parse_device_tree_model(_read("/proc/device-tree/model")) or cpu["board_model"]
-    tegra_text = _read("/etc/nv_tegra_release")
-    kind = classify(tree_model, tegra_text)
+    tree_model = board_model() or cpu["board_model"]
+    tegra_text = _read(TEGRA_RELEASE)
+    kind = classify(platform.machine(), tree_model, tegra_text)
     governors = read_governors()
     gov_values = sorted(set(governors.values()))
     try:
@@ -321,7 +358,7 @@ def device_info(include_power: bool = True) -> dict:
                              or (max(thermal.values()) if thermal else None))
     info["thermal_zones_c"] = thermal or None
     info["throttled"] = parse_throttled(_run(["vcgencmd", "get_throttled"]))
-    if kind == "jetson":
+    if kind == JETSON:
         l4t = parse_tegra_release(tegra_text)
         clocks = parse_jetson_clocks_show(_run(["jetson_clocks", "--show"]))
         info["jetson"] = {

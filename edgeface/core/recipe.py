@@ -12,7 +12,7 @@ import yaml
 
 from .errors import EdgefaceError
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
+RECIPES_DIR = Path(__file__).parents[1] / "recipes"  # packaged with edgeface
 REQUIRED = object()  # marker: the field must be given
 
 

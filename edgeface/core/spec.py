@@ -15,6 +15,15 @@ from .errors import EdgefaceError
 SPEC_KEY = "edgeface.spec"  # key in ONNX metadata_props / manifest
 SPEC_VERSION = 1
 
+# Numeric precisions an artifact, a bundle or a TensorRT engine can have (export, quantize, deploy, build).
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# What an artifact's input takes: the float32 NCHW batch normalised as the ModelSpec says, or the uint8
+# NHWC BGR crops themselves (preprocessing folded into the graph, or done inside the engine as ncnn does).
+FLOAT_NCHW = "float32_nchw"
+UINT8_NHWC = "uint8_nhwc_bgr"
+INPUT_KINDS = (FLOAT_NCHW, UINT8_NHWC)
+
 
 @dataclass(frozen=True)
 class CropRule:
@@ -91,7 +100,9 @@ class ModelSpec:
             raise EdgefaceError(f"ModelSpec is not valid JSON ({e.msg}); re-export the artifact") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        from .io import atomic_write_json
+
+        atomic_write_json(path, self.to_dict(), sort_keys=True)
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelSpec":

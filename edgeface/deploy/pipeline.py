@@ -1,36 +1,33 @@
 """`edgeface deploy`: weights -> a verified bundle for one device, in one step.
 
-    export (ONNX / ncnn) -> quantize (INT8 only) -> write the bundle in a temporary folder ->
-    verify it through the same loader a device uses (Predictor(bundle)) against the FP32 torch reference
-    on held-out faces -> refuse when the target's budget is exceeded -> rename into place.
+    export (the engine's bundle format) -> quantize (INT8 only) -> write the bundle in a temporary folder
+    (staging.py) -> verify it through the same loader a device uses, Predictor(bundle), against the FP32
+    torch reference on held-out faces (verify.py) -> refuse when the target's budget is exceeded -> seal
+    the manifest -> rename into place; with --host, copy it to the device and check, build and bench it
+    there (remote.py).
 
-The temporary folder lives beside ``--out`` (``.NAME.partial-PID-XXXX``) so the final rename is atomic: an
-interrupted deploy leaves no folder at ``--out`` that looks like a bundle, and an existing bundle is swapped
-out only once the new one is complete (``--force``). Leftover partial folders of dead deploys are removed
-by the next deploy into the same place.
+Targets are data (``recipes/targets/*.yaml``, targets.py); what an engine's bundle holds (its format, the
+companions of its artifact, the check its artifact must pass) comes from the engine registry.
 """
 from __future__ import annotations
 
-import ctypes
-import json
-import os
 import shutil
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-import numpy as np
-
-from .bundle import ANY_DEVICE, is_bundle, open_bundle, tool_versions, write_manifest
-from .errors import EdgefaceError
+from ..core.artifact import read_onnx_input_kind
+from ..core.errors import EdgefaceError
+from ..core.spec import FLOAT_NCHW, UINT8_NHWC
+from ..engines import registry
+from ..engines.descriptor import resolve
+from ..runtime.bundle import ANY_DEVICE, open_bundle, tool_versions, write_manifest
+from ..runtime.predictor import open_model
+from .staging import check_out, clean_stale_partials, make_staging_dir, move_into_place
+from .steps import Steps
 from .targets import backend_options, load_target
-
-VERIFY_PER_SET = 64          # held-out faces per labelled set used for verification (deterministic choice)
-PARTIAL_TAG = ".partial-"
-OLD_TAG = ".old-"
+from .verify import bundle_runner, default_verify_data, load_verify_set, verify_bundle, verify_line
 
 
 @dataclass
@@ -67,264 +64,47 @@ class Source:
 
 
 def resolve_source(model: Optional[str | Path]) -> Source:
-    from .checkpoint import DEFAULT_WEIGHTS, read_checkpoint
+    from ..engines.torch.checkpoint import DEFAULT_WEIGHTS, SUFFIX, read_checkpoint
 
     path = Path(model) if model is not None else None
     if path is None and not DEFAULT_WEIGHTS.is_file():
-        raise EdgefaceError(f"the shipped default weights {DEFAULT_WEIGHTS} are missing; pass --model CHECKPOINT.pt")
-    if path is not None and path.suffix != ".pt":
-        raise EdgefaceError(f"--model {path}: deploy starts from a training checkpoint (.pt), not {path.suffix or 'a folder'}; "
-                            f"`edgeface train` writes one")
+        raise EdgefaceError(f"the shipped default weights {DEFAULT_WEIGHTS} are missing; pass --model CHECKPOINT{SUFFIX}")
+    if path is not None and path.suffix != SUFFIX:
+        raise EdgefaceError(f"--model {path}: deploy starts from a training checkpoint ({SUFFIX}), not "
+                            f"{path.suffix or 'a folder'}; `edgeface train` writes one")
     obj = read_checkpoint(path)
     meta = obj.get("meta") or {}
     return Source(checkpoint=path, qat=is_qat_meta(meta), meta=meta)
 
 
 def is_qat_meta(meta: dict) -> bool:
-    """A quantization-aware checkpoint says so in its meta (edgeface.qat writes ``qat``/``kind``)."""
+    """A quantization-aware checkpoint says so in its meta (edgeface.quantize.qat writes ``qat``/``kind``)."""
     return bool(meta.get("qat")) or meta.get("kind") == "qat" or meta.get("quantization") == "qat"
 
 
-# -- verification data ---------------------------------------------------------------------------------------
-def default_verify_data() -> Optional[Path]:
-    """$EDGEFACE_SHARED_DATA, ./../shared/data, or the repository's ../shared/data, whichever exists."""
-    cands = []
-    if os.environ.get("EDGEFACE_SHARED_DATA"):
-        cands.append(Path(os.environ["EDGEFACE_SHARED_DATA"]))
-    cands += [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"]
-    for c in cands:
-        if c.is_dir() and any((p / "labels.csv").is_file() for p in c.iterdir() if p.is_dir()):
-            return c
-    return None
-
-
-def load_verify_set(data: Optional[Path], spec, per_set: int = VERIFY_PER_SET, seed: int = 0):
-    """(crops uint8 BGR, poses (N, 3) with NaN where unknown, description). Held-out = the val split."""
-    from .data import find_sets, load_samples
-    from .evaluate import load_crops
-
-    if data is None:
-        return _synthetic_faces(spec), np.full((48, 3), np.nan, np.float32), \
-            "synthetic images (no held-out faces found; pass --verify-data DIR)"
-    samples, used = [], []
-    for folder in find_sets(data):
-        try:
-            rows = load_samples(folder, split="val")
-        except EdgefaceError:
-            rows = load_samples(folder)  # a plain folder (no split column): all of it
-        rng = np.random.default_rng(seed)
-        pick = sorted(rng.choice(len(rows), size=min(per_set, len(rows)), replace=False).tolist())
-        samples += [rows[i] for i in pick]
-        used.append(f"{folder.name}:{len(pick)}")
-    crops = load_crops(samples, spec)
-    poses = np.array([s.pose for s in samples], np.float32)
-    return crops, poses, f"{data} val split ({', '.join(used)})"
-
-
-def _synthetic_faces(spec, n: int = 48) -> np.ndarray:
-    """Deterministic structured images (gradients, blobs, noise): enough to compare two engines' outputs."""
-    s = spec.input_size
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-    out = np.empty((n, s, s, 3), np.uint8)
-    for i in range(n):
-        cx, cy, r = rng.uniform(0.3 * s, 0.7 * s, 2).tolist() + [rng.uniform(0.2 * s, 0.45 * s)]
-        face = np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)))
-        img = np.stack([face * rng.uniform(80, 255) + xx * rng.uniform(0, 1), face * rng.uniform(60, 220),
-                        face * rng.uniform(40, 200) + yy * rng.uniform(0, 1)], -1)
-        out[i] = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
-    return out
-
-
-def verify_bundle(runner, reference, crops: np.ndarray, poses: np.ndarray, budget: dict) -> dict:
-    """Compare a bundle's outputs with the FP32 reference on faces and on synthetic blur; check the budget."""
-    from .evaluate import pose_metrics, run_batched, spearman, synthetic_blur_set
-
-    ref_b, ref_p = run_batched(reference, crops)
-    art_b, art_p = run_batched(runner, crops)
-    blur_imgs, blur_labels = synthetic_blur_set(crops)
-    if len(blur_imgs):
-        ref_bb, ref_bp = run_batched(reference, blur_imgs)
-        art_bb, art_bp = run_batched(runner, blur_imgs)
-    else:
-        ref_bb = art_bb = np.empty(0)
-        ref_bp = art_bp = np.empty((0, 3))
-    # Pose is budgeted on the faces as they are; on the synthetically blurred copies (some blurred until the
-    # face is gone) pose is reported but not budgeted. Blur is budgeted on both.
-    dp = np.abs(art_p - ref_p)
-    dp_blurred = np.abs(art_bp - ref_bp)
-    db = np.abs(np.concatenate([art_b, art_bb]) - np.concatenate([ref_b, ref_bb]))
-    ref_acc, art_acc = pose_metrics(ref_p, poses), pose_metrics(art_p, poses)
-    increase = None
-    if ref_acc.get("mean_mae") is not None and art_acc.get("mean_mae") is not None:
-        increase = art_acc["mean_mae"] - ref_acc["mean_mae"]
-    result = {
-        "n_faces": int(len(crops)), "n_blurred": int(len(blur_imgs)),
-        "pose_max_abs": float(dp.max()), "pose_p99_abs": float(np.percentile(dp, 99)), "pose_mean_abs": float(dp.mean()),
-        "pose_max_abs_blurred": float(dp_blurred.max()) if dp_blurred.size else None,
-        "blur_max_abs": float(db.max()), "blur_mean_abs": float(db.mean()),
-        "reference": {"pose_mean_mae": ref_acc.get("mean_mae"), "yaw_mae": ref_acc.get("yaw_mae"),
-                      "pitch_mae": ref_acc.get("pitch_mae"), "roll_mae": ref_acc.get("roll_mae"),
-                      "blur_spearman": spearman(ref_bb, blur_labels) if len(blur_imgs) > 1 else None},
-        "bundle": {"pose_mean_mae": art_acc.get("mean_mae"), "yaw_mae": art_acc.get("yaw_mae"),
-                   "pitch_mae": art_acc.get("pitch_mae"), "roll_mae": art_acc.get("roll_mae"),
-                   "blur_spearman": spearman(art_bb, blur_labels) if len(blur_imgs) > 1 else None},
-        "pose_mae_increase": increase,
-        "budget": dict(budget),
-    }
-    over = []
-    for key in ("pose_max_abs", "pose_p99_abs", "pose_mean_abs", "blur_max_abs", "pose_mae_increase"):
-        value = result[key]
-        if value is not None and value > budget[key]:
-            over.append(f"{key} {value:.4g} > {budget[key]:.4g}")
-    result["passed"] = not over
-    result["exceeded"] = over
-    return result
-
-
-# -- folders: partial, swap, stale cleanup -------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale_partials(out: Path) -> list[Path]:
-    """Remove ``.NAME.partial-PID-*`` / ``.NAME.old-PID-*`` folders left by deploys that were killed."""
-    removed = []
-    if not out.parent.is_dir():
-        return removed
-    for p in out.parent.glob(f".{out.name}.*-*"):
-        for tag in (PARTIAL_TAG, OLD_TAG):
-            prefix = f".{out.name}{tag}"
-            if p.name.startswith(prefix) and p.is_dir():
-                try:
-                    pid = int(p.name[len(prefix):].split("-", 1)[0])
-                except ValueError:
-                    continue
-                if pid != os.getpid() and not _pid_alive(pid):
-                    shutil.rmtree(p, ignore_errors=True)
-                    removed.append(p)
-    return removed
-
-
-def check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise EdgefaceError(f"--out {out} is a file; pass a folder path for the bundle")
-    if out.is_dir() and any(out.iterdir()):
-        if not is_bundle(out):
-            raise EdgefaceError(f"--out {out} is a non-empty folder that is not a bundle; choose another --out "
-                                f"(deploy never replaces a folder it did not write)")
-        if not force:
-            raise EdgefaceError(f"bundle {out} already exists; pass --force to replace it")
-
-
-_RENAME_EXCHANGE = 2  # linux/fs.h
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd = -100
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    return rc == 0
-
-
-def move_into_place(staged: Path, out: Path, force: bool) -> None:
-    """Rename the finished bundle onto ``out``. With an existing bundle, swap atomically where the kernel can
-    (no moment without a complete bundle at ``out``), else move it aside first and delete it after."""
-    if not out.exists():
-        os.rename(staged, out)
-        return
-    check_out(out, force)  # the folder may have appeared while we worked
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-        os.rename(staged, out)
-        return
-    if _exchange(staged, out):
-        shutil.rmtree(staged)  # now holds the old bundle
-        return
-    aside = out.parent / f".{out.name}{OLD_TAG}{os.getpid()}-{int(time.time())}"
-    os.rename(out, aside)
-    os.rename(staged, out)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-# -- the steps -------------------------------------------------------------------------------------------------
-class Steps:
-    """Rich progress: one line per step with its time (a no-op without a console)."""
-
-    def __init__(self, console=None):
-        self.console = console
-        self.times: dict[str, float] = {}
-        self._progress = None
-
-    def __enter__(self):
-        if self.console is not None:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                                      console=self.console, transient=False)
-            self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-
-    def run(self, name: str, fn: Callable, *args, **kwargs):
-        task = self._progress.add_task(name, total=1) if self._progress else None
-        t0 = time.perf_counter()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException:
-            if task is not None:
-                self._progress.update(task, description=f"[red]{name} (failed)[/red]")
-            raise
-        self.times[name] = time.perf_counter() - t0
-        if task is not None:
-            self._progress.update(task, completed=1, description=f"[green]{name}[/green]")
-        return result
-
-    def note(self, text: str) -> None:
-        if self._progress is not None:
-            self._progress.console.print(f"  {text}", highlight=False)
-
-
 def export_artifact(target: dict, source: Source, precision: str, work: Path) -> tuple[str, str, Optional[str]]:
-    """Write the FP32/FP16 artifact for the target into ``work``: (artifact name, input kind, calib cache)."""
-    backend = target["backend"]
-    opset = int(target["onnx"]["opset"])
-    ckpt = source.checkpoint
-    if backend == "ncnn":
-        from .export import export_ncnn
-
-        weights = "fp16" if precision == "fp16" else "fp32"
-        path = export_ncnn(ckpt, work / "model.ncnn.param", precision=weights)
-        return path.name, "float32_nchw", None
-    from .export import export_onnx
-
-    fold = target["input_layout"] == "uint8_nhwc_bgr"
-    path = export_onnx(ckpt, work / "model.onnx", opset=opset, fold_preprocess=fold)
-    if backend == "tensorrt":
-        check_tensorrt_onnx(path, opset)
-    return path.name, ("uint8_nhwc_bgr" if fold else "float32_nchw"), None
+    """Write the FP32/FP16 artifact a bundle for the target carries into ``work``: (artifact name, input
+    kind, calibration cache name or None)."""
+    engine = registry.get(target["backend"])
+    fmt = registry.by_format(engine.bundle_format)
+    fold = target["input_layout"] == UINT8_NHWC and fmt.fold_preprocess
+    options = {"opset": int(target["onnx"]["opset"])} if fmt.format == "onnx" else {}
+    # An fp16 bundle whose format stores fp16 weights gets them; otherwise (an ONNX for TensorRT) the device
+    # decides the arithmetic from the bundle's precision.
+    path = resolve(fmt.exporter)(source.checkpoint, work / fmt.artifact,
+                                 precision=precision if precision in fmt.precisions else "fp32",
+                                 fold_preprocess=fold, **options)
+    check_bundle_artifact(engine, path, int(target["onnx"]["opset"]))
+    return path.name, (UINT8_NHWC if fold else FLOAT_NCHW), None
 
 
-def check_tensorrt_onnx(path: Path, opset: int) -> None:
-    from .tensorrt_build import check_onnx_for_tensorrt
-
-    problems = check_onnx_for_tensorrt(path, max_opset=opset)
+def check_bundle_artifact(engine, path: Path, opset: int) -> None:
+    """The engine's own check of a bundle artifact it will build from on the device (TensorRT's parser)."""
+    if engine.bundle_check is None:
+        return
+    problems = resolve(engine.bundle_check)(path, opset)
     if problems:
-        raise EdgefaceError(f"{path.name} would not parse in TensorRT: {problems[0]}"
+        raise EdgefaceError(f"{path.name} would not parse in {engine.title}: {problems[0]}"
                             + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
 
 
@@ -333,59 +113,27 @@ def quantize_artifact(target: dict, source: Source, calib: Optional[Path], work:
     """INT8 artifact for the target in ``work``: (artifact name, calib cache name or None, calibration summary).
 
     Calibration goes through `edgeface quantize`'s per-backend path (with its own accuracy guard); a
-    quantization-aware checkpoint is exported by edgeface.qat and needs no calibration set.
+    quantization-aware checkpoint is converted by edgeface.quantize.qat and needs no calibration set.
     """
+    opset = int(target["onnx"]["opset"])
     if source.qat and calib is None:
-        from . import qat
+        from ..quantize.qat.convert import export_for_deploy
 
-        result = qat.export_for_deploy(backend=target["backend"], checkpoint=source.checkpoint, out_dir=work,
-                                       opset=int(target["onnx"]["opset"]), log=note)
+        result = export_for_deploy(backend=target["backend"], checkpoint=source.checkpoint, out_dir=work,
+                                   opset=opset, log=note)
     else:
-        from .quantize import quantize_for_deploy
+        from ..quantize import quantize_for_deploy
 
         result = quantize_for_deploy(backend=target["backend"], checkpoint=source.checkpoint, calib=calib,
-                                     out_dir=work, qat=source.qat, opset=int(target["onnx"]["opset"]),
-                                     fold_preprocess=target["input_layout"] == "uint8_nhwc_bgr", log=note)
+                                     out_dir=work, opset=opset, log=note)
     return result["artifact"], result.get("calib_cache"), result.get("summary") or {}
 
 
-def _artifact_input_kind(path: Path) -> str:
-    """What the artifact itself declares (an INT8 ONNX may take float NCHW even where the target folds)."""
-    if path.name.endswith(".onnx"):
-        from .export import read_onnx_input_kind
-
+def _input_kind(path: Path) -> str:
+    """What the artifact itself declares (an INT8 ONNX takes float NCHW even where the target folds)."""
+    if path.name.endswith(registry.by_format("onnx").suffix):
         return read_onnx_input_kind(path)
-    return "float32_nchw"
-
-
-def make_reference(source: Source):
-    from .runners import make_runner
-
-    runner, spec, _ = make_runner(str(source.checkpoint) if source.checkpoint else None)
-    return runner, spec
-
-
-def bundle_runner(bundle: Path, target: dict):
-    """A runner through the same loader the device uses. TensorRT bundles (no TensorRT here) run their ONNX
-    in onnxruntime: the graph and its Q/DQ scales are checked; the engine's own numbers are checked by
-    ``edgeface build`` on the device."""
-    from .predictor import Predictor
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "deployed for rpi, runs here on x86" is expected while verifying
-        if target["backend"] == "tensorrt":
-            info = open_bundle(bundle, device=ANY_DEVICE, verify=False)
-            pred = Predictor(str(info.artifact), backend="onnxruntime")
-            how = "onnxruntime on the bundle's ONNX (TensorRT engine numbers are checked on the device)"
-        else:
-            pred = Predictor(str(bundle))
-            how = f"{pred.backend} through Predictor(bundle)"
-
-    def runner(batch):
-        r = pred.predict(batch)
-        return r.blur, np.stack([r.yaw, r.pitch, r.roll], axis=1)
-
-    return runner, pred, how
+    return FLOAT_NCHW
 
 
 def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: Optional[str] = None,
@@ -416,10 +164,7 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(out)
 
-    staged = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{PARTIAL_TAG}{os.getpid()}-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staged, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle is an ordinary folder
+    staged = make_staging_dir(out)
     verify_result = None
     try:
         with Steps(console) as steps:
@@ -433,10 +178,9 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                     f"export + quantize int8 for {target['backend']}"
                     + (" (quantization-aware checkpoint)" if source.qat and calib_path is None else f" from {calib_path}"),
                     quantize_artifact, target, source, calib_path, staged, steps.note)
-                if target["backend"] == "tensorrt":
-                    check_tensorrt_onnx(staged / artifact, int(target["onnx"]["opset"]))
-                _drop_unused(staged, keep={artifact, calib_cache, *_companions(artifact)})
-                input_kind = _artifact_input_kind(staged / artifact)
+                check_bundle_artifact(registry.get(target["backend"]), staged / artifact, int(target["onnx"]["opset"]))
+                _drop_unused(staged, keep={artifact, calib_cache, *_companions(staged / artifact)})
+                input_kind = _input_kind(staged / artifact)
             manifest_args = dict(
                 target=name, backend=target["backend"], precision=precision, artifact=artifact,
                 target_recipe=target, options=backend_options(target, precision), input_kind=input_kind,
@@ -446,18 +190,19 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
             steps.run("write manifest", write_manifest, staged, spec=spec, **manifest_args)
             if verify:
                 def _verify():
-                    reference, _ = make_reference(source)
+                    reference, _ = open_model(source.checkpoint)  # the FP32 torch model
                     crops, poses, desc = load_verify_set(vdata, spec)
                     runner, pred, how = bundle_runner(staged, target)
                     try:
-                        res = verify_bundle(runner, reference, crops, poses, target["verify"][precision])
+                        res = verify_bundle(runner, reference.blur_and_pose, crops, poses, target["verify"][precision])
                     finally:
                         pred.close()
+                        reference.close()
                     res.update(data=desc, runtime=how, reference_model=f"{source.label} (FP32 torch)")
                     return res
 
                 verify_result = steps.run("verify against the FP32 reference", _verify)
-                steps.note(_verify_line(verify_result))
+                steps.note(verify_line(verify_result))
                 if not verify_result["passed"]:
                     raise EdgefaceError(
                         f"the {name} {precision} bundle exceeds the accuracy budget ({'; '.join(verify_result['exceeded'])}; "
@@ -475,17 +220,16 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
     result = DeployResult(bundle=out, target=name, backend=target["backend"], precision=precision, manifest=manifest,
                           verify=verify_result, seconds=time.perf_counter() - t_start, steps=dict(steps.times))
     if host:
+        from .remote import deploy_remote
+
         ssh_options = dict(ssh_options or {})
         result.remote = deploy_remote(out, host, target, console,
                                       remote_python=ssh_options.pop("remote_python", None) or "python3", **ssh_options)
     return result
 
 
-def _companions(artifact: str) -> set[str]:
-    if artifact.endswith(".ncnn.param"):
-        stem = artifact[: -len(".ncnn.param")]
-        return {f"{stem}.ncnn.bin", f"{stem}.spec.json"}
-    return set()
+def _companions(artifact: Path) -> set[str]:
+    return {c.name for c in registry.engine_of_artifact(artifact).companions_of(artifact)}
 
 
 def _drop_unused(folder: Path, keep: set) -> None:
@@ -496,89 +240,4 @@ def _drop_unused(folder: Path, keep: set) -> None:
 
 
 def _artifact_spec(path: Path):
-    if path.name.endswith(".onnx"):
-        from .export import read_onnx_spec
-
-        return read_onnx_spec(path)
-    from .export import read_ncnn_spec
-
-    return read_ncnn_spec(path)[0]
-
-
-def _verify_line(v: dict) -> str:
-    acc = ""
-    if v.get("pose_mae_increase") is not None:
-        acc = (f", pose MAE {v['reference']['pose_mean_mae']:.3f} -> {v['bundle']['pose_mean_mae']:.3f}° "
-               f"({v['pose_mae_increase']:+.3f})")
-    verdict = "[green]within budget[/green]" if v["passed"] else "[red]over budget[/red]"
-    return (f"vs FP32 on {v['n_faces']} faces + {v['n_blurred']} blurred: pose max |Δ| {v['pose_max_abs']:.4g}°, "
-            f"p99 {v['pose_p99_abs']:.4g}°, "
-            f"mean {v['pose_mean_abs']:.4g}°, blur max |Δ| {v['blur_max_abs']:.4g}{acc}: {verdict}")
-
-
-# -- --host: copy to a device, build there, bench there ------------------------------------------------------------
-REMOTE_DIR = "edgeface-bundles"   # under the SSH user's home on the device
-
-
-def remote_install_command(name: str) -> str:
-    """Unpack a tar stream as ~/edgeface-bundles/NAME: under .partial first, swapped in only when complete,
-    so a dropped connection never leaves a bundle that looks whole (and the old one stays until then)."""
-    import shlex
-
-    n = shlex.quote(name)
-    return (f"mkdir -p {REMOTE_DIR} && cd {REMOTE_DIR} && rm -rf {n}.partial && mkdir {n}.partial && "
-            f"tar -xf - -C {n}.partial && rm -rf {n}.old && {{ [ ! -e {n} ] || mv {n} {n}.old; }} && "
-            f"mv {n}.partial {n} && rm -rf {n}.old")
-
-
-def deploy_remote(bundle: Path, host: str, target: dict, console=None, remote_python: str = "python3",
-                  port: Optional[int] = None, identity: Optional[Path] = None,
-                  known_hosts: Optional[Path] = None, bench_options: Optional[dict] = None) -> dict:
-    """Copy the bundle to ``host`` (~/edgeface-bundles/NAME) over SSH, check it there with the device's own
-    edgeface (sha256, version, target), build the TensorRT engine there (Jetson), and run the device's bench."""
-    import io
-    import shlex
-    import tarfile
-
-    from .bench.remote import SshTarget, bench_remote
-    from .bench.runner import BenchConfig
-
-    ssh = SshTarget(host, port=port, identity=identity, known_hosts=known_hosts)
-    remote = f"{REMOTE_DIR}/{bundle.name}"
-    report: dict[str, Any] = {"host": host, "path": f"~/{remote}"}
-    py = shlex.quote(remote_python)
-
-    def _check(r, what):
-        if r.returncode != 0:
-            err = r.stderr.decode("utf-8", "replace").strip().splitlines()
-            msg = next((ln.split("error:", 1)[1].strip() for ln in reversed(err) if "error:" in ln), err[-1] if err else "")
-            raise EdgefaceError(f"{what} on {ssh.where} failed: {msg or f'exit status {r.returncode}'}")
-        return r.stdout.decode("utf-8", "replace")
-
-    def upload():
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for f in sorted(bundle.iterdir()):
-                tar.add(f, arcname=f.name, recursive=True)
-        _check(ssh.run(remote_install_command(bundle.name), stdin=buf.getvalue(), timeout=600), "copying the bundle")
-
-    def verify_there():
-        code = ("import json, sys; from edgeface.bundle import open_bundle; "
-                f"i = open_bundle({remote!r}); print(json.dumps({{'target': i.target, 'backend': i.backend}}))")
-        return json.loads(_check(ssh.run(f"{py} -c {shlex.quote(code)}", timeout=120), "checking the bundle")
-                          .strip().splitlines()[-1])
-
-    with Steps(console) as steps:
-        steps.run(f"copy bundle to {host}:~/{remote}", upload)
-        report["check"] = steps.run(f"check the bundle with {host}'s edgeface", verify_there)
-        if target["backend"] == "tensorrt":
-            out = steps.run(f"build the TensorRT engine on {host}", lambda: _check(
-                ssh.run(f"{py} -m edgeface build {shlex.quote(remote)}", timeout=3600), "edgeface build"))
-            report["build"] = out.strip().splitlines()[-1:] if out.strip() else []
-        rows, warns, fetched = steps.run(f"bench on {host}", bench_remote,
-                                         BenchConfig(artifacts=[str(bundle)], **(bench_options or {})), ssh,
-                                         remote_python=remote_python, console=console)
-        if fetched is not None:
-            shutil.rmtree(fetched, ignore_errors=True)
-        report["bench"], report["warnings"] = rows, warns
-    return report
+    return registry.engine_of_artifact(path).spec_of(path)

@@ -1,21 +1,21 @@
 """Deployment targets as data: one YAML file per device under ``recipes/targets/``.
 
 Adding a device is adding a file: ``edgeface deploy --target NAME`` finds ``recipes/targets/NAME.yaml``
-(or takes a path to a YAML file). Every file is validated strictly before any work starts.
+(or takes a path to a YAML file). Every file is validated strictly before any work starts. The fields
+every target has are below; each engine adds the section named after it (its fields, defaults and checks
+come from the engine registry, ``TargetSection``), and turns it into the options its runner gets.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgefaceError
-from .recipes import RECIPES_DIR, REQUIRED, load_yaml, validate
+from ..core.errors import EdgefaceError
+from ..core.recipe import RECIPES_DIR, REQUIRED, load_yaml, validate
+from ..core.spec import FLOAT_NCHW, INPUT_KINDS, PRECISIONS
+from ..engines import registry
 
 TARGETS_DIR = RECIPES_DIR / "targets"
-BACKENDS = ("onnxruntime", "ncnn", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-INPUT_LAYOUTS = ("float32_nchw", "uint8_nhwc_bgr")
-NCNN_FP16 = ("off", "on", "auto")
 
 _BUDGET = {"pose_max_abs": REQUIRED, "pose_p99_abs": REQUIRED, "pose_mean_abs": REQUIRED, "blur_max_abs": REQUIRED,
            "pose_mae_increase": REQUIRED}
@@ -23,19 +23,24 @@ _BUDGET = {"pose_max_abs": REQUIRED, "pose_p99_abs": REQUIRED, "pose_mean_abs": 
 TARGET_SCHEMA: dict[str, Any] = {
     "name": REQUIRED,
     "description": "",
-    "device": REQUIRED,              # what edgeface.bundle.detect_device() reports on that machine
+    "device": REQUIRED,              # what edgeface.core.device.detect_device() reports on that machine
     "backend": REQUIRED,
     "default_precision": "fp32",
     "precisions": ["fp32"],
     "threads": 0,                    # 0 = let the backend use every core
-    "input_layout": "float32_nchw",
+    "input_layout": FLOAT_NCHW,
     "portable": False,
     "onnx": {"opset": 17},
-    "ncnn": {"fp16": "off", "int8_arithmetic": True},
-    "tensorrt": {"min_version": "8.5", "max_version": "10.99", "workspace_mb": 256, "int8_form": "qdq"},
+    # one section per engine that reads one: "ncnn", "tensorrt", ... (from the registry)
+    **{e.name: dict(e.target.defaults) for e in registry.ENGINES if e.target is not None},
     "quantization": {"format": ""},
-    "verify": {"fp32": dict(_BUDGET), "fp16": dict(_BUDGET), "int8": dict(_BUDGET)},
+    "verify": {p: dict(_BUDGET) for p in PRECISIONS},
 }
+
+
+def backends() -> list[str]:
+    """The engines a target may name: those whose artifacts a bundle can carry."""
+    return [e.name for e in registry.deployable()]
 
 
 def list_targets() -> list[str]:
@@ -60,10 +65,9 @@ def load_target(name_or_path: str | Path) -> dict[str, Any]:
     path = target_path(name_or_path)
     where = f"target {path.name}"
     t = validate(load_yaml(path), TARGET_SCHEMA, where)
-    for field_name, value, allowed in (("backend", t["backend"], BACKENDS),
+    for field_name, value, allowed in (("backend", t["backend"], backends()),
                                        ("default_precision", t["default_precision"], PRECISIONS),
-                                       ("input_layout", t["input_layout"], INPUT_LAYOUTS),
-                                       ("ncnn.fp16", t["ncnn"]["fp16"], NCNN_FP16)):
+                                       ("input_layout", t["input_layout"], INPUT_KINDS)):
         if value not in allowed:
             raise EdgefaceError(f"{where}: field '{field_name}' is {value!r}; choose one of {', '.join(allowed)}")
     for p in t["precisions"]:
@@ -79,42 +83,17 @@ def load_target(name_or_path: str | Path) -> dict[str, Any]:
         for k, v in budget.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
                 raise EdgefaceError(f"{where}: field 'verify.{prec}.{k}' must be a number >= 0, got {v!r}")
-    for k in ("min_version", "max_version"):
-        if not _parse_version(t["tensorrt"][k]):
-            raise EdgefaceError(f"{where}: field 'tensorrt.{k}' must be a version like \"8.5\"")
+    for engine in registry.ENGINES:
+        if engine.target is not None:
+            engine.target.check(t[engine.name], where)
     return t
 
 
-def _parse_version(text: str) -> tuple[int, ...] | None:
-    try:
-        return tuple(int(x) for x in str(text).split(".")[:3])
-    except ValueError:
-        return None
-
-
-def tensorrt_version_ok(target: dict, version: str) -> bool:
-    """Whether a TensorRT version lies within the target's [min_version, max_version]."""
-    v = _parse_version(version.split("+")[0])
-    lo, hi = _parse_version(target["tensorrt"]["min_version"]), _parse_version(target["tensorrt"]["max_version"])
-    if v is None:
-        return False
-    n = max(len(lo), len(hi), len(v))
-    pad = lambda t: t + (0,) * (n - len(t))  # noqa: E731
-    return pad(lo) <= pad(v)[:n] and pad(v)[: len(hi)] <= pad(hi)
-
-
 def backend_options(target: dict, precision: str) -> dict[str, Any]:
-    """Options the device's backend runs the bundle with (written into the manifest)."""
+    """Options the device's engine runs the bundle with (written into the manifest): the thread count, and
+    what the engine makes of its own section of the target."""
+    engine = registry.get(target["backend"])
     opts: dict[str, Any] = {"threads": target["threads"] or None}
-    if target["backend"] == "ncnn":
-        policy = "on" if precision == "fp16" else target["ncnn"]["fp16"]
-        opts["fp16"] = {"on": True, "off": False, "auto": None}[policy]
-        if precision == "int8":
-            opts["int8"] = bool(target["ncnn"]["int8_arithmetic"])
-    if target["backend"] == "tensorrt":
-        opts["workspace_mb"] = target["tensorrt"]["workspace_mb"]
-        opts["fp16"] = precision == "fp16"
-        opts["int8"] = precision == "int8"
-        opts["tensorrt_min_version"] = target["tensorrt"]["min_version"]
-        opts["tensorrt_max_version"] = target["tensorrt"]["max_version"]
+    if engine.target is not None:
+        opts.update(engine.target.runner_options(target[engine.name], precision))
     return opts

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import EdgefaceError
+from ..core.errors import EdgefaceError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 REQUIRED_COLUMNS = ("file", "x", "y", "w", "h")

@@ -12,8 +12,8 @@ import numpy as np
 
 from .blur import KINDS, apply_blur, blur_label, sharpness, sigma_for_label
 from .data import Sample, resolve_box
-from .preprocess import crop_face, read_image
-from .spec import ModelSpec
+from ..core.preprocess import crop_face, read_image
+from ..core.spec import ModelSpec
 
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 SHARP_MIN = 80.0  # variance of the Laplacian of the 112 px grey crop; below it a face is already soft

@@ -10,13 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..core.errors import EdgefaceError
+from ..core.preprocess import crop_face, read_image, to_input
+from ..core.recipe import REQUIRED, load_yaml, validate
+from ..core.spec import CropRule, ModelSpec
 from .blur import degrade, random_blur, sharpness
 from .data import Sample, load_samples
-from .errors import EdgefaceError
 from .pose import rotate_pose
-from .preprocess import crop_face, read_image, to_input
-from .recipes import REQUIRED, load_yaml, validate
-from .spec import CropRule, ModelSpec
 
 TRAIN_SCHEMA = {
     "kind": "train",
@@ -153,7 +153,8 @@ class AugmentedFaces:
         return img, np.array([yaw, pitch, roll], np.float32), np.float32(blur)
 
 
-def _collate(batch):
+def collate_batch(batch):
+    """A DataLoader's collate_fn for AugmentedFaces items: (images, poses, blurs) as stacked numpy arrays."""
     imgs = np.stack([b[0] for b in batch])
     poses = np.stack([b[1] for b in batch])
     blurs = np.array([b[2] for b in batch], np.float32)
@@ -231,7 +232,8 @@ def data_root_of(recipe: dict) -> Path:
     return root
 
 
-def _load_sets(recipe: dict, split: str, root: Path, centre_people: bool = False) -> dict[str, list[Sample]]:
+def load_sets(recipe: dict, split: str, root: Path, centre_people: bool = False) -> dict[str, list[Sample]]:
+    """{set name: samples} of the recipe's sets for one split (capped at ``data.limit`` per set, seeded)."""
     out = {}
     for s in recipe["data"]["sets"]:
         folder = root / s["name"]
@@ -251,9 +253,9 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from .checkpoint import read_checkpoint, save_checkpoint
+    from ..engines.torch.checkpoint import read_checkpoint, save_checkpoint
+    from ..engines.torch.network import build_model
     from .evaluate import evaluate_samples, format_table
-    from .model import build_model
 
     recipe = apply_cli_overrides(load_train_recipe(recipe_path), epochs, epoch_size, limit, data_root)
     if init is not None:
@@ -269,8 +271,8 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
     torch.manual_seed(t["seed"])
     torch.set_num_threads(t["threads"])
     spec = spec_from_recipe(recipe)
-    train_sets = _load_sets(recipe, recipe["data"]["split"], root, recipe["data"]["centre_people"])
-    val_sets = _load_sets(recipe, recipe["data"]["val_split"], root)
+    train_sets = load_sets(recipe, recipe["data"]["split"], root, recipe["data"]["centre_people"])
+    val_sets = load_sets(recipe, recipe["data"]["val_split"], root)
     all_train = [s for v in train_sets.values() for s in v]
     weights = np.concatenate([np.full(len(train_sets[s["name"]]), s["weight"] / max(1, len(train_sets[s["name"]])))
                               for s in recipe["data"]["sets"]])
@@ -317,7 +319,7 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
             sampler = torch.utils.data.WeightedRandomSampler(torch.from_numpy(weights), steps_per_epoch * t["batch_size"],
                                                              replacement=True, generator=g)
             loader = torch.utils.data.DataLoader(dataset, batch_size=t["batch_size"], sampler=sampler,
-                                                 num_workers=t["workers"], collate_fn=_collate,
+                                                 num_workers=t["workers"], collate_fn=collate_batch,
                                                  persistent_workers=False, prefetch_factor=4 if t["workers"] else None)
             model.train()
             task = progress.add_task(f"epoch {epoch + 1}/{t['epochs']}", total=steps_per_epoch, info="")

@@ -1,34 +1,34 @@
 """The accuracy guard: every emitted artifact against FP32, on held-out labelled images.
 
-Runners go through ``edgeface.predictor.Predictor`` — the loader users get — so what is measured is what
+Runners go through ``edgeface.runtime.Predictor`` — the loader users get — so what is measured is what
 ships. ``accuracy_table`` is the PTQ table (pose mean MAE, blur MAE, their rise over FP32, and per-output
 deviation from FP32's own outputs); the QAT work calls it for its own artifacts.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
-from ..evaluate import evaluate_crops, run_batched
-from ..spec import ModelSpec
+from ..core.compare import deviation as output_deviation
+from ..core.spec import ModelSpec
+from ..engines import registry
+from ..model.evaluate import Runner, evaluate_crops, run_batched
+from ..runtime.predictor import Predictor
 
 POSE_BUDGET_DEG = 0.5   # allowed rise of pose mean MAE over FP32
 BLUR_BUDGET = 0.01      # allowed rise of blur MAE over FP32
 
 
-def artifact_runner(path, backend: str, threads: int | None = None):
-    from ..predictor import Predictor
+def checking_engine(engine_name: str) -> str:
+    """The engine that runs an engine's artifacts for accuracy checks here (TensorRT's Q/DQ ONNX: onnxruntime)."""
+    engine = registry.get(engine_name)
+    return engine.checked_with or engine.name
 
-    pred = Predictor(str(path), backend=backend, threads=threads)
 
-    def runner(batch):
-        r = pred.predict(batch)
-        return r.blur, np.stack([r.yaw, r.pitch, r.roll], axis=1)
-
-    runner.predictor = pred
-    return runner
+def artifact_runner(path, backend: str, threads: int | None = None) -> Runner:
+    """A runner over an artifact, through the Predictor (close it with ``runner.__self__.close()``)."""
+    return Predictor(str(path), backend=backend, threads=threads).blur_and_pose
 
 
 def load_eval_sets(folder, spec: ModelSpec, split: str = "val", per_set: int | None = None, seed: int = 0,
@@ -36,8 +36,8 @@ def load_eval_sets(folder, spec: ModelSpec, split: str = "val", per_set: int | N
     """{set name: (crops, poses)} from a labelled set or a folder of sets (the ``split`` rows)."""
     import random
 
-    from ..data import find_sets, load_samples
-    from ..evaluate import load_crops
+    from ..model.data import find_sets, load_samples
+    from ..model.evaluate import load_crops
 
     out = {}
     for folder_ in find_sets(folder):
@@ -51,10 +51,10 @@ def load_eval_sets(folder, spec: ModelSpec, split: str = "val", per_set: int | N
 
 
 def deviation(runner: Callable, reference: Callable, crops: np.ndarray) -> dict:
+    """How far ``runner``'s outputs stray from ``reference``'s on the same crops (``core.compare``)."""
     b, p = run_batched(runner, crops)
     rb, rp = run_batched(reference, crops)
-    return {"pose_max_abs": float(np.abs(p - rp).max()), "pose_mean_abs": float(np.abs(p - rp).mean()),
-            "blur_max_abs": float(np.abs(b - rb).max()), "blur_mean_abs": float(np.abs(b - rb).mean())}
+    return output_deviation(b, p, rb, rp)
 
 
 def summarize(per_set: Mapping[str, dict]) -> dict:

@@ -10,7 +10,6 @@ The output folder is assembled in a temporary sibling and renamed into place: an
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -20,13 +19,20 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .errors import EdgefaceError
+from ..core.artifact import read_onnx_spec
+from ..core.errors import EdgefaceError
+from ..core.io import atomic_write_json
+from ..core.spec import ModelSpec
+from ..engines import registry
+from .calibrate.calibrators import CALIBRATORS
+from .calibrate.dataset import check_calibration_folder, load_calibration_set
+from .calibrate.policy import make_plan
+from .calibrate.stats import load_or_collect
+from .emit import Fp32Artifacts, emit_int8, int8_artifact
+from .guard import (BLUR_BUDGET, accuracy_table, artifact_runner, checking_engine, deviation, drop, evaluate_runner,
+                    load_eval_sets)
 
-BACKENDS = ("onnxruntime", "tensorrt", "ncnn")
 DEFAULT_METHOD = "minmax"
-ARTIFACTS = {"onnxruntime": "onnxruntime/model.onnx", "tensorrt": "tensorrt/model.onnx",
-             "ncnn": "ncnn/model.ncnn.param"}
-RUN_WITH = {"onnxruntime": "onnxruntime", "tensorrt": "onnxruntime", "ncnn": "ncnn"}  # TRT QDQ checked in ORT
 
 
 def _progress(console):
@@ -36,80 +42,64 @@ def _progress(console):
                     console=console, transient=False, disable=console is None)
 
 
+def int8_engines() -> list[str]:
+    """The engines `edgeface quantize --backend` accepts (every engine with an INT8 form)."""
+    return [e.name for e in registry.with_int8()]
+
+
 def parse_backends(backend: str | Sequence[str]) -> list[str]:
+    known = int8_engines()
     items = [backend] if isinstance(backend, str) else list(backend)
     out = []
     for b in items:
-        for name in (BACKENDS if b == "all" else [b]):
-            if name not in BACKENDS:
-                raise EdgefaceError(f"unknown backend {name!r} for quantize; choose onnxruntime, tensorrt, ncnn or all")
+        for name in (known if b == "all" else [b]):
+            if name not in known:
+                raise EdgefaceError(f"unknown backend {name!r} for quantize; choose {', '.join(known)} or all")
             if name not in out:
                 out.append(name)
     return out
 
 
+def _is_onnx(model) -> bool:
+    return model is not None and str(model).endswith(registry.by_format("onnx").suffix)
+
+
 def model_spec(model):
     """The ModelSpec of a checkpoint, the default model or an ONNX, without exporting anything."""
-    from .spec import ModelSpec
-
-    if model is not None and str(model).endswith(".onnx"):
-        from .export import read_onnx_spec
-
+    if _is_onnx(model):
         if not Path(model).is_file():
             raise EdgefaceError(f"model {model} does not exist")
         return read_onnx_spec(model)
-    from .checkpoint import read_checkpoint
+    from ..engines.torch.checkpoint import read_spec
 
-    return ModelSpec.from_dict(read_checkpoint(model)["spec"])
+    return read_spec(model)  # None: the shipped default checkpoint
 
 
-def prepare_fp32(model, work: Path, backends: Sequence[str], fold_preprocess: bool = False, opset: int = 17):
-    """(fp32 onnx, fp32 ncnn param or None, spec) in ``work`` from a checkpoint, the default model or an ONNX."""
-    from .export import export_ncnn, export_onnx, read_onnx_spec
+def prepare_fp32(model, work: Path, backends: Sequence[str], fold_preprocess: bool = False,
+                 opset: int = 17) -> tuple[Fp32Artifacts, ModelSpec]:
+    """The FP32 artifacts the backends' emitters read, in ``work``, from a checkpoint, the default model or
+    an ONNX; and the ModelSpec."""
+    from ..export import export_ncnn, export_onnx
 
     work.mkdir(parents=True, exist_ok=True)
-    if model is not None and str(model).endswith(".onnx"):
+    needs_ncnn = any("ncnn" in registry.get(b).int8.sources for b in backends)
+    if _is_onnx(model):
         if not Path(model).is_file():
             raise EdgefaceError(f"model {model} does not exist")
-        if "ncnn" in backends:
+        if needs_ncnn:
             raise EdgefaceError("ncnn INT8 is converted from the ncnn export of the checkpoint; pass the .pt "
                                 "checkpoint (or leave MODEL out for the default model), not an ONNX")
-        return Path(model), None, read_onnx_spec(model)
-    onnx_path = export_onnx(model, work / "model.onnx", opset=opset, fold_preprocess=fold_preprocess)
-    ncnn_param = export_ncnn(model, work / "model.ncnn.param") if "ncnn" in backends else None
-    return onnx_path, ncnn_param, read_onnx_spec(onnx_path)
-
-
-def emit(backend: str, fp32_onnx: Path, fp32_ncnn: Optional[Path], plan, out_dir: Path, onnx_model=None,
-         ort_format: str = "qdq") -> dict:
-    """Write one backend's INT8 artifact under ``out_dir`` (relative paths as ARTIFACTS)."""
-    from .calibration.emit_ncnn import emit_ncnn
-    from .calibration.emit_onnx import emit_onnxruntime, emit_tensorrt_cache, emit_tensorrt_onnx
-
-    target = out_dir / ARTIFACTS[backend]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if backend == "onnxruntime":
-        emit_onnxruntime(fp32_onnx, target, plan.ranges_asym, plan.float_nodes, fmt=ort_format)
-        return {"artifact": ARTIFACTS[backend], "form": f"U8S8 {ort_format.upper()} (uint8 activations, int8 "
-                                                         f"per-channel weights)"}
-    if backend == "tensorrt":
-        emit_tensorrt_onnx(fp32_onnx, target, plan.ranges_sym, plan.float_nodes)
-        emit_tensorrt_cache(target.parent / "calib.cache", plan.ranges_sym)
-        return {"artifact": ARTIFACTS[backend], "calib_cache": "tensorrt/calib.cache",
-                "form": "S8S8 symmetric Q/DQ (zero points 0), float bias; calib.cache for implicit INT8"}
-    import onnx
-
-    summary = emit_ncnn(fp32_ncnn, target, onnx_model or onnx.load(str(fp32_onnx)), plan.ranges_sym, plan.float_nodes)
-    return {"artifact": ARTIFACTS[backend], "form": "ncnn INT8 (int8 weights, per-channel scales)",
-            "quantized_layers": summary["quantized_layers"], "float_layers": summary["float_layers"]}
+        return Fp32Artifacts(Path(model)), read_onnx_spec(model)
+    onnx_path = export_onnx(model, work / registry.by_format("onnx").artifact, opset=opset,
+                            fold_preprocess=fold_preprocess)
+    ncnn_param = export_ncnn(model, work / registry.by_format("ncnn").artifact) if needs_ncnn else None
+    return Fp32Artifacts(onnx_path, ncnn_param), read_onnx_spec(onnx_path)
 
 
 def sensitivity(build: Callable[[set], Callable], plan, layers: Sequence[str], reference: Callable,
                 crops: np.ndarray, progress=None) -> list[dict]:
     """Leave-one-out: each layer kept in float alone; how much of the INT8 error that removes, ranked."""
     full = build(set())
-    from .calibration.guard import deviation
-
     base = deviation(full, reference, crops)
     task = progress.add_task("per-layer sensitivity", total=len(layers)) if progress is not None else None
     rows = []
@@ -127,14 +117,10 @@ def sensitivity(build: Callable[[set], Callable], plan, layers: Sequence[str], r
 def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="all", num: int = 300,
              out="quantized", max_drop: Optional[float] = None, analyze: bool = False, eval_data=None,
              stats_cache=None, cache_dir=None, ort_format: str = "qdq", force: bool = False, console=None,
-             eval_per_set: Optional[int] = None) -> dict:
+             eval_per_set: Optional[int] = None, opset: int = 17) -> dict:
+    """INT8 artifacts for ``backend`` (an engine, "all", or a list) from one calibration pass, in ``out``
+    (see the module docstring); the report, also written to ``out/quantize.json``."""
     import onnx
-
-    from .calibration.calibrators import CALIBRATORS
-    from .calibration.dataset import load_calibration_set
-    from .calibration.guard import BLUR_BUDGET, accuracy_table, artifact_runner, drop, load_eval_sets
-    from .calibration.policy import make_plan
-    from .calibration.stats import load_or_collect
 
     t0 = time.time()
     backends = parse_backends(backend)
@@ -142,8 +128,6 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
         raise EdgefaceError(f"unknown --method {method!r}; choose one of {', '.join(CALIBRATORS)}")
     if calib is None:
         raise EdgefaceError("quantize needs calibration images: pass --calib DIR (face crops, or images with labels.csv)")
-    from .calibration.dataset import check_calibration_folder
-
     check_calibration_folder(Path(calib))
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -155,14 +139,15 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
             work = Path(work)
             # Read the calibration images before exporting: a bad image fails in seconds, not after pnnx.
             calib_set = load_calibration_set(calib, model_spec(model), num=num, progress=progress)
-            fp32_onnx, fp32_ncnn, spec = prepare_fp32(model, work, backends)
+            sources, spec = prepare_fp32(model, work, backends, opset=opset)
             if spec != model_spec(model):
                 calib_set = load_calibration_set(calib, spec, num=num, progress=progress)
-            stats, cache_file, reused = load_or_collect(fp32_onnx, calib_set, spec, stats_cache, cache_dir, progress)
-            onnx_model = onnx.load(str(fp32_onnx))
+            stats, cache_file, reused = load_or_collect(sources.onnx, calib_set, spec, stats_cache, cache_dir,
+                                                        progress)
+            sources.onnx_model = onnx_model = onnx.load(str(sources.onnx))
             plan = make_plan(onnx_model, stats, method)
             eval_sets = load_eval_sets(eval_data, spec, per_set=eval_per_set, progress=progress) if eval_data else {}
-            reference = artifact_runner(fp32_onnx, "onnxruntime")
+            reference = artifact_runner(sources.onnx, registry.by_format("onnx").name)
             report = {"model": str(model or "default model"), "method": method, "backends": backends,
                       "calibration": {**calib_set.summary(), "stats_cache": str(cache_file),
                                       "stats_reused": reused, "tensors": len(stats.names)},
@@ -173,14 +158,15 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
 
                 def build(extra_float: set):
                     shutil.rmtree(scratch, ignore_errors=True)
-                    emit(b, fp32_onnx, fp32_ncnn, plan.with_float_nodes(extra_float), scratch, onnx_model, ort_format)
-                    return artifact_runner(scratch / ARTIFACTS[b], RUN_WITH[b])
+                    emit_int8(b, sources, plan.with_float_nodes(extra_float), scratch, ort_format)
+                    return artifact_runner(scratch / int8_artifact(b), checking_engine(b))
                 return build
 
             quantizable = [n.name for n in onnx_model.graph.node
                            if n.op_type in ("Conv", "Gemm", "MatMul") and n.name not in plan.float_nodes]
             ranking = None
             if analyze or max_drop is not None:
+                # Ranked on onnxruntime's form where it is asked for: the quickest to emit and run on a build machine.
                 rank_backend = "onnxruntime" if "onnxruntime" in backends else backends[0]
                 ranking = sensitivity(build_for(rank_backend), plan, quantizable, reference,
                                       calib_set.crops[:128], progress)
@@ -191,10 +177,7 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
                 extra: list[str] = []
                 if max_drop is not None:
                     build = build_for(b)
-                    ref_metrics = None
-                    if eval_sets:
-                        from .calibration.guard import evaluate_runner
-                        ref_metrics = evaluate_runner(reference, eval_sets)
+                    ref_metrics = evaluate_runner(reference, eval_sets) if eval_sets else None
                     k = 0
                     while True:
                         pose_drop, blur_drop, measured = drop(build(set(extra)), reference, eval_sets,
@@ -206,18 +189,16 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
                     report.setdefault("max_drop", {"degrees": max_drop, "measure": measured})[b] = {
                         "float_layers": extra, "pose_drop": pose_drop, "blur_drop": blur_drop,
                         "fits": bool(pose_drop <= max_drop and blur_drop <= BLUR_BUDGET)}
-                info = emit(b, fp32_onnx, fp32_ncnn, plan.with_float_nodes(extra), staging, onnx_model, ort_format)
+                info = emit_int8(b, sources, plan.with_float_nodes(extra), staging, ort_format)
                 info["extra_float_layers"] = extra
                 report["artifacts"][b] = info
-                runners[b] = artifact_runner(staging / ARTIFACTS[b], RUN_WITH[b])
-            from .calibration.guard import deviation
-
+                runners[b] = artifact_runner(staging / int8_artifact(b), checking_engine(b))
             for b, r in runners.items():
                 report["artifacts"][b]["vs_fp32_on_calib"] = deviation(r, reference, calib_set.crops)
             if eval_sets:
                 report["accuracy"] = accuracy_table(runners, reference, eval_sets)
             report["seconds"] = round(time.time() - t0, 2)
-            (staging / "quantize.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+            atomic_write_json(staging / "quantize.json", report)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -228,33 +209,27 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
     return report
 
 
-def _jsonable(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, (set, tuple)):
-        return sorted(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
-
-
-def quantize_for_deploy(*, backend: str, checkpoint=None, calib=None, out_dir, fp32_artifact=None, qat: bool = False,
-                        opset: int = 17, fold_preprocess: bool = False, log: Callable[[str], None] = print,
-                        method: str = DEFAULT_METHOD, num: int = 300) -> dict:
-    """The deploy step's INT8 path for one backend: writes the artifact into ``out_dir`` and returns
-    {"artifact": name in out_dir, "calib_cache": name or None, "summary": {...}}."""
+def quantize_for_deploy(*, backend: str, checkpoint=None, calib=None, out_dir, opset: int = 17,
+                        log: Callable[[str], None] = print, method: str = DEFAULT_METHOD, num: int = 300) -> dict:
+    """The deploy step's INT8 path for one backend: writes the artifact (and its companions and calibration
+    cache) into ``out_dir`` and returns {"artifact": name in out_dir, "calib_cache": name or None,
+    "summary": {...}}. The INT8 ONNX takes float NCHW input whatever the target's input layout (onnxruntime
+    folds the preprocessing in when it loads it)."""
     if calib is None:
-        raise EdgefaceError("INT8 deploy needs --calib DIR; quantization-aware checkpoints go through edgeface.qat")
+        raise EdgefaceError("INT8 deploy needs --calib DIR; quantization-aware checkpoints go through "
+                            "edgeface.quantize.qat")
     out_dir = Path(out_dir)
+    form = registry.get(backend).int8
     with tempfile.TemporaryDirectory(prefix="edgeface-q-") as td:
-        rep = quantize(checkpoint, calib, method=method, backend=backend, num=num, out=Path(td) / "q")
+        rep = quantize(checkpoint, calib, method=method, backend=backend, num=num, out=Path(td) / "q", opset=opset)
         art = rep["artifacts"][backend]
-        src = Path(rep["out"])
-        names = {"onnxruntime": ["model.onnx"], "tensorrt": ["model.onnx", "calib.cache"],
-                 "ncnn": ["model.ncnn.param", "model.ncnn.bin", "model.spec.json"]}[backend]
-        for n in names:
-            shutil.copyfile(src / backend / n, out_dir / n)
+        artifact = Path(rep["out"]) / art["artifact"]
+        files = registry.engine_of_artifact(artifact).files_of(artifact)  # with its companions (ncnn's .bin)
+        if form.calib_cache:
+            files.append(artifact.with_name(form.calib_cache))
+        for f in files:
+            shutil.copyfile(f, out_dir / f.name)
     dev = art["vs_fp32_on_calib"]
     log(f"int8 {backend}: pose max |d| {dev['pose_max_abs']:.3f} deg, blur max |d| {dev['blur_max_abs']:.4f} vs FP32")
-    return {"artifact": names[0], "calib_cache": "calib.cache" if backend == "tensorrt" else None,
+    return {"artifact": form.artifact, "calib_cache": form.calib_cache,
             "summary": {**rep["calibration"], "method": method, "policy": rep["policy"], "vs_fp32": dev}}

@@ -15,33 +15,29 @@ onnx, so it runs on a Raspberry Pi's torch-free install.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from .errors import EdgefaceError
-from .spec import ModelSpec
+from ..core import __version__
+from ..core.device import JETSON, RPI, X86, detect_device
+from ..core.errors import EdgefaceError
+from ..core.io import atomic_write_json, sha256_file
+from ..core.spec import FLOAT_NCHW, PRECISIONS, ModelSpec
+from ..engines import registry
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "edgeface-bundle"
 BUNDLE_VERSION = 1                 # bump when the manifest's meaning changes; readers refuse newer ones
 DEVICE_BUILT_DIR = "engines"       # device-built engine cache inside a bundle: not hashed, never shipped
 MAX_MANIFEST_BYTES = 4 << 20       # a manifest is a few KB; refuse a huge file instead of parsing it
-# Files with these endings are model data: one the manifest does not list is refused, not ignored,
-# so nobody can slip a different model into a verified bundle.
-MODEL_SUFFIXES = (".onnx", ".data", ".param", ".bin", ".engine", ".plan", ".trt", ".pt", ".pth", ".cache",
-                  ".spec.json", ".tflite")
-PRECISIONS = ("fp32", "fp16", "int8")
-
-# Which target an x86/ARM machine is (also what `deploy` records); device kinds of the recipes.
-X86, RPI, JETSON, ARM64 = "x86", "rpi", "jetson", "arm64"
-ANY_DEVICE = "*"
+# Files with these endings are model data: one the manifest does not list is refused, not ignored, so
+# nobody can slip a different model into a verified bundle. The engines' own files (registry), and model
+# formats no edgeface engine makes but some runtime might pick up.
+MODEL_SUFFIXES = registry.model_file_suffixes() + (".plan", ".trt", ".pth", ".tflite")
+ANY_DEVICE = "*"                   # open_bundle(device=ANY_DEVICE): inspect a bundle without the device check
 
 
 @dataclass(frozen=True)
@@ -57,7 +53,7 @@ class BundleInfo:
     root: Path = Path(".")         # the bundle folder
     options: dict = field(default_factory=dict)  # backend options from the target (threads, fp16, ...)
     calib_cache: Path | None = None  # TensorRT calibration cache, when the bundle carries one
-    input_kind: str = "float32_nchw"
+    input_kind: str = FLOAT_NCHW
 
     @property
     def threads(self) -> int | None:
@@ -65,17 +61,6 @@ class BundleInfo:
 
 
 # -- hashing and writing ----------------------------------------------------------------------------
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
 def _bundle_files(root: Path) -> list[str]:
     """Every regular file under ``root`` (relative, '/'-separated), minus the manifest and device-built cache."""
     names = []
@@ -93,8 +78,6 @@ def tool_versions() -> dict[str, str | None]:
     """Versions of what made (or runs) a bundle. Only looks packages up; imports nothing heavy."""
     from importlib import metadata
 
-    from . import __version__
-
     out: dict[str, str | None] = {"edgeface": __version__, "python": platform.python_version(),
                                   "machine": platform.machine()}
     for dist in ("numpy", "torch", "onnx", "onnxruntime", "onnxslim", "ncnn", "pnnx", "tensorrt",
@@ -108,7 +91,7 @@ def tool_versions() -> dict[str, str | None]:
 
 def write_manifest(bundle_dir: str | Path, *, target: str, backend: str, precision: str, artifact: str,
                    spec: ModelSpec, target_recipe: dict | None = None, options: dict | None = None,
-                   input_kind: str = "float32_nchw", calibration: dict | None = None,
+                   input_kind: str = FLOAT_NCHW, calibration: dict | None = None,
                    accuracy: dict | None = None, calib_cache: str | None = None,
                    source: dict | None = None, tools: dict | None = None) -> dict:
     """Hash every file in ``bundle_dir`` and write ``manifest.json`` atomically; return the manifest.
@@ -116,8 +99,6 @@ def write_manifest(bundle_dir: str | Path, *, target: str, backend: str, precisi
     Call it last, when the artifacts are final: the manifest lists exactly the files present.
     ``artifact`` and ``calib_cache`` are names relative to the bundle.
     """
-    from . import __version__
-
     root = Path(bundle_dir)
     if precision not in PRECISIONS:
         raise EdgefaceError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -150,28 +131,8 @@ def write_manifest(bundle_dir: str | Path, *, target: str, backend: str, precisi
         "target_recipe": target_recipe or {},
         "tools": tools or tool_versions(),
     }
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=False, default=_json_default)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, root / MANIFEST_NAME)
+    atomic_write_json(root / MANIFEST_NAME, manifest)
     return manifest
-
-
-def _json_default(o):
-    try:
-        import numpy as np
-
-        if isinstance(o, (np.floating, np.integer)):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:
-        pass
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
 def _utc_now() -> str:
@@ -216,8 +177,6 @@ def read_manifest(path: str | Path) -> dict:
     if manifest["format"] != BUNDLE_FORMAT:
         raise EdgefaceError(f"{mpath} is not an edgeface bundle manifest (format {manifest['format']!r})")
     if manifest["bundle_version"] > BUNDLE_VERSION:
-        from . import __version__
-
         raise EdgefaceError(f"bundle {root} has format version {manifest['bundle_version']} (written by edgeface "
                             f"{manifest['edgeface_version']}); this edgeface {__version__} reads up to version "
                             f"{BUNDLE_VERSION}: upgrade edgeface on this device")
@@ -262,40 +221,8 @@ def verify_files(root: Path, manifest: dict) -> None:
 
 
 # -- this device vs the bundle's target ---------------------------------------------------------------
-def detect_device() -> str:
-    """The target kind of this machine: "jetson", "rpi", "x86", "arm64" (another ARM board) or the machine name.
-
-    ``EDGEFACE_DEVICE`` overrides it (tests, and boards the probes below do not know).
-    """
-    forced = os.environ.get("EDGEFACE_DEVICE")
-    if forced:
-        return forced
-    machine = platform.machine().lower()
-    if machine in ("x86_64", "amd64", "i686", "i386"):
-        return X86
-    if machine in ("aarch64", "arm64", "armv7l", "armv8l"):
-        model = ""
-        for probe in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
-            try:
-                model = Path(probe).read_bytes().decode(errors="replace").strip("\x00 \n")
-                break
-            except OSError:
-                continue
-        if "jetson" in model.lower() or Path("/etc/nv_tegra_release").exists():
-            return JETSON
-        if "raspberry pi" in model.lower():
-            return RPI
-        return ARM64
-    return machine
-
-
 def _backend_installed(backend: str) -> bool:
-    try:
-        from .backends import is_installed
-
-        return is_installed(backend)
-    except (ImportError, KeyError):
-        return False
+    return backend in registry.REGISTRY and registry.is_installed(backend)
 
 
 def check_target(root: Path, manifest: dict, device: str, allow_foreign_target: bool) -> str | None:
@@ -325,12 +252,8 @@ def check_target(root: Path, manifest: dict, device: str, allow_foreign_target: 
 
 
 def _extra(backend: str) -> str:
-    try:
-        from .backends import REGISTRY
-
-        return REGISTRY[backend].extra
-    except (ImportError, KeyError):
-        return backend
+    engine = registry.REGISTRY.get(backend)
+    return engine.extra if engine is not None else backend
 
 
 def _suggest_target(device: str) -> str:
@@ -368,7 +291,7 @@ def open_bundle(path: str | Path, *, allow_foreign_target: bool = False, device:
     return BundleInfo(artifact=artifact, backend=manifest["backend"], precision=manifest["precision"], spec=spec,
                       target=manifest["target"], manifest=manifest, root=root, options=options,
                       calib_cache=calib_path,
-                      input_kind=str(manifest.get("input_kind") or "float32_nchw"))
+                      input_kind=str(manifest.get("input_kind") or FLOAT_NCHW))
 
 
 def engine_cache_dir(info: BundleInfo) -> Path:

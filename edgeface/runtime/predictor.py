@@ -14,29 +14,21 @@ assembly run outside it. For truly parallel inference create one Predictor per t
 """
 from __future__ import annotations
 
-import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
-from .backends import REGISTRY, get_backend_class, is_installed
-from .backends.base import FLOAT_NCHW, UINT8_NHWC
-from .errors import EdgefaceError
-from .preprocess import check_crops, check_image, crop_face, to_input
-from .spec import ModelSpec
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_ONNX = WEIGHTS_DIR / "default.onnx"
-DEFAULT_NCNN = WEIGHTS_DIR / "default.ncnn.param"
-DEFAULT_PT = WEIGHTS_DIR / "default.pt"
-
-# Which backends can run which artifact format (formats.FORMATS names); the first is the natural one.
-RUNS_ON = {"onnx": ("onnxruntime", "tensorrt"), "ncnn": ("ncnn",), "tensorrt": ("tensorrt",), "torch": ("torch",)}
-BUNDLE_CANDIDATES = ("model.engine", "model.onnx", "model.ncnn.param", "model.pt")
+from ..core.artifact import WEIGHTS_DIR, shipped_artifact
+from ..core.device import detect_device
+from ..core.errors import EdgefaceError
+from ..core.preprocess import check_crops, check_image, crop_face, to_input
+from ..core.spec import UINT8_NHWC, ModelSpec
+from ..engines import registry
+from ..engines.descriptor import Engine
+from .bundle import MANIFEST_NAME, open_bundle, read_manifest
 
 
 @dataclass
@@ -66,60 +58,6 @@ class Result:
         return cls(z, z.copy(), z.copy(), z.copy())
 
 
-def detect_platform() -> str:
-    """"jetson", "rpi", "arm64", "x86" (or the machine name): what backend="auto" decides by."""
-    try:
-        from .bundle import detect_device
-    except ImportError:  # bundle support absent: a coarse guess from the machine name
-        import platform
-
-        m = platform.machine().lower()
-        if Path("/etc/nv_tegra_release").exists():
-            return "jetson"
-        return "arm64" if m in ("aarch64", "arm64") else "x86" if m in ("x86_64", "amd64") else m
-    return detect_device()
-
-
-def _installed(name: str) -> bool:
-    try:
-        return is_installed(name)
-    except (ImportError, ValueError):
-        return False
-
-
-def _format_name(path: Path) -> str:
-    from .formats import format_of_artifact
-
-    return format_of_artifact(path).name
-
-
-def _read_spec(path: Path, fmt: str) -> ModelSpec:
-    """The ModelSpec an artifact carries (inside it or beside it)."""
-    if fmt == "onnx":
-        from .export import read_onnx_spec
-
-        return read_onnx_spec(path)
-    if fmt == "ncnn":
-        from .export import read_ncnn_spec
-
-        return read_ncnn_spec(path)[0]
-    if fmt == "torch":
-        from .checkpoint import read_checkpoint
-
-        return ModelSpec.from_dict(read_checkpoint(path)["spec"])
-    # A TensorRT engine: its sidecar (written by tensorrt_build) or a spec file beside it.
-    for cand in (path.with_name(path.name + ".json"), path.with_name("model.spec.json")):
-        if cand.is_file():
-            try:
-                data = json.loads(cand.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise EdgefaceError(f"{cand} is not valid JSON; rebuild the engine") from None
-            if isinstance(data, dict) and isinstance(data.get("spec"), dict):
-                return ModelSpec.from_dict(data["spec"])
-    raise EdgefaceError(f"no ModelSpec found for {path.name} (expected {path.name}.json beside it); "
-                        f"rebuild it with `edgeface export --format tensorrt`")
-
-
 class Predictor:
     """Run an edgeface artifact. See the module docstring; ``backend`` is "auto" or a registry name.
 
@@ -129,102 +67,54 @@ class Predictor:
 
     def __init__(self, artifact: str | Path | None = None, backend: str = "auto", threads: Optional[int] = None,
                  *, precision: Optional[str] = None, **options: Any):
-        if backend != "auto" and backend not in REGISTRY:
-            raise EdgefaceError(f"unknown backend {backend!r}; choose auto or one of {', '.join(REGISTRY)}")
+        if backend != "auto" and backend not in registry.REGISTRY:
+            raise EdgefaceError(f"unknown backend {backend!r}; choose auto or one of {', '.join(registry.REGISTRY)}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise EdgefaceError(f"threads must be a positive integer, got {threads!r}")
         self._lock = threading.Lock()
         self._buffer: Optional[np.ndarray] = None
+        self._closed = True
         self.bundle = None
         bundle_precision = None
         if artifact is None:
-            path, fmt = self._default_artifact(backend)
+            path, kind = _shipped_default(backend)
         else:
             path = Path(artifact)
             if not path.exists():
                 raise EdgefaceError(f"artifact {path} does not exist")
             if path.is_dir():
-                path, fmt, bundle_precision, bundle_options = self._open_dir(path)
+                path, kind, bundle_precision, bundle_options = self._open_dir(path)
                 for k, v in bundle_options.items():  # the target's tuned options; explicit arguments win
                     if k == "threads":
                         threads = threads or v
                     else:
                         options.setdefault(k, v)
             else:
-                fmt = _format_name(path)
+                kind = registry.engine_of_artifact(path)
         self.artifact = path
-        self.format = fmt
-        name = self._choose_backend(fmt, backend, path)
-        spec = self.bundle.spec if self.bundle is not None else _read_spec(path, fmt)
-        self.spec: ModelSpec = spec
-        cls = get_backend_class(name)
-        self._backend = cls(path, spec, threads=threads, precision=precision or bundle_precision, **options)
+        self.format = kind.format
+        name = _choose_engine(kind, backend, path)
+        self.spec: ModelSpec = self.bundle.spec if self.bundle is not None else kind.spec_of(path)
+        cls = registry.get_backend_class(name)
+        self._backend = cls(path, self.spec, threads=threads, precision=precision or bundle_precision, **options)
         self._backend.load()
-        self._backend._loaded = True
         self._closed = False
 
-    # -- artifact resolution ----------------------------------------------------------------------
-    @staticmethod
-    def _default_artifact(backend: str) -> tuple[Path, str]:
-        """The shipped default model in the form this platform runs best (torch-free where possible)."""
-        plat = detect_platform()
-        if backend == "auto":
-            if plat == "jetson" and _installed("tensorrt"):
-                order = ["tensorrt", "onnxruntime", "ncnn", "torch"]
-            elif plat in ("rpi", "arm64") or plat.startswith("arm"):
-                order = ["ncnn", "onnxruntime", "torch"]
-            else:
-                order = ["onnxruntime", "ncnn", "torch"]
-            order = [b for b in order if _installed(b)]
-        else:
-            order = [backend]
-        files = {"onnxruntime": (DEFAULT_ONNX, "onnx"), "tensorrt": (DEFAULT_ONNX, "onnx"),
-                 "ncnn": (DEFAULT_NCNN, "ncnn"), "torch": (DEFAULT_PT, "torch")}
-        for b in order:
-            path, fmt = files[b]
-            if path.is_file():
-                return path, fmt
-        shipped = [p.name for p in (DEFAULT_ONNX, DEFAULT_NCNN, DEFAULT_PT) if p.is_file()]
-        if not shipped:
-            raise EdgefaceError("no default model is shipped with this install; pass an artifact path "
-                                "(or build them: python scripts/build_default_artifacts.py)")
-        raise EdgefaceError(f"the default model ships as {', '.join(shipped)}, which backend {backend!r} cannot run "
-                            f"here; install a fitting backend, e.g. pip install 'edgeface[ort]'")
-
     def _open_dir(self, path: Path):
-        if (path / "manifest.json").is_file():
-            try:
-                from .bundle import open_bundle
-            except ImportError:
-                open_bundle = None
-            if open_bundle is not None:
-                info = open_bundle(path)
-                self.bundle = info
-                return Path(info.artifact), _format_name(Path(info.artifact)), info.precision, dict(info.options)
-        for name in BUNDLE_CANDIDATES:
-            cand = path / name
-            if cand.is_file():
-                return cand, _format_name(cand), None, {}
-        raise EdgefaceError(f"{path} is a folder without an edgeface artifact (expected a manifest.json or one "
-                            f"of {', '.join(BUNDLE_CANDIDATES)})")
-
-    @staticmethod
-    def _choose_backend(fmt: str, backend: str, path: Path) -> str:
-        fits = RUNS_ON[fmt]
-        if backend != "auto":
-            if backend not in fits:
-                hint = ("the torch backend runs .pt checkpoints" if backend == "torch" else
-                        f"or make one for it with `edgeface export --format {_format_for_backend(backend)}`")
-                raise EdgefaceError(f"{path.name} is an artifact of format {fmt!r}, which backend {backend!r} cannot run; "
-                                    f"use backend={' or '.join(repr(b) for b in fits)} ({hint})")
-            return backend
-        if fmt == "onnx" and detect_platform() == "jetson" and _installed("tensorrt"):
-            return "tensorrt"
-        for b in fits:
-            if _installed(b):
-                return b
-        row = REGISTRY[fits[0]]
-        raise EdgefaceError(f"{path.name} needs the {fits[0]} backend: pip install 'edgeface[{row.extra}]'")
+        """A bundle (verified through its manifest), or a folder holding one artifact of a known name."""
+        if (path / MANIFEST_NAME).is_file():
+            info = open_bundle(path)
+            self.bundle = info
+            return Path(info.artifact), registry.engine_of_artifact(info.artifact), info.precision, dict(info.options)
+        found = [e for e in registry.auto_order(registry.ENGINES, detect_device()) if (path / e.artifact).is_file()]
+        if not found:
+            names = ", ".join(e.artifact for e in registry.ENGINES)
+            raise EdgefaceError(f"{path} is a folder without an edgeface artifact (expected a manifest.json or one "
+                                f"of {names})")
+        # The first whose engine (or one that also runs its format) is installed here.
+        runnable = [e for e in found if any(_installed(r) for r in registry.engines_running(e.format))]
+        kind = (runnable or found)[0]
+        return path / kind.artifact, kind, None, {}
 
     # -- inference --------------------------------------------------------------------------------
     @property
@@ -272,6 +162,12 @@ class Predictor:
             else:
                 outs = self._backend.run(to_input(batch, self.spec, out=self._input_buffer(batch.shape[0])))
         return self._result(outs)
+
+    def blur_and_pose(self, crops, rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(blur (N,), pose (N, 3)) for crops: the "runner" form evaluation, deploy's verification, bench
+        and quantize's accuracy guard measure any model through (``edgeface.model.evaluate.Runner``)."""
+        r = self.predict(crops, rgb=rgb)
+        return r.blur, r.pose
 
     def predict_image(self, frame: np.ndarray, boxes, rgb: bool = False) -> Result:
         """Faces in a full image: ``boxes`` (N, 4) x, y, w, h in pixels; cropped with the spec's crop rule."""
@@ -324,5 +220,72 @@ class Predictor:
         return f"Predictor({str(self.artifact)!r}, backend={self.backend!r}, precision={self.precision!r})"
 
 
-def _format_for_backend(backend: str) -> str:
-    return {"onnxruntime": "onnx", "ncnn": "ncnn", "tensorrt": "tensorrt"}.get(backend, "onnx")
+# -- which artifact, which engine ------------------------------------------------------------------------
+def _installed(engine: Engine) -> bool:
+    return registry.is_installed(engine.name)
+
+
+def _shipped_default(backend: str) -> tuple[Path, Engine]:
+    """The shipped default model in the form this machine runs best (torch-free where possible)."""
+    if backend == "auto":
+        order = [e for e in registry.auto_order(registry.ENGINES, detect_device()) if _installed(e)]
+    else:
+        order = [registry.get(backend)]
+    for engine in order:
+        # Its own artifact, else one it also runs (TensorRT builds its engine from the shipped ONNX).
+        for kind in [engine] + [registry.by_format(f) for f in engine.also_runs]:
+            path = shipped_artifact(kind.suffix, WEIGHTS_DIR)
+            if path.is_file():
+                return path, kind
+    shipped = [p.name for e in registry.ENGINES if (p := shipped_artifact(e.suffix, WEIGHTS_DIR)).is_file()]
+    if not shipped:
+        raise EdgefaceError("no default model is shipped with this install; pass an artifact path "
+                            "(or build them: python scripts/build_default_artifacts.py)")
+    raise EdgefaceError(f"the default model ships as {', '.join(shipped)}, which backend {backend!r} cannot run "
+                        f"here; install a fitting backend, e.g. pip install 'edgeface[ort]'")
+
+
+def _choose_engine(kind: Engine, backend: str, path: Path) -> str:
+    """The engine that runs an artifact of ``kind``: ``backend`` when it can, else (auto) the first installed
+    of those that can, preferring the engines of this device kind."""
+    fits = registry.engines_running(kind.format)
+    if backend != "auto":
+        if backend not in [e.name for e in fits]:
+            hint = ("the torch backend runs .pt checkpoints" if backend == "torch" else
+                    f"or make one for it with `edgeface export --format {registry.get(backend).format}`")
+            raise EdgefaceError(f"{path.name} is an artifact of format {kind.format!r}, which backend {backend!r} "
+                                f"cannot run; use backend={' or '.join(repr(e.name) for e in fits)} ({hint})")
+        return backend
+    for engine in registry.auto_order(fits, detect_device()):
+        if _installed(engine):
+            return engine.name
+    raise EdgefaceError(f"{path.name} needs the {fits[0].name} backend: pip install 'edgeface[{fits[0].extra}]'")
+
+
+def artifact_engine(path: str | Path) -> Engine:
+    """The engine an artifact, a bundle or a folder holding an artifact is made for (its native engine; the
+    Predictor may run it on another one that also loads its format). EdgefaceError when there is none."""
+    p = Path(path)
+    if not p.is_dir():
+        return registry.engine_of_artifact(p)
+    manifest = p / MANIFEST_NAME
+    if manifest.is_file():
+        return registry.get(read_manifest(p)["backend"])
+    for engine in registry.ENGINES:
+        if (p / engine.artifact).is_file():
+            return engine
+    raise EdgefaceError(f"{p} is a folder without an edgeface artifact")
+
+
+def open_model(model: str | Path | None = None, backend: str = "auto") -> tuple[Predictor, str]:
+    """(Predictor, label) for a MODEL argument as the CLI verbs take it: nothing (the shipped weights) or a
+    checkpoint runs in torch, the FP32 reference; any other artifact or bundle on ``backend``."""
+    if model is None or str(model).endswith(registry.get("torch").suffix):
+        path = Path(model) if model is not None else shipped_artifact(registry.get("torch").suffix, WEIGHTS_DIR)
+        if model is not None and not path.is_file():
+            raise EdgefaceError(f"checkpoint {path} does not exist")
+        return Predictor(path, backend="torch"), str(model or "default model (torch)")
+    if not Path(model).exists():
+        raise EdgefaceError(f"model {model} does not exist")
+    pred = Predictor(model, backend=backend)
+    return pred, f"{model} ({pred.backend} {pred.precision})"

@@ -11,8 +11,12 @@ import platform
 
 import numpy as np
 
-from ..errors import EdgefaceError
-from .base import FLOAT_NCHW, UINT8_NHWC, Backend
+from ...core.artifact import ncnn_paths, read_ncnn_info
+from ...core.device import parse_cpuinfo
+from ...core.errors import EdgefaceError
+from ...core.preprocess import input_affine
+from ...core.spec import FLOAT_NCHW, UINT8_NHWC
+from ..base import Backend
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,31 +37,28 @@ def cpu_has_fp16() -> bool:
 
 def fp16_in_cpuinfo(text: str) -> bool:
     """Whether an ARM /proc/cpuinfo lists half-precision arithmetic (``fphp`` scalar / ``asimdhp`` vector)."""
-    for line in text.splitlines():
-        if line.lower().startswith("features"):
-            flags = set(line.split(":", 1)[1].split())
-            return bool(flags & {"fphp", "asimdhp"})
-    return False
+    return bool({"fphp", "asimdhp"} & set(parse_cpuinfo(text)["isa_flags"]))
 
 
 class NcnnBackend(Backend):
     """Options: ``fp16`` (True/"on", False/"off", "auto" = ncnn's own per-CPU choice; default None: on only
-    where the CPU has fp16 arithmetic), ``int8_arithmetic`` (bool),
-    ``vulkan`` (bool; run on the GPU through Vulkan, default off), ``pixel_input`` (bool, default on:
-    take uint8 BGR crops and normalise inside ncnn; off: take the float32 NCHW batch)."""
+    where the CPU has fp16 arithmetic), ``int8_arithmetic`` (bool: INT8 layers run ncnn's INT8 kernels;
+    default ncnn's, on), ``vulkan`` (bool; run on the GPU through Vulkan, default off), ``pixel_input``
+    (bool, default on: take uint8 BGR crops and normalise inside ncnn; off: take the float32 NCHW batch).
+    ``int8`` is the name rpi bundles deployed by earlier versions gave ``int8_arithmetic``; it means the same.
+    """
 
     name = "ncnn"
+    OPTIONS = frozenset({"fp16", "int8_arithmetic", "vulkan", "pixel_input", "int8"})
 
-    def load(self) -> None:
+    def _load_impl(self) -> None:
         import ncnn
-
-        from ..export import ncnn_paths, read_ncnn_spec
 
         param, binf, _ = ncnn_paths(self.artifact)
         for f in (param, binf):
             if not f.is_file():
                 raise EdgefaceError(f"ncnn artifact file {f} is missing; an ncnn model is a .ncnn.param + .ncnn.bin pair")
-        _, art = read_ncnn_spec(param)
+        art = read_ncnn_info(param)
         blobs = art.get("blobs", {})
         self._in_blob = blobs.get(self.spec.input_name, self.spec.input_name)
         self._out_blobs = [blobs.get(n, n) for n in self.spec.output_names]
@@ -76,8 +77,9 @@ class NcnnBackend(Backend):
             self._fp16 = cpu_has_fp16() if fp16 is None else bool(fp16)
             opt.use_fp16_packed = opt.use_fp16_storage = opt.use_fp16_arithmetic = self._fp16
             opt.use_bf16_storage = False  # bf16 would lose more than the fp16 bound allows
-        if "int8_arithmetic" in self.options:  # INT8 layers (from `edgeface quantize`) use ncnn's INT8 kernels
-            opt.use_int8_inference = bool(self.options["int8_arithmetic"])
+        int8_arithmetic = self.options.get("int8_arithmetic", self.options.get("int8"))
+        if int8_arithmetic is not None:  # INT8 layers (from `edgeface quantize`) use ncnn's INT8 kernels
+            opt.use_int8_inference = bool(int8_arithmetic)
         self._vulkan = bool(self.options.get("vulkan", False))
         if self._vulkan:
             if ncnn.get_gpu_count() == 0:
@@ -98,8 +100,6 @@ class NcnnBackend(Backend):
         self._pixel_input = bool(self.options.get("pixel_input", True))
         self.input_kind = UINT8_NHWC if self._pixel_input else FLOAT_NCHW
         if self._pixel_input:
-            from ..preprocess import input_affine
-
             scale, bias, idx = input_affine(self.spec)
             # ncnn computes (v - mean) * norm per channel, in the network's channel order.
             self._norm = [float(v) for v in scale]
@@ -110,12 +110,8 @@ class NcnnBackend(Backend):
             self.precision = "int8"
         else:
             self.precision = "fp16" if (self._fp16 or self._weights == "fp16") else "fp32"
-        self._loaded = True
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        if not self._loaded:
-            self.load()
-        x = self.check_input(x)
+    def _run_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         ncnn, net = self._ncnn, self._net
         n = x.shape[0]
         outs = [None] * len(self._out_blobs)
@@ -138,21 +134,22 @@ class NcnnBackend(Backend):
                     outs[k][i] = a
         return dict(zip(self.spec.output_names, outs))
 
-    def info(self) -> dict:
-        d = super().info()
+    def _info_impl(self) -> dict:
+        d = {}
         try:
             import ncnn
 
             d["version"] = ncnn.__version__
         except ImportError:
             pass
+        net = getattr(self, "_net", None)
         d.update(weights=getattr(self, "_weights", None), fp16_arithmetic=getattr(self, "_fp16", None),
+                 int8_arithmetic=bool(net.opt.use_int8_inference) if net is not None else None,
                  vulkan=getattr(self, "_vulkan", None), cpu_has_fp16=cpu_has_fp16())
         return d
 
-    def close(self) -> None:
+    def _close_impl(self) -> None:
         net = getattr(self, "_net", None)
         if net is not None:
             net.clear()
         self._net = None
-        super().close()

@@ -1,7 +1,7 @@
 """ONNX Runtime: CPU by default; CUDA / TensorRT execution providers are used when the installed
 onnxruntime has them (onnxruntime-gpu). Full graph optimizations, the thread count honoured.
 
-A float-input artifact gets its preprocessing folded in at load time (``export.prepend_preprocess``, in
+A float-input artifact gets its preprocessing folded in at load time (``core.fold.prepend_preprocess``, in
 memory; the file is untouched), so the session takes the uint8 NHWC BGR crops as they are. Measured on
 2 x86 cores at batch 32 (``scripts/bench_predictor.py``, three runs): numpy's ``to_input`` before the run
 cost 11-14 % of the raw session's throughput, the folded graph 0.5-11 % (median 3.6 %). A graph whose input
@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import EdgefaceError
-from .base import FLOAT_NCHW, UINT8_NHWC, Backend
+from ...core.artifact import INPUT_KIND_KEY, PRECISION_KEY, load_onnx, onnx_metadata
+from ...core.errors import EdgefaceError
+from ...core.fold import prepend_preprocess
+from ...core.spec import FLOAT_NCHW, UINT8_NHWC
+from ..base import Backend
 
 # Preferred first; only those the installed onnxruntime offers are used.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -25,12 +28,12 @@ class OnnxRuntimeBackend(Backend):
     docstring)."""
 
     name = "onnxruntime"
+    OPTIONS = frozenset({"providers", "allow_spinning", "optimized_model_path", "fold_preprocess"})
 
-    def load(self) -> None:
+    def _load_impl(self) -> None:
         import onnxruntime as ort
 
-        from ..export import INPUT_KIND_KEY, PRECISION_KEY, load_onnx, onnx_metadata
-
+        self.folded_at_load = False
         fold = self.options.get("fold_preprocess", True)
         # One parse serves the metadata and the fold; clear errors for a missing / truncated / foreign file.
         proto = load_onnx(self.artifact, load_external_data=fold)
@@ -73,21 +76,15 @@ class OnnxRuntimeBackend(Backend):
         self._input_name = inputs[0].name
         self._out_names = list(self.spec.output_names)
         self._providers = self._sess.get_providers()
-        self._loaded = True
 
     def _folded_bytes(self, proto) -> bytes | None:
         """The artifact with preprocessing prepended, or None where its input is not one float32 tensor."""
-        from ..export import prepend_preprocess
-
         try:
             return prepend_preprocess(proto, self.spec, cast_first=False).SerializeToString()
         except EdgefaceError:
             return None
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        if not self._loaded:
-            self.load()
-        x = self.check_input(x)
+    def _run_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         # run() hands x to ORT without a copy (contiguous, right dtype) and returns fresh numpy outputs.
         outs = self._sess.run(self._out_names, {self._input_name: x})
         return dict(zip(self._out_names, outs))
@@ -95,18 +92,14 @@ class OnnxRuntimeBackend(Backend):
     @property
     def session(self):
         """The raw onnxruntime.InferenceSession (for benchmarking the engine without edgeface around it)."""
-        if not self._loaded:
-            self.load()
+        self.load()
         return self._sess
 
-    def info(self) -> dict:
+    def _info_impl(self) -> dict:
         import onnxruntime as ort
 
-        d = super().info()
-        d.update(version=ort.__version__, providers=getattr(self, "_providers", None),
-                 preprocess_folded_at_load=getattr(self, "folded_at_load", False))
-        return d
+        return {"version": ort.__version__, "providers": getattr(self, "_providers", None),
+                "preprocess_folded_at_load": getattr(self, "folded_at_load", False)}
 
-    def close(self) -> None:
+    def _close_impl(self) -> None:
         self._sess = None
-        super().close()

@@ -18,7 +18,6 @@ This module is the ONE reader/writer of the format: the quantize step writes ``c
 from __future__ import annotations
 
 import math
-import os
 import re
 import struct
 from pathlib import Path
@@ -26,7 +25,9 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from ..errors import EdgefaceError
+from ...core.errors import EdgefaceError
+from ...core.io import atomic_write_bytes
+from ...core.spec import FLOAT_NCHW, UINT8_NHWC
 
 DEFAULT_HEADER = "TRT-8601-EntropyCalibration2"   # TensorRT 8.6.1; re-stamped on the device (see above)
 ALGORITHMS = {"entropy2": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
@@ -114,11 +115,7 @@ def format_calibration_cache(scales: Mapping[str, float], header: str = DEFAULT_
 
 def write_calibration_cache(path: str | Path, scales: Mapping[str, float], header: str = DEFAULT_HEADER) -> Path:
     """Write TensorRT's calibration-cache text file atomically (no half-written cache on failure)."""
-    path = Path(path)
-    text = format_calibration_cache(scales, header)
-    from ..fileio import atomic_write_bytes
-
-    return atomic_write_bytes(path, text.encode("ascii"))
+    return atomic_write_bytes(path, format_calibration_cache(scales, header).encode("ascii"))
 
 
 def read_calibration_cache(path: str | Path) -> dict[str, float]:
@@ -148,16 +145,16 @@ def restamp(text: str, trt_version: str) -> str:
 
 # -- the TensorRT calibrator (needs TensorRT + CUDA on the device) --------------------------------------------
 def make_calibrator(cache_path: str | Path | None, images: Optional[np.ndarray] = None, *, spec=None,
-                    input_kind: str = "float32_nchw", batch_size: int = 32, algorithm: str = "entropy2",
+                    input_kind: str = FLOAT_NCHW, batch_size: int = 32, algorithm: str = "entropy2",
                     log: Callable[[str], None] = print):
     """A TensorRT calibrator (subclass of trt.IInt8EntropyCalibrator2, or IInt8MinMaxCalibrator).
 
     ``cache_path``: an existing calib.cache is handed to TensorRT (re-stamped to this TensorRT's version) and
     no images are needed; after calibrating on ``images`` TensorRT's own cache is written there.
-    ``images``: uint8 (N, S, S, 3) BGR crops made by edgeface.preprocess; fed through ``to_input`` (or
+    ``images``: uint8 (N, S, S, 3) BGR crops made by edgeface.core.preprocess; fed through ``to_input`` (or
     as-is to a folded-preprocessing model, ``input_kind="uint8_nhwc_bgr"``), ``batch_size`` at a time.
     """
-    from ..tensorrt_build import import_tensorrt
+    from .library import import_tensorrt
 
     trt = import_tensorrt()
     if not hasattr(trt, "IInt8EntropyCalibrator2"):
@@ -190,7 +187,7 @@ def make_calibrator(cache_path: str | Path | None, images: Optional[np.ndarray] 
             batch = self._batches[self._next]
             self._next += 1
             if self._cuda is None:
-                from ..backends.cuda_memory import open_cuda
+                from .cuda_memory import open_cuda
 
                 self._cuda = open_cuda()
                 self._host = self._cuda.pinned_empty(batch.shape, batch.dtype)
@@ -217,9 +214,7 @@ def make_calibrator(cache_path: str | Path | None, images: Optional[np.ndarray] 
                 return
             data = bytes(memoryview(cache))
             parse_calibration_cache(data.decode("ascii"), where="TensorRT's calibration cache")
-            tmp = cache_path.with_name(f".{cache_path.name}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, cache_path)
+            atomic_write_bytes(cache_path, data)
 
         def free(self):
             if self._cuda is not None:
@@ -239,8 +234,8 @@ def make_calibrator(cache_path: str | Path | None, images: Optional[np.ndarray] 
 
 def _prepare_batches(images: np.ndarray, spec, input_kind: str, batch_size: int) -> list[np.ndarray]:
     """Fixed-size batches (the last one padded by repeating images, so every batch has the profile's shape)."""
-    from ..preprocess import check_crops, to_input
-    from ..spec import ModelSpec
+    from ...core.preprocess import check_crops, to_input
+    from ...core.spec import ModelSpec
 
     spec = spec or ModelSpec()
     crops = check_crops(images, spec)
@@ -251,6 +246,6 @@ def _prepare_batches(images: np.ndarray, spec, input_kind: str, batch_size: int)
         chunk = crops[start:start + batch_size]
         if len(chunk) < batch_size:  # repeat images cyclically: TensorRT takes whole batches only
             chunk = np.resize(chunk, (batch_size, *chunk.shape[1:]))
-        batches.append(np.ascontiguousarray(chunk) if input_kind == "uint8_nhwc_bgr"
+        batches.append(np.ascontiguousarray(chunk) if input_kind == UINT8_NHWC
                        else np.ascontiguousarray(to_input(chunk, spec)))
     return batches

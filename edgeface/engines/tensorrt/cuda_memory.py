@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import EdgefaceError, MissingBackendError
+from ...core.errors import EdgefaceError, MissingBackendError
 
 NO_CUDA = ("no CUDA Python binding found; install cuda-python (pip install 'edgeface[tensorrt]') or pycuda "
            "(JetPack: pip install pycuda)")

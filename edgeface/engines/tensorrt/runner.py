@@ -2,10 +2,11 @@
 ``execute_async_v3`` on one CUDA stream, with pinned host buffers and device buffers sized for the engine's
 largest profile batch (pycuda when importable, else cuda-python).
 
-The artifact is a ``.engine`` (with its ``.engine.json`` sidecar) or an ``.onnx``, which is built into the
-engine cache on first use (``edgeface.tensorrt_build.find_or_build_engine``). An engine whose sidecar says it
-was built for another TensorRT version or GPU is never loaded: it is rebuilt from its ONNX when that sits
-beside it, else refused with the command that rebuilds it.
+The artifact is a ``.engine`` (with its ``.engine.json`` record) or an ``.onnx``, which is built into the
+engine cache on first use (``build.find_or_build_engine``). An engine whose record says it was built for
+another TensorRT version or GPU is never loaded: it is rebuilt from its ONNX when that sits beside it,
+else refused with the command that rebuilds it. A bundle's target may bound the TensorRT versions it was
+deployed for (``tensorrt_min_version`` / ``tensorrt_max_version``); a TensorRT outside them is refused.
 
 Not verified on hardware from this repository's CI (no TensorRT there): written against the documented
 Python API and exercised on a Jetson/GPU only.
@@ -17,26 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgefaceError
-from ..spec import ModelSpec
-from .base import FLOAT_NCHW, UINT8_NHWC, Backend
-
-
-def read_engine_spec(engine_path: str | Path) -> tuple[ModelSpec, dict]:
-    """(ModelSpec, sidecar record) of an engine, from its sidecar or a ``model.spec.json`` beside it. No
-    TensorRT needed (the Predictor calls this before choosing the backend)."""
-    from ..tensorrt_build import read_sidecar
-
-    engine_path = Path(engine_path)
-    record = read_sidecar(engine_path)
-    spec = record.get("spec")
-    if spec is None:
-        beside = engine_path.with_name("model.spec.json")
-        if not beside.is_file():
-            raise EdgefaceError(f"{engine_path.name} carries no ModelSpec (sidecar without spec, no model.spec.json "
-                                f"beside it); rebuild it from the edgeface ONNX with `edgeface build`")
-        return ModelSpec.load(beside), record
-    return ModelSpec.from_dict(spec), record
+from ...core.artifact import read_engine_record
+from ...core.errors import EdgefaceError
+from ...core.spec import FLOAT_NCHW, PRECISIONS, UINT8_NHWC
+from ..base import Backend
+from .library import import_tensorrt, require_version_in_range, trt_version_tuple
 
 
 def _np_dtype(trt, dt) -> np.dtype:
@@ -52,9 +38,14 @@ def _np_dtype(trt, dt) -> np.dtype:
 class TensorRTBackend(Backend):
     """Options: ``cache_dir`` (engine cache for .onnx artifacts), ``calib_cache`` (implicit INT8 from an
     FP32 ONNX), ``min_batch``/``opt_batch``/``max_batch`` (profile when building), ``workspace_mb``,
-    ``cuda`` ("pycuda" | "cuda-python", default: pycuda if importable)."""
+    ``cuda`` ("pycuda" | "cuda-python", default: pycuda if importable), ``log`` (where build messages go),
+    ``tensorrt_min_version``/``tensorrt_max_version`` (the TensorRT range a bundle's target supports).
+    ``fp16`` and ``int8`` are what jetson bundles deployed by earlier versions also wrote: the bundle's
+    precision says the same, so they are accepted and not read."""
 
     name = "tensorrt"
+    OPTIONS = frozenset({"cache_dir", "calib_cache", "min_batch", "opt_batch", "max_batch", "workspace_mb", "cuda",
+                         "log", "tensorrt_min_version", "tensorrt_max_version", "fp16", "int8"})
 
     def __init__(self, artifact, spec, threads=None, precision=None, **options):
         super().__init__(artifact, spec, threads, precision, **options)
@@ -66,23 +57,24 @@ class TensorRTBackend(Backend):
 
     # -- load -----------------------------------------------------------------------------------------------
     def _engine_path(self, trt) -> Path:
-        from ..tensorrt_build import DeviceFacts, find_or_build_engine, normalize_cc, read_sidecar
+        from .build import find_or_build_engine
+        from .cache import DeviceFacts, normalize_cc
+        from .cuda_memory import device_properties
 
         art = self.artifact
         if art.suffix == ".onnx":
-            return find_or_build_engine(art, self.precision if self.precision in ("fp32", "fp16", "int8") else "fp16",
+            return find_or_build_engine(art, self.precision if self.precision in PRECISIONS else "fp16",
                                         self.options.get("cache_dir"), calib_cache=self.options.get("calib_cache"),
                                         min_batch=self.options.get("min_batch", 1),
                                         opt_batch=self.options.get("opt_batch", 8),
                                         max_batch=self.options.get("max_batch", 64),
-                                        workspace_mb=self.options.get("workspace_mb", 1024))
+                                        workspace_mb=self.options.get("workspace_mb", 1024),
+                                        log=self.options.get("log", print))
         if art.suffix != ".engine":
             raise EdgefaceError(f"{art.name}: the tensorrt backend runs .engine files (or builds them from .onnx)")
         if not art.is_file():
             raise EdgefaceError(f"engine {art} does not exist")
-        record = read_sidecar(art)
-        from .cuda_memory import device_properties
-
+        record = read_engine_record(art)
         name, cc = device_properties()
         here = DeviceFacts(str(trt.__version__), name, normalize_cc(cc))
         built = (record.get("trt_version"), record.get("gpu_name"), record.get("compute_capability"))
@@ -98,11 +90,12 @@ class TensorRTBackend(Backend):
                                 f"`edgeface build` from the ONNX")
         return art
 
-    def load(self) -> None:
-        from ..tensorrt_build import import_tensorrt, read_sidecar, trt_version_tuple
+    def _load_impl(self) -> None:
         from .cuda_memory import open_cuda
 
         trt = import_tensorrt()
+        require_version_in_range(str(trt.__version__), self.options.get("tensorrt_min_version"),
+                                 self.options.get("tensorrt_max_version"))
         if self.precision == "int8" and trt_version_tuple(trt.__version__)[0] >= 11 and self.artifact.suffix == ".onnx" \
                 and self.options.get("calib_cache"):
             raise EdgefaceError(f"TensorRT {trt.__version__} has no implicit INT8 (removed in 11); run the INT8 Q/DQ "
@@ -111,7 +104,7 @@ class TensorRTBackend(Backend):
         self._cuda.activate()
         try:
             engine_path = self._engine_path(trt)
-            self._record = read_sidecar(engine_path)
+            self._record = read_engine_record(engine_path)
             self.precision = self._record.get("precision", self.precision)
             self._engine_file = engine_path
             logger = trt.Logger(trt.Logger.WARNING)
@@ -122,13 +115,9 @@ class TensorRTBackend(Backend):
                                     f"another TensorRT version or GPU, or corrupt); rebuild it with `edgeface build`")
             self._context = self._engine.create_execution_context()
             self._bind_io(trt)
-        except BaseException:
+        finally:
             self._cuda.deactivate()
-            self.close()
-            raise
-        self._cuda.deactivate()
         self._trt_version = str(trt.__version__)
-        self._loaded = True
 
     def _bind_io(self, trt) -> None:
         eng = self._engine
@@ -177,10 +166,7 @@ class TensorRTBackend(Backend):
         return mapping
 
     # -- run ------------------------------------------------------------------------------------------------
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        if not self._loaded:
-            self.load()
-        x = self.check_input(x)
+    def _run_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         n = x.shape[0]
         if n < self._min_batch:
             raise EdgefaceError(f"batch {n} is below the engine's profile minimum {self._min_batch}")
@@ -212,17 +198,15 @@ class TensorRTBackend(Backend):
                 self._cuda.deactivate()
 
     # -- info / close -----------------------------------------------------------------------------------------
-    def info(self) -> dict:
-        d = super().info()
+    def _info_impl(self) -> dict:
         rec = getattr(self, "_record", {}) or {}
-        d.update(version=getattr(self, "_trt_version", None), gpu=rec.get("gpu_name"),
-                 compute_capability=rec.get("compute_capability"), engine=str(getattr(self, "_engine_file", "")),
-                 cuda_binding=getattr(self._cuda, "binding", None),
-                 batch_profile=[getattr(self, "_min_batch", None), getattr(self, "_max_batch", None)],
-                 quantization=(rec.get("build") or {}).get("quantization"))
-        return d
+        return {"version": getattr(self, "_trt_version", None), "gpu": rec.get("gpu_name"),
+                "compute_capability": rec.get("compute_capability"), "engine": str(getattr(self, "_engine_file", "")),
+                "cuda_binding": getattr(self._cuda, "binding", None),
+                "batch_profile": [getattr(self, "_min_batch", None), getattr(self, "_max_batch", None)],
+                "quantization": (rec.get("build") or {}).get("quantization")}
 
-    def close(self) -> None:
+    def _close_impl(self) -> None:
         if self._cuda is not None:
             try:
                 self._cuda.activate()
@@ -235,4 +219,3 @@ class TensorRTBackend(Backend):
                 self._cuda.deactivate()
                 self._cuda.close()
         self._device, self._host, self._cuda = {}, {}, None
-        super().close()

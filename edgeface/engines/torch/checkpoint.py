@@ -1,19 +1,22 @@
-"""Checkpoints: the state_dict plus the ModelSpec (and training state in resumable ones).
+"""Checkpoints, the torch engine's artifact: the state_dict plus the ModelSpec (and training state in
+resumable ones). Training writes them; the torch engine, export and quantize read them.
 
 Loaded with ``weights_only=True``: a checkpoint is untrusted input and must not run code.
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import json
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgefaceError
-from .spec import ModelSpec
+from ...core.artifact import shipped_artifact
+from ...core.errors import EdgefaceError
+from ...core.io import atomic_path, to_jsonable
+from ...core.spec import ModelSpec
 
 FORMAT = "edgeface-checkpoint"
-DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.pt"
+SUFFIX = ".pt"
+DEFAULT_WEIGHTS = shipped_artifact(SUFFIX)  # the shipped default model
 
 
 def _torch():
@@ -31,29 +34,19 @@ def save_checkpoint(path: str | Path, model, spec: ModelSpec, meta: dict | None 
     obj = {"format": FORMAT, "spec": spec.to_dict(), "state_dict": state, "meta": _plain(meta or {})}
     if train_state is not None:
         obj["train_state"] = train_state
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: an interrupted save never leaves a truncated checkpoint behind.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    # Written to a temporary sibling and renamed: an interrupted save never leaves a truncated checkpoint.
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _plain(obj):
-    """Meta as plain JSON types: numpy scalars would make the file unloadable with weights_only=True."""
-    import json
-
+    """Meta as plain JSON types: numpy scalars would make the file unloadable with weights_only=True.
+    Anything else JSON cannot hold is kept as its text."""
     def default(o):
-        if hasattr(o, "item"):
-            return o.item()
-        if hasattr(o, "tolist"):
-            return o.tolist()
-        return str(o)
+        try:
+            return to_jsonable(o)
+        except TypeError:
+            return str(o)
 
     return json.loads(json.dumps(obj, default=default))
 
@@ -74,9 +67,14 @@ def read_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
     return obj
 
 
+def read_spec(path: str | Path | None) -> ModelSpec:
+    """The ModelSpec a checkpoint carries (the torch engine's spec reader); None: the shipped default."""
+    return ModelSpec.from_dict(read_checkpoint(path)["spec"])
+
+
 def load_model(path: str | Path | None = None):
     """(model in eval mode, spec, meta) from a checkpoint; ``None`` = the shipped default weights."""
-    from .model import build_model
+    from .network import build_model
 
     obj = read_checkpoint(path)
     spec = ModelSpec.from_dict(obj["spec"])

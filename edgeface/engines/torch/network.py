@@ -1,5 +1,8 @@
 """The multitask network: a MobileNetV2 trunk (written here, no torchvision) and two heads.
 
+It lives with the torch engine, which runs it as the FP32 reference; training (``edgeface.model``),
+export and quantization build on it.
+
 Input: float32 NCHW, normalised as the ModelSpec says. Outputs (in this order):
   blur (N, 1) in [0, 1], and pose (N, 3) = yaw, pitch, roll in degrees.
 The blur head reads pooled features from every stage (blur lives in the fine scales); the pose head
@@ -10,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import ModelSpec
+from ...core.spec import ModelSpec
 
 POSE_SCALE = 90.0  # the pose head regresses angles / 90 so its targets are O(1)
 WIDTHS = (0.25, 0.5, 0.75, 1.0)

@@ -1,19 +1,19 @@
-"""PyTorch eager: the reference every other backend is compared with. Runs ``.pt`` checkpoints."""
+"""PyTorch eager: the reference every other engine is compared with. Runs ``.pt`` checkpoints."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import EdgefaceError
-from .base import Backend
+from ...core.errors import EdgefaceError
+from ..base import Backend
 
 
 class TorchBackend(Backend):
     name = "torch"
 
-    def load(self) -> None:
+    def _load_impl(self) -> None:
         import torch
 
-        from ..checkpoint import load_model
+        from .checkpoint import load_model
 
         if self.precision != "fp32":
             raise EdgefaceError(f"the torch backend runs fp32 checkpoints only, not {self.precision!r}; "
@@ -25,28 +25,20 @@ class TorchBackend(Backend):
         model, _, _ = load_model(self.artifact)
         # channels_last is ~2x faster for eager inference of this depthwise network on CPU (field notes).
         self._model = model.to(memory_format=torch.channels_last)
-        self._loaded = True
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        if not self._loaded:
-            self.load()
-        x = self.check_input(x)
+    def _run_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         torch = self._torch
         with torch.inference_mode():
             t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
             outs = self._model(t)
         return {name: o.numpy().astype(np.float32, copy=False) for name, o in zip(self.spec.output_names, outs)}
 
-    def info(self) -> dict:
-        d = super().info()
+    def _info_impl(self) -> dict:
         try:
             import torch
-
-            d.update(version=torch.__version__, torch_threads=torch.get_num_threads())
         except ImportError:
-            pass
-        return d
+            return {}
+        return {"version": torch.__version__, "torch_threads": torch.get_num_threads()}
 
-    def close(self) -> None:
+    def _close_impl(self) -> None:
         self._model = None
-        super().close()

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..errors import EdgefaceError
+from ...core.errors import EdgefaceError
 from .stats import ActivationStats
 
 # A range narrower than this is treated as a constant tensor: its scale would underflow.

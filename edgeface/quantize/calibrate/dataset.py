@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import IMAGE_EXTS, load_samples, resolve_box
-from ..errors import EdgefaceError
-from ..preprocess import check_crops, crop_face, read_image
-from ..spec import ModelSpec
+from ...core.errors import EdgefaceError
+from ...core.preprocess import check_crops, crop_face, read_image
+from ...core.spec import ModelSpec
+from ...model.data import IMAGE_EXTS, load_samples, resolve_box
 
 DEFAULT_NUM = 300
 DEFAULT_SEED = 0

@@ -13,16 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgefaceError
-from ..preprocess import to_input
-from ..spec import ModelSpec
+from ...core.errors import EdgefaceError
+from ...core.io import atomic_path, sha256_file
+from ...core.preprocess import to_input
+from ...core.spec import ModelSpec
 
 STATS_VERSION = 1
 BINS = 2048  # per side of zero; entropy folds |x| into 2048 bins -> 128 quantized bins (TensorRT's choice)
@@ -67,14 +67,6 @@ class ActivationStats:
 
 
 # -- the model ------------------------------------------------------------------------------------
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def float_tensors(model) -> list[str]:
     """The graph input(s) and every float node output, in topological order (initializers excluded)."""
     import onnx
@@ -196,20 +188,11 @@ def cache_path_for(keys: dict, cache_dir: str | Path | None = None) -> Path:
 
 
 def save_stats(stats: ActivationStats, path: str | Path, keys: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = dict(keys, tensors=len(stats.names))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, header=np.array(json.dumps(header, sort_keys=True)),
-                                names=np.array(stats.names, dtype=str), minimum=stats.minimum,
-                                maximum=stats.maximum, hist=stats.hist)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, header=np.array(json.dumps(header, sort_keys=True)),
+                            names=np.array(stats.names, dtype=str), minimum=stats.minimum,
+                            maximum=stats.maximum, hist=stats.hist)
 
 
 def load_stats(path: str | Path, keys: dict | None = None) -> ActivationStats:
@@ -242,7 +225,7 @@ def load_or_collect(model_path: str | Path, calib, spec: ModelSpec, cache_path: 
                     cache_dir: str | Path | None = None, progress=None) -> tuple[ActivationStats, Path, bool]:
     """(statistics, cache file, reused). An explicit ``cache_path`` must match; the default cache dir is
     keyed by content, so a different model, spec or calibration set simply gets its own file."""
-    keys = cache_keys(file_sha256(model_path), spec, calib.fingerprint)
+    keys = cache_keys(sha256_file(model_path), spec, calib.fingerprint)
     path = Path(cache_path) if cache_path else cache_path_for(keys, cache_dir)
     if path.exists():
         return load_stats(path, keys), path, True

@@ -24,8 +24,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ..errors import EdgefaceError
-from ..fileio import atomic_write_bytes
+from ...core.artifact import ncnn_paths
+from ...core.errors import EdgefaceError
+from ...core.io import atomic_write_bytes, atomic_write_json
+from . import Fp32Artifacts
 
 MAGIC = 7767517
 TAG_FP16 = 0x01306B47
@@ -160,8 +162,6 @@ def emit_ncnn(fp32_param, out_param, onnx_model, ranges_sym: Mapping[str, tuple]
     """
     import onnx
 
-    from ..export import ncnn_paths
-
     if not isinstance(onnx_model, onnx.ModelProto):
         onnx_model = onnx.load(str(onnx_model))
     param_in, bin_in, spec_in = ncnn_paths(fp32_param)
@@ -216,8 +216,17 @@ def emit_ncnn(fp32_param, out_param, onnx_model, ranges_sym: Mapping[str, tuple]
 
         info = json.loads(spec_in.read_text())
         info["precision"] = "int8"
-        atomic_write_bytes(spec_out, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_json(spec_out, info, sort_keys=True)
     atomic_write_bytes(param_out, text.encode())
     return {"param": str(param_out), "bin": str(bin_out), "quantized_layers": len(quantized),
             "float_layers": kept_float, "layers": quantized}
 
+
+def ncnn_int8(sources: Fp32Artifacts, plan, out_path: Path, *, ort_format: str = "qdq",
+              calib_cache: Path | None = None) -> dict:
+    """The registry's INT8 emitter for ncnn: the FP32 ncnn export with int8 weights and the plan's scales."""
+    if sources.ncnn is None:
+        raise EdgefaceError("ncnn INT8 is converted from the ncnn export of the model; it was not made")
+    summary = emit_ncnn(sources.ncnn, out_path, sources.model(), plan.ranges_sym, plan.float_nodes)
+    return {"form": "ncnn INT8 (int8 weights, per-channel scales)",
+            "quantized_layers": summary["quantized_layers"], "float_layers": summary["float_layers"]}

@@ -16,7 +16,6 @@ graph (``ranges_from_qdq``), so a quantization-aware model reuses them without r
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,7 +23,11 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ..errors import EdgefaceError
+from ...core.artifact import PRECISION_KEY, onnx_metadata, set_onnx_metadata
+from ...core.errors import EdgefaceError
+from ...core.io import atomic_path
+from ...engines.tensorrt.calibrator import calibration_header, scales_from_amax, write_calibration_cache
+from . import Fp32Artifacts
 
 ORT_FORMATS = ("qdq", "qoperator")
 
@@ -38,16 +41,12 @@ def _quiet_ort():
 
 
 def _copy_metadata(src_model, dst_path: Path, precision: str) -> None:
+    """The FP32 model's metadata (ModelSpec, input kind) on the quantized one, with its precision."""
     import onnx
 
-    from ..export import PRECISION_KEY
-
     m = onnx.load(str(dst_path))
-    meta = {p.key: p.value for p in src_model.metadata_props}
-    meta[PRECISION_KEY] = precision
     del m.metadata_props[:]
-    for k, v in meta.items():
-        m.metadata_props.add(key=k, value=v)
+    set_onnx_metadata(m, {**onnx_metadata(src_model), PRECISION_KEY: precision})
     m.producer_name = "edgeface"
     onnx.save(m, str(dst_path))
 
@@ -86,15 +85,8 @@ def _quantize(float_onnx: Path, out_path: Path, ranges: Mapping[str, tuple], flo
             raise EdgefaceError(f"the ranges do not cover tensor {e.args[0]!r} of {Path(float_onnx).name}; the "
                                 f"statistics belong to another model (re-run without --stats-cache)") from None
         _copy_metadata(src, tmp_out, "int8")
-        fd, final_tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".onnx.tmp")
-        os.close(fd)
-        try:  # copy next to the target, then rename: the artifact appears whole or not at all
-            shutil.copyfile(tmp_out, final_tmp)
-            os.chmod(final_tmp, 0o644)
-            os.replace(final_tmp, out_path)
-        finally:
-            if os.path.exists(final_tmp):
-                os.unlink(final_tmp)
+        with atomic_path(out_path) as final:  # the artifact appears whole or not at all
+            shutil.copyfile(tmp_out, final)
     return out_path
 
 
@@ -118,10 +110,24 @@ def emit_tensorrt_onnx(float_onnx, out_path, ranges_sym: Mapping[str, tuple], fl
 
 def emit_tensorrt_cache(cache_path, ranges_sym: Mapping[str, tuple], algorithm: str = "entropy2") -> Path:
     """TensorRT's calibration-cache text (scale = amax / 127 per tensor) for the implicit INT8 path."""
-    from .tensorrt_calibrator import calibration_header, scales_from_amax, write_calibration_cache
-
     amax = {name: max(abs(lo), abs(hi)) for name, (lo, hi) in ranges_sym.items()}
     return write_calibration_cache(cache_path, scales_from_amax(amax), calibration_header("8.6.1", algorithm))
+
+
+def onnxruntime_int8(sources: Fp32Artifacts, plan, out_path: Path, *, ort_format: str = "qdq",
+                     calib_cache: Path | None = None) -> dict:
+    """The registry's INT8 emitter for onnxruntime: U8S8 (uint8 activations, int8 per-channel weights)."""
+    emit_onnxruntime(sources.onnx, out_path, plan.ranges_asym, plan.float_nodes, fmt=ort_format)
+    return {"form": f"U8S8 {ort_format.upper()} (uint8 activations, int8 per-channel weights)"}
+
+
+def tensorrt_int8(sources: Fp32Artifacts, plan, out_path: Path, *, ort_format: str = "qdq",
+                  calib_cache: Path | None = None) -> dict:
+    """The registry's INT8 emitter for TensorRT: the S8S8 Q/DQ ONNX, and ``calib_cache`` for implicit builds."""
+    emit_tensorrt_onnx(sources.onnx, out_path, plan.ranges_sym, plan.float_nodes)
+    if calib_cache is not None:
+        emit_tensorrt_cache(calib_cache, plan.ranges_sym)
+    return {"form": "S8S8 symmetric Q/DQ (zero points 0), float bias; calib.cache for implicit INT8"}
 
 
 def check_symmetric_qdq(path) -> list[str]:

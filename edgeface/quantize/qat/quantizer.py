@@ -9,7 +9,7 @@ Where the Q/DQ pairs go:
   * Conv2d (+BatchNorm, folded at convert time) (+ReLU6/ReLU): input, weight; output after the activation;
   * add: both inputs and the output (residuals fuse into the conv on TensorRT / QLinearAdd on ORT).
 The heads (pooling, concat, the Linear layers, sigmoid, the x90 scale; < 0.1 % of the MACs) stay float by
-default, as the post-training policy keeps them (edgeface.calibration.policy), so the trained graph is
+default, as the post-training policy keeps them (edgeface.quantize.calibrate.policy), so the trained graph is
 exactly what the ORT and ncnn converters deploy. ``quantize_heads=True`` quantizes them too:
   * Linear (+ReLU): input, weight; output after ReLU. The two head outputs (blur logit, pose) stay float:
     an int8 step on a [0, 1] score is 1/127 = 0.008, more than the whole 0.005 blur-MAE budget;

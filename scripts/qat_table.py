@@ -24,13 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 POSE_TOL, BLUR_TOL = 0.2, 0.005
 
 
-def int8_artifacts() -> dict[str, tuple[str, str]]:
-    """engine -> (its INT8 artifact in a quantize / QAT output folder, the engine that runs it here)."""
+def int8_artifacts() -> dict[str, str]:
+    """engine -> its INT8 artifact in a quantize / QAT output folder."""
     from edgeface.engines import registry
     from edgeface.quantize.emit import int8_artifact
-    from edgeface.quantize.guard import checking_engine
 
-    return {e.name: (int8_artifact(e.name), checking_engine(e.name)) for e in registry.with_int8()}
+    return {e.name: int8_artifact(e.name) for e in registry.with_int8()}
 
 
 def calibration_folder(data: Path, dst: Path, num: int) -> Path:
@@ -67,7 +66,7 @@ def main():
     ap.add_argument("--ptq-only", action="store_true", help="only write the PTQ artifacts into --ptq-dir")
     args = ap.parse_args()
 
-    from edgeface.quantize.guard import accuracy_table, artifact_runner, load_eval_sets
+    from edgeface.quantize.guard import accuracy_table, artifact_runner, check_runner, load_eval_sets
     from edgeface.engines.torch.checkpoint import read_checkpoint
     from edgeface.export import export_onnx
     from edgeface.quantize import quantize
@@ -98,11 +97,11 @@ def main():
         fp32 = export_onnx(model, td / "fp32" / "model.onnx")
         eval_sets = load_eval_sets(data, spec, per_set=args.eval_per_set)
         runners = {}
-        for art, (rel, backend) in int8_artifacts().items():
+        for art, rel in int8_artifacts().items():  # each checked as the registry says (TensorRT's in ORT)
             if (qat_dir / rel).exists():
-                runners[f"qat/{art}"] = artifact_runner(qat_dir / rel, backend)
+                runners[f"qat/{art}"] = check_runner(qat_dir / rel, art)
             for method, folder in ptq.items():
-                runners[f"ptq-{method}/{art}"] = artifact_runner(folder / rel, backend)
+                runners[f"ptq-{method}/{art}"] = check_runner(folder / rel, art)
         table = accuracy_table(runners, artifact_runner(fp32, "onnxruntime"), eval_sets)
     fp = table["fp32"]
     rows, ok_all = {}, True

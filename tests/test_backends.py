@@ -105,6 +105,16 @@ def test_onnxruntime_session_options(arts):
         Predictor(arts["onnx"], backend="onnxruntime", providers=["CUDAExecutionProvider"])
 
 
+def test_onnxruntime_can_run_qdq_as_written(arts):
+    """simulate_qdq: Q/DQ nodes run as written (the graph's exact arithmetic), how another engine's INT8 form is
+    checked here; ORT's x86 int8 kernels saturate on CPUs without VNNI."""
+    with Predictor(arts["onnx"], backend="onnxruntime", simulate_qdq=True) as p:
+        so = p.backend_session.session.get_session_options()
+        assert so.get_session_config_entry("session.disable_quant_qdq") == "1" and p.info()["simulate_qdq"] is True
+    with Predictor(arts["onnx"], backend="onnxruntime") as p:
+        assert p.info()["simulate_qdq"] is False
+
+
 def test_input_kinds(arts):
     with Predictor(arts["onnx"]) as p:
         assert p.input_kind == UINT8_NHWC  # folded in at load time

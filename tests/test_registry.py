@@ -68,6 +68,8 @@ def test_entry_code_references_resolve_in_their_layers(engine):
         assert set(engine.int8.sources) <= {e.format for e in registry.exportable()}
     if engine.checked_with:
         assert engine.checked_with in registry.REGISTRY and engine.checked_with != engine.name
+    backend, options = engine.checking()
+    assert set(options) <= registry.get(backend).runner_class().OPTIONS, "check options its checker reads"
     assert engine.bundle_format is None or registry.by_format(engine.bundle_format).exporter, \
         "a bundle carries an exportable format"
 

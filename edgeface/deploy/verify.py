@@ -128,9 +128,10 @@ def bundle_runner(bundle: Path, target: dict):
         warnings.simplefilter("ignore")  # "deployed for rpi, runs here on x86" is expected while verifying
         if engine.builds_on_device:
             info = open_bundle(bundle, device=ANY_DEVICE, verify=False)
-            pred = Predictor(str(info.artifact), backend=engine.checked_with)
-            how = (f"{engine.checked_with} on the bundle's {engine.bundle_format.upper()} ({engine.title} engine "
-                   f"numbers are checked on the device)")
+            backend, options = engine.checking()
+            pred = Predictor(str(info.artifact), backend=backend, **options)
+            how = (f"{backend} on the bundle's {engine.bundle_format.upper()} ({engine.title} engine numbers are "
+                   f"checked on the device)")
         else:
             pred = Predictor(str(bundle))
             how = f"{pred.backend} through Predictor(bundle)"

@@ -88,6 +88,7 @@ class Engine:
     bundle_check: Optional[Ref] = None   # (artifact, opset) -> problems, run on a bundle's artifact by deploy
     checked_with: Optional[str] = None   # the engine that runs its artifacts for accuracy checks on a build
     #                                      machine, which need not have this one (None: itself)
+    check_options: tuple[tuple[str, Any], ...] = ()  # that engine's runner options for those checks
     fold_preprocess: bool = False      # `--fold-preprocess` (uint8 crops into the graph) is available
     int8: Optional[Int8Form] = None
     target: Optional[TargetSection] = None
@@ -103,6 +104,10 @@ class Engine:
     def runner_class(self):
         """The Backend subclass (imports the runner module; its engine package is imported when it loads)."""
         return resolve(self.runner)
+
+    def checking(self) -> tuple[str, dict]:
+        """(engine, runner options) that check this engine's artifacts on a build machine."""
+        return (self.checked_with or self.name), dict(self.check_options)
 
     def spec_of(self, artifact: str | Path):
         return resolve(self.read_spec)(artifact)

@@ -22,13 +22,18 @@ BLUR_BUDGET = 0.01      # allowed rise of blur MAE over FP32
 
 def checking_engine(engine_name: str) -> str:
     """The engine that runs an engine's artifacts for accuracy checks here (TensorRT's Q/DQ ONNX: onnxruntime)."""
-    engine = registry.get(engine_name)
-    return engine.checked_with or engine.name
+    return registry.get(engine_name).checking()[0]
 
 
-def artifact_runner(path, backend: str, threads: int | None = None) -> Runner:
+def artifact_runner(path, backend: str, threads: int | None = None, **options) -> Runner:
     """A runner over an artifact, through the Predictor (close it with ``runner.__self__.close()``)."""
-    return Predictor(str(path), backend=backend, threads=threads).blur_and_pose
+    return Predictor(str(path), backend=backend, threads=threads, **options).blur_and_pose
+
+
+def check_runner(path, engine_name: str) -> Runner:
+    """A runner over an engine's artifact as the registry says to check it on this machine."""
+    backend, options = registry.get(engine_name).checking()
+    return artifact_runner(path, backend, **options)
 
 
 def load_eval_sets(folder, spec: ModelSpec, split: str = "val", per_set: int | None = None, seed: int = 0,

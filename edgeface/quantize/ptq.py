@@ -29,7 +29,7 @@ from .calibrate.dataset import check_calibration_folder, load_calibration_set
 from .calibrate.policy import make_plan
 from .calibrate.stats import load_or_collect
 from .emit import Fp32Artifacts, emit_int8, int8_artifact
-from .guard import (BLUR_BUDGET, accuracy_table, artifact_runner, checking_engine, deviation, drop, evaluate_runner,
+from .guard import (BLUR_BUDGET, accuracy_table, artifact_runner, check_runner, deviation, drop, evaluate_runner,
                     load_eval_sets)
 
 DEFAULT_METHOD = "minmax"
@@ -159,7 +159,7 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
                 def build(extra_float: set):
                     shutil.rmtree(scratch, ignore_errors=True)
                     emit_int8(b, sources, plan.with_float_nodes(extra_float), scratch, ort_format)
-                    return artifact_runner(scratch / int8_artifact(b), checking_engine(b))
+                    return check_runner(scratch / int8_artifact(b), b)
                 return build
 
             quantizable = [n.name for n in onnx_model.graph.node
@@ -192,7 +192,7 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
                 info = emit_int8(b, sources, plan.with_float_nodes(extra), staging, ort_format)
                 info["extra_float_layers"] = extra
                 report["artifacts"][b] = info
-                runners[b] = artifact_runner(staging / int8_artifact(b), checking_engine(b))
+                runners[b] = check_runner(staging / int8_artifact(b), b)
             for b, r in runners.items():
                 report["artifacts"][b]["vs_fp32_on_calib"] = deviation(r, reference, calib_set.crops)
             if eval_sets:

@@ -25,10 +25,14 @@ class OnnxRuntimeBackend(Backend):
     """Options: ``providers`` (list, overrides the preference), ``allow_spinning`` (bool; worker threads
     busy-wait between runs — lowest latency, burns CPU; default ORT's), ``optimized_model_path``,
     ``fold_preprocess`` (bool, default True: uint8 crops in, normalised inside the session; see the module
-    docstring)."""
+    docstring), ``simulate_qdq`` (bool, default off: run a Q/DQ graph's QuantizeLinear / DequantizeLinear
+    nodes as written, around float operators, instead of fusing them into onnxruntime's int8 kernels. That
+    is the quantized graph's exact arithmetic, which is what checking another engine's INT8 form here
+    needs: on x86 CPUs without VNNI those int8 kernels saturate intermediate sums, and S8S8 graphs deviate
+    about twice as far from FP32 as the graph itself does)."""
 
     name = "onnxruntime"
-    OPTIONS = frozenset({"providers", "allow_spinning", "optimized_model_path", "fold_preprocess"})
+    OPTIONS = frozenset({"providers", "allow_spinning", "optimized_model_path", "fold_preprocess", "simulate_qdq"})
 
     def _load_impl(self) -> None:
         import onnxruntime as ort
@@ -54,6 +58,8 @@ class OnnxRuntimeBackend(Backend):
         spinning = self.options.get("allow_spinning")
         if spinning is not None:
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        if self.options.get("simulate_qdq"):
+            so.add_session_config_entry("session.disable_quant_qdq", "1")
         if self.options.get("optimized_model_path"):
             so.optimized_model_filepath = str(self.options["optimized_model_path"])
         so.log_severity_level = 3  # warnings about unused initialisers etc. are noise for users
@@ -99,7 +105,8 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         return {"version": ort.__version__, "providers": getattr(self, "_providers", None),
-                "preprocess_folded_at_load": getattr(self, "folded_at_load", False)}
+                "preprocess_folded_at_load": getattr(self, "folded_at_load", False),
+                "simulate_qdq": bool(self.options.get("simulate_qdq", False))}
 
     def _close_impl(self) -> None:
         self._sess = None

@@ -53,7 +53,10 @@ ENGINE = Engine(
     # builds the engine (`edgeface build`, or the first Predictor call).
     bundle_format="onnx",
     bundle_check="edgeface.engines.tensorrt.preflight:check_onnx_for_tensorrt",
+    # Checked on a build machine by onnxruntime running the Q/DQ graph as written (its exact arithmetic, as
+    # TensorRT's int8 kernels compute it), not through ORT's own x86 int8 kernels.
     checked_with="onnxruntime",
+    check_options=(("simulate_qdq", True),),
     fold_preprocess=True,
     # S8S8 symmetric Q/DQ (zero points 0), float bias; calib.cache for the implicit-INT8 build path
     int8=Int8Form(emitter="edgeface.quantize.emit.onnx:tensorrt_int8", artifact="model.onnx",

@@ -27,7 +27,7 @@ from ...core.errors import EdgefaceError
 from ...core.io import atomic_path, atomic_write_json
 from ...engines import registry
 from ..emit import int8_artifact
-from ..guard import artifact_runner, checking_engine
+from ..guard import check_runner
 from .convert import convert_qdq
 from .export import export_qdq_onnx, quant_metadata
 from .graph import float_state_dict, freeze_activation_observers, observers_paused, prepare_qat_model
@@ -182,7 +182,7 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
         t0 = time.perf_counter()
         final = {}
         for b in artifacts:
-            runner = artifact_runner(staging / int8_artifact(b), checking_engine(b))
+            runner = check_runner(staging / int8_artifact(b), b)
             final[b] = {name: evaluate_samples(runner, s, spec, blur=True, seed=0) for name, s in val_sets.items() if s}
             runner.__self__.close()  # the Predictor behind the runner
         timings["final_eval_s"] = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""ONNX and ncnn export: structure, ModelSpec round trip, atomic writes, the formats table and the CLI."""
+"""ONNX and ncnn export: structure, ModelSpec round trip, atomic writes, formats from the engine registry, the CLI."""
 from __future__ import annotations
 
 import json

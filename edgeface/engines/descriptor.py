@@ -74,7 +74,7 @@ class Engine:
     package: str                       # the Python package it needs (import name)
     extra: str                         # pip install 'edgeface[extra]' installs it
     format: str                        # `edgeface export --format` name of its native artifact
-    suffix: str                        # how its native artifact is recognised ("model.ncnn.param")
+    suffix: str                        # how its native artifact's name ends (".ncnn.param")
     artifact: str                      # the native artifact's file name in export folders and bundles
     runner: Ref                        # the Backend subclass
     read_spec: Ref                     # artifact path -> ModelSpec (needs no inference engine)
@@ -113,10 +113,6 @@ class Engine:
         return resolve(self.read_spec)(artifact)
 
     # -- files -----------------------------------------------------------------------------------------------
-    def matches(self, path: str | Path) -> bool:
-        name = Path(path).name
-        return any(name.endswith(s) for s in (self.suffix, *self.legacy_suffixes))
-
     def stem(self, path: str | Path) -> str:
         name = Path(path).name
         for s in (self.suffix, *self.legacy_suffixes):

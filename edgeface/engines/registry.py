@@ -51,12 +51,10 @@ def get_backend_class(name: str):
         raise MissingBackendError(f"backend {name!r} needs the {engine.package!r} package: "
                                   f"pip install 'edgeface[{engine.extra}]'")
     try:
-        cls = engine.runner_class()
-        importlib.import_module(engine.package)
-    except ImportError as e:  # the package is there but broken (e.g. tensorrt without libnvinfer)
+        return engine.runner_class()  # the runner imports its engine's package when it loads
+    except ImportError as e:
         raise MissingBackendError(f"backend {name!r} failed to import ({e}); reinstall with "
                                   f"pip install 'edgeface[{engine.extra}]'") from None
-    return cls
 
 
 def available_backends() -> dict[str, str]:

@@ -63,14 +63,14 @@ def _inputs(n_per_set: int = 8):
     """Real val faces when ../shared/data is present (what matters), else the deterministic synthetic set."""
     import numpy as np
 
-    from edgeface.deploy import _synthetic_faces, default_verify_data
-    from edgeface.spec import ModelSpec
+    from edgeface.deploy.verify import default_verify_data, synthetic_faces
+    from edgeface.core.spec import ModelSpec
 
     data = default_verify_data()
     if data is None:
-        return _synthetic_faces(ModelSpec(), 32), "synthetic images (no ../shared/data)"
-    from edgeface.data import find_sets, load_samples
-    from edgeface.evaluate import load_crops
+        return synthetic_faces(ModelSpec(), 32), "synthetic images (no ../shared/data)"
+    from edgeface.model.data import find_sets, load_samples
+    from edgeface.model.evaluate import load_crops
 
     samples = []
     for folder in find_sets(data):

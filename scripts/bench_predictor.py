@@ -76,8 +76,8 @@ def main() -> int:
     import onnxruntime as ort
 
     from edgeface.export import export_ncnn, export_onnx
-    from edgeface.predictor import Predictor
-    from edgeface.preprocess import to_input
+    from edgeface.runtime.predictor import Predictor
+    from edgeface.core.preprocess import to_input
 
     ckpt = args.checkpoint or default_checkpoint()
     rng = np.random.default_rng(0)

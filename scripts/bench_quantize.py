@@ -48,7 +48,7 @@ def ort_throughput(paths: dict, threads: int, batch: int = 64, rounds: int = 7, 
 
 
 def ncnn_latency(params: dict, threads: int = 1, n: int = 300) -> dict:
-    from edgeface.predictor import Predictor
+    from edgeface.runtime.predictor import Predictor
 
     crop = np.random.default_rng(0).integers(0, 255, (1, 112, 112, 3), dtype=np.uint8)
     preds = {k: Predictor(str(p), backend="ncnn", threads=threads) for k, p in params.items()}
@@ -84,9 +84,9 @@ def main():
         calib.mkdir()
         import cv2
 
-        from edgeface.data import load_samples
-        from edgeface.evaluate import load_crops
-        from edgeface.spec import ModelSpec
+        from edgeface.model.data import load_samples
+        from edgeface.model.evaluate import load_crops
+        from edgeface.core.spec import ModelSpec
 
         rng = np.random.default_rng(0)
         for name in ("pointing04", "qmul", "utkface", "celeba"):
@@ -109,20 +109,21 @@ def main():
                    for b in rep["artifacts"]}}
         first = reports[args.methods.split(",")[0]]
         out = Path(first["out"])
-        from edgeface.calibration.emit_onnx import emit_onnxruntime
+        from edgeface.quantize.emit.onnx import emit_onnxruntime
         from edgeface.export import export_ncnn, export_onnx
 
         fp32 = export_onnx(args.model, td / "fp32" / "model.onnx")
         import onnx
 
-        from edgeface.calibration.policy import make_plan
-        from edgeface.calibration.stats import load_stats
+        from edgeface.quantize.calibrate.policy import make_plan
+        from edgeface.quantize.calibrate.stats import load_stats
 
         st = load_stats(first["calibration"]["stats_cache"])
         plan = make_plan(onnx.load(str(fp32)), st, first["method"])
         qop = emit_onnxruntime(fp32, td / "qop" / "model.onnx", plan.ranges_asym, plan.float_nodes, fmt="qoperator")
-        paths = {"fp32": fp32, "int8_u8s8_qdq": out / "onnxruntime" / "model.onnx", "int8_u8s8_qoperator": qop,
-                 "int8_s8s8_qdq_tensorrt_form": out / "tensorrt" / "model.onnx"}
+        written = {b: out / a["artifact"] for b, a in first["artifacts"].items()}  # where quantize put each form
+        paths = {"fp32": fp32, "int8_u8s8_qdq": written["onnxruntime"], "int8_u8s8_qoperator": qop,
+                 "int8_s8s8_qdq_tensorrt_form": written["tensorrt"]}
         speed = {}
         for threads in (1, 2):
             ips = ort_throughput(paths, threads)
@@ -130,12 +131,12 @@ def main():
                                            "speedup_vs_fp32": {k: v / ips["fp32"] for k, v in ips.items()}}
         result["ort_x86_batch64"] = speed
         ncnn32 = export_ncnn(args.model, td / "ncnn32" / "model.ncnn.param")
-        lat = ncnn_latency({"fp32": ncnn32, "int8": out / "ncnn" / "model.ncnn.param"})
+        lat = ncnn_latency({"fp32": ncnn32, "int8": written["ncnn"]})
         result["ncnn_x86_batch1_1thread_ms"] = lat | {"int8_speedup": lat["fp32"] / lat["int8"]}
         result["sizes_mb"] = {"onnx_fp32": fp32.stat().st_size / 1e6,
                               "onnx_int8_u8s8": paths["int8_u8s8_qdq"].stat().st_size / 1e6,
                               "ncnn_fp32_bin": ncnn32.with_suffix(".bin").stat().st_size / 1e6,
-                              "ncnn_int8_bin": (out / "ncnn" / "model.ncnn.bin").stat().st_size / 1e6}
+                              "ncnn_int8_bin": written["ncnn"].with_suffix(".bin").stat().st_size / 1e6}
     json.dump(result, sys.stdout, indent=2, default=float)
     print()
 

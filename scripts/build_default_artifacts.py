@@ -17,11 +17,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgeface.core.artifact import shipped_artifact  # noqa: E402
+from edgeface.engines import registry  # noqa: E402
+
+# The shipped default model and its torch-free exports, named as the engine registry names their artifacts.
+DEFAULT_PT, DEFAULT_ONNX, DEFAULT_NCNN = (shipped_artifact(registry.by_format(f).suffix) for f in ("torch", "onnx", "ncnn"))
+
 
 def main() -> int:
-    from edgeface.errors import EdgefaceError
+    from edgeface.core.errors import EdgefaceError
     from edgeface.export import export_ncnn, export_onnx
-    from edgeface.predictor import DEFAULT_NCNN, DEFAULT_ONNX, DEFAULT_PT
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_PT, help="source checkpoint (default: %(default)s)")
@@ -42,7 +47,7 @@ def verify(checkpoint: Path) -> dict:
     must not be shipped."""
     import numpy as np
 
-    from edgeface.predictor import DEFAULT_NCNN, DEFAULT_ONNX, Predictor
+    from edgeface.runtime.predictor import Predictor
 
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (8, 112, 112, 3), dtype=np.uint8)
@@ -55,7 +60,7 @@ def verify(checkpoint: Path) -> dict:
         d = {"blur_max_abs": float(np.abs(q.blur - r.blur).max()),
              "pose_max_abs": float(np.abs(q.pose - r.pose).max())}
         if d["blur_max_abs"] > 1e-3 or d["pose_max_abs"] > 0.05:
-            from edgeface.errors import EdgefaceError
+            from edgeface.core.errors import EdgefaceError
 
             raise EdgefaceError(f"{path.name} disagrees with the checkpoint ({d}); not shipping it")
         out[path.name] = d

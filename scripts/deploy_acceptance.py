@@ -31,8 +31,9 @@ def main() -> int:
     from rich.console import Console
 
     from edgeface import Predictor
-    from edgeface.bundle import ANY_DEVICE, open_bundle
-    from edgeface.deploy import _synthetic_faces, deploy
+    from edgeface.deploy import deploy
+    from edgeface.deploy.verify import synthetic_faces
+    from edgeface.runtime.bundle import ANY_DEVICE, open_bundle
 
     console = Console(stderr=True)
     rows = []
@@ -52,7 +53,7 @@ def main() -> int:
                    "blur_spearman_ref": v["reference"]["blur_spearman"], "blur_spearman_bundle": v["bundle"]["blur_spearman"],
                    "passed": v["passed"], "runtime": v["runtime"]}
             if res.backend == "tensorrt":
-                from edgeface.tensorrt_build import check_onnx_for_tensorrt
+                from edgeface.engines.tensorrt.preflight import check_onnx_for_tensorrt
 
                 info = open_bundle(res.bundle, device=ANY_DEVICE)
                 row["tensorrt_onnx_problems"] = check_onnx_for_tensorrt(info.artifact)
@@ -61,7 +62,7 @@ def main() -> int:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     with Predictor(str(res.bundle)) as p:
-                        n = len(p.predict(_synthetic_faces(p.spec, 4)))
+                        n = len(p.predict(synthetic_faces(p.spec, 4)))
                 row["runs_here"] = f"Predictor(bundle) ok ({n} crops)"
             rows.append(row)
     text = json.dumps(rows, indent=2)

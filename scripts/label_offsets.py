@@ -30,10 +30,10 @@ ANGLES = ("yaw", "pitch")
 
 
 def main() -> int:
-    from edgeface.data import PERSON_OFFSET_MAX_YAW, read_labels_csv, teacher_label_offsets
-    from edgeface.errors import EdgefaceError
-    from edgeface.evaluate import load_crops, run_batched
-    from edgeface.runners import make_runner
+    from edgeface.core.errors import EdgefaceError
+    from edgeface.model.data import PERSON_OFFSET_MAX_YAW, read_labels_csv, teacher_label_offsets
+    from edgeface.model.evaluate import load_crops, run_batched
+    from edgeface.runtime.predictor import open_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -42,7 +42,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     try:
-        runner, spec, _ = make_runner(args.model, "auto")
+        predictor, _ = open_model(args.model, "auto")
+        runner, spec = predictor.blur_and_pose, predictor.spec
         out: dict = {"max_yaw": PERSON_OFFSET_MAX_YAW, "sets": {}}
         for name in args.sets.split(","):
             folder = args.data / name

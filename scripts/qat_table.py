@@ -3,7 +3,7 @@
     python3 scripts/qat_table.py --qat runs/qat_mbv2_025 [--model edgeface/weights/default.pt]
                                  [--data ../shared/data] [--methods minmax,percentile,entropy,mse]
 
-Every artifact goes through the Predictor (what users load) and edgeface.calibration.guard.accuracy_table
+Every artifact goes through the Predictor (what users load) and edgeface.quantize.guard.accuracy_table
 against the same FP32 ONNX reference: pose mean MAE (mean of the per-set yaw/pitch/roll means) and blur MAE
 on the deterministic synthetic blur. PTQ calibrates on 300 train-split crops (never the scored val images)
 with each method; "best" = the lowest pose mean MAE (blur MAE breaks ties) per artifact.
@@ -22,16 +22,22 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 POSE_TOL, BLUR_TOL = 0.2, 0.005
-ARTIFACTS = {"tensorrt": ("tensorrt/model.onnx", "onnxruntime"), "onnxruntime": ("onnxruntime/model.onnx", "onnxruntime"),
-             "ncnn": ("ncnn/model.ncnn.param", "ncnn")}
+
+
+def int8_artifacts() -> dict[str, str]:
+    """engine -> its INT8 artifact in a quantize / QAT output folder."""
+    from edgeface.engines import registry
+    from edgeface.quantize.emit import int8_artifact
+
+    return {e.name: int8_artifact(e.name) for e in registry.with_int8()}
 
 
 def calibration_folder(data: Path, dst: Path, num: int) -> Path:
     import cv2
 
-    from edgeface.data import load_samples
-    from edgeface.evaluate import load_crops
-    from edgeface.spec import ModelSpec
+    from edgeface.model.data import load_samples
+    from edgeface.model.evaluate import load_crops
+    from edgeface.core.spec import ModelSpec
 
     dst.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -60,11 +66,11 @@ def main():
     ap.add_argument("--ptq-only", action="store_true", help="only write the PTQ artifacts into --ptq-dir")
     args = ap.parse_args()
 
-    from edgeface.calibration.guard import accuracy_table, artifact_runner, load_eval_sets
-    from edgeface.checkpoint import read_checkpoint
+    from edgeface.quantize.guard import accuracy_table, artifact_runner, check_runner, load_eval_sets
+    from edgeface.engines.torch.checkpoint import read_checkpoint
     from edgeface.export import export_onnx
     from edgeface.quantize import quantize
-    from edgeface.spec import ModelSpec
+    from edgeface.core.spec import ModelSpec
 
     qat_dir = Path(args.qat)
     qat_meta = read_checkpoint(qat_dir / "model.pt")["meta"] if not args.ptq_only else {}
@@ -91,15 +97,15 @@ def main():
         fp32 = export_onnx(model, td / "fp32" / "model.onnx")
         eval_sets = load_eval_sets(data, spec, per_set=args.eval_per_set)
         runners = {}
-        for art, (rel, backend) in ARTIFACTS.items():
+        for art, rel in int8_artifacts().items():  # each checked as the registry says (TensorRT's in ORT)
             if (qat_dir / rel).exists():
-                runners[f"qat/{art}"] = artifact_runner(qat_dir / rel, backend)
+                runners[f"qat/{art}"] = check_runner(qat_dir / rel, art)
             for method, folder in ptq.items():
-                runners[f"ptq-{method}/{art}"] = artifact_runner(folder / rel, backend)
+                runners[f"ptq-{method}/{art}"] = check_runner(folder / rel, art)
         table = accuracy_table(runners, artifact_runner(fp32, "onnxruntime"), eval_sets)
     fp = table["fp32"]
     rows, ok_all = {}, True
-    for art in ARTIFACTS:
+    for art in int8_artifacts():
         if f"qat/{art}" not in table:
             continue
         cands = {m: table[f"ptq-{m}/{art}"] for m in ptq}

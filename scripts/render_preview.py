@@ -18,9 +18,9 @@ sys.path.insert(0, str(REPO))
 
 
 def main() -> int:
-    from edgeface.errors import EdgefaceError
-    from edgeface.render_bank import VAL_CONFIG, build_bank, preview
-    from edgeface.spec import ModelSpec
+    from edgeface.core.errors import EdgefaceError
+    from edgeface.model.render_bank import VAL_CONFIG, build_bank, preview
+    from edgeface.core.spec import ModelSpec
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")

@@ -34,7 +34,7 @@ def shared_data() -> Path:
 def checkpoint(tmp_path_factory) -> Path:
     """The shipped default weights when present, else a random-weights checkpoint (parity work needs no
     training)."""
-    from edgeface.checkpoint import DEFAULT_WEIGHTS
+    from edgeface.engines.torch.checkpoint import DEFAULT_WEIGHTS
 
     if DEFAULT_WEIGHTS.is_file():
         return DEFAULT_WEIGHTS
@@ -44,9 +44,9 @@ def checkpoint(tmp_path_factory) -> Path:
 def random_checkpoint(path: Path, width: float = 0.25, seed: int = 0) -> Path:
     import torch
 
-    from edgeface.checkpoint import save_checkpoint
-    from edgeface.model import build_model
-    from edgeface.spec import ModelSpec
+    from edgeface.engines.torch.checkpoint import save_checkpoint
+    from edgeface.engines.torch.network import build_model
+    from edgeface.core.spec import ModelSpec
 
     torch.manual_seed(seed)
     spec = ModelSpec(width=width)
@@ -79,9 +79,9 @@ def arts(ckpt) -> dict:
 @pytest.fixture(scope="session")
 def face_crops(shared_data) -> np.ndarray:
     """32 real 112x112 BGR face crops from the val splits (cropped by the shared crop rule)."""
-    from edgeface.data import load_samples
-    from edgeface.evaluate import load_crops
-    from edgeface.spec import ModelSpec
+    from edgeface.model.data import load_samples
+    from edgeface.model.evaluate import load_crops
+    from edgeface.core.spec import ModelSpec
 
     samples = []
     for name in ("pointing04", "qmul", "utkface", "celeba"):

@@ -28,7 +28,7 @@ def torch_reference(checkpoint: str, crops_key: bytes, crops_shape: tuple) -> tu
     """(blur (N,), pose (N, 3)) from the torch reference for a crop batch (cached by content)."""
     import numpy as np
 
-    from edgeface.predictor import Predictor
+    from edgeface.runtime.predictor import Predictor
 
     crops = np.frombuffer(crops_key, dtype=np.uint8).reshape(crops_shape)
     with Predictor(checkpoint, backend="torch") as p:
@@ -49,7 +49,7 @@ def parity_checkpoint(checkpoint: str) -> str:
     would make any parity test pass trivially; here BN statistics are measured on generated images and the
     heads get weights scaled so outputs span tens of degrees and a good part of the blur range.
     """
-    from edgeface.checkpoint import DEFAULT_WEIGHTS
+    from edgeface.engines.torch.checkpoint import DEFAULT_WEIGHTS
 
     if Path(checkpoint).resolve() == DEFAULT_WEIGHTS.resolve():
         return checkpoint
@@ -57,9 +57,9 @@ def parity_checkpoint(checkpoint: str) -> str:
 
     import torch
 
-    from edgeface.checkpoint import save_checkpoint
-    from edgeface.model import build_model
-    from edgeface.spec import ModelSpec
+    from edgeface.engines.torch.checkpoint import save_checkpoint
+    from edgeface.engines.torch.network import build_model
+    from edgeface.core.spec import ModelSpec
 
     torch.manual_seed(0)
     spec = ModelSpec()

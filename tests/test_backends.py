@@ -11,12 +11,12 @@ import importlib.util
 import numpy as np
 import pytest
 
-from edgeface.backends import REGISTRY, available_backends, get_backend_class
-from edgeface.backends.base import FLOAT_NCHW, UINT8_NHWC
-from edgeface.errors import EdgefaceError, MissingBackendError
-from edgeface.export import load_onnx
-from edgeface.predictor import Predictor
-from edgeface.spec import ModelSpec
+from edgeface.engines.registry import REGISTRY, available_backends, get_backend_class
+from edgeface.core.spec import FLOAT_NCHW, UINT8_NHWC
+from edgeface.core.errors import EdgefaceError, MissingBackendError
+from edgeface.core.artifact import load_onnx
+from edgeface.runtime.predictor import Predictor
+from edgeface.core.spec import ModelSpec
 from export_cache import reference
 
 BOUNDS = {"fp32": (0.05, 1e-3), "fp16": (0.5, 0.01)}
@@ -83,13 +83,13 @@ def test_reference_is_not_trivial(ckpt, synthetic_crops):
 def test_lifecycle_is_lazy_and_closes(arts):
     spec = ModelSpec()
     b = get_backend_class("onnxruntime")(arts["onnx"], spec, threads=1, fold_preprocess=False)
-    assert b._loaded is False  # construction loads nothing
+    assert b.loaded is False  # construction loads nothing
     with b:
         out = b.run(np.zeros((2, 3, 112, 112), np.float32))
         assert out["blur"].shape == (2, 1) and out["pose"].shape == (2, 3)
         assert out["blur"].dtype == np.float32
         assert b.info()["providers"] == ["CPUExecutionProvider"]
-    assert b._loaded is False
+    assert b.loaded is False
 
 
 def test_onnxruntime_session_options(arts):
@@ -103,6 +103,16 @@ def test_onnxruntime_session_options(arts):
         if "CUDAExecutionProvider" in ort.get_available_providers():
             pytest.skip("CUDA is available here")
         Predictor(arts["onnx"], backend="onnxruntime", providers=["CUDAExecutionProvider"])
+
+
+def test_onnxruntime_can_run_qdq_as_written(arts):
+    """simulate_qdq: Q/DQ nodes run as written (the graph's exact arithmetic), how another engine's INT8 form is
+    checked here; ORT's x86 int8 kernels saturate on CPUs without VNNI."""
+    with Predictor(arts["onnx"], backend="onnxruntime", simulate_qdq=True) as p:
+        so = p.backend_session.session.get_session_options()
+        assert so.get_session_config_entry("session.disable_quant_qdq") == "1" and p.info()["simulate_qdq"] is True
+    with Predictor(arts["onnx"], backend="onnxruntime") as p:
+        assert p.info()["simulate_qdq"] is False
 
 
 def test_input_kinds(arts):
@@ -135,7 +145,7 @@ def test_backend_rejects_wrong_input(arts, key, backend, options):
 
 
 def test_ncnn_fp16_policy():
-    from edgeface.backends.ncnn_backend import cpu_has_fp16, fp16_in_cpuinfo
+    from edgeface.engines.ncnn.runner import cpu_has_fp16, fp16_in_cpuinfo
 
     pi5 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm"
     pi4 = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU part\t: 0xd08"
@@ -149,7 +159,7 @@ def test_ncnn_fp16_policy():
 
 
 def test_ncnn_defaults_and_info(arts):
-    from edgeface.backends.ncnn_backend import cpu_has_fp16
+    from edgeface.engines.ncnn.runner import cpu_has_fp16
 
     with Predictor(arts["ncnn_fp32"], threads=1) as p:
         info = p.info()
@@ -188,7 +198,7 @@ def test_corrupt_artifacts_fail_cleanly(arts, tmp_path):
 
 
 def test_missing_backend_names_extra(monkeypatch):
-    import edgeface.backends as reg
+    import edgeface.engines.registry as reg
 
     monkeypatch.setattr(reg, "is_installed", lambda name: name != "ncnn")
     with pytest.raises(MissingBackendError, match=r"edgeface\[ncnn\]"):
@@ -206,8 +216,8 @@ def test_tensorrt_backend_skips_without_tensorrt():
 def test_torch_backend_matches_model(ckpt, synthetic_crops):
     import torch
 
-    from edgeface.checkpoint import load_model
-    from edgeface.preprocess import to_input
+    from edgeface.engines.torch.checkpoint import load_model
+    from edgeface.core.preprocess import to_input
 
     model, spec, _ = load_model(ckpt)
     with torch.no_grad():

@@ -45,7 +45,7 @@ def test_latency_stats_match_an_independent_implementation():
 
 
 def test_timing_agrees_with_independent_perf_counter_on_a_real_artifact(onnx_model, synthetic_crops):
-    from edgeface.predictor import Predictor
+    from edgeface.runtime.predictor import Predictor
 
     inner: list[int] = []
     with Predictor(onnx_model, backend="onnxruntime", threads=1) as p:
@@ -128,12 +128,14 @@ def test_bench_accuracy_on_labelled_data(onnx_model, shared_data, tmp_path):
     row = json.loads((tmp_path / "b.json").read_text())[0]
     assert set(row["accuracy"]) == set(ACCURACY_KEYS) and row["accuracy"]["n"] == 24
     # the same numbers edgeface.evaluate gives for the same faces and model
-    from edgeface.data import load_samples
-    from edgeface.evaluate import evaluate_samples
-    from edgeface.runners import make_runner
+    from edgeface.model.data import load_samples
+    from edgeface.model.evaluate import evaluate_samples
+    from edgeface.runtime.predictor import open_model
 
-    runner, spec, _ = make_runner(str(onnx_model), "onnxruntime")
-    want = evaluate_samples(runner, load_samples(shared_data / "pointing04", split="val")[:24], spec)
+    pred, _ = open_model(str(onnx_model), "onnxruntime")
+    with pred:
+        want = evaluate_samples(pred.blur_and_pose, load_samples(shared_data / "pointing04", split="val")[:24],
+                                pred.spec)
     for k in ("yaw_mae", "pitch_mae", "mean_mae", "blur_mae"):
         assert row["accuracy"][k] == pytest.approx(want[k], rel=1e-5), k
     assert "too short" in r.stderr or "timed calls" in r.stderr  # 20 calls: the bench says it is too few
@@ -157,3 +159,31 @@ def test_bench_bad_input_is_one_line(onnx_model, tmp_path, args, message):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_reference_runs_on_the_benchmarked_backend(monkeypatch, tmp_path, onnx_model, checkpoint):
+    """Defect: the reference's worker ignored --backend. It now runs on the benchmarked engine when that engine
+    runs the reference's format, and on the reference's own engine otherwise (a checkpoint runs in torch)."""
+    from edgeface.bench import runner
+
+    loads = []
+
+    class RecordingWorker:
+        def __init__(self, label):
+            pass
+
+        def call(self, cmd, **kw):
+            if cmd == "load":
+                loads.append(kw["backend"])
+            if cmd == "outputs":
+                np.savez(kw["out"], blur=np.zeros(1), pose=np.zeros((1, 3)))
+            return {}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(runner, "Worker", RecordingWorker)
+    for reference, backend in ((onnx_model, "tensorrt"), (onnx_model, "onnxruntime"), (checkpoint, "ncnn"),
+                               (onnx_model, "auto")):
+        runner.reference_outputs(str(reference), backend, tmp_path / "inputs.npz", tmp_path)
+    assert loads == ["tensorrt", "onnxruntime", "auto", "auto"]

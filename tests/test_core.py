@@ -7,11 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeface.blur import apply_blur, blur_label, degrade, sharpness, sigma_for_label
-from edgeface.errors import EdgefaceError
-from edgeface.pose import flip_pose, rotate_pose
-from edgeface.preprocess import crop_face, crop_matrix, to_input
-from edgeface.spec import ModelSpec
+from edgeface.model.blur import apply_blur, blur_label, degrade, sharpness, sigma_for_label
+from edgeface.core.errors import EdgefaceError
+from edgeface.model.pose import flip_pose, rotate_pose
+from edgeface.core.preprocess import crop_face, crop_matrix, to_input
+from edgeface.core.spec import ModelSpec
 
 
 def test_spec_roundtrip_and_bad_json():
@@ -84,7 +84,7 @@ def test_to_input_normalises_rgb():
 
 
 def test_model_size_matches_spec():
-    from edgeface.model import build_model, count_macs, count_params
+    from edgeface.engines.torch.network import build_model, count_macs, count_params
 
     m = build_model(ModelSpec())
     assert 0.2e6 < count_params(m) < 0.3e6
@@ -92,7 +92,7 @@ def test_model_size_matches_spec():
 
 
 def test_checkpoint_roundtrip_and_corrupt(tmp_path, checkpoint):
-    from edgeface.checkpoint import load_model
+    from edgeface.engines.torch.checkpoint import load_model
 
     model, spec, _ = load_model(checkpoint)
     assert spec.input_size == 112

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeface.data import find_sets, load_samples
-from edgeface.errors import EdgefaceError
+from edgeface.model.data import find_sets, load_samples
+from edgeface.core.errors import EdgefaceError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,6 +129,18 @@ def test_cli_bad_inputs(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("kind: train\ndata: {sets: [{name: x}]}\ntrain: {epohcs: 3}\n")
     assert_one_line_error(run_cli("train", "--recipe", recipe), "unknown field 'train.epohcs'")
+
+
+def test_write_json_leaves_no_file_when_the_report_cannot_be_written(tmp_path):
+    """Defect: --json wrote into a temporary file and left it behind when json.dump failed half way."""
+    from edgeface.cli.output import write_json
+
+    with pytest.raises(TypeError):
+        write_json(tmp_path / "report.json", {"fine": 1, "not json": object()})
+    assert list(tmp_path.iterdir()) == []
+    write_json(tmp_path / "report.json", {"score": np.float32(0.5), "path": Path("a/b"), "n": np.int64(3)})
+    assert json.loads((tmp_path / "report.json").read_text()) == {"score": 0.5, "path": "a/b", "n": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
 def test_info_prints_model_card():

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.bundle import (ANY_DEVICE, BUNDLE_VERSION, MANIFEST_NAME, check_target, open_bundle, read_manifest,
+from edgeface.runtime.bundle import (ANY_DEVICE, BUNDLE_VERSION, MANIFEST_NAME, check_target, open_bundle, read_manifest,
                              sha256_file, write_manifest)
-from edgeface.errors import EdgefaceError
+from edgeface.core.errors import EdgefaceError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,17 +60,18 @@ def bundles(tmp_path_factory, checkpoint):
 
 @pytest.fixture(scope="module")
 def reference(checkpoint):
-    from edgeface.runners import make_runner
+    from edgeface.runtime.predictor import open_model
 
-    runner, _, _ = make_runner(str(checkpoint))
-    return runner
+    pred, _ = open_model(str(checkpoint))
+    yield pred.blur_and_pose
+    pred.close()
 
 
 def _crops():
-    from edgeface.deploy import _synthetic_faces
-    from edgeface.spec import ModelSpec
+    from edgeface.core.spec import ModelSpec
+    from edgeface.deploy.verify import synthetic_faces
 
-    return _synthetic_faces(ModelSpec(), 12)
+    return synthetic_faces(ModelSpec(), 12)
 
 
 # -- what a bundle holds -------------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ def test_manifest_lists_every_file_with_its_hash(bundles, target, backend, artif
 
 
 def test_targets_are_data(tmp_path):
-    from edgeface.targets import list_targets, load_target
+    from edgeface.deploy.targets import list_targets, load_target
 
     assert {"x86", "rpi", "jetson"} <= set(list_targets())
     rpi = load_target("rpi")
@@ -111,6 +112,25 @@ def test_targets_are_data(tmp_path):
     bad.write_text((REPO / "recipes/targets/x86.yaml").read_text().replace("backend: onnxruntime", "backend: tflite"))
     with pytest.raises(EdgefaceError, match="'backend' is 'tflite'"):
         load_target(bad)
+
+
+def test_rpi_int8_setting_reaches_ncnn(arts, tmp_path):
+    """Defect: targets wrote the option `int8` while ncnn read `int8_arithmetic`, so the rpi target's INT8 setting
+    never reached ncnn (whose own default is on: only `int8_arithmetic: false` showed it)."""
+    from edgeface import Predictor
+    from edgeface.deploy.targets import backend_options, load_target
+
+    off = tmp_path / "rpi-no-int8.yaml"
+    off.write_text((REPO / "recipes/targets/rpi.yaml").read_text()
+                   .replace("name: rpi", "name: rpi-no-int8").replace("int8_arithmetic: true", "int8_arithmetic: false"))
+    for target, want in (("rpi", True), (off, False)):
+        options = backend_options(load_target(target), "int8")
+        with Predictor(arts["ncnn_fp32"], **options) as p:
+            assert p.backend_session._net.opt.use_int8_inference is want, target
+            assert p.info()["int8_arithmetic"] is want
+    # rpi int8 bundles deployed before the fix name it `int8` in their manifest: it is honoured too
+    with Predictor(arts["ncnn_fp32"], int8=False) as p:
+        assert p.backend_session._net.opt.use_int8_inference is False
 
 
 # -- running bundles here ---------------------------------------------------------------------------------------
@@ -134,7 +154,7 @@ def test_predictor_runs_the_bundle(bundles, reference, target):
 
 
 def test_jetson_bundle_up_to_the_engine_build(bundles):
-    from edgeface.tensorrt_build import check_onnx_for_tensorrt
+    from edgeface.engines.tensorrt.preflight import check_onnx_for_tensorrt
 
     res = bundles["jetson"]
     assert check_onnx_for_tensorrt(res.bundle / "model.onnx", max_opset=17) == []
@@ -249,7 +269,7 @@ def test_over_budget_is_refused_and_writes_nothing(checkpoint, tmp_path):
 
 
 def test_interrupted_deploy_leaves_the_old_bundle_whole(bundles, checkpoint, tmp_path):
-    from edgeface.deploy import clean_stale_partials
+    from edgeface.deploy.staging import clean_stale_partials
 
     out = tmp_path / "x86"
     shutil.copytree(bundles["x86"].bundle, out)
@@ -277,7 +297,7 @@ def test_interrupted_deploy_leaves_the_old_bundle_whole(bundles, checkpoint, tmp
 
 
 def test_force_replaces_atomically(bundles, tmp_path):
-    from edgeface.deploy import move_into_place
+    from edgeface.deploy.staging import move_into_place
 
     out = tmp_path / "rpi"
     shutil.copytree(bundles["rpi"].bundle, out)
@@ -290,7 +310,7 @@ def test_force_replaces_atomically(bundles, tmp_path):
 
 
 def test_write_manifest_refuses_links_and_missing_artifact(tmp_path):
-    from edgeface.spec import ModelSpec
+    from edgeface.core.spec import ModelSpec
 
     (tmp_path / "model.onnx").write_bytes(b"abc")
     with pytest.raises(EdgefaceError, match="model.ncnn.param is not in the bundle folder"):
@@ -310,7 +330,7 @@ def test_int8_bundle_with_calibration(shared_data, checkpoint, tmp_path, target)
     m = res.manifest
     assert m["precision"] == "int8" and m["calibration"]["images"] > 0 and m["accuracy"]["passed"]
     if target == "jetson":
-        from edgeface.tensorrt_build import check_onnx_for_tensorrt
+        from edgeface.engines.tensorrt.preflight import check_onnx_for_tensorrt
 
         assert m["calib_cache"] == "calib.cache" and (res.bundle / "calib.cache").is_file()
         assert check_onnx_for_tensorrt(res.bundle / "model.onnx") == []
@@ -331,8 +351,8 @@ from test_ssh import sshd  # noqa: E402,F401 - reuse the fixture: host key, clie
 @pytest.mark.ssh
 @pytest.mark.slow
 def test_deploy_to_host_over_ssh(bundles, sshd, tmp_path):  # noqa: F811
-    from edgeface.deploy import deploy_remote
-    from edgeface.targets import load_target
+    from edgeface.deploy.remote import deploy_remote
+    from edgeface.deploy.targets import load_target
 
     name = f"x86-remote-{os.getpid()}"
     bundle = tmp_path / name

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from edgeface import device as D
+from edgeface.core import device as D
 
 PI4_CPUINFO = """processor\t: 0
 BogoMIPS\t: 108.00
@@ -131,3 +131,20 @@ def test_device_info_here_is_honest():
     assert info["cpu_model"] == D.parse_cpuinfo(text)["cpu_model"]
     for key in ("governor", "temperature_c", "throttled", "board_model"):
         assert key in info  # present, None where this machine cannot tell
+
+
+def test_one_device_vocabulary(monkeypatch):
+    """Defect: the benchmark snapshot said "arm" where bundles and backend="auto" said "arm64" for the same
+    board. One classifier now names a machine for both."""
+    import platform
+
+    tegra = "# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64"
+    for machine, board, release, want in (("x86_64", None, None, "x86"), ("aarch64", None, None, "arm64"),
+                                          ("armv7l", None, None, "arm64"),
+                                          ("aarch64", "Raspberry Pi 5 Model B Rev 1.0", None, "rpi"),
+                                          ("aarch64", "NVIDIA Jetson Orin Nano Developer Kit", tegra, "jetson")):
+        assert D.classify(machine, board, release) == want
+    assert set(D.DEVICE_KINDS) == {"x86", "rpi", "jetson", "arm64"}
+    monkeypatch.delenv("EDGEFACE_DEVICE", raising=False)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # an ARM board the probes do not know
+    assert D.device_info(include_power=False)["kind"] == D.detect_device() == "arm64"

@@ -1,4 +1,4 @@
-"""ONNX and ncnn export: structure, ModelSpec round trip, atomic writes, the formats table and the CLI."""
+"""ONNX and ncnn export: structure, ModelSpec round trip, atomic writes, formats from the engine registry, the CLI."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,13 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeface.errors import EdgefaceError
-from edgeface.export import (INPUT_KIND_KEY, export_onnx, ncnn_paths, read_ncnn_spec, read_onnx_input_kind,
-                             read_onnx_spec, rename_ncnn_blobs)
-from edgeface.formats import FORMATS, export, format_of_artifact, get_format
-from edgeface.spec import SPEC_KEY
+from edgeface.core.errors import EdgefaceError
+from edgeface.core.artifact import (INPUT_KIND_KEY, ncnn_paths, read_ncnn_info, read_ncnn_spec, read_onnx_input_kind,
+                                    read_onnx_spec)
+from edgeface.engines import registry
+from edgeface.export import export, export_onnx
+from edgeface.export.ncnn import rename_ncnn_blobs
+from edgeface.core.spec import SPEC_KEY
 from export_cache import exported, parity_checkpoint
 
 # Operators TensorRT 8.6's ONNX parser supports that this network may use (a short, explicit list: a new op
@@ -28,7 +30,7 @@ def arts(checkpoint):
 
 
 def test_onnx_structure_and_spec(arts, checkpoint):
-    from edgeface.checkpoint import read_checkpoint
+    from edgeface.engines.torch.checkpoint import read_checkpoint
 
     checkpoint = parity_checkpoint(str(checkpoint))
     m = onnx.load(str(arts["onnx"]))
@@ -73,8 +75,8 @@ def test_folded_preprocess_graph(arts):
 def test_prepend_preprocess_both_orders_match_numpy(arts, synthetic_crops):
     import onnxruntime as ort
 
-    from edgeface.export import prepend_preprocess, read_onnx_spec
-    from edgeface.preprocess import to_input
+    from edgeface.core.fold import prepend_preprocess
+    from edgeface.core.preprocess import to_input
 
     spec = read_onnx_spec(arts["onnx"])
     ref = ort.InferenceSession(str(arts["onnx"]), providers=["CPUExecutionProvider"])
@@ -153,7 +155,7 @@ def test_ncnn_files_and_blob_names(arts):
         lines = [line.split() for line in text.splitlines()[2:]]
         blobs = {b for parts in lines for b in parts[4:4 + int(parts[2]) + int(parts[3])]}
         assert {"input", "blur", "pose"} <= blobs and not {"in0", "out0", "out1"} & blobs
-        spec, info = read_ncnn_spec(param)
+        spec, info = read_ncnn_spec(param), read_ncnn_info(param)
         assert info["precision"] == prec and info["blobs"] == {"input": "input", "blur": "blur", "pose": "pose"}
         assert spec.input_size == 112
     # fp16 weight storage halves the weights file (give or take headers).
@@ -176,17 +178,19 @@ def test_ncnn_spec_missing(tmp_path, arts):
         read_ncnn_spec(param)
 
 
-def test_formats_table():
-    for fmt in FORMATS.values():
-        assert fmt.backend in ("torch", "onnxruntime", "ncnn", "tensorrt")
-        assert format_of_artifact(f"x/{fmt.filename}") is fmt
-        if fmt.exporter:
-            assert callable(fmt.export_fn())
-    assert format_of_artifact("a/b.ncnn.param").name == "ncnn"
+def test_formats_come_from_the_registry():
+    from edgeface.engines.descriptor import resolve
+
+    for engine in registry.ENGINES:
+        assert registry.engine_of_artifact(f"x/{engine.artifact}") is engine
+        assert registry.by_format(engine.format) is engine
+        if engine.exporter:
+            assert callable(resolve(engine.exporter))
+    assert registry.engine_of_artifact("a/b.ncnn.param").format == "ncnn"
     with pytest.raises(EdgefaceError, match="unknown artifact type"):
-        format_of_artifact("model.tflite")
+        registry.engine_of_artifact("model.tflite")
     with pytest.raises(EdgefaceError, match="unknown format"):
-        get_format("coreml")
+        registry.by_format("coreml")
 
 
 def test_formats_export_validation(tmp_path, checkpoint):

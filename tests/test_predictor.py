@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeface.errors import EdgefaceError
-from edgeface.predictor import Predictor, Result
-from edgeface.preprocess import crop_face
+from edgeface.core.errors import EdgefaceError
+from edgeface.runtime.predictor import Predictor, Result
+from edgeface.core.artifact import ncnn_paths
+from edgeface.core.preprocess import crop_face
 from export_cache import reference
 
 
@@ -134,12 +135,25 @@ def test_foreign_and_broken_artifacts(arts, tmp_path):
         Predictor(tmp_path / "wrong_outputs.onnx")
 
 
-def test_default_model_choice_per_platform(arts, ckpt, monkeypatch):
-    import edgeface.predictor as pr
+def _shipped_weights(folder, arts, ckpt, which=("onnx", "ncnn", "pt")):
+    """A weights folder laid out as edgeface/weights is (default.onnx, default.ncnn.*, default.pt)."""
+    import shutil
 
-    monkeypatch.setattr(pr, "DEFAULT_ONNX", arts["onnx"])
-    monkeypatch.setattr(pr, "DEFAULT_NCNN", arts["ncnn_fp32"])
-    monkeypatch.setattr(pr, "DEFAULT_PT", __import__("pathlib").Path(ckpt))
+    folder.mkdir()
+    if "onnx" in which:
+        shutil.copy(arts["onnx"], folder / "default.onnx")
+    if "ncnn" in which:
+        for src, name in zip(ncnn_paths(arts["ncnn_fp32"]), ("default.ncnn.param", "default.ncnn.bin", "default.spec.json")):
+            shutil.copy(src, folder / name)
+    if "pt" in which:
+        shutil.copy(ckpt, folder / "default.pt")
+    return folder
+
+
+def test_default_model_choice_per_platform(arts, ckpt, monkeypatch, tmp_path):
+    import edgeface.runtime.predictor as pr
+
+    monkeypatch.setattr(pr, "WEIGHTS_DIR", _shipped_weights(tmp_path / "all", arts, ckpt))
     for device, backend in (("x86", "onnxruntime"), ("rpi", "ncnn"), ("arm64", "ncnn")):
         monkeypatch.setenv("EDGEFACE_DEVICE", device)
         with Predictor() as p:
@@ -147,17 +161,16 @@ def test_default_model_choice_per_platform(arts, ckpt, monkeypatch):
     monkeypatch.setenv("EDGEFACE_DEVICE", "x86")
     with Predictor(backend="torch") as p:
         assert p.backend == "torch"
-    monkeypatch.setattr(pr, "DEFAULT_ONNX", arts["onnx"].with_name("absent.onnx"))
-    monkeypatch.setattr(pr, "DEFAULT_NCNN", arts["onnx"].with_name("absent.ncnn.param"))
+    monkeypatch.setattr(pr, "WEIGHTS_DIR", _shipped_weights(tmp_path / "pt_only", arts, ckpt, which=("pt",)))
     with Predictor() as p:  # only the checkpoint is shipped: torch it is
         assert p.backend == "torch"
 
 
 def test_bundle_directory(arts, tmp_path):
-    bundle = pytest.importorskip("edgeface.bundle")
+    from edgeface.runtime import bundle
     import shutil
 
-    from edgeface.export import read_onnx_spec
+    from edgeface.core.artifact import read_onnx_spec
 
     d = tmp_path / "bundle"
     d.mkdir()

@@ -12,12 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeface.errors import EdgefaceError
-from edgeface.evaluate import pose_metrics
-from edgeface.pose import matrix_to_pose, pose_to_matrix
-from edgeface.profiling import profile_face, to_camera
-from edgeface.render_bank import BankConfig, build_bank, preview, read_mesh_file, read_sources
-from edgeface.spec import ModelSpec
+from edgeface.core.errors import EdgefaceError
+from edgeface.model.evaluate import pose_metrics
+from edgeface.model.pose import matrix_to_pose, pose_to_matrix
+from edgeface.model.profiling import profile_face, to_camera
+from edgeface.model.render_bank import BankConfig, build_bank, preview, read_mesh_file, read_sources
+from edgeface.core.spec import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -47,7 +47,7 @@ def start_weights(tmp_path_factory) -> Path:
 
 
 def test_shipped_recipe_validates_with_given_start(tmp_path, start_weights):
-    from edgeface.qat import load_qat_recipe
+    from edgeface.quantize.qat.recipe import load_qat_recipe
 
     r = load_qat_recipe(_recipe(tmp_path, start=str(start_weights)))
     assert r["quant"]["weights"] == "int8_per_channel_symmetric"
@@ -64,8 +64,8 @@ def test_shipped_recipe_validates_with_given_start(tmp_path, start_weights):
     ({"export.emit": ["openvino"]}, "field 'export.emit'"),
 ])
 def test_bad_fields_fail_in_one_line(tmp_path, start_weights, edits, needle):
-    from edgeface.errors import EdgefaceError
-    from edgeface.qat import load_qat_recipe
+    from edgeface.core.errors import EdgefaceError
+    from edgeface.quantize.qat.recipe import load_qat_recipe
 
     with pytest.raises(EdgefaceError) as e:
         load_qat_recipe(_recipe(tmp_path, start=str(start_weights), **edits))
@@ -73,8 +73,8 @@ def test_bad_fields_fail_in_one_line(tmp_path, start_weights, edits, needle):
 
 
 def test_missing_start_weights_fail_before_training(tmp_path):
-    from edgeface.errors import EdgefaceError
-    from edgeface.qat import load_qat_recipe
+    from edgeface.core.errors import EdgefaceError
+    from edgeface.quantize.qat.recipe import load_qat_recipe
 
     with pytest.raises(EdgefaceError, match=r"field 'start': checkpoint .*nope\.pt does not exist"):
         load_qat_recipe(_recipe(tmp_path, start=str(tmp_path / "nope.pt")))
@@ -99,10 +99,10 @@ def test_quantizer_annotates_every_conv_and_leaves_heads_float():
     import torch
     from torchao.quantization.pt2e import FakeQuantizeBase
 
-    from edgeface.model import build_model
-    from edgeface.qat import prepare_qat_model
-    from edgeface.quantizer import Int8Scheme
-    from edgeface.spec import ModelSpec
+    from edgeface.engines.torch.network import build_model
+    from edgeface.quantize.qat.graph import prepare_qat_model
+    from edgeface.quantize.qat.quantizer import Int8Scheme
+    from edgeface.core.spec import ModelSpec
 
     spec = ModelSpec()
     prepared = prepare_qat_model(build_model(spec), spec, Int8Scheme())
@@ -129,7 +129,7 @@ def smoke_run(tmp_path_factory, shared_data, start_weights):
 
 
 def test_smoke_writes_checkpoint_and_artifacts(smoke_run):
-    from edgeface.checkpoint import load_model, read_checkpoint
+    from edgeface.engines.torch.checkpoint import load_model, read_checkpoint
 
     ck = read_checkpoint(smoke_run / "model.pt")
     assert ck["meta"]["kind"] == "qat" and ck["meta"]["qat"]["method"] == "qat"
@@ -146,9 +146,9 @@ def test_qdq_onnx_is_tensorrt_form_and_runs(smoke_run, synthetic_crops):
     import onnx
     from onnx import numpy_helper
 
-    from edgeface.calibration.emit_onnx import check_symmetric_qdq
-    from edgeface.export import read_onnx_metadata
-    from edgeface.predictor import Predictor
+    from edgeface.quantize.emit.onnx import check_symmetric_qdq
+    from edgeface.core.artifact import read_onnx_metadata
+    from edgeface.runtime.predictor import Predictor
 
     path = smoke_run / "tensorrt" / "model.onnx"
     m = onnx.load(str(path))
@@ -175,7 +175,7 @@ def test_conversions_keep_the_trained_scales(smoke_run, synthetic_crops):
     import onnx
     from onnx import numpy_helper
 
-    from edgeface.predictor import Predictor
+    from edgeface.runtime.predictor import Predictor
 
     def act_quant(path):
         m = onnx.load(str(path))

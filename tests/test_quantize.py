@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeface.calibration import stats as stats_mod
-from edgeface.calibration.calibrators import get_calibrator
-from edgeface.calibration.stats import cache_keys, load_stats, stats_from_arrays
-from edgeface.errors import EdgefaceError
-from edgeface.spec import ModelSpec
+from edgeface.quantize.calibrate import stats as stats_mod
+from edgeface.quantize.calibrate.calibrators import get_calibrator
+from edgeface.quantize.calibrate.stats import cache_keys, load_stats, stats_from_arrays
+from edgeface.core.errors import EdgefaceError
+from edgeface.core.spec import ModelSpec
 
 from conftest import random_checkpoint
 
@@ -120,9 +120,9 @@ def test_statistics_cache_corrupt_or_mismatched(run, tmp_path):
 def test_tensorrt_qdq_symmetric_runs_in_ort_and_cache_round_trips(run):
     import onnx
 
-    from edgeface.calibration.emit_onnx import check_symmetric_qdq
-    from edgeface.calibration.guard import artifact_runner, deviation
-    from edgeface.calibration.tensorrt_calibrator import read_calibration_cache
+    from edgeface.quantize.emit.onnx import check_symmetric_qdq
+    from edgeface.quantize.guard import artifact_runner, deviation
+    from edgeface.engines.tensorrt.calibrator import read_calibration_cache
 
     out = Path(run["rep"]["out"]) / "tensorrt"
     m = onnx.load(str(out / "model.onnx"))
@@ -150,7 +150,7 @@ def _fp32_onnx(run) -> Path:
 
 
 def test_ncnn_int8_runs_in_ncnn_and_matches_fp32(run, face_crops):
-    from edgeface.calibration.guard import artifact_runner, deviation
+    from edgeface.quantize.guard import artifact_runner, deviation
     from edgeface.export import export_ncnn
 
     fp32 = export_ncnn(run["ckpt"], run["tmp"] / "ncnn32" / "model.ncnn.param")
@@ -166,7 +166,7 @@ def test_ncnn_int8_runs_in_ncnn_and_matches_fp32(run, face_crops):
 def test_ort_u8s8_on_real_crops_within_budget(run, face_crops):
     import onnx
 
-    from edgeface.calibration.guard import artifact_runner, deviation
+    from edgeface.quantize.guard import artifact_runner, deviation
 
     path = Path(run["rep"]["out"]) / "onnxruntime" / "model.onnx"
     m = onnx.load(str(path))
@@ -177,7 +177,7 @@ def test_ort_u8s8_on_real_crops_within_budget(run, face_crops):
 
 
 def test_ranges_read_back_from_qdq_graph(run):
-    from edgeface.calibration.emit_onnx import ranges_from_qdq
+    from edgeface.quantize.emit.onnx import ranges_from_qdq
 
     trt = Path(run["rep"]["out"]) / "tensorrt" / "model.onnx"
     float_model, sym, asym = ranges_from_qdq(trt)

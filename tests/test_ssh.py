@@ -150,7 +150,7 @@ def test_dropped_upload_leaves_nothing_that_looks_whole(sshd, onnx_model):
     import io
     import tarfile
 
-    from edgeface.bench.remote import UPLOAD_COMMAND, SshTarget
+    from edgeface.remote.ssh import SshTarget, unpack_command
 
     target = SshTarget(sshd["host"], port=sshd["port"], identity=sshd["dir"] / "client_key",
                        known_hosts=sshd["dir"] / "known_hosts")
@@ -160,7 +160,7 @@ def test_dropped_upload_leaves_nothing_that_looks_whole(sshd, onnx_model):
         with tarfile.open(fileobj=buf, mode="w") as tar:
             tar.add(str(onnx_model), arcname="a0/model.onnx")
         cut = buf.getvalue()[: len(buf.getvalue()) // 2]  # the connection drops mid-transfer
-        r = target.run(UPLOAD_COMMAND.format(workdir=workdir), stdin=cut)
+        r = target.run(unpack_command(workdir, "in"), stdin=cut)
         assert r.returncode != 0
         listing = target.run(f"ls -A {workdir}").stdout.decode().split()
         assert listing == ["in.partial"]  # nothing under the final name

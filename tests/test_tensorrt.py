@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.calibration.tensorrt_calibrator import (calibration_header, hex_to_scale, parse_calibration_cache,
+from edgeface.engines.tensorrt.calibrator import (calibration_header, hex_to_scale, parse_calibration_cache,
                                                       read_calibration_cache, read_calibration_cache_with_header,
                                                       restamp, scale_to_hex, scales_from_amax,
                                                       write_calibration_cache)
-from edgeface.errors import EdgefaceError
-from edgeface.tensorrt_build import (DeviceFacts, check_onnx_for_tensorrt, engine_cache_key, engine_paths,
-                                     expected_record, find_or_build_engine, normalize_cc, plan_build, read_sidecar,
-                                     sha256_file, write_engine)
+from edgeface.core.errors import EdgefaceError
+from edgeface.core.artifact import read_engine_record as read_sidecar
+from edgeface.core.io import sha256_file
+from edgeface.engines.tensorrt.build import find_or_build_engine, plan_build
+from edgeface.engines.tensorrt.cache import DeviceFacts, engine_cache_key, engine_paths, expected_record, normalize_cc, write_engine
+from edgeface.engines.tensorrt.preflight import check_onnx_for_tensorrt
 
 NO_TRT_REASON = "tensorrt not installed (needs NVIDIA's libraries; verified on device only)"
 ORIN = DeviceFacts("8.5.2.2", "Orin", "8.7")
@@ -453,25 +455,61 @@ def test_build_without_tensorrt_is_one_clear_line(tmp_path, exported):
 
 @pytest.mark.skipif(_has_tensorrt(), reason="tensorrt is installed")
 def test_tensorrt_backend_without_tensorrt_names_the_extra():
-    from edgeface.backends import get_backend_class
-    from edgeface.errors import MissingBackendError
+    from edgeface.engines.registry import get_backend_class
+    from edgeface.core.errors import MissingBackendError
 
     with pytest.raises(MissingBackendError, match=r"edgeface\[tensorrt\]"):
         get_backend_class("tensorrt")
 
 
 def test_engine_spec_comes_from_the_sidecar(tmp_path):
-    from edgeface.backends.tensorrt_backend import read_engine_spec
-    from edgeface.spec import ModelSpec
+    from edgeface.core.artifact import read_engine_record, read_engine_spec
+    from edgeface.core.spec import ModelSpec
 
     spec = ModelSpec(model_version="1.2.3")
     engine, _ = engine_paths(tmp_path, "k/e")
     write_engine(engine, b"ENGINE", dict(expected_record(SHA, "fp16", ORIN), spec=spec.to_dict()))
-    got, rec = read_engine_spec(engine)
+    got, rec = read_engine_spec(engine), read_engine_record(engine)
     assert got == spec and rec["precision"] == "fp16"
     write_engine(engine, b"ENGINE", dict(expected_record(SHA, "fp16", ORIN), spec=None))
     with pytest.raises(EdgefaceError, match="no ModelSpec"):
         read_engine_spec(engine)
+
+
+def test_tensorrt_version_range():
+    from edgeface.engines.tensorrt.library import require_version_in_range, version_in_range
+
+    assert version_in_range("10.3.0", "8.5", "10.99") and version_in_range("8.5.2.2", "8.5", "10.99")
+    assert not version_in_range("8.4.3", "8.5", "10.99") and not version_in_range("11.0.0", "8.5", "10.99")
+    require_version_in_range("10.3.0", None, None)  # a bare artifact carries no range
+    with pytest.raises(EdgefaceError, match=r"TensorRT 11.0.0 on this device is outside the range .* \(8.5 to 10.99\)"):
+        require_version_in_range("11.0.0", "8.5", "10.99")
+
+
+def test_jetson_tensorrt_range_is_enforced_on_the_device(tmp_path, exported):
+    """Defect: the jetson target's TensorRT range was written into bundles and never checked. On a device with a
+    TensorRT outside it, `edgeface build` and the Predictor now refuse the bundle in one line, before CUDA."""
+    from edgeface.core.artifact import read_onnx_spec
+    from edgeface.deploy.targets import backend_options, load_target
+    from edgeface.runtime.bundle import write_manifest
+
+    fake = tmp_path / "site" / "tensorrt"  # the device's TensorRT, as far as the version goes
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "11.0.0"\n')
+    bundle = tmp_path / "jetson"
+    bundle.mkdir()
+    (bundle / "model.onnx").write_bytes(Path(exported["fp32"]).read_bytes())
+    jetson = load_target("jetson")
+    write_manifest(bundle, target="jetson", backend="tensorrt", precision="fp32", artifact="model.onnx",
+                   spec=read_onnx_spec(bundle / "model.onnx"), target_recipe=jetson,
+                   options=backend_options(jetson, "fp32"))
+    env = dict(__import__("os").environ, PYTHONPATH=str(fake.parent), EDGEFACE_DEVICE="jetson")
+    for args in (["-m", "edgeface", "build", str(bundle)],
+                 ["-c", f"from edgeface import Predictor; Predictor({str(bundle)!r})"]):
+        r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode != 0
+        assert "TensorRT 11.0.0 on this device is outside the range" in r.stderr and "(8.5 to 10.99)" in r.stderr, \
+            r.stderr[-1500:]
 
 
 # -- runtime (TensorRT + GPU only) ------------------------------------------------------------------------------------
@@ -488,9 +526,9 @@ def test_runtime_build_run_and_cache(trt, exported, tmp_path, synthetic_crops):
     """On a GPU: build an FP32 engine, run it against onnxruntime, reuse it from the cache."""
     import onnxruntime as ort
 
-    from edgeface.backends.tensorrt_backend import TensorRTBackend
-    from edgeface.export import read_onnx_spec
-    from edgeface.preprocess import to_input
+    from edgeface.engines.tensorrt.runner import TensorRTBackend
+    from edgeface.core.artifact import read_onnx_spec
+    from edgeface.core.preprocess import to_input
 
     spec = read_onnx_spec(exported["fp32"])
     x = to_input(synthetic_crops, spec)
@@ -510,9 +548,9 @@ def test_runtime_build_run_and_cache(trt, exported, tmp_path, synthetic_crops):
 
 
 def test_runtime_folded_uint8_engine(trt, exported, tmp_path, synthetic_crops):
-    from edgeface.backends.base import UINT8_NHWC
-    from edgeface.backends.tensorrt_backend import TensorRTBackend
-    from edgeface.export import read_onnx_spec
+    from edgeface.core.spec import UINT8_NHWC
+    from edgeface.engines.tensorrt.runner import TensorRTBackend
+    from edgeface.core.artifact import read_onnx_spec
 
     spec = read_onnx_spec(exported["folded"])
     with TensorRTBackend(exported["folded"], spec, precision="fp16", cache_dir=tmp_path / "engines") as b:

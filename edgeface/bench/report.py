@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -100,133 +101,123 @@ def _plt():
     return plt
 
 
-def _colors(names):
-    plt = _plt()
-    cmap = plt.get_cmap("tab10")
+def _artifact_colors(rows) -> dict:
+    """One colour per artifact (in the order the rows name them), the same in every plot."""
+    cmap = _plt().get_cmap("tab10")
+    names = list(dict.fromkeys(row_name(r) for r in rows))
     return {n: cmap(i % 10) for i, n in enumerate(names)}
 
 
-def _artifact_names(rows):
-    names = []
-    for r in rows:
-        n = row_name(r)
-        if n not in names:
-            names.append(n)
-    return names
+@contextmanager
+def _figure(path: Path, panels: int = 1, size: tuple[float, float] = (7.5, 4.8)):
+    """A figure with ``panels`` axes side by side, saved to ``path`` when the block succeeds, closed always."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, panels, figsize=size, squeeze=False)
+    try:
+        yield fig, list(axes[0])
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def plot_latency(rows: list[dict], path: Path) -> None:
     """Per-call latency distribution per artifact: one panel per batch size (first thread count)."""
-    plt = _plt()
-    names = _artifact_names(rows)
-    colors = _colors(names)
+    colors = _artifact_colors(rows)
     threads0 = rows[0]["threads"]
     batches = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(1, len(batches), figsize=(max(6.0, 1.6 + 2.2 * len(names)) * min(len(batches), 3) / 1.4
-                                                         if len(batches) > 1 else max(6.0, 1.6 + 2.2 * len(names)), 4.8),
-                             squeeze=False)
-    for ax, b in zip(axes[0], batches):
-        sel = [r for r in rows if r["batch"] == b and r["threads"] == threads0 and r.get("latencies_ms")]
-        data = [r["latencies_ms"] for r in sel]
-        if not data:
-            ax.set_visible(False)
-            continue
-        pos = list(range(1, len(sel) + 1))
-        # The tail beyond p99 (a preempted call) would squash everything else: the axis stops above the
-        # largest p99 and the calls cut off are counted in the label.
-        top = max(r["latency_ms"]["p99"] for r in sel) * 1.15
-        shape = [[v for v in d if v <= r["latency_ms"]["p99"]] or d for d, r in zip(data, sel)]
-        parts = ax.violinplot(shape, positions=pos, showextrema=False, widths=0.8)
-        for body, r in zip(parts["bodies"], sel):
-            body.set_facecolor(colors[row_name(r)])
-            body.set_alpha(0.35)
-        ax.boxplot(data, positions=pos, widths=0.18, showfliers=False, medianprops={"color": "black"})
-        for p, r, d in zip(pos, sel, data):
-            lat = r["latency_ms"]
-            ax.scatter([p], [lat["p99"]], marker="v", color="crimson", zorder=3)
-            ax.annotate(f"p50 {lat['p50']:.3g}", (p, lat["p50"]), xytext=(14, 0), textcoords="offset points",
-                        fontsize=8, va="center")
-            over = sum(v > top for v in d)
-            if over:
-                ax.annotate(f"{over} above\nmax {lat['max']:.3g}", (p, top), xytext=(0, -4), va="top",
-                            textcoords="offset points", ha="center", fontsize=7, color="dimgray")
-        ax.set_ylim(0, top)
-        ax.set_xticks(pos)
-        ax.set_xticklabels([f"{r['artifact']}\n{r['backend']} {r['precision']}" for r in sel], fontsize=8)
-        ax.set_ylabel("latency per call (ms)")
-        ax.set_title(f"batch {b}, {threads0 or 'auto'} thread(s), {len(data[0])} calls each")
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Latency per call (box: quartiles, whiskers 1.5 IQR; violin: density up to p99; ▼ p99)",
-                 fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    width = max(6.0, 1.6 + 2.2 * len(colors))
+    with _figure(path, len(batches), (width * min(len(batches), 3) / 1.4 if len(batches) > 1 else width, 4.8)) \
+            as (fig, axes):
+        for ax, b in zip(axes, batches):
+            sel = [r for r in rows if r["batch"] == b and r["threads"] == threads0 and r.get("latencies_ms")]
+            data = [r["latencies_ms"] for r in sel]
+            if not data:
+                ax.set_visible(False)
+                continue
+            pos = list(range(1, len(sel) + 1))
+            # The tail beyond p99 (a preempted call) would squash everything else: the axis stops above the
+            # largest p99 and the calls cut off are counted in the label.
+            top = max(r["latency_ms"]["p99"] for r in sel) * 1.15
+            shape = [[v for v in d if v <= r["latency_ms"]["p99"]] or d for d, r in zip(data, sel)]
+            parts = ax.violinplot(shape, positions=pos, showextrema=False, widths=0.8)
+            for body, r in zip(parts["bodies"], sel):
+                body.set_facecolor(colors[row_name(r)])
+                body.set_alpha(0.35)
+            ax.boxplot(data, positions=pos, widths=0.18, showfliers=False, medianprops={"color": "black"})
+            for p, r, d in zip(pos, sel, data):
+                lat = r["latency_ms"]
+                ax.scatter([p], [lat["p99"]], marker="v", color="crimson", zorder=3)
+                ax.annotate(f"p50 {lat['p50']:.3g}", (p, lat["p50"]), xytext=(14, 0), textcoords="offset points",
+                            fontsize=8, va="center")
+                over = sum(v > top for v in d)
+                if over:
+                    ax.annotate(f"{over} above\nmax {lat['max']:.3g}", (p, top), xytext=(0, -4), va="top",
+                                textcoords="offset points", ha="center", fontsize=7, color="dimgray")
+            ax.set_ylim(0, top)
+            ax.set_xticks(pos)
+            ax.set_xticklabels([f"{r['artifact']}\n{r['backend']} {r['precision']}" for r in sel], fontsize=8)
+            ax.set_ylabel("latency per call (ms)")
+            ax.set_title(f"batch {b}, {threads0 or 'auto'} thread(s), {len(data[0])} calls each")
+            ax.grid(axis="y", alpha=0.3)
+        fig.suptitle("Latency per call (box: quartiles, whiskers 1.5 IQR; violin: density up to p99; ▼ p99)",
+                     fontsize=11)
 
 
 def plot_throughput(rows: list[dict], path: Path) -> None:
     """Images/s against batch size, one line per artifact (and per thread count)."""
-    plt = _plt()
-    names = _artifact_names(rows)
-    colors = _colors(names)
+    colors = _artifact_colors(rows)
     thread_values = sorted({r["threads"] or 0 for r in rows})
     styles = ["-", "--", ":", "-."]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for n in names:
-        for k, t in enumerate(thread_values):
-            sel = sorted((r for r in rows if row_name(r) == n and (r["threads"] or 0) == t), key=lambda r: r["batch"])
-            if not sel:
-                continue
-            label = n if len(thread_values) == 1 else f"{n}, {t or 'auto'} thr"
-            ax.plot([r["batch"] for r in sel], [r["throughput_ips"] for r in sel], styles[k % 4], marker="o",
-                    color=colors[n], label=label)
-    batches = sorted({r["batch"] for r in rows})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(batches)
-    ax.set_xticklabels([str(b) for b in batches])
-    ax.set_xlabel("batch size (crops per call)")
-    ax.set_ylabel("throughput (images / s)")
-    ax.set_ylim(bottom=0)
-    thr = ", ".join(str(t or "auto") for t in thread_values)
-    ax.set_title(f"Throughput against batch size ({thr} thread(s))")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path) as (_, (ax,)):
+        for n in colors:
+            for k, t in enumerate(thread_values):
+                sel = sorted((r for r in rows if row_name(r) == n and (r["threads"] or 0) == t), key=lambda r: r["batch"])
+                if not sel:
+                    continue
+                label = n if len(thread_values) == 1 else f"{n}, {t or 'auto'} thr"
+                ax.plot([r["batch"] for r in sel], [r["throughput_ips"] for r in sel], styles[k % 4], marker="o",
+                        color=colors[n], label=label)
+        batches = sorted({r["batch"] for r in rows})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches)
+        ax.set_xticklabels([str(b) for b in batches])
+        ax.set_xlabel("batch size (crops per call)")
+        ax.set_ylabel("throughput (images / s)")
+        ax.set_ylim(bottom=0)
+        thr = ", ".join(str(t or "auto") for t in thread_values)
+        ax.set_title(f"Throughput against batch size ({thr} thread(s))")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
 
 
 def plot_accuracy_latency(rows: list[dict], path: Path) -> None:
     """Pose mean MAE against p50 latency at the smallest batch: the trade-off in one picture."""
-    plt = _plt()
-    names = _artifact_names(rows)
-    colors = _colors(names)
+    colors = _artifact_colors(rows)
     b0, t0 = min(r["batch"] for r in rows), rows[0]["threads"]
     sel = [r for r in rows if r["batch"] == b0 and r["threads"] == t0]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    have = [r for r in sel if (r.get("accuracy") or {}).get("mean_mae") is not None]
-    if not have:
-        ax.text(0.5, 0.5, "no accuracy measured\n(run with --data DIR holding labels.csv)", ha="center", va="center",
-                transform=ax.transAxes, fontsize=12)
-        ax.set_axis_off()
-    for r in have:
-        x, y = r["latency_ms"]["p50"], r["accuracy"]["mean_mae"]
-        ax.errorbar([x], [y], xerr=[[x - r["latency_ms"]["min"]], [r["latency_ms"]["p90"] - x]], fmt="o", ms=9,
-                    color=colors[row_name(r)], capsize=4, label=f"{row_name(r)}: {y:.2f}°, p50 {x:.3g} ms")
-    if have:
-        ax.set_xlabel(f"latency p50 per call (ms), batch {b0}, {t0 or 'auto'} thread(s); bar: min to p90")
-        ax.set_ylabel("pose mean MAE (degrees, lower is better)")
-        ax.set_xlim(left=0, right=max(r["latency_ms"]["p90"] for r in have) * 1.3)
-        ys = [r["accuracy"]["mean_mae"] for r in have]
-        span = max(ys) - min(ys)
-        pad = max(0.1, span * 0.5, 0.02 * max(ys))
-        ax.set_ylim(min(ys) - pad, max(ys) + pad)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-        n = have[0]["accuracy"].get("n")
-        ax.set_title(f"Accuracy against latency (n = {n} labelled faces)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path) as (_, (ax,)):
+        have = [r for r in sel if (r.get("accuracy") or {}).get("mean_mae") is not None]
+        if not have:
+            ax.text(0.5, 0.5, "no accuracy measured\n(run with --data DIR holding labels.csv)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=12)
+            ax.set_axis_off()
+        for r in have:
+            x, y = r["latency_ms"]["p50"], r["accuracy"]["mean_mae"]
+            ax.errorbar([x], [y], xerr=[[x - r["latency_ms"]["min"]], [r["latency_ms"]["p90"] - x]], fmt="o", ms=9,
+                        color=colors[row_name(r)], capsize=4, label=f"{row_name(r)}: {y:.2f}°, p50 {x:.3g} ms")
+        if have:
+            ax.set_xlabel(f"latency p50 per call (ms), batch {b0}, {t0 or 'auto'} thread(s); bar: min to p90")
+            ax.set_ylabel("pose mean MAE (degrees, lower is better)")
+            ax.set_xlim(left=0, right=max(r["latency_ms"]["p90"] for r in have) * 1.3)
+            ys = [r["accuracy"]["mean_mae"] for r in have]
+            span = max(ys) - min(ys)
+            pad = max(0.1, span * 0.5, 0.02 * max(ys))
+            ax.set_ylim(min(ys) - pad, max(ys) + pad)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="best")
+            n = have[0]["accuracy"].get("n")
+            ax.set_title(f"Accuracy against latency (n = {n} labelled faces)")
 
 
 def write_report(rows: list[dict], warnings: list[str], out_dir: str | Path, *, command: str = "",

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .. import __version__
-from ..errors import EdgefaceError
+from ..core import __version__
+from ..core.compare import deviation
+from ..core.device import device_info, is_throttled, pitfall_warnings
+from ..core.errors import EdgefaceError
+from ..core.io import atomic_path
+from ..core.spec import ModelSpec
+from ..engines import registry
+from ..runtime.predictor import artifact_engine
 from . import stats
 
 CONTRACT_KEYS = ("artifact", "backend", "precision", "batch", "threads", "latency_ms", "throughput_ips", "load_ms",
@@ -66,24 +72,15 @@ class BenchConfig:
 
 
 def artifact_files(path: str | Path) -> list[Path]:
-    """Every file that makes up an artifact: a bundle directory's files, ncnn's .param/.bin/.spec.json, an
-    ONNX file and its external data."""
+    """Every file that makes up an artifact: a bundle folder's files, or the artifact and the companions its
+    engine names (ncnn's .bin and spec file, an ONNX's external data, an engine's record)."""
     p = Path(path)
     if p.is_dir():
         return sorted(f for f in p.rglob("*") if f.is_file())
-    name = p.name
-    if name.endswith(".param") or name.endswith(".bin"):
-        stem = name[: -len(".ncnn.param")] if name.endswith(".ncnn.param") else \
-            name[: -len(".ncnn.bin")] if name.endswith(".ncnn.bin") else p.stem
-        cands = [p.with_name(f"{stem}.ncnn.param"), p.with_name(f"{stem}.ncnn.bin"), p.with_name(f"{stem}.spec.json")]
-        if not name.startswith(stem + ".ncnn"):
-            cands = [p.with_suffix(".param"), p.with_suffix(".bin"), p.with_name(f"{p.stem}.spec.json")]
-        return [c for c in cands if c.is_file()]
-    files = [p]
-    for extra in (p.with_name(p.name + ".data"), p.with_name(p.stem + ".spec.json")):
-        if extra.is_file():
-            files.append(extra)
-    return files
+    try:
+        return registry.engine_of_artifact(p).files_of(p)
+    except EdgefaceError:
+        return [p]
 
 
 # -- worker processes -------------------------------------------------------------------------------------
@@ -140,7 +137,7 @@ def _synthetic_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 def labelled_samples(data: str, split: Optional[str], limit: Optional[int] = None):
     """The samples of a labelled folder; a folder without labels or without any pose label is refused in one line."""
-    from ..data import load_samples
+    from ..model.data import load_samples
 
     samples = load_samples(data, split=split or None, require_labels=True)
     if limit:
@@ -153,37 +150,34 @@ def labelled_samples(data: str, split: Optional[str], limit: Optional[int] = Non
 
 def load_eval_set(data: str, split: Optional[str], spec, limit: Optional[int] = None):
     """(crops, poses) from a labelled folder, cropped by the artifact's own crop rule."""
-    from ..evaluate import load_crops
+    from ..model.evaluate import load_crops
 
     samples = labelled_samples(data, split, limit)
     return load_crops(samples, spec), np.array([s.pose for s in samples], np.float32)
 
 
 def _spec_from_dict(d):
-    from ..spec import ModelSpec
-
     return ModelSpec.from_dict(d) if d else ModelSpec()
 
 
 # -- the run ----------------------------------------------------------------------------------------------
-def _label(artifact: str) -> str:
+def artifact_label(artifact: str) -> str:
+    """How a row names its artifact: the file with its folder ("x86/model.onnx")."""
     p = Path(artifact)
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
-def _deviation(out: dict, ref: dict) -> dict:
-    dp = np.abs(np.asarray(out["pose"], np.float64) - np.asarray(ref["pose"], np.float64))
-    db = np.abs(np.asarray(out["blur"], np.float64) - np.asarray(ref["blur"], np.float64))
-    return {"pose_max_abs": float(dp.max()), "pose_mean_abs": float(dp.mean()), "blur_max_abs": float(db.max())}
+def vs_reference(out: dict, ref: dict) -> dict:
+    """A row's ``vs_reference``: the deviation of an artifact's outputs from the reference's."""
+    d = deviation(out["blur"], out["pose"], ref["blur"], ref["pose"])
+    return {k: d[k] for k in VS_REFERENCE_KEYS}
 
 
 def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) -> tuple[list[dict], list[str]]:
     """Benchmark every artifact x batch x threads. Returns (rows in the contract's shape, warnings)."""
-    from ..device import device_info, is_throttled, pitfall_warnings
-
     cfg.check()
     device = device if device is not None else device_info()
-    labels = [_label(a) for a in cfg.artifacts]
+    labels = [artifact_label(a) for a in cfg.artifacts]
     if len(set(labels)) < len(labels):  # same file name in different folders: fall back to full paths
         labels = [str(a) for a in cfg.artifacts]
     sizes = [stats.file_size_mb(artifact_files(a)) for a in cfg.artifacts]
@@ -235,7 +229,7 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) ->
                     _choose_reference_and_measure(cfg, workers, info, work, outputs, accuracy)
                     if cfg.reference not in ("auto", "none"):
                         ref_index, ref_label = -1, str(cfg.reference)
-                        outputs[-1] = _reference_outputs(cfg.reference, cfg.backend, inputs_path, work)
+                        outputs[-1] = reference_outputs(cfg.reference, cfg.backend, inputs_path, work)
                     elif cfg.reference == "auto":
                         ref_index = _auto_reference(info)
                         ref_label = labels[ref_index] if ref_index is not None else None
@@ -266,7 +260,7 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) ->
             acc = accuracy.get(i)
             row["accuracy"] = {k: acc.get(k) for k in ACCURACY_KEYS} if acc else None
             if ref_index is not None and i in outputs and ref_index in outputs:
-                row["vs_reference"] = _deviation(outputs[i], outputs[ref_index])
+                row["vs_reference"] = vs_reference(outputs[i], outputs[ref_index])
                 row["reference"] = ref_label
         end = device_info()
         if is_throttled(end) and not is_throttled(device):
@@ -282,15 +276,11 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) ->
             row["warnings"] = list(dict.fromkeys(device_warnings + row["warnings"]))
         return [stats.clean(r) for r in rows], warnings
     finally:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
 
 
 def sampling_warnings(rows: list[dict], warmup: Optional[int]) -> list[str]:
     """Too few calls / too short / no warm-up, once for the whole run, naming the weakest configuration."""
-    from ..device import pitfall_warnings
-
     if not rows:
         return []
     weakest = min(rows, key=lambda r: (r["iterations"], r["measured_s"]))
@@ -311,8 +301,6 @@ def summarize_warnings(rows: list[dict]) -> list[str]:
 
 
 def pitfall_warnings_of_row(row: dict) -> list[str]:
-    from ..device import pitfall_warnings
-
     return pitfall_warnings({}, iters=row.get("iterations"), measured_s=row.get("measured_s"), warmup=row.get("warmup"))
 
 
@@ -326,9 +314,8 @@ def _write_inputs(path: Path, cfg: BenchConfig, spec, batch_max: int) -> None:
     else:
         synth = _synthetic_crops(max(REFERENCE_INPUTS, batch_max), size)
         arrays.update(reference=synth[:REFERENCE_INPUTS], timing=synth[:batch_max])
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz"
+        np.savez(fh, **arrays)
 
 
 def _auto_reference(info: dict[int, dict]) -> Optional[int]:
@@ -347,10 +334,18 @@ def _choose_reference_and_measure(cfg, workers, info, work, outputs, accuracy) -
             accuracy[i] = w.call("accuracy")["accuracy"]
 
 
-def _reference_outputs(reference: str, backend: str, inputs_path: Path, work: Path) -> dict:
+def reference_outputs(reference: str, backend: str, inputs_path: Path, work: Path) -> dict:
+    """The reference's outputs on the reference inputs, in its own worker process.
+
+    It runs on the benchmarked ``backend`` when that engine runs the reference's format (so the
+    deviation measures the artifacts, not two engines), else on the engine that fits it (a .pt reference
+    runs in torch whatever --backend says).
+    """
+    runs_it = [e.name for e in registry.engines_running(artifact_engine(reference).format)]
     w = Worker(f"reference {reference}")
     try:
-        w.call("load", artifact=str(reference), backend="auto", threads=None, inputs=str(inputs_path))
+        w.call("load", artifact=str(reference), backend=backend if backend in runs_it else "auto", threads=None,
+               inputs=str(inputs_path))
         out = work / "outputs_reference.npz"
         w.call("outputs", out=str(out))
         return dict(np.load(out))

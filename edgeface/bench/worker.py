@@ -8,6 +8,7 @@ Requests: load, first, warmup, time, rss, outputs, accuracy, quit. Replies: {"ok
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -16,38 +17,23 @@ import traceback
 
 import numpy as np
 
-from ..errors import EdgefaceError
+from ..core.errors import EdgefaceError
+from ..engines import registry
+from ..runtime.predictor import Predictor, artifact_engine
 from . import stats
 
 
 def engine_package(artifact: str, backend: str):
     """Import the Python package of the engine that will run ``artifact``; its name, or None if unknown."""
-    import importlib
-    import json as _json
-    from pathlib import Path
-
-    from ..backends import REGISTRY
-
-    name = backend if backend != "auto" else None
-    if name is None:
-        p = Path(artifact)
-        try:
-            if p.is_dir():
-                name = _json.loads((p / "manifest.json").read_text()).get("backend")
-            else:
-                from ..formats import format_of_artifact
-
-                name = format_of_artifact(p).backend
-        except (OSError, ValueError, EdgefaceError):
-            return None
-    row = REGISTRY.get(name or "")
-    if row is None:
+    try:
+        engine = registry.get(backend) if backend != "auto" else artifact_engine(artifact)
+    except (OSError, ValueError, EdgefaceError):
         return None
     try:
-        importlib.import_module(row.package)
+        importlib.import_module(engine.package)
     except Exception:  # noqa: BLE001 - the Predictor reports a broken engine properly
         return None
-    return row.package
+    return engine.package
 
 
 class Subject:
@@ -56,8 +42,6 @@ class Subject:
         self.inputs = None
 
     def load(self, artifact, backend, threads, inputs):
-        from ..predictor import Predictor
-
         self.inputs = dict(np.load(inputs)) if inputs else None
         # Importing the engine's Python package is timed apart from creating the session: it is paid once
         # per process, however many models it loads.
@@ -66,13 +50,11 @@ class Subject:
         import_ms = (time.perf_counter_ns() - t0) / 1e6 if package else None
         rss_before = stats.rss_mb()
         t0 = time.perf_counter_ns()
-        p = Predictor(artifact, backend=backend, threads=threads)
-        enter = getattr(p, "__enter__", None)  # a lazy Predictor creates its session on enter
-        self.predictor = enter() if enter else p
+        self.predictor = Predictor(artifact, backend=backend, threads=threads)  # loads the session
         load_ms = (time.perf_counter_ns() - t0) / 1e6
-        spec = self.predictor.spec
-        return {"load_ms": load_ms, "import_ms": import_ms, "engine_package": package, "backend": self.predictor.backend, "precision": self.predictor.precision,
-                "spec": spec.to_dict() if hasattr(spec, "to_dict") else None, "rss_before_load_mb": rss_before}
+        return {"load_ms": load_ms, "import_ms": import_ms, "engine_package": package,
+                "backend": self.predictor.backend, "precision": self.predictor.precision,
+                "spec": self.predictor.spec.to_dict(), "rss_before_load_mb": rss_before}
 
     def _batch(self, batch):
         crops = self.inputs["timing"]
@@ -98,27 +80,23 @@ class Subject:
     def rss(self):
         return {"peak_rss_mb": stats.peak_rss_mb(), "rss_mb": stats.rss_mb()}
 
-    def runner(self, batch):
-        r = self.predictor.predict(batch)
-        return np.asarray(r.blur), np.stack([np.asarray(r.yaw), np.asarray(r.pitch), np.asarray(r.roll)], axis=1)
-
     def outputs(self, out):
         """Raw outputs on the reference inputs, saved for the parent's vs-reference comparison."""
-        from ..evaluate import run_batched
+        from ..model.evaluate import run_batched
 
-        blur, pose = run_batched(self.runner, self.inputs["reference"])
+        blur, pose = run_batched(self.predictor.blur_and_pose, self.inputs["reference"])
         np.savez(out, blur=blur, pose=pose)
         return {}
 
     def accuracy(self):
-        from ..evaluate import evaluate_crops
+        from ..model.evaluate import evaluate_crops
 
-        return {"accuracy": evaluate_crops(self.runner, self.inputs["eval"], self.inputs["eval_pose"])}
+        return {"accuracy": evaluate_crops(self.predictor.blur_and_pose, self.inputs["eval"],
+                                           self.inputs["eval_pose"])}
 
     def close(self):
-        exit_ = getattr(self.predictor, "__exit__", None)
-        if exit_:
-            exit_(None, None, None)
+        if self.predictor is not None:
+            self.predictor.close()
         return {}
 
 

@@ -1,0 +1,33 @@
+"""The `edgeface` command line: one module per verb, assembled here. User mistakes print one `error:` line
+and exit 2, never a traceback."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..core.errors import EdgefaceError
+from . import bench, build, deploy, evaluate, export, info, predict, quantize, train
+from .output import console
+
+# In the order `edgeface --help` lists them. Each module defines NAME and command(); heavy imports happen
+# inside command(), so a missing optional dependency of one verb never breaks the others.
+VERBS = (info, train, evaluate, export, predict, quantize, bench, deploy, build)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="edgeface: blur + head-pose model from PyTorch to edge devices, with measured proof.")
+for _verb in VERBS:
+    app.command(name=_verb.NAME)(_verb.command)
+
+
+def main():
+    try:
+        app()
+    except EdgefaceError as e:
+        from rich.markup import escape  # messages hold "edgeface[extra]", which rich would eat as markup
+
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]")
+        sys.exit(130)

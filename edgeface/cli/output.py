@@ -1,0 +1,19 @@
+"""Where the CLI writes: progress and errors to stderr, results to stdout, --json reports to files."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+
+from ..core.io import atomic_write_json
+
+console = Console(stderr=True)
+out_console = Console()
+
+
+def write_json(path: Optional[Path], obj) -> None:
+    """--json FILE: written atomically, so a failed command (or an object JSON cannot hold) leaves no file,
+    half or temporary, behind."""
+    if path is not None:
+        atomic_write_json(path, obj)

@@ -1,0 +1,54 @@
+"""`edgeface quantize`: INT8 per backend from one calibration pass, with an accuracy check."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..engines import registry
+from .output import console, out_console, write_json
+
+NAME = "quantize"
+
+
+def command(model: Optional[str] = typer.Argument(None, help="Checkpoint (.pt) or FP32 ONNX; default: the shipped model."),
+             calib: Path = typer.Option(..., "--calib", help="Calibration images: face crops, or images with labels.csv."),
+             method: str = typer.Option("minmax", "--method", help="minmax | percentile | entropy | mse."),
+             backend: str = typer.Option("all", "--backend", help=" | ".join(
+                 [e.name for e in registry.with_int8()] + ["all"]) + "."),
+             num: int = typer.Option(300, "--num", help="Calibration images to use (fixed-seed subset)."),
+             max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Keep the most sensitive layers in "
+                                                      "float until the pose mean MAE rise is at most DEGREES."),
+             analyze: bool = typer.Option(False, "--analyze", help="Rank layers by the damage their INT8 does."),
+             eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Labelled set(s) for the accuracy check (val split)."),
+             out: Path = typer.Option(Path("quantized"), "--out", help="Output folder."),
+             force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+             stats_cache: Optional[Path] = typer.Option(None, "--stats-cache", help="Statistics cache file to use/create."),
+             ort_format: str = typer.Option("qdq", "--ort-format", help="onnxruntime form: qdq | qoperator."),
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON.")):
+    """INT8 from a calibration set: onnxruntime U8S8, TensorRT Q/DQ + calib.cache, ncnn INT8."""
+    from ..quantize import quantize as run
+
+    rep = run(model, calib, method=method, backend=backend, num=num, out=out, max_drop=max_drop, analyze=analyze,
+              eval_data=eval_data, stats_cache=stats_cache, ort_format=ort_format, force=force, console=console)
+    from rich.table import Table
+
+    t = Table(title=f"INT8 ({method}) vs FP32")
+    for c in ("backend", "artifact", "pose max |d|", "blur max |d|", "pose MAE rise", "blur MAE rise", "float layers"):
+        t.add_column(c)
+    acc = rep.get("accuracy", {})
+    for b, a in rep["artifacts"].items():
+        d = a["vs_fp32_on_calib"]
+        row = acc.get(b, {})
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        t.add_row(b, a["artifact"], fmt(d["pose_max_abs"], ".3f"), fmt(d["blur_max_abs"], ".4f"),
+                  fmt(row.get("pose_mae_rise"), "+.3f"), fmt(row.get("blur_mae_rise"), "+.4f"),
+                  str(len(a.get("extra_float_layers", []))))
+    out_console.print(t)
+    if rep.get("sensitivity"):
+        out_console.print("most sensitive layers: " + ", ".join(
+            f"{r['layer']} ({r['pose_gain']:+.3f} deg)" for r in rep["sensitivity"]["ranking"][:5]))
+    console.print(f"[green]wrote[/green] {rep['out']} (statistics {'reused' if rep['calibration']['stats_reused'] else 'collected'}: "
+                  f"{rep['calibration']['stats_cache']})")
+    write_json(json_out, rep)

@@ -1,1 +1,0 @@
-"""CLI sub-commands, one module per verb family; each registers itself on edgeface.cli.app."""

@@ -1,0 +1,175 @@
+"""What an artifact says about itself: its ModelSpec and metadata, read without running it.
+
+Every artifact carries its ModelSpec, so it is never run with the wrong preprocessing:
+
+    ONNX            inside, in ``metadata_props``: ``edgeface.spec`` (the ModelSpec as JSON),
+                    ``edgeface.input_kind``, ``edgeface.precision`` and, on quantization-aware
+                    artifacts, ``edgeface.quantization``
+    ncnn            beside, in ``<stem>.spec.json``: the ModelSpec, the precision, the input kind and the
+                    map from the spec's names to ncnn blob names
+    TensorRT        beside, in the engine record ``<name>.engine.json`` (what the engine was built for and
+                    from; written by ``edgeface.engines.tensorrt.cache``), or a ``model.spec.json``
+
+The readers here need no inference engine; the ONNX ones need the ``onnx`` package, imported on use.
+PyTorch checkpoints are read by ``edgeface.engines.torch.checkpoint`` (that needs torch).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgefaceError
+from .spec import FLOAT_NCHW, SPEC_KEY, ModelSpec
+
+INPUT_KIND_KEY = "edgeface.input_kind"      # ONNX metadata: FLOAT_NCHW (default) or UINT8_NHWC
+PRECISION_KEY = "edgeface.precision"        # ONNX metadata: the artifact's precision
+QUANT_KEY = "edgeface.quantization"         # ONNX metadata: JSON, {"method": "qat", ...} on QAT artifacts
+ENGINE_RECORD_FORMAT = "edgeface.tensorrt-engine"
+
+# The shipped default model: default.pt and its torch-free exports (default.onnx, default.ncnn.*).
+WEIGHTS_DIR = Path(__file__).parents[1] / "weights"
+SHIPPED_STEM = "default"
+
+
+# -- ONNX ---------------------------------------------------------------------------------------------------
+def load_onnx(path: str | Path, load_external_data: bool = False):
+    """The ONNX proto; EdgefaceError for a missing, truncated or empty file."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise EdgefaceError(f"ONNX file {p} does not exist")
+    try:
+        proto = onnx.load(str(p), load_external_data=load_external_data)
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise EdgefaceError(f"{p} is not a readable ONNX model ({type(e).__name__}); it may be truncated — "
+                            f"re-export it with `edgeface export`") from None
+    if not proto.graph.node:
+        raise EdgefaceError(f"{p} is not an ONNX model (empty graph); re-export it with `edgeface export`")
+    return proto
+
+
+def onnx_metadata(proto) -> dict[str, str]:
+    return {m.key: m.value for m in proto.metadata_props}
+
+
+def set_onnx_metadata(proto, items: dict[str, str]) -> None:
+    """Set ``items`` in the proto's metadata_props, replacing entries of the same keys and keeping the rest."""
+    keep = [p for p in proto.metadata_props if p.key not in items]
+    del proto.metadata_props[:]
+    for p in keep:
+        proto.metadata_props.add(key=p.key, value=p.value)
+    for k, v in items.items():
+        proto.metadata_props.add(key=k, value=v)
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ONNX's metadata_props as a dict (external weights are not loaded). EdgefaceError if unreadable."""
+    return onnx_metadata(load_onnx(path))
+
+
+def read_onnx_spec(path: str | Path) -> ModelSpec:
+    """The ModelSpec stored in an ONNX's metadata_props; EdgefaceError when missing, corrupt or foreign."""
+    meta = read_onnx_metadata(path)
+    if SPEC_KEY not in meta:
+        raise EdgefaceError(f"{path} has no edgeface ModelSpec in its metadata (a foreign ONNX?); export it with "
+                            f"`edgeface export` so preprocessing and outputs are known")
+    return ModelSpec.from_json(meta[SPEC_KEY])
+
+
+def read_onnx_input_kind(path: str | Path) -> str:
+    return read_onnx_metadata(path).get(INPUT_KIND_KEY, FLOAT_NCHW)
+
+
+# -- ncnn ---------------------------------------------------------------------------------------------------
+def ncnn_paths(param_path: str | Path) -> tuple[Path, Path, Path]:
+    """(.param, .bin, .spec.json) of an ncnn artifact named ``<stem>.ncnn.param``."""
+    p = Path(param_path)
+    name = p.name
+    stem = name[: -len(".ncnn.param")] if name.endswith(".ncnn.param") else p.stem
+    return p, p.with_name(f"{stem}.ncnn.bin"), p.with_name(f"{stem}.spec.json")
+
+
+def read_ncnn_spec(param_path: str | Path) -> ModelSpec:
+    """The ModelSpec in the spec file beside an ncnn ``.param``."""
+    return ModelSpec.from_dict(_read_ncnn_spec_file(param_path)["spec"])
+
+
+def read_ncnn_info(param_path: str | Path) -> dict[str, Any]:
+    """The rest of that file: ``blobs`` (spec name -> ncnn blob name), ``precision`` and ``input_kind``."""
+    return {k: v for k, v in _read_ncnn_spec_file(param_path).items() if k != "spec"}
+
+
+def _read_ncnn_spec_file(param_path: str | Path) -> dict:
+    param, _, spec_file = ncnn_paths(param_path)
+    if not spec_file.is_file():
+        raise EdgefaceError(f"{spec_file.name} (the ModelSpec) is missing beside {param.name}; "
+                            f"re-export with `edgeface export --format ncnn`")
+    data = _read_json(spec_file, "re-export with `edgeface export --format ncnn`")
+    if not isinstance(data, dict) or "spec" not in data:
+        raise EdgefaceError(f"{spec_file} holds no ModelSpec; re-export with `edgeface export --format ncnn`")
+    return data
+
+
+# -- TensorRT engines ----------------------------------------------------------------------------------------
+def engine_record_path(engine_path: str | Path) -> Path:
+    p = Path(engine_path)
+    return p.with_name(p.name + ".json")
+
+
+def read_engine_record(engine_path: str | Path) -> dict:
+    """The record beside an engine (TensorRT version, GPU, precision, ModelSpec); EdgefaceError when missing
+    or not an edgeface engine record."""
+    side = engine_record_path(engine_path)
+    if not side.is_file():
+        raise EdgefaceError(f"{side.name} (the engine's record: TensorRT version, GPU, precision, ModelSpec) is "
+                            f"missing beside {Path(engine_path).name}; rebuild it with `edgeface build`")
+    data = _read_json(side, "rebuild the engine with `edgeface build`")
+    if not isinstance(data, dict) or data.get("format") != ENGINE_RECORD_FORMAT:
+        raise EdgefaceError(f"{side} is not an edgeface engine record; rebuild the engine with `edgeface build`")
+    return data
+
+
+def read_engine_spec(engine_path: str | Path) -> ModelSpec:
+    """An engine's ModelSpec: from its record, else from a spec file beside it."""
+    engine_path = Path(engine_path)
+    spec = read_engine_record(engine_path).get("spec")
+    if spec is not None:
+        return ModelSpec.from_dict(spec)
+    beside = spec_beside(engine_path)
+    if beside is None:
+        raise EdgefaceError(f"{engine_path.name} carries no ModelSpec (record without spec, no model.spec.json "
+                            f"beside it); rebuild it from the edgeface ONNX with `edgeface build`")
+    return ModelSpec.from_dict(beside)
+
+
+def spec_beside(path: str | Path) -> dict | None:
+    """A ModelSpec (as a dict) stored beside an artifact: ``model.spec.json`` (a bare spec, or an ncnn-style
+    file holding one under ``spec``) or a bundle's ``manifest.json``. None when there is none."""
+    path = Path(path)
+    for cand in (path.with_name("model.spec.json"), path.with_name("manifest.json")):
+        if not cand.is_file():
+            continue
+        try:
+            data = json.loads(cand.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict):
+            spec = data.get("spec", data if "input_size" in data else None)
+            if isinstance(spec, dict):
+                return spec
+    return None
+
+
+# -- the shipped default model ----------------------------------------------------------------------------
+def shipped_artifact(suffix: str, weights_dir: Path | None = None) -> Path:
+    """Where the shipped default model of this artifact suffix lives (it may be absent)."""
+    return (weights_dir or WEIGHTS_DIR) / f"{SHIPPED_STEM}{suffix}"
+
+
+def _read_json(path: Path, fix: str):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise EdgefaceError(f"{path} is not valid JSON; {fix}") from None

@@ -1,0 +1,83 @@
+"""Files that appear whole or not at all, their sha256, and JSON of numpy-bearing objects.
+
+Every write in edgeface that replaces a file goes through ``atomic_path``: the content is written to a
+temporary sibling (same folder, so the rename cannot cross file systems) and renamed onto the target only
+when the writer finished; on any error the temporary file is removed and the target is left as it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+_CHUNK = 1 << 20
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; rename it onto ``path`` when the block succeeds.
+
+    For writers that want a path (``onnx.save``, ``torch.save``, ``shutil.copyfile``, ``np.savez``). The
+    file gets the permissions of an ordinary new file (0666 minus the umask), not mkstemp's 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> Path:
+    """``obj`` as JSON (numpy values and paths converted, see ``to_jsonable``) plus a final newline.
+
+    The text is made before anything touches the disk, so an object that cannot be serialised raises
+    without leaving a file behind.
+    """
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=to_jsonable) + "\n"
+    return atomic_write_text(path, text)
+
+
+def to_jsonable(o: Any) -> Any:
+    """``json.dumps(default=...)`` for what edgeface results hold: numpy scalars and arrays, paths, sets."""
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (set, frozenset)):
+        return sorted(o, key=str)
+    if hasattr(o, "tolist") and callable(o.tolist):  # numpy scalars and arrays (torch tensors alike)
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,243 @@
+"""`edgeface deploy`: weights -> a verified bundle for one device, in one step.
+
+    export (the engine's bundle format) -> quantize (INT8 only) -> write the bundle in a temporary folder
+    (staging.py) -> verify it through the same loader a device uses, Predictor(bundle), against the FP32
+    torch reference on held-out faces (verify.py) -> refuse when the target's budget is exceeded -> seal
+    the manifest -> rename into place; with --host, copy it to the device and check, build and bench it
+    there (remote.py).
+
+Targets are data (``recipes/targets/*.yaml``, targets.py); what an engine's bundle holds (its format, the
+companions of its artifact, the check its artifact must pass) comes from the engine registry.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..core.artifact import read_onnx_input_kind
+from ..core.errors import EdgefaceError
+from ..core.spec import FLOAT_NCHW, UINT8_NHWC
+from ..engines import registry
+from ..engines.descriptor import resolve
+from ..runtime.bundle import ANY_DEVICE, open_bundle, tool_versions, write_manifest
+from ..runtime.predictor import open_model
+from .staging import check_out, clean_stale_partials, make_staging_dir, move_into_place
+from .steps import Steps
+from .targets import backend_options, load_target
+from .verify import bundle_runner, default_verify_data, load_verify_set, verify_bundle, verify_line
+
+
+@dataclass
+class DeployResult:
+    bundle: Path
+    target: str
+    backend: str
+    precision: str
+    manifest: dict
+    verify: Optional[dict]
+    seconds: float
+    steps: dict = field(default_factory=dict)
+    remote: Optional[dict] = None
+
+    def to_json(self) -> dict:
+        return {"bundle": str(self.bundle), "target": self.target, "backend": self.backend,
+                "precision": self.precision, "files": self.manifest["files"], "verify": self.verify,
+                "calibration": self.manifest.get("calibration"), "seconds": round(self.seconds, 2),
+                "steps_s": {k: round(v, 2) for k, v in self.steps.items()}, "remote": self.remote}
+
+
+# -- the model to deploy -----------------------------------------------------------------------------------
+@dataclass
+class Source:
+    """What the user asked to deploy: a checkpoint (FP32 or quantization-aware) and its FP32 reference."""
+
+    checkpoint: Optional[Path]    # None = the shipped default weights
+    qat: bool                     # a QAT checkpoint: INT8 without a calibration set
+    meta: dict
+
+    @property
+    def label(self) -> str:
+        return str(self.checkpoint) if self.checkpoint else "shipped default model"
+
+
+def resolve_source(model: Optional[str | Path]) -> Source:
+    from ..engines.torch.checkpoint import DEFAULT_WEIGHTS, SUFFIX, read_checkpoint
+
+    path = Path(model) if model is not None else None
+    if path is None and not DEFAULT_WEIGHTS.is_file():
+        raise EdgefaceError(f"the shipped default weights {DEFAULT_WEIGHTS} are missing; pass --model CHECKPOINT{SUFFIX}")
+    if path is not None and path.suffix != SUFFIX:
+        raise EdgefaceError(f"--model {path}: deploy starts from a training checkpoint ({SUFFIX}), not "
+                            f"{path.suffix or 'a folder'}; `edgeface train` writes one")
+    obj = read_checkpoint(path)
+    meta = obj.get("meta") or {}
+    return Source(checkpoint=path, qat=is_qat_meta(meta), meta=meta)
+
+
+def is_qat_meta(meta: dict) -> bool:
+    """A quantization-aware checkpoint says so in its meta (edgeface.quantize.qat writes ``qat``/``kind``)."""
+    return bool(meta.get("qat")) or meta.get("kind") == "qat" or meta.get("quantization") == "qat"
+
+
+def export_artifact(target: dict, source: Source, precision: str, work: Path) -> tuple[str, str, Optional[str]]:
+    """Write the FP32/FP16 artifact a bundle for the target carries into ``work``: (artifact name, input
+    kind, calibration cache name or None)."""
+    engine = registry.get(target["backend"])
+    fmt = registry.by_format(engine.bundle_format)
+    fold = target["input_layout"] == UINT8_NHWC and fmt.fold_preprocess
+    options = {"opset": int(target["onnx"]["opset"])} if fmt.format == "onnx" else {}
+    # An fp16 bundle whose format stores fp16 weights gets them; otherwise (an ONNX for TensorRT) the device
+    # decides the arithmetic from the bundle's precision.
+    path = resolve(fmt.exporter)(source.checkpoint, work / fmt.artifact,
+                                 precision=precision if precision in fmt.precisions else "fp32",
+                                 fold_preprocess=fold, **options)
+    check_bundle_artifact(engine, path, int(target["onnx"]["opset"]))
+    return path.name, (UINT8_NHWC if fold else FLOAT_NCHW), None
+
+
+def check_bundle_artifact(engine, path: Path, opset: int) -> None:
+    """The engine's own check of a bundle artifact it will build from on the device (TensorRT's parser)."""
+    if engine.bundle_check is None:
+        return
+    problems = resolve(engine.bundle_check)(path, opset)
+    if problems:
+        raise EdgefaceError(f"{path.name} would not parse in {engine.title}: {problems[0]}"
+                            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+def quantize_artifact(target: dict, source: Source, calib: Optional[Path], work: Path,
+                      note: Callable[[str], None]) -> tuple[str, Optional[str], dict]:
+    """INT8 artifact for the target in ``work``: (artifact name, calib cache name or None, calibration summary).
+
+    Calibration goes through `edgeface quantize`'s per-backend path (with its own accuracy guard); a
+    quantization-aware checkpoint is converted by edgeface.quantize.qat and needs no calibration set.
+    """
+    opset = int(target["onnx"]["opset"])
+    if source.qat and calib is None:
+        from ..quantize.qat.convert import export_for_deploy
+
+        result = export_for_deploy(backend=target["backend"], checkpoint=source.checkpoint, out_dir=work,
+                                   opset=opset, log=note)
+    else:
+        from ..quantize import quantize_for_deploy
+
+        result = quantize_for_deploy(backend=target["backend"], checkpoint=source.checkpoint, calib=calib,
+                                     out_dir=work, opset=opset, log=note)
+    return result["artifact"], result.get("calib_cache"), result.get("summary") or {}
+
+
+def _input_kind(path: Path) -> str:
+    """What the artifact itself declares (an INT8 ONNX takes float NCHW even where the target folds)."""
+    if path.name.endswith(registry.by_format("onnx").suffix):
+        return read_onnx_input_kind(path)
+    return FLOAT_NCHW
+
+
+def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: Optional[str] = None,
+           calib: Optional[str | Path] = None, out: Optional[str | Path] = None, force: bool = False,
+           verify: bool = True, verify_data: Optional[str | Path] = None, host: Optional[str] = None,
+           ssh_options: Optional[dict] = None, console=None) -> DeployResult:
+    """Export, quantize, verify and write a bundle for ``target_name``; see the module docstring."""
+    t_start = time.perf_counter()
+    target = load_target(target_name)
+    name = target["name"]
+    precision = precision or target["default_precision"]
+    if precision not in target["precisions"]:
+        raise EdgefaceError(f"target {name} supports --precision {'|'.join(target['precisions'])}, not {precision}")
+    source = resolve_source(model)
+    calib_path = Path(calib) if calib is not None else None
+    if precision == "int8" and calib_path is None and not source.qat:
+        raise EdgefaceError("--precision int8 needs calibration images: pass --calib DIR (face crops, or images "
+                            "with labels.csv), or deploy a quantization-aware checkpoint (edgeface train --recipe "
+                            "recipes/qat/...)")
+    if calib_path is not None and not calib_path.is_dir():
+        raise EdgefaceError(f"--calib {calib_path} is not a folder of calibration images")
+    vdata = Path(verify_data) if verify_data is not None else default_verify_data()
+    if vdata is not None and not vdata.is_dir():
+        raise EdgefaceError(f"--verify-data {vdata} is not a folder")
+    out = Path(out) if out is not None else Path("bundles") / f"{name}-{precision}"
+    out = out.absolute()
+    check_out(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_partials(out)
+
+    staged = make_staging_dir(out)
+    verify_result = None
+    try:
+        with Steps(console) as steps:
+            calibration = None
+            if precision != "int8":
+                artifact, input_kind, calib_cache = steps.run(
+                    f"export {target['backend']} ({precision}) from {source.label}",
+                    export_artifact, target, source, precision, staged)
+            else:
+                artifact, calib_cache, calibration = steps.run(
+                    f"export + quantize int8 for {target['backend']}"
+                    + (" (quantization-aware checkpoint)" if source.qat and calib_path is None else f" from {calib_path}"),
+                    quantize_artifact, target, source, calib_path, staged, steps.note)
+                check_bundle_artifact(registry.get(target["backend"]), staged / artifact, int(target["onnx"]["opset"]))
+                _drop_unused(staged, keep={artifact, calib_cache, *_companions(staged / artifact)})
+                input_kind = _input_kind(staged / artifact)
+            manifest_args = dict(
+                target=name, backend=target["backend"], precision=precision, artifact=artifact,
+                target_recipe=target, options=backend_options(target, precision), input_kind=input_kind,
+                calibration=calibration, calib_cache=calib_cache,
+                source={"model": source.label, "qat": source.qat, "model_version": source.meta.get("version")})
+            spec = _artifact_spec(staged / artifact)
+            steps.run("write manifest", write_manifest, staged, spec=spec, **manifest_args)
+            if verify:
+                def _verify():
+                    reference, _ = open_model(source.checkpoint)  # the FP32 torch model
+                    crops, poses, desc = load_verify_set(vdata, spec)
+                    runner, pred, how = bundle_runner(staged, target)
+                    try:
+                        res = verify_bundle(runner, reference.blur_and_pose, crops, poses, target["verify"][precision])
+                    finally:
+                        pred.close()
+                        reference.close()
+                    res.update(data=desc, runtime=how, reference_model=f"{source.label} (FP32 torch)")
+                    return res
+
+                verify_result = steps.run("verify against the FP32 reference", _verify)
+                steps.note(verify_line(verify_result))
+                if not verify_result["passed"]:
+                    raise EdgefaceError(
+                        f"the {name} {precision} bundle exceeds the accuracy budget ({'; '.join(verify_result['exceeded'])}; "
+                        f"recipes/targets/{name}.yaml verify.{precision}); use more --calib images, another --precision, "
+                        f"or --no-verify to write it anyway")
+            manifest = steps.run("seal bundle", write_manifest, staged, spec=spec,
+                                 accuracy=verify_result or {"verified": False, "reason": "--no-verify"},
+                                 tools=tool_versions(), **manifest_args)
+            open_bundle(staged, device=ANY_DEVICE)  # the files and manifest a device will check
+            move_into_place(staged, out, force)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+
+    result = DeployResult(bundle=out, target=name, backend=target["backend"], precision=precision, manifest=manifest,
+                          verify=verify_result, seconds=time.perf_counter() - t_start, steps=dict(steps.times))
+    if host:
+        from .remote import deploy_remote
+
+        ssh_options = dict(ssh_options or {})
+        result.remote = deploy_remote(out, host, target, console,
+                                      remote_python=ssh_options.pop("remote_python", None) or "python3", **ssh_options)
+    return result
+
+
+def _companions(artifact: Path) -> set[str]:
+    return {c.name for c in registry.engine_of_artifact(artifact).companions_of(artifact)}
+
+
+def _drop_unused(folder: Path, keep: set) -> None:
+    """After quantization only the INT8 artifact (and its companions) belongs in the bundle."""
+    for p in list(folder.iterdir()):
+        if p.is_file() and p.name not in keep:
+            p.unlink()
+
+
+def _artifact_spec(path: Path):
+    return registry.engine_of_artifact(path).spec_of(path)

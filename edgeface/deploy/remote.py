@@ -1,0 +1,67 @@
+"""`edgeface deploy --host`: copy a bundle to a device over SSH, check it there with the device's own edgeface
+(sha256, version, target), build the TensorRT engine there (Jetson), and bench it there."""
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any, Optional
+
+from ..bench.remote import bench_remote
+from ..bench.runner import BenchConfig
+from ..engines import registry
+from ..remote.ssh import SshTarget, unpack_command
+from .steps import Steps
+
+REMOTE_DIR = "edgeface-bundles"   # under the SSH user's home on the device
+
+
+def _open_bundle_code(remote: str) -> str:
+    """Python run by the device's own edgeface: open (verify) the bundle, print what it is. Devices may run an
+    edgeface from before the layered packages, where the bundle module was ``edgeface.bundle``."""
+    return ("import json\n"
+            "try:\n    from edgeface.runtime.bundle import open_bundle\n"
+            "except ImportError:\n    from edgeface.bundle import open_bundle\n"
+            f"i = open_bundle({remote!r})\n"
+            "print(json.dumps({'target': i.target, 'backend': i.backend}))")
+
+
+def deploy_remote(bundle: Path, host: str, target: dict, console=None, remote_python: str = "python3",
+                  port: Optional[int] = None, identity: Optional[Path] = None,
+                  known_hosts: Optional[Path] = None, bench_options: Optional[dict] = None) -> dict:
+    """Copy the bundle to ``host`` (~/edgeface-bundles/NAME) over SSH, check it there with the device's own
+    edgeface (sha256, version, target), build the TensorRT engine there (Jetson), and run the device's bench."""
+    ssh = SshTarget(host, port=port, identity=identity, known_hosts=known_hosts)
+    remote = f"{REMOTE_DIR}/{bundle.name}"
+    report: dict[str, Any] = {"host": host, "path": f"~/{remote}"}
+    py = shlex.quote(remote_python)
+
+    def upload():
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for f in sorted(bundle.iterdir()):
+                tar.add(f, arcname=f.name, recursive=True)
+        ssh.check(ssh.run(unpack_command(REMOTE_DIR, bundle.name), stdin=buf.getvalue(), timeout=600),
+                  "copying the bundle")
+
+    def verify_there():
+        return json.loads(ssh.check(ssh.run(f"{py} -c {shlex.quote(_open_bundle_code(remote))}", timeout=120),
+                                    "checking the bundle").strip().splitlines()[-1])
+
+    with Steps(console) as steps:
+        steps.run(f"copy bundle to {host}:~/{remote}", upload)
+        report["check"] = steps.run(f"check the bundle with {host}'s edgeface", verify_there)
+        if registry.get(target["backend"]).builds_on_device:
+            out = steps.run(f"build the {registry.get(target['backend']).title} engine on {host}", lambda: ssh.check(
+                ssh.run(f"{py} -m edgeface build {shlex.quote(remote)}", timeout=3600), "edgeface build"))
+            report["build"] = out.strip().splitlines()[-1:] if out.strip() else []
+        rows, warns, fetched = steps.run(f"bench on {host}", bench_remote,
+                                         BenchConfig(artifacts=[str(bundle)], **(bench_options or {})), ssh,
+                                         remote_python=remote_python, console=console)
+        if fetched is not None:
+            shutil.rmtree(fetched, ignore_errors=True)
+        report["bench"], report["warnings"] = rows, warns
+    return report

@@ -1,0 +1,99 @@
+"""Deployment targets as data: one YAML file per device under ``recipes/targets/``.
+
+Adding a device is adding a file: ``edgeface deploy --target NAME`` finds ``recipes/targets/NAME.yaml``
+(or takes a path to a YAML file). Every file is validated strictly before any work starts. The fields
+every target has are below; each engine adds the section named after it (its fields, defaults and checks
+come from the engine registry, ``TargetSection``), and turns it into the options its runner gets.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import EdgefaceError
+from ..core.recipe import RECIPES_DIR, REQUIRED, load_yaml, validate
+from ..core.spec import FLOAT_NCHW, INPUT_KINDS, PRECISIONS
+from ..engines import registry
+
+TARGETS_DIR = RECIPES_DIR / "targets"
+
+_BUDGET = {"pose_max_abs": REQUIRED, "pose_p99_abs": REQUIRED, "pose_mean_abs": REQUIRED, "blur_max_abs": REQUIRED,
+           "pose_mae_increase": REQUIRED}
+
+TARGET_SCHEMA: dict[str, Any] = {
+    "name": REQUIRED,
+    "description": "",
+    "device": REQUIRED,              # what edgeface.core.device.detect_device() reports on that machine
+    "backend": REQUIRED,
+    "default_precision": "fp32",
+    "precisions": ["fp32"],
+    "threads": 0,                    # 0 = let the backend use every core
+    "input_layout": FLOAT_NCHW,
+    "portable": False,
+    "onnx": {"opset": 17},
+    # one section per engine that reads one: "ncnn", "tensorrt", ... (from the registry)
+    **{e.name: dict(e.target.defaults) for e in registry.ENGINES if e.target is not None},
+    "quantization": {"format": ""},
+    "verify": {p: dict(_BUDGET) for p in PRECISIONS},
+}
+
+
+def backends() -> list[str]:
+    """The engines a target may name: those whose artifacts a bundle can carry."""
+    return [e.name for e in registry.deployable()]
+
+
+def list_targets() -> list[str]:
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.yaml"))
+
+
+def target_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise EdgefaceError(f"target file {p} does not exist")
+        return p
+    cand = TARGETS_DIR / f"{name_or_path}.yaml"
+    if not cand.is_file():
+        raise EdgefaceError(f"unknown target {str(name_or_path)!r}; choose one of {', '.join(list_targets())} "
+                            f"(or add recipes/targets/{name_or_path}.yaml)")
+    return cand
+
+
+def load_target(name_or_path: str | Path) -> dict[str, Any]:
+    """The validated target recipe (defaults filled in). EdgefaceError naming the bad field."""
+    path = target_path(name_or_path)
+    where = f"target {path.name}"
+    t = validate(load_yaml(path), TARGET_SCHEMA, where)
+    for field_name, value, allowed in (("backend", t["backend"], backends()),
+                                       ("default_precision", t["default_precision"], PRECISIONS),
+                                       ("input_layout", t["input_layout"], INPUT_KINDS)):
+        if value not in allowed:
+            raise EdgefaceError(f"{where}: field '{field_name}' is {value!r}; choose one of {', '.join(allowed)}")
+    for p in t["precisions"]:
+        if p not in PRECISIONS:
+            raise EdgefaceError(f"{where}: field 'precisions' has {p!r}; choose from {', '.join(PRECISIONS)}")
+    if t["default_precision"] not in t["precisions"]:
+        raise EdgefaceError(f"{where}: default_precision {t['default_precision']} is not in precisions {t['precisions']}")
+    if t["name"] != path.stem and path.parent == TARGETS_DIR:
+        raise EdgefaceError(f"{where}: field 'name' is {t['name']!r} but the file is {path.name}; make them agree")
+    if not isinstance(t["threads"], int) or t["threads"] < 0:
+        raise EdgefaceError(f"{where}: field 'threads' must be an integer >= 0")
+    for prec, budget in t["verify"].items():
+        for k, v in budget.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                raise EdgefaceError(f"{where}: field 'verify.{prec}.{k}' must be a number >= 0, got {v!r}")
+    for engine in registry.ENGINES:
+        if engine.target is not None:
+            engine.target.check(t[engine.name], where)
+    return t
+
+
+def backend_options(target: dict, precision: str) -> dict[str, Any]:
+    """Options the device's engine runs the bundle with (written into the manifest): the thread count, and
+    what the engine makes of its own section of the target."""
+    engine = registry.get(target["backend"])
+    opts: dict[str, Any] = {"threads": target["threads"] or None}
+    if engine.target is not None:
+        opts.update(engine.target.runner_options(target[engine.name], precision))
+    return opts

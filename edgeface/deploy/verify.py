@@ -1,0 +1,150 @@
+"""Verifying a bundle before it is sealed: through the loader a device uses, against the FP32 reference.
+
+The faces are held out (the val split of the labelled sets, a fixed choice per set); without labelled data,
+deterministic synthetic images still compare the two engines' outputs. Pose is budgeted on the faces as
+they are, blur on the faces and on synthetically blurred copies of them (``recipes/targets/*.yaml``,
+``verify:``).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..core.compare import abs_deviation, deviation
+from ..core.errors import EdgefaceError
+from ..engines import registry
+from ..runtime.bundle import ANY_DEVICE, open_bundle
+from ..runtime.predictor import Predictor
+
+VERIFY_PER_SET = 64          # held-out faces per labelled set used for verification (deterministic choice)
+BUDGET_KEYS = ("pose_max_abs", "pose_p99_abs", "pose_mean_abs", "blur_max_abs", "pose_mae_increase")
+
+
+def default_verify_data() -> Optional[Path]:
+    """$EDGEFACE_SHARED_DATA, ./../shared/data, or the repository's ../shared/data, whichever exists."""
+    cands = []
+    if os.environ.get("EDGEFACE_SHARED_DATA"):
+        cands.append(Path(os.environ["EDGEFACE_SHARED_DATA"]))
+    cands += [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"]
+    for c in cands:
+        if c.is_dir() and any((p / "labels.csv").is_file() for p in c.iterdir() if p.is_dir()):
+            return c
+    return None
+
+
+def load_verify_set(data: Optional[Path], spec, per_set: int = VERIFY_PER_SET, seed: int = 0):
+    """(crops uint8 BGR, poses (N, 3) with NaN where unknown, description). Held-out = the val split."""
+    from ..model.data import find_sets, load_samples
+    from ..model.evaluate import load_crops
+
+    if data is None:
+        return synthetic_faces(spec), np.full((48, 3), np.nan, np.float32), \
+            "synthetic images (no held-out faces found; pass --verify-data DIR)"
+    samples, used = [], []
+    for folder in find_sets(data):
+        try:
+            rows = load_samples(folder, split="val")
+        except EdgefaceError:
+            rows = load_samples(folder)  # a plain folder (no split column): all of it
+        rng = np.random.default_rng(seed)
+        pick = sorted(rng.choice(len(rows), size=min(per_set, len(rows)), replace=False).tolist())
+        samples += [rows[i] for i in pick]
+        used.append(f"{folder.name}:{len(pick)}")
+    crops = load_crops(samples, spec)
+    poses = np.array([s.pose for s in samples], np.float32)
+    return crops, poses, f"{data} val split ({', '.join(used)})"
+
+
+def synthetic_faces(spec, n: int = 48) -> np.ndarray:
+    """Deterministic structured images (gradients, blobs, noise): enough to compare two engines' outputs."""
+    s = spec.input_size
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    out = np.empty((n, s, s, 3), np.uint8)
+    for i in range(n):
+        cx, cy, r = rng.uniform(0.3 * s, 0.7 * s, 2).tolist() + [rng.uniform(0.2 * s, 0.45 * s)]
+        face = np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)))
+        img = np.stack([face * rng.uniform(80, 255) + xx * rng.uniform(0, 1), face * rng.uniform(60, 220),
+                        face * rng.uniform(40, 200) + yy * rng.uniform(0, 1)], -1)
+        out[i] = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    return out
+
+
+def verify_bundle(runner, reference, crops: np.ndarray, poses: np.ndarray, budget: dict) -> dict:
+    """Compare a bundle's outputs with the FP32 reference on faces and on synthetic blur; check the budget."""
+    from ..model.evaluate import pose_metrics, run_batched, spearman, synthetic_blur_set
+
+    ref_b, ref_p = run_batched(reference, crops)
+    art_b, art_p = run_batched(runner, crops)
+    blur_imgs, blur_labels = synthetic_blur_set(crops)
+    if len(blur_imgs):
+        ref_bb, ref_bp = run_batched(reference, blur_imgs)
+        art_bb, art_bp = run_batched(runner, blur_imgs)
+    else:
+        ref_bb = art_bb = np.empty(0)
+        ref_bp = art_bp = np.empty((0, 3))
+    # Pose is budgeted on the faces as they are; on the synthetically blurred copies (some blurred until the
+    # face is gone) pose is reported but not budgeted. Blur is budgeted on both.
+    d = deviation(np.concatenate([art_b, art_bb]), art_p, np.concatenate([ref_b, ref_bb]), ref_p)
+    ref_acc, art_acc = pose_metrics(ref_p, poses), pose_metrics(art_p, poses)
+    increase = None
+    if ref_acc.get("mean_mae") is not None and art_acc.get("mean_mae") is not None:
+        increase = art_acc["mean_mae"] - ref_acc["mean_mae"]
+    result = {
+        "n_faces": int(len(crops)), "n_blurred": int(len(blur_imgs)),
+        "pose_max_abs": d["pose_max_abs"], "pose_p99_abs": d["pose_p99_abs"], "pose_mean_abs": d["pose_mean_abs"],
+        "pose_max_abs_blurred": abs_deviation(art_bp, ref_bp)["max"] if len(blur_imgs) else None,
+        "blur_max_abs": d["blur_max_abs"], "blur_mean_abs": d["blur_mean_abs"],
+        "reference": {"pose_mean_mae": ref_acc.get("mean_mae"), "yaw_mae": ref_acc.get("yaw_mae"),
+                      "pitch_mae": ref_acc.get("pitch_mae"), "roll_mae": ref_acc.get("roll_mae"),
+                      "blur_spearman": spearman(ref_bb, blur_labels) if len(blur_imgs) > 1 else None},
+        "bundle": {"pose_mean_mae": art_acc.get("mean_mae"), "yaw_mae": art_acc.get("yaw_mae"),
+                   "pitch_mae": art_acc.get("pitch_mae"), "roll_mae": art_acc.get("roll_mae"),
+                   "blur_spearman": spearman(art_bb, blur_labels) if len(blur_imgs) > 1 else None},
+        "pose_mae_increase": increase,
+        "budget": dict(budget),
+    }
+    over = []
+    for key in BUDGET_KEYS:
+        value = result[key]
+        if value is not None and value > budget[key]:
+            over.append(f"{key} {value:.4g} > {budget[key]:.4g}")
+    result["passed"] = not over
+    result["exceeded"] = over
+    return result
+
+
+def bundle_runner(bundle: Path, target: dict):
+    """(runner, Predictor, how) through the same loader the device uses. A bundle whose engine builds on the
+    device (TensorRT: not installed here) runs its artifact on the engine that checks it (its ONNX in
+    onnxruntime): the graph and its Q/DQ scales are checked; the engine's own numbers are checked by
+    ``edgeface build`` on the device."""
+    engine = registry.get(target["backend"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "deployed for rpi, runs here on x86" is expected while verifying
+        if engine.builds_on_device:
+            info = open_bundle(bundle, device=ANY_DEVICE, verify=False)
+            backend, options = engine.checking()
+            pred = Predictor(str(info.artifact), backend=backend, **options)
+            how = (f"{backend} on the bundle's {engine.bundle_format.upper()} ({engine.title} engine numbers are "
+                   f"checked on the device)")
+        else:
+            pred = Predictor(str(bundle))
+            how = f"{pred.backend} through Predictor(bundle)"
+    return pred.blur_and_pose, pred, how
+
+
+def verify_line(v: dict) -> str:
+    """One line of what verification measured, for the terminal."""
+    acc = ""
+    if v.get("pose_mae_increase") is not None:
+        acc = (f", pose MAE {v['reference']['pose_mean_mae']:.3f} -> {v['bundle']['pose_mean_mae']:.3f}° "
+               f"({v['pose_mae_increase']:+.3f})")
+    verdict = "[green]within budget[/green]" if v["passed"] else "[red]over budget[/red]"
+    return (f"vs FP32 on {v['n_faces']} faces + {v['n_blurred']} blurred: pose max |Δ| {v['pose_max_abs']:.4g}°, "
+            f"p99 {v['pose_p99_abs']:.4g}°, "
+            f"mean {v['pose_mean_abs']:.4g}°, blur max |Δ| {v['blur_max_abs']:.4g}{acc}: {verdict}")

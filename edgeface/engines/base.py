@@ -1,0 +1,119 @@
+"""The lifecycle every engine's runner follows (after Polygraphy's runners), owned by this base class.
+
+    b = SomeBackend(artifact, spec, threads=2)   # cheap: options checked, nothing loaded yet (lazy)
+    b.load()                                     # activate: create the session / net / engine
+    out = b.run(x)                               # {"blur": (N, 1), "pose": (N, 3)} float32
+    b.info()                                     # what runs: versions, providers, precision
+    b.close()                                    # deactivate: free native resources
+
+A runner fills in ``_load_impl``, ``_run_impl`` and, where it has something to add or free, ``_info_impl``
+and ``_close_impl``. The base class does the rest once for all of them: ``load`` is idempotent and cleans
+up after a failed load, ``run`` loads on first use and checks the batch against the artifact's input
+kind, ``close`` is safe to call twice, and unknown options are refused when the runner is created (an
+option nobody reads would otherwise be ignored without a word).
+
+``x`` is what the artifact's input takes (``input_kind``): float32 NCHW normalised as the ModelSpec says,
+or uint8 NHWC BGR when the preprocessing is folded into the graph or done by the engine.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..core.errors import EdgefaceError
+from ..core.spec import FLOAT_NCHW, UINT8_NHWC, ModelSpec
+
+
+class Backend(ABC):
+    name: ClassVar[str] = ""
+    # Keyword options this runner reads (documented in each runner's class docstring).
+    OPTIONS: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, artifact: str | Path, spec: ModelSpec, threads: int | None = None,
+                 precision: str | None = None, **options):
+        unknown = sorted(set(options) - self.OPTIONS)
+        if unknown:
+            known = ", ".join(sorted(self.OPTIONS)) or "none"
+            raise EdgefaceError(f"the {self.name} backend has no option {', '.join(map(repr, unknown))}; "
+                                f"its options are: {known}")
+        self.artifact = Path(artifact)
+        self.spec = spec
+        self.threads = threads
+        self.precision = precision or "fp32"
+        self.options = options
+        self.input_kind = FLOAT_NCHW
+        self._loaded = False
+
+    # -- the lifecycle ----------------------------------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def load(self) -> None:
+        """Create the native session (once). A failed load frees what it had created and raises."""
+        if self._loaded:
+            return
+        try:
+            self._load_impl()
+        except BaseException:
+            self._close_impl()
+            raise
+        self._loaded = True
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch in, the spec's named outputs out (float32, batch first)."""
+        self.load()
+        return self._run_impl(self.check_input(x))
+
+    def info(self) -> dict:
+        return {"backend": self.name, "artifact": str(self.artifact), "precision": self.precision,
+                "threads": self.threads, "input_kind": self.input_kind, **self._info_impl()}
+
+    def close(self) -> None:
+        if self._loaded:
+            try:
+                self._close_impl()
+            finally:
+                self._loaded = False
+
+    def __enter__(self):
+        self.load()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- what a runner fills in -----------------------------------------------------------------------------
+    @abstractmethod
+    def _load_impl(self) -> None:
+        """Create the native session; set ``input_kind`` and ``precision`` from what the artifact says.
+        Raise EdgefaceError with a one-line reason on failure."""
+
+    @abstractmethod
+    def _run_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a checked batch."""
+
+    def _info_impl(self) -> dict:
+        """Engine-specific facts for ``info()`` (versions, providers, ...). Called loaded or not."""
+        return {}
+
+    def _close_impl(self) -> None:
+        """Free native resources; also called after a failed load, so it must cope with partial state."""
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        s = self.spec.input_size
+        if self.input_kind == UINT8_NHWC:
+            want, dtype = (s, s, 3), np.uint8
+        else:
+            want, dtype = (3, s, s), np.float32
+        ok = isinstance(x, np.ndarray) and x.ndim == 4 and x.shape[1:] == want
+        if not ok or x.dtype != dtype:
+            raise EdgefaceError(f"{self.name} input has shape {np.shape(x)} dtype {getattr(x, 'dtype', None)}; "
+                                f"this artifact takes (N, {', '.join(map(str, want))}) {np.dtype(dtype).name}")
+        if x.shape[0] == 0:
+            raise EdgefaceError("empty batch: pass at least one crop")
+        return x

@@ -1,0 +1,191 @@
+"""Accuracy on labelled sets: pose MAE per axis (where labels exist) and blur on synthetic blur.
+
+A *runner* is any callable ``uint8 (N, S, S, 3) BGR -> (blur (N,), pose (N, 3))``: the torch model,
+or any backend through the Predictor, so every artifact is measured by the same code.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from .blur import KINDS, apply_blur, blur_label, sharpness, sigma_for_label
+from .data import Sample, resolve_box
+from ..core.preprocess import crop_face, read_image
+from ..core.spec import ModelSpec
+
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+SHARP_MIN = 80.0  # variance of the Laplacian of the 112 px grey crop; below it a face is already soft
+BLUR_SHARP_FRACTION = 0.25  # share of evaluated faces left sharp
+MAX_LABEL = float(blur_label(8.0))
+
+
+def load_crops(samples: list[Sample], spec: ModelSpec, progress=None, task=None) -> np.ndarray:
+    crops = np.empty((len(samples), spec.input_size, spec.input_size, 3), np.uint8)
+    for i, s in enumerate(samples):
+        img = read_image(s.path)
+        crops[i] = crop_face(img, resolve_box(s, img, spec.crop.scale), spec)
+        if progress is not None:
+            progress.advance(task)
+    return crops
+
+
+def run_batched(runner: Runner, crops: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    blurs, poses = [], []
+    for i in range(0, len(crops), batch):
+        b, p = runner(crops[i:i + batch])
+        blurs.append(np.asarray(b, np.float64).reshape(-1))
+        poses.append(np.asarray(p, np.float64).reshape(-1, 3))
+    return np.concatenate(blurs), np.concatenate(poses)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    def rank(x):
+        order = np.argsort(x, kind="mergesort")
+        r = np.empty(len(x), np.float64)
+        r[order] = np.arange(len(x))
+        # average ranks over ties
+        xs = x[order]
+        i = 0
+        while i < len(xs):
+            j = i
+            while j + 1 < len(xs) and xs[j + 1] == xs[i]:
+                j += 1
+            if j > i:
+                r[order[i:j + 1]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = rank(np.asarray(a, np.float64)), rank(np.asarray(b, np.float64))
+    ra -= ra.mean()
+    rb -= rb.mean()
+    den = math.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / den) if den > 0 else float("nan")
+
+
+def synthetic_blur_set(crops: np.ndarray, seed: int = 0, sharp_min: float = SHARP_MIN):
+    """Deterministic blurred copies of the sharp crops: (images, labels). Kinds cycle; strengths are uniform
+    in label space with a quarter left sharp."""
+    keep = [i for i in range(len(crops)) if sharpness(crops[i]) >= sharp_min]
+    imgs, labels = [], []
+    for j, i in enumerate(keep):
+        rng = np.random.default_rng([seed, j])
+        if rng.random() < BLUR_SHARP_FRACTION:
+            imgs.append(crops[i])
+            labels.append(0.0)
+            continue
+        label = float(rng.uniform(0.03, MAX_LABEL))
+        sigma = sigma_for_label(label)
+        imgs.append(apply_blur(crops[i], KINDS[j % len(KINDS)], sigma, float(rng.uniform(0, 180))))
+        labels.append(label)
+    if not imgs:
+        return np.empty((0,) + crops.shape[1:], np.uint8), np.empty(0)
+    return np.stack(imgs), np.asarray(labels)
+
+
+# |yaw| bins users ask about: where does the model stop being right? The last bin takes everything wider.
+YAW_BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, math.inf))
+
+
+def yaw_bin_name(lo: float, hi: float) -> str:
+    return f"{lo:.0f}-{hi:.0f}" if math.isfinite(hi) else f"{lo:.0f}+"
+
+
+def pose_metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """MAE per axis and their mean, overall and by |true yaw| bin (``by_yaw``)."""
+    out = _axis_maes(pred, truth)
+    by_yaw = {}
+    ayaw = np.abs(truth[:, 0])
+    for lo, hi in YAW_BINS:
+        m = (ayaw >= lo) & (ayaw < hi)  # NaN yaw falls in no bin
+        if m.any():
+            r = _axis_maes(pred[m], truth[m])
+            by_yaw[yaw_bin_name(lo, hi)] = {"n": int(m.sum()), "mean_mae": r["mean_mae"], "yaw_mae": r["yaw_mae"],
+                                            "pitch_mae": r["pitch_mae"], "roll_mae": r["roll_mae"]}
+    out["by_yaw"] = by_yaw
+    return out
+
+
+def _axis_maes(pred: np.ndarray, truth: np.ndarray) -> dict:
+    out, maes = {}, []
+    for k, name in enumerate(("yaw", "pitch", "roll")):
+        m = ~np.isnan(truth[:, k])
+        if m.any():
+            out[f"{name}_mae"] = float(np.abs(pred[m, k] - truth[m, k]).mean())
+            out[f"n_{name}"] = int(m.sum())
+            maes.append(out[f"{name}_mae"])
+        else:
+            out[f"{name}_mae"] = None
+    out["mean_mae"] = float(np.mean(maes)) if maes else None
+    return out
+
+
+def evaluate_crops(runner: Runner, crops: np.ndarray, poses: np.ndarray, blur: bool = True, seed: int = 0,
+                   batch: int = 64) -> dict:
+    res: dict = {"n": int(len(crops))}
+    _, pose_pred = run_batched(runner, crops, batch)
+    res.update(pose_metrics(pose_pred, poses))
+    if blur:
+        imgs, labels = synthetic_blur_set(crops, seed)
+        if len(imgs):
+            pred, _ = run_batched(runner, imgs, batch)
+            sharp = labels == 0
+            res.update(blur_mae=float(np.abs(pred - labels).mean()), blur_spearman=spearman(pred, labels),
+                       blur_sharp_mean=float(pred[sharp].mean()) if sharp.any() else None, n_blur=int(len(imgs)))
+        else:
+            res.update(blur_mae=None, blur_spearman=None, blur_sharp_mean=None, n_blur=0)
+    return res
+
+
+_CROP_MEMO: dict = {}
+
+
+def evaluate_samples(runner: Runner, samples: list[Sample], spec: ModelSpec, blur: bool = True, seed: int = 0) -> dict:
+    key = (id(samples), len(samples), spec.input_size, spec.crop)
+    if key not in _CROP_MEMO:  # crops are reused across epochs during training
+        _CROP_MEMO[key] = (load_crops(samples, spec), np.array([s.pose for s in samples], np.float32))
+    crops, poses = _CROP_MEMO[key]
+    return evaluate_crops(runner, crops, poses, blur, seed)
+
+
+def format_table(results: dict[str, dict], title: str = "accuracy"):
+    from rich.table import Table
+
+    table = Table(title=title)
+    cols = ("n", "yaw_mae", "pitch_mae", "roll_mae", "mean_mae", "blur_mae", "blur_spearman", "blur_sharp_mean")
+    bins = [yaw_bin_name(lo, hi) for lo, hi in YAW_BINS]
+    table.add_column("set")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for b in bins:
+        table.add_column(f"mean |yaw| {b}", justify="right")
+
+    def cell(v):
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    for name, r in results.items():
+        per_bin = r.get("by_yaw") or {}
+        table.add_row(name, *[cell(r.get(c)) for c in cols],
+                      *[cell(per_bin[b]["mean_mae"]) + f" ({per_bin[b]['n']})" if b in per_bin else "-" for b in bins])
+    return table
+
+
+def rendered_val(root, spec: ModelSpec, context: float = 1.6, console=None,
+                 limit: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Model crops and labels of the rendered wide-pose val set (val people only), or None where ``root`` has
+    no meshes. One render per near-frontal val face, |yaw| spread uniformly over 0-90 deg."""
+    from pathlib import Path
+
+    from .render_bank import VAL_CONFIG, build_bank
+
+    root = Path(root)
+    if not all((root / name / "mesh.npz").is_file() for name in VAL_CONFIG.sets):
+        return None
+    from dataclasses import replace
+
+    bank = build_bank(root, replace(VAL_CONFIG, limit=limit), spec, context, split="val", console=console, seed_offset=1)
+    crops = np.stack([crop_face(np.asarray(bank.images[j]), bank.boxes[j], spec) for j in range(len(bank))])
+    return crops, np.asarray(bank.poses, np.float32)

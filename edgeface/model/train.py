@@ -1,0 +1,387 @@
+"""FP32 training from a recipe: cached context crops, augmentation through the shared crop function,
+masked multitask losses, rich progress, deterministic seeds, checkpoints and resume."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..core.errors import EdgefaceError
+from ..core.preprocess import context_crop, crop_face, read_image, to_input
+from ..core.recipe import REQUIRED, load_yaml, validate
+from ..core.spec import CropRule, ModelSpec
+from .blur import degrade, random_blur, sharpness
+from .data import Sample, load_samples
+from .pose import rotate_pose
+
+TRAIN_SCHEMA = {
+    "kind": "train",
+    "model": {"arch": "mobilenetv2", "width": 0.25, "input_size": 112, "crop_scale": 1.4, "version": "1.1.0"},
+    "data": {
+        "root": "../shared/data",
+        "sets": REQUIRED,  # list of {name, weight}
+        "split": "train",
+        "val_split": "val",
+        "limit": (int, None),  # per-set cap on samples (smoke runs)
+        "centre_people": False,  # remove per-person rig offsets from training labels (data.person_offsets)
+        "teacher_max_yaw": (float, None),  # mask teacher yaw/pitch labels wider than this (data.read_labels_csv)
+    },
+    "train": {
+        "epochs": 30, "epoch_size": 12000, "batch_size": 128, "lr": 0.003, "weight_decay": 0.0001,
+        "warmup_epochs": 1.0, "seed": 0, "threads": 2, "workers": 1,
+        "init": (str, None),  # start weights (a checkpoint path)
+    },
+    "augment": {
+        "context": 1.6, "scale": [0.85, 1.2], "shift": 0.07, "rotate_deg": 30.0, "rotate_p": 0.5,
+        "flip_p": 0.5, "grey_p": 0.15, "colour": 0.3, "blur_p": 0.65, "sharp_min": 80.0,
+        "jpeg_p": 0.4, "noise_p": 0.35,
+    },
+    # Faces re-rendered at new head rotations from their meshes (render_bank); views 0 = off.
+    "render": {
+        "sets": ["utkface", "celeba"], "views": 0, "weight": 1.0, "max_source_yaw": 25.0, "max_source_pitch": 25.0,
+        "yaw_min": 15.0, "yaw_max": 90.0, "pitch_p": 0.4, "pitch_delta": 25.0, "max_pitch": 45.0, "seed": 0,
+    },
+    "loss": {"pose": 1.0, "blur": 1.0, "pose_beta": 2.0},
+    "out": "runs/mbv2_025",
+}
+
+
+def load_train_recipe(path) -> dict:
+    raw = load_yaml(path)
+    recipe = validate(raw, TRAIN_SCHEMA, f"recipe {path}")
+    if recipe["kind"] != "train":
+        raise EdgefaceError(f"recipe {path}: field 'kind' is {recipe['kind']!r}; use `edgeface train` with a "
+                            f"'train' recipe (QAT recipes have kind 'qat')")
+    sets = recipe["data"]["sets"]
+    if not isinstance(sets, list) or not sets:
+        raise EdgefaceError(f"recipe {path}: field 'data.sets' must be a non-empty list of {{name, weight}}")
+    for i, s in enumerate(sets):
+        if not isinstance(s, dict):
+            raise EdgefaceError(f"recipe {path}: field 'data.sets[{i}]' must be a mapping {{name, weight}}")
+        sets[i] = validate(s, {"name": REQUIRED, "weight": 1.0}, f"recipe {path}", f"data.sets[{i}].")
+    r = recipe["render"]
+    if r["views"] < 0 or r["weight"] < 0 or not 0 <= r["yaw_min"] <= r["yaw_max"] <= 90 or not r["sets"]:
+        raise EdgefaceError(f"recipe {path}: fields 'render.*' need views >= 0, weight >= 0, "
+                            f"0 <= yaw_min <= yaw_max <= 90 and a non-empty sets list")
+    if recipe["augment"]["context"] < 1.0:
+        raise EdgefaceError(f"recipe {path}: field 'augment.context' must be >= 1.0")
+    return recipe
+
+
+def bank_config(recipe: dict):
+    """The recipe's ``render`` section as a render_bank.BankConfig (its training-only ``weight`` left out)."""
+    from .render_bank import BankConfig
+
+    r = dict(recipe["render"])
+    r.pop("weight")
+    r["sets"] = tuple(r["sets"])
+    return BankConfig(**r, limit=recipe["data"]["limit"])
+
+
+def spec_from_recipe(recipe: dict) -> ModelSpec:
+    m = recipe["model"]
+    return ModelSpec(input_size=m["input_size"], crop=CropRule(scale=m["crop_scale"]), arch=m["arch"],
+                     width=m["width"], model_version=m["version"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Context cache: every face once, cropped wider than the model sees, so augmentation is a cheap warp.
+# ----------------------------------------------------------------------------------------------
+class CropCache:
+    """Context crops of every face (and rendered view) with their pose labels and sharpness."""
+
+    def __init__(self, samples: list[Sample], spec: ModelSpec, context: float, progress=None, task=None):
+        self.spec = spec
+        self.context = context
+        self.size = int(round(spec.input_size * context))
+        self.images = np.empty((len(samples), self.size, self.size, 3), np.uint8)
+        self.boxes = np.empty((len(samples), 4), np.float32)
+        for i, s in enumerate(samples):
+            self.images[i], self.boxes[i] = context_crop(read_image(s.path), s.box, spec, context)
+            if progress is not None:
+                progress.advance(task)
+        self.poses = np.array([s.pose for s in samples], np.float32).reshape(-1, 3)
+        self.sharp = np.array([sharpness(self.base_crop(i)) for i in range(len(samples))], np.float32)
+        self.rendered = np.zeros(len(samples), bool)
+
+    def add_rendered(self, images: np.ndarray, boxes: np.ndarray, poses: np.ndarray) -> None:
+        """Append rendered views. They carry no blur label: resampling softens them by an unknown amount."""
+        self.images = np.concatenate([self.images, images])
+        self.boxes = np.concatenate([self.boxes, boxes.astype(np.float32)])
+        self.poses = np.concatenate([self.poses, poses.astype(np.float32)])
+        self.sharp = np.concatenate([self.sharp, np.full(len(images), -np.inf, np.float32)])
+        self.rendered = np.concatenate([self.rendered, np.ones(len(images), bool)])
+
+    def base_crop(self, i: int) -> np.ndarray:
+        return crop_face(self.images[i], self.boxes[i], self.spec)
+
+    def __len__(self):
+        return len(self.images)
+
+
+def colour_jitter(img: np.ndarray, rng: np.random.Generator, strength: float, grey_p: float) -> np.ndarray:
+    f = img.astype(np.float32)
+    if strength > 0:
+        b = rng.uniform(-40, 40) * strength
+        c = 1 + rng.uniform(-1, 1) * strength
+        s = 1 + rng.uniform(-1, 1) * strength
+        gains = 1 + rng.uniform(-0.15, 0.15, 3) * strength  # white balance
+        grey = f.mean(axis=2, keepdims=True)
+        f = grey + (f - grey) * s
+        f = (f - 128) * c + 128 + b
+        f = f * gains
+    if rng.random() < grey_p:
+        g = cv2.cvtColor(np.clip(f, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY)
+        return cv2.cvtColor(g, cv2.COLOR_GRAY2BGR)
+    return np.clip(f, 0, 255).astype(np.uint8)
+
+
+class AugmentedFaces:
+    """torch-style dataset over a CropCache; item i is deterministic given (seed, epoch, i)."""
+
+    def __init__(self, cache: CropCache, aug: dict, seed: int):
+        self.cache, self.aug, self.seed, self.epoch = cache, aug, seed, 0
+
+    def __len__(self):
+        return len(self.cache)
+
+    def __getitem__(self, i):
+        a, cache = self.aug, self.cache
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        yaw, pitch, roll = (float(v) for v in cache.poses[i])
+        roll_known = not math.isnan(roll)
+        angle = 0.0
+        if a["rotate_p"] > 0 and rng.random() < a["rotate_p"] and not (math.isnan(yaw) or math.isnan(pitch)):
+            angle = float(rng.uniform(-a["rotate_deg"], a["rotate_deg"]))
+            yaw, pitch, roll = rotate_pose(yaw, pitch, roll if roll_known else 0.0, angle)
+            if not roll_known:
+                roll = math.nan
+        flip = bool(rng.random() < a["flip_p"])
+        if flip:
+            yaw, roll = -yaw, -roll
+        lo, hi = a["scale"]
+        scale = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        shift = (float(rng.uniform(-a["shift"], a["shift"])), float(rng.uniform(-a["shift"], a["shift"])))
+        img = crop_face(cache.images[i], cache.boxes[i], cache.spec, scale=scale, shift=shift, angle_deg=angle, flip=flip)
+        img = colour_jitter(img, rng, a["colour"], a["grey_p"])
+        blur = math.nan
+        if cache.sharp[i] >= a["sharp_min"]:  # already-soft faces carry no blur label
+            if rng.random() < a["blur_p"]:
+                img, blur = random_blur(img, rng, p_sharp=0.0)
+            else:
+                blur = 0.0
+        elif cache.rendered[i] and rng.random() < a["blur_p"]:
+            img, _ = random_blur(img, rng, p_sharp=0.0)  # robustness only: a render's own softness is unknown
+        img = degrade(img, rng, a["jpeg_p"], a["noise_p"])
+        return img, np.array([yaw, pitch, roll], np.float32), np.float32(blur)
+
+
+def collate_batch(batch):
+    """A DataLoader's collate_fn for AugmentedFaces items: (images, poses, blurs) as stacked numpy arrays."""
+    imgs = np.stack([b[0] for b in batch])
+    poses = np.stack([b[1] for b in batch])
+    blurs = np.array([b[2] for b in batch], np.float32)
+    return imgs, poses, blurs
+
+
+def warmup_cosine(t: dict, steps_per_epoch: int):
+    """Learning rate per step: linear warm-up over ``warmup_epochs``, then cosine to 0 (FP32 and QAT share it)."""
+    total = steps_per_epoch * t["epochs"]
+    warm = max(1, int(t["warmup_epochs"] * steps_per_epoch))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return t["lr"] * (step + 1) / warm
+        return t["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return lr_at
+
+
+def masked_losses(blur_pred, pose_pred, blur_t, pose_t, beta: float):
+    """Smooth-L1 pose loss (degrees / 10) and BCE blur loss, each averaged over known labels only."""
+    import torch
+    import torch.nn.functional as F
+
+    pose_mask = ~torch.isnan(pose_t)
+    blur_mask = ~torch.isnan(blur_t)
+    pose_loss = blur_pred.new_zeros(())
+    blur_loss = blur_pred.new_zeros(())
+    if pose_mask.any():
+        d = (pose_pred[pose_mask] - pose_t[pose_mask]) / 10.0
+        pose_loss = F.smooth_l1_loss(d, torch.zeros_like(d), beta=beta / 10.0)
+    if blur_mask.any():
+        p = blur_pred.squeeze(1)[blur_mask].clamp(1e-6, 1 - 1e-6)
+        blur_loss = F.binary_cross_entropy(p, blur_t[blur_mask])
+    return pose_loss, blur_loss
+
+
+def run_epoch(forward, loader, opt, lr_at, step: int, loss_weights: dict, spec: ModelSpec, progress, task):
+    """One pass over ``loader`` (FP32 training and QAT share it): returns (summed [pose, blur] losses, step)."""
+    import torch
+
+    sums = np.zeros(2)
+    t0 = time.perf_counter()
+    seen = 0
+    for i, (imgs, poses, blurs) in enumerate(loader):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        bp, pp = forward(torch.from_numpy(to_input(imgs, spec)))
+        pl, bl = masked_losses(bp, pp, torch.from_numpy(blurs), torch.from_numpy(poses), loss_weights["pose_beta"])
+        loss = loss_weights["pose"] * pl + loss_weights["blur"] * bl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        seen += len(imgs)
+        sums += (pl.item(), bl.item())
+        rate = seen / (time.perf_counter() - t0)
+        progress.update(task, advance=1, info=f"pose {sums[0] / (i + 1):.3f} blur {sums[1] / (i + 1):.3f} {rate:.0f} img/s")
+    return sums, step
+
+
+def apply_cli_overrides(recipe: dict, epochs=None, epoch_size=None, limit=None, data_root=None) -> dict:
+    """The command line's --epochs/--epoch-size/--limit/--data-root over a validated recipe (FP32 and QAT)."""
+    for section, key, value in (("train", "epochs", epochs), ("train", "epoch_size", epoch_size),
+                                ("data", "limit", limit), ("data", "root", data_root)):
+        if value is not None:
+            recipe[section][key] = value
+    return recipe
+
+
+def data_root_of(recipe: dict) -> Path:
+    root = Path(recipe["data"]["root"])
+    if not root.is_dir():
+        raise EdgefaceError(f"data root {root} does not exist; pass --data-root DIR (e.g. ../shared/data)")
+    return root
+
+
+def load_sets(recipe: dict, split: str, root: Path, centre_people: bool = False,
+              teacher_max_yaw: float | None = None) -> dict[str, list[Sample]]:
+    """{set name: samples} of the recipe's sets for one split (capped at ``data.limit`` per set, seeded)."""
+    out = {}
+    for s in recipe["data"]["sets"]:
+        folder = root / s["name"]
+        samples = load_samples(folder, split=split, require_labels=True, centre_people=centre_people,
+                               teacher_max_yaw=teacher_max_yaw)
+        limit = recipe["data"]["limit"]
+        if limit:
+            rng = np.random.default_rng(recipe["train"]["seed"])
+            idx = rng.permutation(len(samples))[:limit]
+            samples = [samples[j] for j in sorted(idx)]
+        out[s["name"]] = samples
+    return out
+
+
+def train(recipe_path, out: str | None = None, epochs: int | None = None, limit: int | None = None,
+          data_root: str | None = None, resume: bool = False, epoch_size: int | None = None,
+          init: str | None = None, seed: int | None = None, console=None) -> Path:
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..engines.torch.checkpoint import read_checkpoint, save_checkpoint
+    from ..engines.torch.network import build_model
+    from .evaluate import evaluate_crops, evaluate_samples, format_table
+
+    recipe = apply_cli_overrides(load_train_recipe(recipe_path), epochs, epoch_size, limit, data_root)
+    if init is not None:
+        recipe["train"]["init"] = init
+    if seed is not None:
+        recipe["train"]["seed"] = seed
+    if recipe["train"]["init"] and not Path(recipe["train"]["init"]).is_file():
+        raise EdgefaceError(f"recipe {recipe_path}: field 'train.init' names {recipe['train']['init']}, which does "
+                            f"not exist; train it first or pass --init CHECKPOINT")
+    out_dir = Path(out or recipe["out"])
+    root = data_root_of(recipe)
+    t = recipe["train"]
+    torch.manual_seed(t["seed"])
+    torch.set_num_threads(t["threads"])
+    spec = spec_from_recipe(recipe)
+    train_sets = load_sets(recipe, recipe["data"]["split"], root, recipe["data"]["centre_people"],
+                           recipe["data"]["teacher_max_yaw"])
+    val_sets = load_sets(recipe, recipe["data"]["val_split"], root)
+    all_train = [s for v in train_sets.values() for s in v]
+    weights = np.concatenate([np.full(len(train_sets[s["name"]]), s["weight"] / max(1, len(train_sets[s["name"]])))
+                              for s in recipe["data"]["sets"]])
+    bank = rendered_val_set = None
+    if recipe["render"]["views"] > 0:  # first: its mesh files are checked before hours of other work
+        from .evaluate import rendered_val
+        from .render_bank import build_bank
+
+        bank = build_bank(root, bank_config(recipe), spec, recipe["augment"]["context"], "train", console=console)
+        rendered_val_set = rendered_val(root, spec, console=console, limit=recipe["data"]["limit"])
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*cols, console=console, transient=False) as progress:
+        task = progress.add_task("caching crops", total=len(all_train), info="")
+        cache = CropCache(all_train, spec, recipe["augment"]["context"], progress, task)
+    n_sharp = int((cache.sharp >= recipe["augment"]["sharp_min"]).sum())
+    if bank is not None:
+        cache.add_rendered(np.asarray(bank.images), bank.boxes, bank.poses)
+        weights = np.concatenate([weights, np.full(len(bank), recipe["render"]["weight"] / len(bank))])
+
+    model = build_model(spec).to(memory_format=torch.channels_last)
+    if t["init"]:
+        init = read_checkpoint(t["init"])
+        model.load_state_dict(init["state_dict"])
+    opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    steps_per_epoch = max(1, t["epoch_size"] // t["batch_size"])
+    lr_at = warmup_cosine(t, steps_per_epoch)
+
+    start_epoch, history = 0, []
+    last = out_dir / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise EdgefaceError(f"--resume: no checkpoint at {last}; start without --resume")
+        ck = read_checkpoint(last)
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["train_state"]["optimizer"])
+        start_epoch = int(ck["train_state"]["epoch"])
+        history = list(ck["meta"].get("history", []))
+
+    dataset = AugmentedFaces(cache, recipe["augment"], t["seed"])
+    val_samples = {k: v for k, v in val_sets.items()}
+
+    def torch_runner(batch_bgr):
+        with torch.no_grad():
+            x = torch.from_numpy(to_input(batch_bgr, spec)).contiguous(memory_format=torch.channels_last)
+            b, p = model(x)
+        return b.numpy()[:, 0], p.numpy()
+
+    step = start_epoch * steps_per_epoch
+    with Progress(*cols, console=console) as progress:
+        for epoch in range(start_epoch, t["epochs"]):
+            dataset.epoch = epoch
+            g = torch.Generator().manual_seed(t["seed"] * 1000 + epoch)
+            sampler = torch.utils.data.WeightedRandomSampler(torch.from_numpy(weights), steps_per_epoch * t["batch_size"],
+                                                             replacement=True, generator=g)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=t["batch_size"], sampler=sampler,
+                                                 num_workers=t["workers"], collate_fn=collate_batch,
+                                                 persistent_workers=False, prefetch_factor=4 if t["workers"] else None)
+            model.train()
+            task = progress.add_task(f"epoch {epoch + 1}/{t['epochs']}", total=steps_per_epoch, info="")
+            sums, step = run_epoch(lambda x: model(x.contiguous(memory_format=torch.channels_last)), loader, opt,
+                                   lr_at, step, recipe["loss"], spec, progress, task)
+            model.eval()
+            val = {name: evaluate_samples(torch_runner, s, spec, blur=False, seed=0) for name, s in val_samples.items()}
+            if rendered_val_set is not None:
+                val["rendered"] = evaluate_crops(torch_runner, *rendered_val_set, blur=False)
+            summary = {"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch, "blur_loss": sums[1] / steps_per_epoch,
+                       "val_mean_mae": {k: v.get("mean_mae") for k, v in val.items()}}
+            history.append(summary)
+            progress.console.print(f"epoch {epoch + 1}: " + "  ".join(
+                f"{k} {v['mean_mae']:.2f}" for k, v in val.items() if v.get("mean_mae") is not None))
+            meta = {"recipe": recipe, "history": history, "n_train": len(cache), "n_sharp": n_sharp}
+            save_checkpoint(last, model, spec, meta, {"optimizer": opt.state_dict(), "epoch": epoch + 1})
+    model.eval()
+    final = {name: evaluate_samples(torch_runner, s, spec, blur=True, seed=0) for name, s in val_samples.items()}
+    if rendered_val_set is not None:
+        final["rendered"] = evaluate_crops(torch_runner, *rendered_val_set, blur=False)
+    meta = {"recipe": recipe, "history": history, "n_train": len(cache), "n_sharp": n_sharp, "val": final}
+    best = out_dir / "model.pt"
+    save_checkpoint(best, model, spec, meta)
+    if console is not None:
+        console.print(format_table(final, title=f"val ({recipe['data']['val_split']})"))
+    return best

@@ -1,0 +1,51 @@
+"""INT8 artifacts in each engine's own form, from a QuantPlan (per-tensor ranges, layers kept float).
+
+    onnx.py   onnxruntime's U8S8 form and TensorRT's S8S8 Q/DQ form (+ calib.cache), through onnxruntime's
+              quantizer fed our ranges; ranges read back off a Q/DQ graph (quantization-aware models)
+    ncnn.py   ncnn's INT8 .param/.bin, written in ncnn's own format
+
+The engine registry names each engine's emitter (``Int8Form.emitter``); ``emit_int8`` calls it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ...engines import registry
+from ...engines.descriptor import resolve
+
+
+@dataclass
+class Fp32Artifacts:
+    """The FP32 artifacts an emitter reads (``Int8Form.sources`` says which it needs)."""
+
+    onnx: Path                      # the FP32 ONNX the ranges are keyed on
+    ncnn: Optional[Path] = None     # its ncnn export, whose weights the ncnn emitter rewrites
+    onnx_model: object = None       # the parsed ONNX, when the caller has it already
+
+    def model(self):
+        if self.onnx_model is None:
+            import onnx
+
+            self.onnx_model = onnx.load(str(self.onnx))
+        return self.onnx_model
+
+
+def int8_artifact(engine_name: str) -> str:
+    """Where ``edgeface quantize`` puts an engine's INT8 artifact, relative to its output folder."""
+    return f"{engine_name}/{registry.get(engine_name).int8.artifact}"
+
+
+def emit_int8(engine_name: str, sources: Fp32Artifacts, plan, out_dir: Path, ort_format: str = "qdq") -> dict:
+    """Write one engine's INT8 artifact (and its calibration cache) under ``out_dir``; a description with
+    their paths relative to ``out_dir``."""
+    form = registry.get(engine_name).int8
+    out_path = Path(out_dir) / int8_artifact(engine_name)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    cache = out_path.parent / form.calib_cache if form.calib_cache else None
+    info = resolve(form.emitter)(sources, plan, out_path, ort_format=ort_format, calib_cache=cache)
+    info = {"artifact": int8_artifact(engine_name), **info}
+    if cache is not None:
+        info["calib_cache"] = f"{engine_name}/{form.calib_cache}"
+    return info

@@ -1,0 +1,235 @@
+"""`edgeface quantize`: one calibration pass, INT8 in each backend's own form, checked against FP32.
+
+    calibration images --(same crop/preprocess as inference)--> crops
+    FP32 ONNX --(onnxruntime, every tensor exposed)--> statistics (cached: model sha256 + spec + crops)
+    statistics --(method + head policy)--> QuantPlan (per-tensor ranges, layers kept in float)
+    QuantPlan --> onnxruntime U8S8 QDQ | TensorRT S8S8 QDQ ONNX + calib.cache | ncnn INT8 .param/.bin
+    each artifact --(Predictor)--> accuracy vs FP32; --max-drop keeps the most sensitive layers in float
+
+The output folder is assembled in a temporary sibling and renamed into place: an error leaves nothing.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..core.artifact import read_onnx_spec
+from ..core.errors import EdgefaceError
+from ..core.io import atomic_write_json
+from ..core.spec import ModelSpec
+from ..engines import registry
+from .calibrate.calibrators import CALIBRATORS
+from .calibrate.dataset import check_calibration_folder, load_calibration_set
+from .calibrate.policy import make_plan
+from .calibrate.stats import load_or_collect
+from .emit import Fp32Artifacts, emit_int8, int8_artifact
+from .guard import (BLUR_BUDGET, accuracy_table, artifact_runner, check_runner, deviation, drop, evaluate_runner,
+                    load_eval_sets)
+
+DEFAULT_METHOD = "minmax"
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False, disable=console is None)
+
+
+def int8_engines() -> list[str]:
+    """The engines `edgeface quantize --backend` accepts (every engine with an INT8 form)."""
+    return [e.name for e in registry.with_int8()]
+
+
+def parse_backends(backend: str | Sequence[str]) -> list[str]:
+    known = int8_engines()
+    items = [backend] if isinstance(backend, str) else list(backend)
+    out = []
+    for b in items:
+        for name in (known if b == "all" else [b]):
+            if name not in known:
+                raise EdgefaceError(f"unknown backend {name!r} for quantize; choose {', '.join(known)} or all")
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def _is_onnx(model) -> bool:
+    return model is not None and str(model).endswith(registry.by_format("onnx").suffix)
+
+
+def model_spec(model):
+    """The ModelSpec of a checkpoint, the default model or an ONNX, without exporting anything."""
+    if _is_onnx(model):
+        if not Path(model).is_file():
+            raise EdgefaceError(f"model {model} does not exist")
+        return read_onnx_spec(model)
+    from ..engines.torch.checkpoint import read_spec
+
+    return read_spec(model)  # None: the shipped default checkpoint
+
+
+def prepare_fp32(model, work: Path, backends: Sequence[str], fold_preprocess: bool = False,
+                 opset: int = 17) -> tuple[Fp32Artifacts, ModelSpec]:
+    """The FP32 artifacts the backends' emitters read, in ``work``, from a checkpoint, the default model or
+    an ONNX; and the ModelSpec."""
+    from ..export import export_ncnn, export_onnx
+
+    work.mkdir(parents=True, exist_ok=True)
+    needs_ncnn = any("ncnn" in registry.get(b).int8.sources for b in backends)
+    if _is_onnx(model):
+        if not Path(model).is_file():
+            raise EdgefaceError(f"model {model} does not exist")
+        if needs_ncnn:
+            raise EdgefaceError("ncnn INT8 is converted from the ncnn export of the checkpoint; pass the .pt "
+                                "checkpoint (or leave MODEL out for the default model), not an ONNX")
+        return Fp32Artifacts(Path(model)), read_onnx_spec(model)
+    onnx_path = export_onnx(model, work / registry.by_format("onnx").artifact, opset=opset,
+                            fold_preprocess=fold_preprocess)
+    ncnn_param = export_ncnn(model, work / registry.by_format("ncnn").artifact) if needs_ncnn else None
+    return Fp32Artifacts(onnx_path, ncnn_param), read_onnx_spec(onnx_path)
+
+
+def sensitivity(build: Callable[[set], Callable], plan, layers: Sequence[str], reference: Callable,
+                crops: np.ndarray, progress=None) -> list[dict]:
+    """Leave-one-out: each layer kept in float alone; how much of the INT8 error that removes, ranked."""
+    full = build(set())
+    base = deviation(full, reference, crops)
+    task = progress.add_task("per-layer sensitivity", total=len(layers)) if progress is not None else None
+    rows = []
+    for layer in layers:
+        d = deviation(build({layer}), reference, crops)
+        rows.append({"layer": layer, "pose_gain": base["pose_mean_abs"] - d["pose_mean_abs"],
+                     "blur_gain": base["blur_mean_abs"] - d["blur_mean_abs"],
+                     "pose_mean_abs_if_float": d["pose_mean_abs"]})
+        if progress is not None:
+            progress.advance(task)
+    rows.sort(key=lambda r: (r["pose_gain"] + 100 * r["blur_gain"]), reverse=True)
+    return rows
+
+
+def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="all", num: int = 300,
+             out="quantized", max_drop: Optional[float] = None, analyze: bool = False, eval_data=None,
+             stats_cache=None, cache_dir=None, ort_format: str = "qdq", force: bool = False, console=None,
+             eval_per_set: Optional[int] = None, opset: int = 17) -> dict:
+    """INT8 artifacts for ``backend`` (an engine, "all", or a list) from one calibration pass, in ``out``
+    (see the module docstring); the report, also written to ``out/quantize.json``."""
+    import onnx
+
+    t0 = time.time()
+    backends = parse_backends(backend)
+    if method not in CALIBRATORS:
+        raise EdgefaceError(f"unknown --method {method!r}; choose one of {', '.join(CALIBRATORS)}")
+    if calib is None:
+        raise EdgefaceError("quantize needs calibration images: pass --calib DIR (face crops, or images with labels.csv)")
+    check_calibration_folder(Path(calib))
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise EdgefaceError(f"--out {out} exists and is not empty; pass --force to replace it or choose another folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        with _progress(console) as progress, tempfile.TemporaryDirectory(prefix="edgeface-fp32-") as work:
+            work = Path(work)
+            # Read the calibration images before exporting: a bad image fails in seconds, not after pnnx.
+            calib_set = load_calibration_set(calib, model_spec(model), num=num, progress=progress)
+            sources, spec = prepare_fp32(model, work, backends, opset=opset)
+            if spec != model_spec(model):
+                calib_set = load_calibration_set(calib, spec, num=num, progress=progress)
+            stats, cache_file, reused = load_or_collect(sources.onnx, calib_set, spec, stats_cache, cache_dir,
+                                                        progress)
+            sources.onnx_model = onnx_model = onnx.load(str(sources.onnx))
+            plan = make_plan(onnx_model, stats, method)
+            eval_sets = load_eval_sets(eval_data, spec, per_set=eval_per_set, progress=progress) if eval_data else {}
+            reference = artifact_runner(sources.onnx, registry.by_format("onnx").name)
+            report = {"model": str(model or "default model"), "method": method, "backends": backends,
+                      "calibration": {**calib_set.summary(), "stats_cache": str(cache_file),
+                                      "stats_reused": reused, "tensors": len(stats.names)},
+                      "policy": plan.summary(), "artifacts": {}}
+
+            def build_for(b):
+                scratch = work / f"try-{b}"
+
+                def build(extra_float: set):
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    emit_int8(b, sources, plan.with_float_nodes(extra_float), scratch, ort_format)
+                    return check_runner(scratch / int8_artifact(b), b)
+                return build
+
+            quantizable = [n.name for n in onnx_model.graph.node
+                           if n.op_type in ("Conv", "Gemm", "MatMul") and n.name not in plan.float_nodes]
+            ranking = None
+            if analyze or max_drop is not None:
+                # Ranked on onnxruntime's form where it is asked for: the quickest to emit and run on a build machine.
+                rank_backend = "onnxruntime" if "onnxruntime" in backends else backends[0]
+                ranking = sensitivity(build_for(rank_backend), plan, quantizable, reference,
+                                      calib_set.crops[:128], progress)
+                report["sensitivity"] = {"backend": rank_backend, "measure": "drop in mean |pose - FP32 pose| "
+                                         "(deg) when only this layer stays float", "ranking": ranking}
+            runners = {}
+            for b in backends:
+                extra: list[str] = []
+                if max_drop is not None:
+                    build = build_for(b)
+                    ref_metrics = evaluate_runner(reference, eval_sets) if eval_sets else None
+                    k = 0
+                    while True:
+                        pose_drop, blur_drop, measured = drop(build(set(extra)), reference, eval_sets,
+                                                              calib_set.crops, ref_metrics)
+                        if (pose_drop <= max_drop and blur_drop <= BLUR_BUDGET) or k >= len(ranking):
+                            break
+                        k = max(1, 2 * k)  # 1, 2, 4, 8 ... most sensitive layers in float
+                        extra = [r["layer"] for r in ranking[:k]]
+                    report.setdefault("max_drop", {"degrees": max_drop, "measure": measured})[b] = {
+                        "float_layers": extra, "pose_drop": pose_drop, "blur_drop": blur_drop,
+                        "fits": bool(pose_drop <= max_drop and blur_drop <= BLUR_BUDGET)}
+                info = emit_int8(b, sources, plan.with_float_nodes(extra), staging, ort_format)
+                info["extra_float_layers"] = extra
+                report["artifacts"][b] = info
+                runners[b] = check_runner(staging / int8_artifact(b), b)
+            for b, r in runners.items():
+                report["artifacts"][b]["vs_fp32_on_calib"] = deviation(r, reference, calib_set.crops)
+            if eval_sets:
+                report["accuracy"] = accuracy_table(runners, reference, eval_sets)
+            report["seconds"] = round(time.time() - t0, 2)
+            atomic_write_json(staging / "quantize.json", report)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    report["out"] = str(out)
+    return report
+
+
+def quantize_for_deploy(*, backend: str, checkpoint=None, calib=None, out_dir, opset: int = 17,
+                        log: Callable[[str], None] = print, method: str = DEFAULT_METHOD, num: int = 300) -> dict:
+    """The deploy step's INT8 path for one backend: writes the artifact (and its companions and calibration
+    cache) into ``out_dir`` and returns {"artifact": name in out_dir, "calib_cache": name or None,
+    "summary": {...}}. The INT8 ONNX takes float NCHW input whatever the target's input layout (onnxruntime
+    folds the preprocessing in when it loads it)."""
+    if calib is None:
+        raise EdgefaceError("INT8 deploy needs --calib DIR; quantization-aware checkpoints go through "
+                            "edgeface.quantize.qat")
+    out_dir = Path(out_dir)
+    form = registry.get(backend).int8
+    with tempfile.TemporaryDirectory(prefix="edgeface-q-") as td:
+        rep = quantize(checkpoint, calib, method=method, backend=backend, num=num, out=Path(td) / "q", opset=opset)
+        art = rep["artifacts"][backend]
+        artifact = Path(rep["out"]) / art["artifact"]
+        files = registry.engine_of_artifact(artifact).files_of(artifact)  # with its companions (ncnn's .bin)
+        if form.calib_cache:
+            files.append(artifact.with_name(form.calib_cache))
+        for f in files:
+            shutil.copyfile(f, out_dir / f.name)
+    dev = art["vs_fp32_on_calib"]
+    log(f"int8 {backend}: pose max |d| {dev['pose_max_abs']:.3f} deg, blur max |d| {dev['blur_max_abs']:.4f} vs FP32")
+    return {"artifact": form.artifact, "calib_cache": form.calib_cache,
+            "summary": {**rep["calibration"], "method": method, "policy": rep["policy"], "vs_fp32": dev}}

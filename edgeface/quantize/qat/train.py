@@ -1,0 +1,229 @@
+"""Quantization-aware training: FP32 weights -> INT8-ready weights deployed through the usual paths.
+
+    start checkpoint --torch.export--> ATen graph --EdgefaceInt8Quantizer + prepare_qat_pt2e--> fake-quant graph
+      --train (the FP32 recipe's data pipeline and losses; BN statistics and activation observers frozen at
+        the recipe's epochs)--> convert_pt2e (BatchNorm folded into the conv weights, int8 weights)
+      --dynamo ONNX export, opset 17--> S8S8 Q/DQ ONNX: TensorRT's explicit-quantization form, runs in ORT
+      --scales read off the Q/DQ graph (no recalibration)--> ORT x86 U8S8 form, ncnn INT8 form
+
+Output folder (written whole or not at all):
+    model.pt                 QAT checkpoint: float weights (loads with load_model) + the Q/DQ ONNX inside
+    tensorrt/model.onnx      S8S8 Q/DQ (zero points 0, per-channel weights, float bias) + calib.cache
+    onnxruntime/model.onnx   U8S8 Q/DQ for ORT's fast x86 kernels (same scales, zero point 128)
+    ncnn/model.ncnn.param    ncnn INT8 (int8 conv weights, per-channel scales, input blob scales) + .bin
+    qat.json                 recipe, timings, per-epoch history, accuracy of every artifact
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ...core.errors import EdgefaceError
+from ...core.io import atomic_path, atomic_write_json
+from ...engines import registry
+from ..emit import int8_artifact
+from ..guard import check_runner
+from .convert import convert_qdq
+from .export import export_qdq_onnx, quant_metadata
+from .graph import float_state_dict, freeze_activation_observers, observers_paused, prepare_qat_model
+from .recipe import load_qat_recipe, scheme_from_recipe
+
+# The engine whose INT8 form the QAT export is (the symmetric Q/DQ ONNX: TensorRT's explicit quantization).
+QDQ_NATIVE_ENGINE = next(e.name for e in registry.with_int8() if e.int8.qdq_native)
+
+
+def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, limit: int | None = None,
+              data_root: str | None = None, console=None, epoch_size: int | None = None) -> Path:
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    from ...core.preprocess import to_input
+    from ...core.spec import ModelSpec
+    from ...engines.torch.checkpoint import read_checkpoint, save_checkpoint
+    from ...engines.torch.network import build_model
+    from ...model.evaluate import evaluate_samples, format_table
+    from ...model.train import (AugmentedFaces, CropCache, apply_cli_overrides, collate_batch, data_root_of,
+                                load_sets, run_epoch, warmup_cosine)
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    recipe = load_qat_recipe(recipe_path)  # every field checked before any work
+    if epochs is not None and epochs < 1:
+        raise EdgefaceError(f"--epochs must be >= 1, got {epochs}")
+    apply_cli_overrides(recipe, epochs, epoch_size, limit, data_root)
+    root = data_root_of(recipe)
+    out_dir = Path(out or recipe["out"])
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgefaceError(f"--out {out_dir} is a file; choose a folder")
+    start = read_checkpoint(recipe["start"])
+    if (start.get("meta") or {}).get("kind") == "qat":
+        raise EdgefaceError(f"start weights {recipe['start']} are already quantization-aware; start from an FP32 checkpoint")
+    spec = ModelSpec.from_dict(start["spec"])
+    t, a = recipe["train"], recipe["augment"]
+    torch.manual_seed(t["seed"])
+    torch.set_num_threads(t["threads"])
+
+    train_sets = load_sets(recipe, recipe["data"]["split"], root)
+    val_sets = load_sets(recipe, recipe["data"]["val_split"], root)
+    all_train = [s for v in train_sets.values() for s in v]
+    if not all_train:
+        raise EdgefaceError(f"no labelled training images in {root} for sets {[s['name'] for s in recipe['data']['sets']]}")
+    weights = np.concatenate([np.full(len(train_sets[s["name"]]), s["weight"] / max(1, len(train_sets[s["name"]])))
+                              for s in recipe["data"]["sets"]])
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn())
+    t0 = time.perf_counter()
+    with Progress(*cols, console=console, transient=False, disable=console is None) as progress:
+        task = progress.add_task("caching crops", total=len(all_train), info="")
+        cache = CropCache(all_train, spec, a["context"], progress, task)
+    timings["cache_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    model = build_model(spec)
+    try:
+        model.load_state_dict(start["state_dict"])
+    except RuntimeError as e:
+        raise EdgefaceError(f"start weights {recipe['start']} do not fit their ModelSpec ({str(e).splitlines()[0][:120]})") from None
+    scheme = scheme_from_recipe(recipe)
+    if console is not None:
+        console.print("preparing the fake-quantized graph (torch.export + prepare_qat_pt2e) ...")
+    prepared = prepare_qat_model(model, spec, scheme)
+    timings["prepare_s"] = time.perf_counter() - t0
+
+    opt = torch.optim.AdamW(prepared.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    steps_per_epoch = max(1, t["epoch_size"] // t["batch_size"])
+    lr_at = warmup_cosine(t, steps_per_epoch)
+
+    dataset = AugmentedFaces(cache, a, t["seed"])
+    bn_frozen = obs_frozen = False
+
+    def runner(batch_bgr):
+        with torch.no_grad(), observers_paused(prepared):  # validation images never move a range
+            b, p = prepared(torch.from_numpy(to_input(batch_bgr, spec)))
+        return b.numpy()[:, 0], p.numpy()
+
+    history, step = [], 0
+    t0 = time.perf_counter()
+    with Progress(*cols, console=console, disable=console is None) as progress:
+        for epoch in range(t["epochs"]):
+            if not bn_frozen and epoch >= t["freeze_bn_after_epoch"]:
+                bn_frozen = True  # BN now uses its running statistics: the graph computes what folding deploys
+            if not obs_frozen and epoch >= t["freeze_observers_after_epoch"]:
+                obs_frozen = True
+                freeze_activation_observers(prepared)
+            if bn_frozen:
+                move_exported_model_to_eval(prepared)
+            else:
+                move_exported_model_to_train(prepared)
+            dataset.epoch = epoch
+            g = torch.Generator().manual_seed(t["seed"] * 1000 + epoch + 7919)
+            sampler = torch.utils.data.WeightedRandomSampler(torch.from_numpy(weights), steps_per_epoch * t["batch_size"],
+                                                             replacement=True, generator=g)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=t["batch_size"], sampler=sampler,
+                                                 num_workers=t["workers"], collate_fn=collate_batch,
+                                                 prefetch_factor=4 if t["workers"] else None)
+            state = ("BN frozen" if bn_frozen else "BN live") + (", ranges frozen" if obs_frozen else "")
+            task = progress.add_task(f"QAT epoch {epoch + 1}/{t['epochs']} ({state})", total=steps_per_epoch, info="")
+            te = time.perf_counter()
+            sums, step = run_epoch(prepared, loader, opt, lr_at, step, recipe["loss"], spec, progress, task)
+            move_exported_model_to_eval(prepared)
+            val = {name: evaluate_samples(runner, s, spec, blur=False, seed=0) for name, s in val_sets.items() if s}
+            history.append({"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch, "blur_loss": sums[1] / steps_per_epoch,
+                            "bn_frozen": bn_frozen, "observers_frozen": obs_frozen,
+                            "val_mean_mae": {k: v.get("mean_mae") for k, v in val.items()},
+                            "seconds": time.perf_counter() - te})
+            progress.console.print(f"QAT epoch {epoch + 1}: " + "  ".join(
+                f"{k} {v['mean_mae']:.2f}" for k, v in val.items() if v.get("mean_mae") is not None))
+    timings["train_s"] = time.perf_counter() - t0
+    # The trained fake-quant state, kept until the artifacts are written: export problems never cost the training.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    trained_state = out_dir.parent / f".{out_dir.name}.trained.pt"
+    torch.save({"prepared": prepared.state_dict(), "history": history, "timings_s": timings}, trained_state)
+
+    # convert: BN folded into the conv weights, weights stored int8 with per-channel scales
+    t0 = time.perf_counter()
+    move_exported_model_to_eval(prepared)
+    shadow = float_state_dict(prepared, model)
+    if console is not None:
+        console.print("converting (convert_pt2e: BatchNorm folded, int8 weights) and exporting the Q/DQ ONNX ...")
+    converted = convert_pt2e(prepared)
+    timings["convert_s"] = time.perf_counter() - t0
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        t0 = time.perf_counter()
+        quant_info = quant_metadata(recipe, {"recipe": str(recipe_path), "start": recipe["start"]})
+        # The Q/DQ graph lands where the engine whose form it is keeps its INT8 artifact (TensorRT's).
+        native = QDQ_NATIVE_ENGINE
+        qdq = export_qdq_onnx(converted, spec, staging / int8_artifact(native), recipe["export"]["opset"],
+                              recipe["export"]["dynamic_batch"], quant_info)
+        timings["export_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        artifacts = {}
+        for b in recipe["export"]["emit"]:
+            artifacts[b] = convert_qdq(qdq, b, staging / int8_artifact(b), spec)
+            artifacts[b]["path"] = int8_artifact(b)
+        if native not in recipe["export"]["emit"]:
+            kept = staging / "qdq.onnx"
+            os.replace(qdq, kept)
+            shutil.rmtree(qdq.parent, ignore_errors=True)
+            qdq = kept
+        timings["convert_artifacts_s"] = time.perf_counter() - t0
+
+        # Final accuracy of every artifact (pose and blur) through the Predictor, what users load.
+        t0 = time.perf_counter()
+        final = {}
+        for b in artifacts:
+            runner = check_runner(staging / int8_artifact(b), b)
+            final[b] = {name: evaluate_samples(runner, s, spec, blur=True, seed=0) for name, s in val_sets.items() if s}
+            runner.__self__.close()  # the Predictor behind the runner
+        timings["final_eval_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+        first = next(iter(final.values()), {})
+        meta = {"kind": "qat", "qat": quant_info, "recipe": recipe, "recipe_path": str(recipe_path),
+                "start": recipe["start"], "history": history, "n_train": len(cache), "val": first,
+                "val_per_artifact": final, "artifacts": artifacts, "timings_s": timings,
+                "version": spec.model_version}
+        save_checkpoint(staging / "model.pt", _ShadowModule(shadow), spec, meta)
+        _attach_qdq(staging / "model.pt", Path(qdq).read_bytes())
+        atomic_write_json(staging / "qat.json", meta)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+        trained_state.unlink(missing_ok=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    if console is not None:
+        for b, res in final.items():
+            console.print(format_table(res, title=f"QAT {b} ({int8_artifact(b)}) on split '{recipe['data']['val_split']}'"))
+        console.print(f"QAT total {timings['total_s'] / 60:.1f} min (training {timings['train_s'] / 60:.1f} min)")
+    return out_dir / "model.pt"
+
+
+class _ShadowModule:
+    """Just enough of a module for save_checkpoint: a fixed state_dict."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self):
+        return self._state
+
+
+def _attach_qdq(path: Path, blob: bytes) -> None:
+    """Store the Q/DQ ONNX inside the checkpoint as a uint8 tensor (weights_only loading stays possible)."""
+    import torch
+
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj["qdq_onnx"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone()
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -1,0 +1,299 @@
+"""Deployment bundles: a folder with the artifact(s) for one device and a ``manifest.json`` that vouches for them.
+
+    bundle/
+      manifest.json      what this is (target, backend, precision, ModelSpec), every file with its sha256,
+                         calibration and accuracy summaries, the tool versions that made it
+      model.onnx | model.ncnn.param + model.ncnn.bin + model.spec.json
+      calib.cache        optional: TensorRT's calibration cache (INT8 Jetson bundles)
+      engines/           optional: engines TensorRT built *on the device* (not hashed: they are made there)
+
+``open_bundle`` is what every runtime calls before loading a bundle. It reads the manifest as JSON only
+(never code), checks each listed file against its sha256, refuses model files the manifest does not list,
+checks the bundle format against this edgeface, and checks the bundle's target against this machine.
+Every failure is one line naming the file or field and the fix. This module needs neither torch nor
+onnx, so it runs on a Raspberry Pi's torch-free install.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core import __version__
+from ..core.device import JETSON, RPI, X86, detect_device
+from ..core.errors import EdgefaceError
+from ..core.io import atomic_write_json, sha256_file
+from ..core.spec import FLOAT_NCHW, PRECISIONS, ModelSpec
+from ..engines import registry
+
+MANIFEST_NAME = "manifest.json"
+BUNDLE_FORMAT = "edgeface-bundle"
+BUNDLE_VERSION = 1                 # bump when the manifest's meaning changes; readers refuse newer ones
+DEVICE_BUILT_DIR = "engines"       # device-built engine cache inside a bundle: not hashed, never shipped
+MAX_MANIFEST_BYTES = 4 << 20       # a manifest is a few KB; refuse a huge file instead of parsing it
+# Files with these endings are model data: one the manifest does not list is refused, not ignored, so
+# nobody can slip a different model into a verified bundle. The engines' own files (registry), and model
+# formats no edgeface engine makes but some runtime might pick up.
+MODEL_SUFFIXES = registry.model_file_suffixes() + (".plan", ".trt", ".pth", ".tflite")
+ANY_DEVICE = "*"                   # open_bundle(device=ANY_DEVICE): inspect a bundle without the device check
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """A verified bundle: what to load and how."""
+
+    artifact: Path                 # the file the backend loads (model.onnx, model.ncnn.param, ...)
+    backend: str                   # "onnxruntime" | "ncnn" | "tensorrt"
+    precision: str                 # "fp32" | "fp16" | "int8"
+    spec: ModelSpec
+    target: str                    # the device the bundle was deployed for ("x86", "rpi", "jetson", ...)
+    manifest: dict
+    root: Path = Path(".")         # the bundle folder
+    options: dict = field(default_factory=dict)  # backend options from the target (threads, fp16, ...)
+    calib_cache: Path | None = None  # TensorRT calibration cache, when the bundle carries one
+    input_kind: str = FLOAT_NCHW
+
+    @property
+    def threads(self) -> int | None:
+        return self.options.get("threads")
+
+
+# -- hashing and writing ----------------------------------------------------------------------------
+def _bundle_files(root: Path) -> list[str]:
+    """Every regular file under ``root`` (relative, '/'-separated), minus the manifest and device-built cache."""
+    names = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() and not p.is_symlink():
+            continue
+        rel = p.relative_to(root).as_posix()
+        if rel == MANIFEST_NAME or rel.split("/", 1)[0] == DEVICE_BUILT_DIR:
+            continue
+        names.append(rel)
+    return names
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of what made (or runs) a bundle. Only looks packages up; imports nothing heavy."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"edgeface": __version__, "python": platform.python_version(),
+                                  "machine": platform.machine()}
+    for dist in ("numpy", "torch", "onnx", "onnxruntime", "onnxslim", "ncnn", "pnnx", "tensorrt",
+                 "opencv-python-headless", "torchao"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def write_manifest(bundle_dir: str | Path, *, target: str, backend: str, precision: str, artifact: str,
+                   spec: ModelSpec, target_recipe: dict | None = None, options: dict | None = None,
+                   input_kind: str = FLOAT_NCHW, calibration: dict | None = None,
+                   accuracy: dict | None = None, calib_cache: str | None = None,
+                   source: dict | None = None, tools: dict | None = None) -> dict:
+    """Hash every file in ``bundle_dir`` and write ``manifest.json`` atomically; return the manifest.
+
+    Call it last, when the artifacts are final: the manifest lists exactly the files present.
+    ``artifact`` and ``calib_cache`` are names relative to the bundle.
+    """
+    root = Path(bundle_dir)
+    if precision not in PRECISIONS:
+        raise EdgefaceError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    files = {}
+    for rel in _bundle_files(root):
+        p = root / rel
+        if p.is_symlink():  # a link could point anywhere after copying; bundles hold real files only
+            raise EdgefaceError(f"{p} is a symbolic link; a bundle holds plain files only")
+        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    for name in [artifact] + ([calib_cache] if calib_cache else []):
+        if name not in files:
+            raise EdgefaceError(f"{name} is not in the bundle folder {root}; the export step did not write it")
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "bundle_version": BUNDLE_VERSION,
+        "edgeface_version": __version__,
+        "created_utc": _utc_now(),
+        "target": target,
+        "backend": backend,
+        "precision": precision,
+        "artifact": artifact,
+        "input_kind": input_kind,
+        "calib_cache": calib_cache,
+        "options": options or {},
+        "spec": spec.to_dict(),
+        "files": files,
+        "calibration": calibration,
+        "accuracy": accuracy,
+        "source": source or {},
+        "target_recipe": target_recipe or {},
+        "tools": tools or tool_versions(),
+    }
+    atomic_write_json(root / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _utc_now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+# -- reading and verifying ----------------------------------------------------------------------------
+def is_bundle(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / MANIFEST_NAME).is_file()
+
+
+_REQUIRED = {"format": str, "bundle_version": int, "edgeface_version": str, "target": str, "backend": str,
+             "precision": str, "artifact": str, "spec": dict, "files": dict}
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The parsed manifest of a bundle folder, structurally checked (no hashes yet)."""
+    root = Path(path)
+    mpath = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise EdgefaceError(f"bundle {root} is not a folder; pass the folder `edgeface deploy` wrote")
+    if not mpath.is_file():
+        raise EdgefaceError(f"{root} has no {MANIFEST_NAME}, so it is not a complete bundle "
+                            f"(an interrupted deploy?); re-run edgeface deploy")
+    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise EdgefaceError(f"{mpath} is larger than {MAX_MANIFEST_BYTES >> 20} MB, not a manifest; re-run edgeface deploy")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgefaceError(f"{mpath} is not valid JSON ({type(e).__name__}); re-run edgeface deploy") from None
+    if not isinstance(manifest, dict):
+        raise EdgefaceError(f"{mpath} is not a JSON object; re-run edgeface deploy")
+    for key, typ in _REQUIRED.items():
+        if key not in manifest:
+            raise EdgefaceError(f"{mpath} lacks the field '{key}'; re-run edgeface deploy")
+        if not isinstance(manifest[key], typ) or isinstance(manifest[key], bool):
+            raise EdgefaceError(f"{mpath} field '{key}' must be {typ.__name__}, got "
+                                f"{type(manifest[key]).__name__}; re-run edgeface deploy")
+    if manifest["format"] != BUNDLE_FORMAT:
+        raise EdgefaceError(f"{mpath} is not an edgeface bundle manifest (format {manifest['format']!r})")
+    if manifest["bundle_version"] > BUNDLE_VERSION:
+        raise EdgefaceError(f"bundle {root} has format version {manifest['bundle_version']} (written by edgeface "
+                            f"{manifest['edgeface_version']}); this edgeface {__version__} reads up to version "
+                            f"{BUNDLE_VERSION}: upgrade edgeface on this device")
+    if manifest["precision"] not in PRECISIONS:
+        raise EdgefaceError(f"{mpath} precision {manifest['precision']!r} is not one of {', '.join(PRECISIONS)}")
+    return manifest
+
+
+def _safe_member(root: Path, rel: str, mpath: Path) -> Path:
+    """A manifest path that stays inside the bundle (no absolute paths, no '..')."""
+    p = Path(rel)
+    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel:
+        raise EdgefaceError(f"{mpath} lists {rel!r}, which is outside the bundle; re-run edgeface deploy")
+    return root / p
+
+
+def verify_files(root: Path, manifest: dict) -> None:
+    """Every listed file exists with its sha256 and size; no unlisted model file is present."""
+    mpath = root / MANIFEST_NAME
+    files = manifest["files"]
+    for rel, entry in files.items():
+        p = _safe_member(root, rel, mpath)
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise EdgefaceError(f"{mpath} entry for {rel} has no sha256; re-run edgeface deploy")
+        if not p.is_file():
+            raise EdgefaceError(f"bundle file {rel} is missing from {root}; re-run edgeface deploy")
+        size = entry.get("bytes")
+        if isinstance(size, int) and p.stat().st_size != size:
+            raise EdgefaceError(f"bundle file {rel} has {p.stat().st_size} bytes, the manifest says {size} "
+                                f"(modified or truncated); re-run edgeface deploy")
+        if sha256_file(p) != entry["sha256"]:
+            raise EdgefaceError(f"bundle file {rel} does not match its sha256 in {MANIFEST_NAME} "
+                                f"(modified or corrupt); re-run edgeface deploy")
+    for rel in _bundle_files(root):
+        if rel not in files and rel.lower().endswith(MODEL_SUFFIXES):
+            raise EdgefaceError(f"bundle {root} holds {rel}, which its manifest does not list; remove it "
+                                f"or re-run edgeface deploy")
+    for key in ("artifact", "calib_cache"):
+        rel = manifest.get(key)
+        if rel and rel not in files:
+            raise EdgefaceError(f"{mpath} names {key} {rel!r} but does not list it under files; re-run edgeface deploy")
+
+
+# -- this device vs the bundle's target ---------------------------------------------------------------
+def _backend_installed(backend: str) -> bool:
+    return backend in registry.REGISTRY and registry.is_installed(backend)
+
+
+def check_target(root: Path, manifest: dict, device: str, allow_foreign_target: bool) -> str | None:
+    """None when the bundle fits this device; a warning text when it runs here but was made for another
+    device; EdgefaceError when it cannot or must not run here."""
+    target = manifest["target"]
+    backend = manifest["backend"]
+    recipe = manifest.get("target_recipe") or {}
+    if target == device:
+        if not _backend_installed(backend):
+            raise EdgefaceError(f"bundle {root} needs the {backend} backend, which is not installed here: "
+                                f"pip install 'edgeface[{_extra(backend)}]'")
+        return None
+    if not _backend_installed(backend):
+        raise EdgefaceError(f"bundle {root} was deployed for target '{target}' ({backend}) and this machine is "
+                            f"'{device}' without {backend}: run it on the {target} device, or deploy for this "
+                            f"machine with `edgeface deploy --target {_suggest_target(device)}`")
+    # The backend is here, so the bundle can run. Portable targets (ncnn, onnxruntime: same numbers on any
+    # CPU, as the emulated-ARM check shows) run with a warning; device-bound ones (TensorRT engines are
+    # specific to one GPU and TensorRT version) need allow_foreign_target.
+    if not recipe.get("portable", False) and not allow_foreign_target:
+        raise EdgefaceError(f"bundle {root} was deployed for target '{target}' and this machine is '{device}': "
+                            f"deploy with `edgeface deploy --target {_suggest_target(device)}`, or pass "
+                            f"allow_foreign_target=True to run it anyway")
+    return (f"bundle {root.name} was deployed for '{target}' and runs here on '{device}': outputs match, "
+            f"speed figures are this machine's, not the {target}'s")
+
+
+def _extra(backend: str) -> str:
+    engine = registry.REGISTRY.get(backend)
+    return engine.extra if engine is not None else backend
+
+
+def _suggest_target(device: str) -> str:
+    return device if device in (X86, RPI, JETSON) else "x86|rpi|jetson"
+
+
+def open_bundle(path: str | Path, *, allow_foreign_target: bool = False, device: str | None = None,
+                verify: bool = True) -> BundleInfo:
+    """Read and verify a bundle folder; return what to load. EdgefaceError (one line) when anything is off.
+
+    ``device`` overrides the detected device kind (``ANY_DEVICE`` skips the device check: for tools that only
+    inspect a bundle, like deploy's own final check); ``verify=False`` skips the sha256 pass (for a caller
+    that verified it moments ago, e.g. deploy's own check).
+    """
+    root = Path(path)
+    manifest = read_manifest(root)
+    mpath = root / MANIFEST_NAME
+    if verify:
+        verify_files(root, manifest)
+    spec = ModelSpec.from_dict(manifest["spec"])
+    note = None
+    if device != ANY_DEVICE:
+        note = check_target(root, manifest, device or detect_device(), allow_foreign_target)
+    if note:
+        warnings.warn(note, stacklevel=2)
+    artifact = _safe_member(root, manifest["artifact"], mpath)
+    cache = manifest.get("calib_cache")
+    options = manifest.get("options") or {}
+    if not isinstance(options, dict):
+        raise EdgefaceError(f"{mpath} field 'options' must be an object; re-run edgeface deploy")
+    options = dict(options)
+    calib_path = _safe_member(root, cache, mpath) if cache else None
+    if calib_path is not None:
+        options.setdefault("calib_cache", str(calib_path))  # TensorRT's implicit-calibration builds read it
+    return BundleInfo(artifact=artifact, backend=manifest["backend"], precision=manifest["precision"], spec=spec,
+                      target=manifest["target"], manifest=manifest, root=root, options=options,
+                      calib_cache=calib_path,
+                      input_kind=str(manifest.get("input_kind") or FLOAT_NCHW))
+
+
+def engine_cache_dir(info: BundleInfo) -> Path:
+    """Where a device-built TensorRT engine for this bundle lives (inside the bundle, outside its hashes)."""
+    return info.root / DEVICE_BUILT_DIR

@@ -1,0 +1,291 @@
+"""Predictor: one object that runs any edgeface artifact on whichever backend fits it.
+
+    from edgeface import Predictor
+
+    with Predictor("bundle/") as p:          # bundle dir, model.onnx, model.ncnn.param, model.engine, model.pt,
+        r = p.predict(crops)                 # or None: the shipped default model
+        r.blur, r.yaw, r.pitch, r.roll       # numpy float32 arrays, one value per crop
+        r = p.predict_image(frame, boxes)    # boxes (N, 4) x, y, w, h in pixels; crop rule from the ModelSpec
+
+Thread safety: one Predictor may be shared by several threads. Calls into the native engine, and the
+reusable input buffer, are serialised by a lock (the engines already use every core through their own
+thread pools, so running two batches at once would only make them compete); validation and result
+assembly run outside it. For truly parallel inference create one Predictor per thread.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..core.artifact import WEIGHTS_DIR, shipped_artifact
+from ..core.device import detect_device
+from ..core.errors import EdgefaceError
+from ..core.preprocess import check_crops, check_image, crop_face, to_input
+from ..core.spec import UINT8_NHWC, ModelSpec
+from ..engines import registry
+from ..engines.descriptor import Engine
+from .bundle import MANIFEST_NAME, open_bundle, read_manifest
+
+
+@dataclass
+class Result:
+    """Per-crop outputs; every array has one entry per crop (float32)."""
+
+    blur: np.ndarray   # 0 (sharp) .. 1 (unusable)
+    yaw: np.ndarray    # degrees, AFLW2000-3D Pose_Para convention
+    pitch: np.ndarray
+    roll: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.blur.shape[0])
+
+    @property
+    def pose(self) -> np.ndarray:
+        """(N, 3) yaw, pitch, roll."""
+        return np.stack([self.yaw, self.pitch, self.roll], axis=1)
+
+    def as_dicts(self) -> list[dict[str, float]]:
+        return [{"blur": float(b), "yaw": float(y), "pitch": float(p), "roll": float(r)}
+                for b, y, p, r in zip(self.blur, self.yaw, self.pitch, self.roll)]
+
+    @classmethod
+    def empty(cls) -> "Result":
+        z = np.zeros(0, dtype=np.float32)
+        return cls(z, z.copy(), z.copy(), z.copy())
+
+
+class Predictor:
+    """Run an edgeface artifact. See the module docstring; ``backend`` is "auto" or a registry name.
+
+    ``precision`` and extra keyword ``options`` go to the backend (e.g. ncnn ``fp16=False``, ``vulkan=True``;
+    onnxruntime ``providers=[...]``).
+    """
+
+    def __init__(self, artifact: str | Path | None = None, backend: str = "auto", threads: Optional[int] = None,
+                 *, precision: Optional[str] = None, **options: Any):
+        if backend != "auto" and backend not in registry.REGISTRY:
+            raise EdgefaceError(f"unknown backend {backend!r}; choose auto or one of {', '.join(registry.REGISTRY)}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise EdgefaceError(f"threads must be a positive integer, got {threads!r}")
+        self._lock = threading.Lock()
+        self._buffer: Optional[np.ndarray] = None
+        self._closed = True
+        self.bundle = None
+        bundle_precision = None
+        if artifact is None:
+            path, kind = _shipped_default(backend)
+        else:
+            path = Path(artifact)
+            if not path.exists():
+                raise EdgefaceError(f"artifact {path} does not exist")
+            if path.is_dir():
+                path, kind, bundle_precision, bundle_options = self._open_dir(path)
+                for k, v in bundle_options.items():  # the target's tuned options; explicit arguments win
+                    if k == "threads":
+                        threads = threads or v
+                    else:
+                        options.setdefault(k, v)
+            else:
+                kind = registry.engine_of_artifact(path)
+        self.artifact = path
+        self.format = kind.format
+        name = _choose_engine(kind, backend, path)
+        self.spec: ModelSpec = self.bundle.spec if self.bundle is not None else kind.spec_of(path)
+        cls = registry.get_backend_class(name)
+        self._backend = cls(path, self.spec, threads=threads, precision=precision or bundle_precision, **options)
+        self._backend.load()
+        self._closed = False
+
+    def _open_dir(self, path: Path):
+        """A bundle (verified through its manifest), or a folder holding one artifact of a known name."""
+        if (path / MANIFEST_NAME).is_file():
+            info = open_bundle(path)
+            self.bundle = info
+            return Path(info.artifact), registry.engine_of_artifact(info.artifact), info.precision, dict(info.options)
+        found = [e for e in registry.auto_order(registry.ENGINES, detect_device()) if (path / e.artifact).is_file()]
+        if not found:
+            names = ", ".join(e.artifact for e in registry.ENGINES)
+            raise EdgefaceError(f"{path} is a folder without an edgeface artifact (expected a manifest.json or one "
+                                f"of {names})")
+        # The first whose engine (or one that also runs its format) is installed here.
+        runnable = [e for e in found if any(_installed(r) for r in registry.engines_running(e.format))]
+        kind = (runnable or found)[0]
+        return path / kind.artifact, kind, None, {}
+
+    # -- inference --------------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def precision(self) -> str:
+        return self._backend.precision
+
+    @property
+    def input_kind(self) -> str:
+        return self._backend.input_kind
+
+    @property
+    def backend_session(self):
+        """The loaded Backend object (its ``run`` is the raw engine call, without edgeface's preprocessing)."""
+        return self._backend
+
+    def info(self) -> dict:
+        return {**self._backend.info(), "format": self.format,
+                "bundle": str(self.bundle.root) if self.bundle is not None else None}
+
+    def prepare(self, crops, rgb: bool = False) -> np.ndarray:
+        """The exact array the backend is fed for these crops (a fresh copy; for benchmarking ``run_raw``)."""
+        batch = check_crops(crops, self.spec, rgb=rgb)
+        return batch.copy() if self.input_kind == UINT8_NHWC else to_input(batch, self.spec)
+
+    def run_raw(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The backend's named outputs for an already prepared batch (see ``prepare``)."""
+        self._check_open()
+        with self._lock:
+            return self._backend.run(x)
+
+    def predict(self, crops, rgb: bool = False) -> Result:
+        """One crop (H, W, 3), a list of crops, or an (N, H, W, 3) uint8 array; BGR unless ``rgb``.
+
+        Crops of another size are resized to the spec's input size.
+        """
+        self._check_open()
+        batch = check_crops(crops, self.spec, rgb=rgb)
+        with self._lock:
+            if self.input_kind == UINT8_NHWC:
+                outs = self._backend.run(batch)
+            else:
+                outs = self._backend.run(to_input(batch, self.spec, out=self._input_buffer(batch.shape[0])))
+        return self._result(outs)
+
+    def blur_and_pose(self, crops, rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(blur (N,), pose (N, 3)) for crops: the "runner" form evaluation, deploy's verification, bench
+        and quantize's accuracy guard measure any model through (``edgeface.model.evaluate.Runner``)."""
+        r = self.predict(crops, rgb=rgb)
+        return r.blur, r.pose
+
+    def predict_image(self, frame: np.ndarray, boxes, rgb: bool = False) -> Result:
+        """Faces in a full image: ``boxes`` (N, 4) x, y, w, h in pixels; cropped with the spec's crop rule."""
+        self._check_open()
+        frame = check_image(frame)
+        if rgb:
+            frame = np.ascontiguousarray(frame[..., ::-1])
+        b = np.asarray(boxes, dtype=np.float64)
+        if b.size == 0:
+            return Result.empty()  # no faces in this frame is a normal case, not an error
+        if b.ndim == 1:
+            b = b[None]
+        if b.ndim != 2 or b.shape[1] != 4:
+            raise EdgefaceError(f"boxes have shape {np.shape(boxes)}; expected (N, 4) x, y, w, h in pixels")
+        crops = np.stack([crop_face(frame, box, self.spec) for box in b])
+        return self.predict(crops)
+
+    def _input_buffer(self, n: int) -> np.ndarray:
+        # Reused between calls of the same batch size (under the lock): saves a 1.2 MB allocation per batch of
+        # 32. Safe because every backend copies or consumes the input before run() returns.
+        s = self.spec.input_size
+        if self._buffer is None or self._buffer.shape[0] != n:
+            self._buffer = np.empty((n, 3, s, s), dtype=np.float32)
+        return self._buffer
+
+    def _result(self, outs: dict[str, np.ndarray]) -> Result:
+        names = self.spec.output_names
+        blur = np.asarray(outs[names[0]], dtype=np.float32).reshape(-1)
+        pose = np.asarray(outs[names[1]], dtype=np.float32).reshape(blur.shape[0], 3)
+        return Result(blur, pose[:, 0].copy(), pose[:, 1].copy(), pose[:, 2].copy())
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EdgefaceError("this Predictor is closed; create a new one")
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._backend.close()
+                self._closed = True
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Predictor({str(self.artifact)!r}, backend={self.backend!r}, precision={self.precision!r})"
+
+
+# -- which artifact, which engine ------------------------------------------------------------------------
+def _installed(engine: Engine) -> bool:
+    return registry.is_installed(engine.name)
+
+
+def _shipped_default(backend: str) -> tuple[Path, Engine]:
+    """The shipped default model in the form this machine runs best (torch-free where possible)."""
+    if backend == "auto":
+        order = [e for e in registry.auto_order(registry.ENGINES, detect_device()) if _installed(e)]
+    else:
+        order = [registry.get(backend)]
+    for engine in order:
+        # Its own artifact, else one it also runs (TensorRT builds its engine from the shipped ONNX).
+        for kind in [engine] + [registry.by_format(f) for f in engine.also_runs]:
+            path = shipped_artifact(kind.suffix, WEIGHTS_DIR)
+            if path.is_file():
+                return path, kind
+    shipped = [p.name for e in registry.ENGINES if (p := shipped_artifact(e.suffix, WEIGHTS_DIR)).is_file()]
+    if not shipped:
+        raise EdgefaceError("no default model is shipped with this install; pass an artifact path "
+                            "(or build them: python scripts/build_default_artifacts.py)")
+    raise EdgefaceError(f"the default model ships as {', '.join(shipped)}, which backend {backend!r} cannot run "
+                        f"here; install a fitting backend, e.g. pip install 'edgeface[ort]'")
+
+
+def _choose_engine(kind: Engine, backend: str, path: Path) -> str:
+    """The engine that runs an artifact of ``kind``: ``backend`` when it can, else (auto) the first installed
+    of those that can, preferring the engines of this device kind."""
+    fits = registry.engines_running(kind.format)
+    if backend != "auto":
+        if backend not in [e.name for e in fits]:
+            hint = ("the torch backend runs .pt checkpoints" if backend == "torch" else
+                    f"or make one for it with `edgeface export --format {registry.get(backend).format}`")
+            raise EdgefaceError(f"{path.name} is an artifact of format {kind.format!r}, which backend {backend!r} "
+                                f"cannot run; use backend={' or '.join(repr(e.name) for e in fits)} ({hint})")
+        return backend
+    for engine in registry.auto_order(fits, detect_device()):
+        if _installed(engine):
+            return engine.name
+    raise EdgefaceError(f"{path.name} needs the {fits[0].name} backend: pip install 'edgeface[{fits[0].extra}]'")
+
+
+def artifact_engine(path: str | Path) -> Engine:
+    """The engine an artifact, a bundle or a folder holding an artifact is made for (its native engine; the
+    Predictor may run it on another one that also loads its format). EdgefaceError when there is none."""
+    p = Path(path)
+    if not p.is_dir():
+        return registry.engine_of_artifact(p)
+    manifest = p / MANIFEST_NAME
+    if manifest.is_file():
+        return registry.get(read_manifest(p)["backend"])
+    for engine in registry.ENGINES:
+        if (p / engine.artifact).is_file():
+            return engine
+    raise EdgefaceError(f"{p} is a folder without an edgeface artifact")
+
+
+def open_model(model: str | Path | None = None, backend: str = "auto") -> tuple[Predictor, str]:
+    """(Predictor, label) for a MODEL argument as the CLI verbs take it: nothing (the shipped weights) or a
+    checkpoint runs in torch, the FP32 reference; any other artifact or bundle on ``backend``."""
+    if model is None or str(model).endswith(registry.get("torch").suffix):
+        path = Path(model) if model is not None else shipped_artifact(registry.get("torch").suffix, WEIGHTS_DIR)
+        if model is not None and not path.is_file():
+            raise EdgefaceError(f"checkpoint {path} does not exist")
+        return Predictor(path, backend="torch"), str(model or "default model (torch)")
+    if not Path(model).exists():
+        raise EdgefaceError(f"model {model} does not exist")
+    pred = Predictor(model, backend=backend)
+    return pred, f"{model} ({pred.backend} {pred.precision})"

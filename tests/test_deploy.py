@@ -78,7 +78,7 @@ def _crops():
 @pytest.mark.parametrize("target,backend,artifact", [("x86", "onnxruntime", "model.onnx"),
                                                      ("rpi", "ncnn", "model.ncnn.param"),
                                                      ("jetson", "tensorrt", "model.onnx")])
-def test_manifest_lists_every_file_with_its_hash(bundles, target, backend, artifact):
+def test_manifest_lists_every_file_with_its_hash(bundles, checkpoint, target, backend, artifact):
     res = bundles[target]
     m = read_manifest(res.bundle)
     assert (m["target"], m["backend"], m["precision"], m["artifact"]) == (target, backend, "fp32", artifact)
@@ -91,6 +91,11 @@ def test_manifest_lists_every_file_with_its_hash(bundles, target, backend, artif
     assert m["tools"]["edgeface"] and m["tools"]["onnx"] and m["tools"]["python"]
     assert m["spec"]["input_size"] == 112 and m["spec"]["outputs"][1]["name"] == "pose"
     assert m["target_recipe"]["name"] == target
+    # the weights' terms, where a program reads them: the shipped weights' own, else what the recipe stated
+    from edgeface.engines.torch.checkpoint import DEFAULT_WEIGHTS, SHIPPED_WEIGHTS_TERMS, UNSTATED_TERMS
+
+    shipped = Path(checkpoint).resolve() == DEFAULT_WEIGHTS.resolve()
+    assert m["weights_terms"] == (SHIPPED_WEIGHTS_TERMS if shipped else UNSTATED_TERMS)
     acc = m["accuracy"]
     assert acc["passed"] is True and acc["n_faces"] >= 12
     # FP32 artifacts reproduce the torch model: far inside the budget, not just inside it.

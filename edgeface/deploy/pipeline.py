@@ -57,6 +57,7 @@ class Source:
     checkpoint: Optional[Path]    # None = the shipped default weights
     qat: bool                     # a QAT checkpoint: INT8 without a calibration set
     meta: dict
+    terms: str                    # the weights' terms, recorded in the manifest
 
     @property
     def label(self) -> str:
@@ -64,7 +65,7 @@ class Source:
 
 
 def resolve_source(model: Optional[str | Path]) -> Source:
-    from ..engines.torch.checkpoint import DEFAULT_WEIGHTS, SUFFIX, read_checkpoint
+    from ..engines.torch.checkpoint import DEFAULT_WEIGHTS, SUFFIX, read_checkpoint, weights_terms
 
     path = Path(model) if model is not None else None
     if path is None and not DEFAULT_WEIGHTS.is_file():
@@ -74,7 +75,8 @@ def resolve_source(model: Optional[str | Path]) -> Source:
                             f"{path.suffix or 'a folder'}; `edgeface train` writes one")
     obj = read_checkpoint(path)
     meta = obj.get("meta") or {}
-    return Source(checkpoint=path, qat=is_qat_meta(meta), meta=meta)
+    shipped = path is None or path.resolve() == DEFAULT_WEIGHTS.resolve()
+    return Source(checkpoint=path, qat=is_qat_meta(meta), meta=meta, terms=weights_terms(meta, shipped=shipped))
 
 
 def is_qat_meta(meta: dict) -> bool:
@@ -185,7 +187,8 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                 target=name, backend=target["backend"], precision=precision, artifact=artifact,
                 target_recipe=target, options=backend_options(target, precision), input_kind=input_kind,
                 calibration=calibration, calib_cache=calib_cache,
-                source={"model": source.label, "qat": source.qat, "model_version": source.meta.get("version")})
+                source={"model": source.label, "qat": source.qat, "model_version": source.meta.get("version")},
+                weights_terms=source.terms)
             spec = _artifact_spec(staged / artifact)
             steps.run("write manifest", write_manifest, staged, spec=spec, **manifest_args)
             if verify:

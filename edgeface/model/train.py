@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,8 @@ from .pose import rotate_pose
 
 TRAIN_SCHEMA = {
     "kind": "train",
-    "model": {"arch": "mobilenetv2", "width": 0.25, "input_size": 112, "crop_scale": 1.4, "version": "1.1.0"},
+    "model": {"arch": "mobilenetv2", "width": 0.25, "input_size": 112, "crop_scale": 1.4, "version": "1.1.0",
+              "terms": (str, None)},  # the weights' terms (those of the data they learn from), into every bundle
     "data": {
         "root": "../shared/data",
         "sets": REQUIRED,  # list of {name, weight}
@@ -55,20 +57,25 @@ def load_train_recipe(path) -> dict:
     if recipe["kind"] != "train":
         raise EdgefaceError(f"recipe {path}: field 'kind' is {recipe['kind']!r}; use `edgeface train` with a "
                             f"'train' recipe (QAT recipes have kind 'qat')")
+    check_data_sections(recipe, f"recipe {path}")
+    return recipe
+
+
+def check_data_sections(recipe: dict, where: str) -> None:
+    """The checks FP32 and QAT recipes share: data.sets entries (defaults filled in), render, augment."""
     sets = recipe["data"]["sets"]
     if not isinstance(sets, list) or not sets:
-        raise EdgefaceError(f"recipe {path}: field 'data.sets' must be a non-empty list of {{name, weight}}")
+        raise EdgefaceError(f"{where}: field 'data.sets' must be a non-empty list of {{name, weight}}")
     for i, s in enumerate(sets):
         if not isinstance(s, dict):
-            raise EdgefaceError(f"recipe {path}: field 'data.sets[{i}]' must be a mapping {{name, weight}}")
-        sets[i] = validate(s, {"name": REQUIRED, "weight": 1.0}, f"recipe {path}", f"data.sets[{i}].")
+            raise EdgefaceError(f"{where}: field 'data.sets[{i}]' must be a mapping {{name, weight}}")
+        sets[i] = validate(s, {"name": REQUIRED, "weight": 1.0}, where, f"data.sets[{i}].")
     r = recipe["render"]
     if r["views"] < 0 or r["weight"] < 0 or not 0 <= r["yaw_min"] <= r["yaw_max"] <= 90 or not r["sets"]:
-        raise EdgefaceError(f"recipe {path}: fields 'render.*' need views >= 0, weight >= 0, "
+        raise EdgefaceError(f"{where}: fields 'render.*' need views >= 0, weight >= 0, "
                             f"0 <= yaw_min <= yaw_max <= 90 and a non-empty sets list")
     if recipe["augment"]["context"] < 1.0:
-        raise EdgefaceError(f"recipe {path}: field 'augment.context' must be >= 1.0")
-    return recipe
+        raise EdgefaceError(f"{where}: field 'augment.context' must be >= 1.0")
 
 
 def bank_config(recipe: dict):
@@ -275,6 +282,59 @@ def load_sets(recipe: dict, split: str, root: Path, centre_people: bool = False,
     return out
 
 
+@dataclass
+class TrainingData:
+    """What FP32 training and QAT learn from and are measured on."""
+
+    cache: CropCache  # the recipe's sets' train split, then the rendered views
+    weights: np.ndarray  # sampling weight of each cache item (a set's weight spread over its items)
+    n_sharp: int  # photos sharp enough to carry a blur label
+    val_sets: dict[str, list[Sample]]
+    rendered_val: tuple[np.ndarray, np.ndarray] | None  # (crops, poses) of the rendered wide-pose val set
+
+    def evaluate(self, runner, blur: bool) -> dict[str, dict]:
+        from .evaluate import evaluate_crops, evaluate_samples
+
+        out = {name: evaluate_samples(runner, s, self.cache.spec, blur=blur, seed=0)
+               for name, s in self.val_sets.items() if s}
+        if self.rendered_val is not None:  # renders carry no blur label: pose only
+            out["rendered"] = evaluate_crops(runner, *self.rendered_val, blur=False)
+        return out
+
+
+def prepare_training_data(recipe: dict, spec: ModelSpec, root: Path, console=None) -> TrainingData:
+    """The recipe's sets (train and val splits), their context crops and, with ``render.views`` > 0, the
+    render bank and the rendered val set. The bank comes first: its mesh files are checked before the
+    minutes of crop caching."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    train_sets = load_sets(recipe, recipe["data"]["split"], root, recipe["data"]["centre_people"],
+                           recipe["data"]["teacher_max_yaw"])
+    val_sets = load_sets(recipe, recipe["data"]["val_split"], root)
+    all_train = [s for v in train_sets.values() for s in v]
+    if not all_train:
+        raise EdgefaceError(f"no labelled training images in {root} for sets {[s['name'] for s in recipe['data']['sets']]}")
+    weights = np.concatenate([np.full(len(train_sets[s["name"]]), s["weight"] / max(1, len(train_sets[s["name"]])))
+                              for s in recipe["data"]["sets"]])
+    context = recipe["augment"]["context"]
+    bank = rendered = None
+    if recipe["render"]["views"] > 0:
+        from .evaluate import rendered_val
+        from .render_bank import build_bank
+
+        bank = build_bank(root, bank_config(recipe), spec, context, "train", console=console)
+        rendered = rendered_val(root, spec, console=console, limit=recipe["data"]["limit"])
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False, disable=console is None) as progress:
+        task = progress.add_task("caching crops", total=len(all_train))
+        cache = CropCache(all_train, spec, context, progress, task)
+    n_sharp = int((cache.sharp >= recipe["augment"]["sharp_min"]).sum())
+    if bank is not None:
+        cache.add_rendered(np.asarray(bank.images), bank.boxes, bank.poses)
+        weights = np.concatenate([weights, np.full(len(bank), recipe["render"]["weight"] / len(bank))])
+    return TrainingData(cache, weights, n_sharp, val_sets, rendered)
+
+
 def train(recipe_path, out: str | None = None, epochs: int | None = None, limit: int | None = None,
           data_root: str | None = None, resume: bool = False, epoch_size: int | None = None,
           init: str | None = None, seed: int | None = None, console=None) -> Path:
@@ -283,7 +343,7 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
 
     from ..engines.torch.checkpoint import read_checkpoint, save_checkpoint
     from ..engines.torch.network import build_model
-    from .evaluate import evaluate_crops, evaluate_samples, format_table
+    from .evaluate import format_table
 
     recipe = apply_cli_overrides(load_train_recipe(recipe_path), epochs, epoch_size, limit, data_root)
     if init is not None:
@@ -299,28 +359,8 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
     torch.manual_seed(t["seed"])
     torch.set_num_threads(t["threads"])
     spec = spec_from_recipe(recipe)
-    train_sets = load_sets(recipe, recipe["data"]["split"], root, recipe["data"]["centre_people"],
-                           recipe["data"]["teacher_max_yaw"])
-    val_sets = load_sets(recipe, recipe["data"]["val_split"], root)
-    all_train = [s for v in train_sets.values() for s in v]
-    weights = np.concatenate([np.full(len(train_sets[s["name"]]), s["weight"] / max(1, len(train_sets[s["name"]])))
-                              for s in recipe["data"]["sets"]])
-    bank = rendered_val_set = None
-    if recipe["render"]["views"] > 0:  # first: its mesh files are checked before hours of other work
-        from .evaluate import rendered_val
-        from .render_bank import build_bank
-
-        bank = build_bank(root, bank_config(recipe), spec, recipe["augment"]["context"], "train", console=console)
-        rendered_val_set = rendered_val(root, spec, console=console, limit=recipe["data"]["limit"])
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*cols, console=console, transient=False) as progress:
-        task = progress.add_task("caching crops", total=len(all_train), info="")
-        cache = CropCache(all_train, spec, recipe["augment"]["context"], progress, task)
-    n_sharp = int((cache.sharp >= recipe["augment"]["sharp_min"]).sum())
-    if bank is not None:
-        cache.add_rendered(np.asarray(bank.images), bank.boxes, bank.poses)
-        weights = np.concatenate([weights, np.full(len(bank), recipe["render"]["weight"] / len(bank))])
+    data = prepare_training_data(recipe, spec, root, console)
+    cache, weights, n_sharp = data.cache, data.weights, data.n_sharp
 
     model = build_model(spec).to(memory_format=torch.channels_last)
     if t["init"]:
@@ -342,7 +382,6 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
         history = list(ck["meta"].get("history", []))
 
     dataset = AugmentedFaces(cache, recipe["augment"], t["seed"])
-    val_samples = {k: v for k, v in val_sets.items()}
 
     def torch_runner(batch_bgr):
         with torch.no_grad():
@@ -351,6 +390,8 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
         return b.numpy()[:, 0], p.numpy()
 
     step = start_epoch * steps_per_epoch
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*cols, console=console) as progress:
         for epoch in range(start_epoch, t["epochs"]):
             dataset.epoch = epoch
@@ -365,21 +406,19 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
             sums, step = run_epoch(lambda x: model(x.contiguous(memory_format=torch.channels_last)), loader, opt,
                                    lr_at, step, recipe["loss"], spec, progress, task)
             model.eval()
-            val = {name: evaluate_samples(torch_runner, s, spec, blur=False, seed=0) for name, s in val_samples.items()}
-            if rendered_val_set is not None:
-                val["rendered"] = evaluate_crops(torch_runner, *rendered_val_set, blur=False)
+            val = data.evaluate(torch_runner, blur=False)
             summary = {"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch, "blur_loss": sums[1] / steps_per_epoch,
                        "val_mean_mae": {k: v.get("mean_mae") for k, v in val.items()}}
             history.append(summary)
             progress.console.print(f"epoch {epoch + 1}: " + "  ".join(
                 f"{k} {v['mean_mae']:.2f}" for k, v in val.items() if v.get("mean_mae") is not None))
-            meta = {"recipe": recipe, "history": history, "n_train": len(cache), "n_sharp": n_sharp}
+            meta = {"recipe": recipe, "history": history, "n_train": len(cache), "n_sharp": n_sharp,
+                    "terms": recipe["model"]["terms"]}
             save_checkpoint(last, model, spec, meta, {"optimizer": opt.state_dict(), "epoch": epoch + 1})
     model.eval()
-    final = {name: evaluate_samples(torch_runner, s, spec, blur=True, seed=0) for name, s in val_samples.items()}
-    if rendered_val_set is not None:
-        final["rendered"] = evaluate_crops(torch_runner, *rendered_val_set, blur=False)
-    meta = {"recipe": recipe, "history": history, "n_train": len(cache), "n_sharp": n_sharp, "val": final}
+    final = data.evaluate(torch_runner, blur=True)
+    meta = {"recipe": recipe, "history": history, "n_train": len(cache), "n_sharp": n_sharp, "val": final,
+            "terms": recipe["model"]["terms"]}
     best = out_dir / "model.pt"
     save_checkpoint(best, model, spec, meta)
     if console is not None:

@@ -93,7 +93,7 @@ def write_manifest(bundle_dir: str | Path, *, target: str, backend: str, precisi
                    spec: ModelSpec, target_recipe: dict | None = None, options: dict | None = None,
                    input_kind: str = FLOAT_NCHW, calibration: dict | None = None,
                    accuracy: dict | None = None, calib_cache: str | None = None,
-                   source: dict | None = None, tools: dict | None = None) -> dict:
+                   source: dict | None = None, tools: dict | None = None, weights_terms: str | None = None) -> dict:
     """Hash every file in ``bundle_dir`` and write ``manifest.json`` atomically; return the manifest.
 
     Call it last, when the artifacts are final: the manifest lists exactly the files present.
@@ -128,6 +128,7 @@ def write_manifest(bundle_dir: str | Path, *, target: str, backend: str, precisi
         "calibration": calibration,
         "accuracy": accuracy,
         "source": source or {},
+        "weights_terms": weights_terms or "not stated",  # what a program checks before shipping the bundle
         "target_recipe": target_recipe or {},
         "tools": tools or tool_versions(),
     }

@@ -17,6 +17,19 @@ from ...core.spec import ModelSpec
 FORMAT = "edgeface-checkpoint"
 SUFFIX = ".pt"
 DEFAULT_WEIGHTS = shipped_artifact(SUFFIX)  # the shipped default model
+# The shipped weights' terms, stated where a program reads them (bundle manifests): they were trained on
+# non-commercial research sets, so they inherit those terms; the code is Apache-2.0.
+SHIPPED_WEIGHTS_TERMS = ("research use only: trained on non-commercial research data (Pointing'04, QMUL "
+                         "multi-view, UTKFace, CelebA); not for commercial use")
+UNSTATED_TERMS = "not stated: ask the weights' owner (set model.terms in the training recipe)"
+
+
+def weights_terms(meta: dict | None, shipped: bool = False) -> str:
+    """The terms a checkpoint's weights come under: the shipped ones', else what its training recipe stated."""
+    if shipped:
+        return SHIPPED_WEIGHTS_TERMS
+    meta = meta or {}
+    return meta.get("terms") or ((meta.get("recipe") or {}).get("model") or {}).get("terms") or UNSTATED_TERMS
 
 
 def _torch():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...core.errors import EdgefaceError
-from ...core.recipe import REQUIRED, load_yaml, validate
+from ...core.recipe import load_yaml, validate
 from ...engines import registry
 
 SCHEMES = {"weights": ("int8_per_channel_symmetric",), "activations": ("int8_per_tensor_symmetric",),
@@ -24,6 +24,7 @@ def qat_schema() -> dict:
         "kind": "qat",
         "start": (str, None),  # start weights; None = the shipped edgeface/weights/default.pt
         "data": TRAIN_SCHEMA["data"],
+        "render": TRAIN_SCHEMA["render"],  # QAT sees the rendered views the FP32 weights learned from
         "augment": TRAIN_SCHEMA["augment"],
         "loss": TRAIN_SCHEMA["loss"],
         "train": {"epochs": 4, "epoch_size": 8192, "batch_size": 128, "lr": 1.0e-4, "weight_decay": 0.0,
@@ -40,18 +41,13 @@ def qat_schema() -> dict:
 def load_qat_recipe(path) -> dict:
     """Validated recipe; every problem (unknown key, wrong type, missing start weights) is one line."""
     from ...engines.torch.checkpoint import DEFAULT_WEIGHTS
+    from ...model.train import check_data_sections
 
     where = f"recipe {path}"
     recipe = validate(load_yaml(path), qat_schema(), where)
     if recipe["kind"] != "qat":
         raise EdgefaceError(f"{where}: field 'kind' is {recipe['kind']!r}; a quantization-aware recipe has kind 'qat'")
-    sets = recipe["data"]["sets"]
-    if not isinstance(sets, list) or not sets:
-        raise EdgefaceError(f"{where}: field 'data.sets' must be a non-empty list of {{name, weight}}")
-    for i, s in enumerate(sets):
-        if not isinstance(s, dict):
-            raise EdgefaceError(f"{where}: field 'data.sets[{i}]' must be a mapping {{name, weight}}")
-        validate(s, {"name": REQUIRED, "weight": 1.0}, where, f"data.sets[{i}].")
+    check_data_sections(recipe, where)
     q, t = recipe["quant"], recipe["train"]
     for key, allowed in SCHEMES.items():
         if q[key] not in allowed:

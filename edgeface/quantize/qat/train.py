@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ...core.errors import EdgefaceError
 from ...core.io import atomic_path, atomic_write_json
 from ...engines import registry
@@ -46,11 +44,11 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
 
     from ...core.preprocess import to_input
     from ...core.spec import ModelSpec
-    from ...engines.torch.checkpoint import read_checkpoint, save_checkpoint
+    from ...engines.torch.checkpoint import read_checkpoint, save_checkpoint, weights_terms
     from ...engines.torch.network import build_model
-    from ...model.evaluate import evaluate_samples, format_table
-    from ...model.train import (AugmentedFaces, CropCache, apply_cli_overrides, collate_batch, data_root_of,
-                                load_sets, run_epoch, warmup_cosine)
+    from ...model.evaluate import format_table
+    from ...model.train import (AugmentedFaces, apply_cli_overrides, collate_batch, data_root_of,
+                                prepare_training_data, run_epoch, warmup_cosine)
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -70,20 +68,12 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
     torch.manual_seed(t["seed"])
     torch.set_num_threads(t["threads"])
 
-    train_sets = load_sets(recipe, recipe["data"]["split"], root)
-    val_sets = load_sets(recipe, recipe["data"]["val_split"], root)
-    all_train = [s for v in train_sets.values() for s in v]
-    if not all_train:
-        raise EdgefaceError(f"no labelled training images in {root} for sets {[s['name'] for s in recipe['data']['sets']]}")
-    weights = np.concatenate([np.full(len(train_sets[s["name"]]), s["weight"] / max(1, len(train_sets[s["name"]])))
-                              for s in recipe["data"]["sets"]])
+    t0 = time.perf_counter()
+    data = prepare_training_data(recipe, spec, root, console)
+    cache, weights = data.cache, data.weights
+    timings["cache_s"] = time.perf_counter() - t0
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn())
-    t0 = time.perf_counter()
-    with Progress(*cols, console=console, transient=False, disable=console is None) as progress:
-        task = progress.add_task("caching crops", total=len(all_train), info="")
-        cache = CropCache(all_train, spec, a["context"], progress, task)
-    timings["cache_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     model = build_model(spec)
@@ -134,7 +124,7 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
             te = time.perf_counter()
             sums, step = run_epoch(prepared, loader, opt, lr_at, step, recipe["loss"], spec, progress, task)
             move_exported_model_to_eval(prepared)
-            val = {name: evaluate_samples(runner, s, spec, blur=False, seed=0) for name, s in val_sets.items() if s}
+            val = data.evaluate(runner, blur=False)
             history.append({"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch, "blur_loss": sums[1] / steps_per_epoch,
                             "bn_frozen": bn_frozen, "observers_frozen": obs_frozen,
                             "val_mean_mae": {k: v.get("mean_mae") for k, v in val.items()},
@@ -183,13 +173,14 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
         final = {}
         for b in artifacts:
             runner = check_runner(staging / int8_artifact(b), b)
-            final[b] = {name: evaluate_samples(runner, s, spec, blur=True, seed=0) for name, s in val_sets.items() if s}
+            final[b] = data.evaluate(runner, blur=True)
             runner.__self__.close()  # the Predictor behind the runner
         timings["final_eval_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
         first = next(iter(final.values()), {})
         meta = {"kind": "qat", "qat": quant_info, "recipe": recipe, "recipe_path": str(recipe_path),
-                "start": recipe["start"], "history": history, "n_train": len(cache), "val": first,
+                "start": recipe["start"], "terms": weights_terms(start.get("meta"), shipped=recipe["start"] is None),
+                "history": history, "n_train": len(cache), "val": first,
                 "val_per_artifact": final, "artifacts": artifacts, "timings_s": timings,
                 "version": spec.model_version}
         save_checkpoint(staging / "model.pt", _ShadowModule(shadow), spec, meta)

@@ -7,8 +7,8 @@ A source already turned one way is turned further that way (a turn back would re
 
 The bank holds context crops (as ``train.CropCache`` does), so training augments renders like photos. It is
 built once per (data, recipe, crop) and kept under the cache folder (``$EDGEFACE_CACHE``, default
-``~/.cache/edgeface``) in a folder named by a digest of its inputs: changed labels, meshes, settings or
-rendering code give a new digest and a rebuild. Building uses every core, with a progress bar.
+``~/.cache/edgeface``) in a folder named by a digest of its inputs: changed labels, meshes, settings, crop rule
+or ``BANK_VERSION`` give a new digest and a rebuild. Building uses every core, with a progress bar.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ from ..core.spec import ModelSpec
 from .data import csv_float
 from .profiling import N_MESH_POINTS, profile_face
 
-# Bump when rendering or view planning changes, so every cached bank is rebuilt.
+# Part of every bank's digest: bump it when rendering or view planning changes, so cached banks are rebuilt.
+# (Hashing the code itself would also rebuild on a changed comment or a moved file.)
 BANK_VERSION = 1
 
 
@@ -144,11 +145,8 @@ def plan_views(sources: list[Source], cfg: BankConfig, seed_offset: int = 0) -> 
 
 def _digest(root: Path, cfg: BankConfig, spec: ModelSpec, context: float, split: str) -> str:
     h = hashlib.sha256()
-    from . import profiling
-
     h.update(json.dumps({"bank": BANK_VERSION, "cfg": asdict(cfg), "split": split, "context": context,
                          "size": spec.input_size, "crop": asdict(spec.crop)}, sort_keys=True).encode())
-    h.update(Path(profiling.__file__).read_bytes())  # rendering code changes invalidate the bank too
     for name in cfg.sets:
         for f in ("labels.csv", "mesh.npz"):
             p = root / name / f

@@ -155,7 +155,7 @@ def test_bank_cli_error_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr and lines[-1].startswith("error:") and "does not match" in lines[-1], proc.stderr
 
 
-def test_bank_is_cached_and_rebuilt_when_inputs_change(tmp_path, shared_data):
+def test_bank_is_cached_and_rebuilt_when_inputs_change(tmp_path, shared_data, monkeypatch):
     root = tmp_path / "data"
     (root / "celeba").mkdir(parents=True)
     for f in ("labels.csv", "mesh.npz"):
@@ -163,6 +163,7 @@ def test_bank_is_cached_and_rebuilt_when_inputs_change(tmp_path, shared_data):
     (root / "celeba" / "images").symlink_to(shared_data / "celeba" / "images")
     cfg = BankConfig(sets=("celeba",), views=2, limit=6)
     spec = ModelSpec()
+    monkeypatch.setattr("edgeface.model.render_bank.SPAWN_MIN_VIEWS", 1)  # exercise the process pool
     bank = build_bank(root, cfg, spec, 1.6, "val", cache=tmp_path / "cache", workers=2)
     assert len(bank) == 12 and bank.images.shape == (12, 179, 179, 3)
     assert np.all(np.abs(bank.poses[:, 0]) >= cfg.yaw_min - 1e-3) and np.all(np.abs(bank.poses[:, 0]) <= 90 + 1e-3)
@@ -170,6 +171,10 @@ def test_bank_is_cached_and_rebuilt_when_inputs_change(tmp_path, shared_data):
     assert again.folder == bank.folder and np.array_equal(np.asarray(again.images), bank.images)
     other = build_bank(root, replace(cfg, seed=1), spec, 1.6, "val", cache=tmp_path / "cache", workers=1)
     assert other.folder != bank.folder
+    # rendered in-process and in a pool alike: the same views for the same inputs
+    monkeypatch.setattr("edgeface.model.render_bank.SPAWN_MIN_VIEWS", 10**6)
+    alone = build_bank(root, cfg, spec, 1.6, "val", cache=tmp_path / "cache2")
+    assert np.array_equal(np.asarray(alone.images), np.asarray(bank.images)) and np.array_equal(alone.poses, bank.poses)
     png = preview(bank, root, cfg, "val", spec, tmp_path / "preview.png", n_faces=3, per_face=2)
     grid = cv2.imread(str(png))
     assert grid.shape == (3 * 224, 3 * 224, 3)

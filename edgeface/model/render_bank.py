@@ -33,6 +33,7 @@ from .profiling import N_MESH_POINTS, profile_face
 # Part of every bank's digest: bump it when rendering or view planning changes, so cached banks are rebuilt.
 # (Hashing the code itself would also rebuild on a changed comment or a moved file.)
 BANK_VERSION = 1
+SPAWN_MIN_VIEWS = 256  # fewer renders than this are not worth a process pool
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,8 @@ def build_bank(root: str | Path, cfg: BankConfig, spec: ModelSpec, context: floa
     poses = np.empty((len(plan), 3), np.float32)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(plan)))
+    # Spawning a worker costs about a second (it imports numpy, OpenCV, scipy): small banks render in-process.
+    n_workers = 1 if len(plan) < SPAWN_MIN_VIEWS else max(1, min(workers or os.cpu_count() or 1, len(plan)))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task(f"rendering {split} views", total=len(plan))

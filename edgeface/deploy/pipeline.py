@@ -44,7 +44,8 @@ class DeployResult:
 
     def to_json(self) -> dict:
         return {"bundle": str(self.bundle), "target": self.target, "backend": self.backend,
-                "precision": self.precision, "files": self.manifest["files"], "verify": self.verify,
+                "precision": self.precision, "engine_choice": self.manifest.get("engine_choice"),
+                "files": self.manifest["files"], "verify": self.verify,
                 "calibration": self.manifest.get("calibration"), "seconds": round(self.seconds, 2),
                 "steps_s": {k: round(v, 2) for k, v in self.steps.items()}, "remote": self.remote}
 
@@ -136,13 +137,56 @@ def _input_kind(path: Path) -> str:
     return FLOAT_NCHW
 
 
+def choose_engine(target: dict, artifact: Path, precision: str, *, backend: Optional[str], host: Optional[str],
+                  ssh_options: dict, seconds: float) -> tuple[str, Optional[dict]]:
+    """(engine, how it was chosen) for the bundle: ``backend`` when given (--backend), else the faster of the
+    target's ``measure`` engines on the machine the bundle runs on (``host``, or here), else its backend."""
+    candidates = list(target["measure"])
+    if backend is not None:
+        allowed = [target["backend"]] + [c for c in candidates if c != target["backend"]]
+        if backend not in allowed:
+            raise EdgefaceError(f"--backend {backend}: target {target['name']} bundles run on "
+                                f"{' or '.join(allowed)}")
+        return backend, ({"forced": True, "reason": f"--backend {backend}"} if candidates or
+                         backend != target["backend"] else None)
+    if not candidates:
+        return target["backend"], None
+    kwargs = dict(engines=candidates, default=target["backend"], batch=int(target["batch"]),
+                  threads=target["threads"] or None, seconds=seconds,
+                  options={c: {k: v for k, v in backend_options(target, precision, c).items() if k != "threads"}
+                           for c in candidates})
+    if host:
+        from .remote import measure_remote
+
+        files = registry.engine_of_artifact(artifact).files_of(artifact)
+        ssh = {k: v for k, v in ssh_options.items() if v is not None}
+        result = measure_remote(files, host, remote_python=ssh.pop("remote_python", "python3"), **ssh, **kwargs)
+    else:
+        from .choose import measure_and_choose
+
+        result = measure_and_choose(artifact, **kwargs)
+        result["host"] = None
+    return result["chosen"], result
+
+
 def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: Optional[str] = None,
            calib: Optional[str | Path] = None, out: Optional[str | Path] = None, force: bool = False,
            verify: bool = True, verify_data: Optional[str | Path] = None, host: Optional[str] = None,
-           ssh_options: Optional[dict] = None, console=None) -> DeployResult:
-    """Export, quantize, verify and write a bundle for ``target_name``; see the module docstring."""
+           ssh_options: Optional[dict] = None, console=None, backend: Optional[str] = None,
+           batch: Optional[int] = None, measure_seconds: Optional[float] = None) -> DeployResult:
+    """Export, quantize, verify and write a bundle for ``target_name``; see the module docstring.
+
+    ``backend`` forces the engine (one the target can run its bundle on); otherwise a target that lists
+    ``measure`` engines gets the faster of them on the machine the bundle runs on (``host``, or this one),
+    at its ``batch`` (``batch`` overrides it) and thread count; the manifest records the measurement."""
+    from .choose import DEFAULT_SECONDS
+
     t_start = time.perf_counter()
     target = load_target(target_name)
+    if batch is not None:
+        if not isinstance(batch, int) or batch < 1:
+            raise EdgefaceError(f"--batch must be a positive integer, got {batch!r}")
+        target["batch"] = batch
     name = target["name"]
     precision = precision or target["default_precision"]
     if precision not in target["precisions"]:
@@ -181,9 +225,18 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                 check_bundle_artifact(registry.get(target["backend"]), staged / artifact, int(target["onnx"]["opset"]))
                 _drop_unused(staged, keep={artifact, calib_cache, *_companions(staged / artifact)})
                 input_kind = _input_kind(staged / artifact)
+            where = host or "this machine"
+            label = (f"--backend {backend}" if backend else
+                     f"measure {' vs '.join(target['measure'])} on {where} (batch {target['batch']}, "
+                     f"threads {target['threads'] or 'all'})" if target["measure"] else "engine: target's backend")
+            engine, choice = steps.run(label, choose_engine, target, staged / artifact, precision, backend=backend,
+                                       host=host, ssh_options=dict(ssh_options or {}),
+                                       seconds=measure_seconds or DEFAULT_SECONDS)
+            if choice is not None and not choice.get("forced"):
+                steps.note(f"engine: {engine} ({choice['reason']})")
             manifest_args = dict(
-                target=name, backend=target["backend"], precision=precision, artifact=artifact,
-                target_recipe=target, options=backend_options(target, precision), input_kind=input_kind,
+                target=name, backend=engine, precision=precision, artifact=artifact, engine_choice=choice,
+                target_recipe=target, options=backend_options(target, precision, engine), input_kind=input_kind,
                 calibration=calibration, calib_cache=calib_cache,
                 source={"model": source.label, "qat": source.qat, "model_version": source.meta.get("version")})
             spec = _artifact_spec(staged / artifact)
@@ -192,7 +245,7 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                 def _verify():
                     reference, _ = open_model(source.checkpoint)  # the FP32 torch model
                     crops, poses, desc = load_verify_set(vdata, spec)
-                    runner, pred, how = bundle_runner(staged, target)
+                    runner, pred, how = bundle_runner(staged, dict(target, backend=engine))
                     try:
                         res = verify_bundle(runner, reference.blur_and_pose, crops, poses, target["verify"][precision])
                     finally:
@@ -217,13 +270,13 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
 
-    result = DeployResult(bundle=out, target=name, backend=target["backend"], precision=precision, manifest=manifest,
+    result = DeployResult(bundle=out, target=name, backend=engine, precision=precision, manifest=manifest,
                           verify=verify_result, seconds=time.perf_counter() - t_start, steps=dict(steps.times))
     if host:
         from .remote import deploy_remote
 
         ssh_options = dict(ssh_options or {})
-        result.remote = deploy_remote(out, host, target, console,
+        result.remote = deploy_remote(out, host, dict(target, backend=engine), console,
                                       remote_python=ssh_options.pop("remote_python", None) or "python3", **ssh_options)
     return result
 

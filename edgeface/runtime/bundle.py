@@ -80,7 +80,7 @@ def tool_versions() -> dict[str, str | None]:
 
     out: dict[str, str | None] = {"edgeface": __version__, "python": platform.python_version(),
                                   "machine": platform.machine()}
-    for dist in ("numpy", "torch", "onnx", "onnxruntime", "onnxslim", "ncnn", "pnnx", "tensorrt",
+    for dist in ("numpy", "torch", "onnx", "onnxruntime", "openvino", "onnxslim", "ncnn", "pnnx", "tensorrt",
                  "opencv-python-headless", "torchao"):
         try:
             out[dist] = metadata.version(dist)

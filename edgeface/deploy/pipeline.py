@@ -137,16 +137,20 @@ def _input_kind(path: Path) -> str:
     return FLOAT_NCHW
 
 
+def check_forced_backend(target: dict, backend: str) -> None:
+    """--backend names the target's engine or one it measures (they run the same bundle)."""
+    allowed = [target["backend"]] + [c for c in target["measure"] if c != target["backend"]]
+    if backend not in allowed:
+        raise EdgefaceError(f"--backend {backend}: target {target['name']} bundles run on {' or '.join(allowed)}")
+
+
 def choose_engine(target: dict, artifact: Path, precision: str, *, backend: Optional[str], host: Optional[str],
                   ssh_options: dict, seconds: float) -> tuple[str, Optional[dict]]:
     """(engine, how it was chosen) for the bundle: ``backend`` when given (--backend), else the faster of the
     target's ``measure`` engines on the machine the bundle runs on (``host``, or here), else its backend."""
     candidates = list(target["measure"])
     if backend is not None:
-        allowed = [target["backend"]] + [c for c in candidates if c != target["backend"]]
-        if backend not in allowed:
-            raise EdgefaceError(f"--backend {backend}: target {target['name']} bundles run on "
-                                f"{' or '.join(allowed)}")
+        check_forced_backend(target, backend)
         return backend, ({"forced": True, "reason": f"--backend {backend}"} if candidates or
                          backend != target["backend"] else None)
     if not candidates:
@@ -188,6 +192,8 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
             raise EdgefaceError(f"--batch must be a positive integer, got {batch!r}")
         target["batch"] = batch
     name = target["name"]
+    if backend is not None:
+        check_forced_backend(target, backend)
     precision = precision or target["default_precision"]
     if precision not in target["precisions"]:
         raise EdgefaceError(f"target {name} supports --precision {'|'.join(target['precisions'])}, not {precision}")
@@ -225,13 +231,15 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                 check_bundle_artifact(registry.get(target["backend"]), staged / artifact, int(target["onnx"]["opset"]))
                 _drop_unused(staged, keep={artifact, calib_cache, *_companions(staged / artifact)})
                 input_kind = _input_kind(staged / artifact)
-            where = host or "this machine"
-            label = (f"--backend {backend}" if backend else
-                     f"measure {' vs '.join(target['measure'])} on {where} (batch {target['batch']}, "
-                     f"threads {target['threads'] or 'all'})" if target["measure"] else "engine: target's backend")
-            engine, choice = steps.run(label, choose_engine, target, staged / artifact, precision, backend=backend,
-                                       host=host, ssh_options=dict(ssh_options or {}),
-                                       seconds=measure_seconds or DEFAULT_SECONDS)
+            choose_args = (target, staged / artifact, precision)
+            choose_kwargs = dict(backend=backend, host=host, ssh_options=dict(ssh_options or {}),
+                                 seconds=measure_seconds or DEFAULT_SECONDS)
+            if target["measure"] and backend is None:
+                engine, choice = steps.run(
+                    f"measure {' vs '.join(target['measure'])} on {host or 'this machine'} (batch {target['batch']}, "
+                    f"threads {target['threads'] or 'all'})", choose_engine, *choose_args, **choose_kwargs)
+            else:  # the target's engine, or the one --backend forces (checked against what the target runs)
+                engine, choice = choose_engine(*choose_args, **choose_kwargs)
             if choice is not None and not choice.get("forced"):
                 steps.note(f"engine: {engine} ({choice['reason']})")
             manifest_args = dict(

@@ -217,3 +217,32 @@ def test_missing_openvino_names_the_extra_in_one_line(tmp_path, synthetic_crops)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["chosen"] == "onnxruntime" and "edgeface[openvino]" in r["skipped"], r
+
+
+# -- with --host, the measurement runs on the device -----------------------------------------------------------
+from test_ssh import sshd  # noqa: E402,F401 - reuse the fixture: this machine is the device
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_measurement_runs_on_the_host_over_ssh(sshd, tmp_path):  # noqa: F811
+    from edgeface.core.artifact import WEIGHTS_DIR
+    from edgeface.deploy.remote import REMOTE_DIR, measure_remote
+
+    folder = tmp_path / ".x86.partial-1"
+    folder.mkdir()
+    artifact = folder / "model.onnx"
+    artifact.write_bytes((WEIGHTS_DIR / "default.onnx").read_bytes())
+    # the device's python: this worktree's edgeface (the SSH session starts in the user's home)
+    py = tmp_path / "device-python"
+    py.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} \"$@\"\n")
+    py.chmod(0o755)
+    d = sshd["dir"]
+    r = measure_remote([artifact], sshd["host"], engines=["onnxruntime", "openvino"], default="onnxruntime",
+                       batch=8, threads=1, options={"openvino": {"hint": "latency"}}, seconds=1.0,
+                       remote_python=str(py), port=sshd["port"], identity=d / "client_key",
+                       known_hosts=d / "known_hosts")
+    assert r["host"] == sshd["host"] and r["batch"] == 8 and r["threads"] == 1
+    assert r["chosen"] in ("onnxruntime", "openvino") and r["chosen"] in r["reason"]
+    assert all(e["images_per_s"] > 0 for e in r["engines"].values())
+    assert not (Path.home() / REMOTE_DIR / ".measure-x86.partial-1").exists(), "the scratch copy is removed"

@@ -43,7 +43,7 @@ def measure_remote(files: list[Path], host: str, *, engines: list[str], default:
     """Deploy's engine choice measured on ``host``: copy the artifact (``files[0]`` and its companions) to a
     scratch folder there, run ``edgeface.deploy.choose`` with the device's edgeface, remove the folder."""
     ssh = SshTarget(host, port=port, identity=identity, known_hosts=known_hosts)
-    name = f".measure-{files[0].parent.name}"
+    name = f".measure-{files[0].parent.name.lstrip('.')}"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for f in files:

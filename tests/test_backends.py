@@ -30,6 +30,10 @@ CASES = [
     ("ncnn-fp32-float-input", "ncnn_fp32", "ncnn", {"fp16": False, "pixel_input": False}, "fp32"),
     ("ncnn-fp16-weights", "ncnn_fp16", "ncnn", {"fp16": False}, "fp16"),
     ("ncnn-fp16-arithmetic", "ncnn_fp16", "ncnn", {"fp16": True}, "fp16"),
+    ("openvino-fp32", "onnx", "openvino", {}, "fp32"),  # preprocessing folded in with PrePostProcessor
+    ("openvino-fp32-float-input", "onnx", "openvino", {"fold_preprocess": False}, "fp32"),
+    ("openvino-fp32-folded", "onnx_folded", "openvino", {}, "fp32"),
+    ("openvino-fp32-throughput", "onnx", "openvino", {"hint": "throughput", "requests": 2}, "fp32"),
     ("tensorrt-fp32", "onnx", "tensorrt", {"precision": "fp32"}, "fp32"),
     ("tensorrt-fp16", "onnx", "tensorrt", {"precision": "fp16"}, "fp16"),
 ]

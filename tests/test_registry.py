@@ -88,7 +88,8 @@ def test_every_deployable_engine_has_a_target_and_every_target_an_engine():
     from edgeface.deploy.targets import list_targets, load_target
 
     targets = [load_target(t) for t in list_targets()]
-    named = {t["backend"] for t in targets}
+    # a target names its engine, or the engines deploy measures on the device and picks from (x86)
+    named = {t["backend"] for t in targets} | {m for t in targets for m in t["measure"]}
     assert named <= {e.name for e in registry.deployable()}
     assert {e.name for e in registry.deployable()} <= named, "a deployable engine without a target YAML"
     assert {t["device"] for t in targets} <= set(DEVICE_KINDS)
@@ -111,20 +112,25 @@ def test_registry_answers_the_former_tables():
     from edgeface.quantize.guard import checking_engine
     from edgeface.runtime.bundle import MODEL_SUFFIXES
 
-    assert [e.name for e in registry.engines_running("onnx")] == ["onnxruntime", "tensorrt"]
+    assert [e.name for e in registry.engines_running("onnx")] == ["onnxruntime", "tensorrt", "openvino"]
     assert [e.name for e in registry.engines_running("ncnn")] == ["ncnn"]
-    assert [e.format for e in registry.exportable()] == ["onnx", "ncnn", "tensorrt"]
+    assert [e.format for e in registry.exportable()] == ["onnx", "ncnn", "tensorrt", "openvino"]
     assert install_hint(["a/model.onnx", "b/model.ncnn.param", "c/model.engine"]) == \
         "pip install 'edgeface[ort,ncnn,tensorrt]'"
     assert {".onnx", ".data", ".param", ".bin", ".ncnn.bin", ".spec.json", ".engine", ".pt", ".cache"} <= set(MODEL_SUFFIXES)
-    assert backends() == ["onnxruntime", "ncnn", "tensorrt"]
+    assert backends() == ["onnxruntime", "ncnn", "tensorrt", "openvino"]
     assert {e.name: int8_artifact(e.name) for e in registry.with_int8()} == {
-        "onnxruntime": "onnxruntime/model.onnx", "ncnn": "ncnn/model.ncnn.param", "tensorrt": "tensorrt/model.onnx"}
+        "onnxruntime": "onnxruntime/model.onnx", "ncnn": "ncnn/model.ncnn.param", "tensorrt": "tensorrt/model.onnx",
+        "openvino": "openvino/model.onnx"}
     assert {e.name: checking_engine(e.name) for e in registry.with_int8()} == {
-        "onnxruntime": "onnxruntime", "ncnn": "ncnn", "tensorrt": "onnxruntime"}
-    assert [e.name for e in registry.auto_order(ENGINES, "jetson")] == ["tensorrt", "onnxruntime", "ncnn", "torch"]
+        "onnxruntime": "onnxruntime", "ncnn": "ncnn", "tensorrt": "onnxruntime", "openvino": "openvino"}
+    assert [e.name for e in registry.auto_order(ENGINES, "jetson")] == ["tensorrt", "onnxruntime", "ncnn", "openvino",
+                                                                         "torch"]
     assert [e.name for e in registry.auto_order(ENGINES, "rpi")][0] == "ncnn"
-    assert [e.name for e in registry.auto_order(ENGINES, "x86")][0] == "onnxruntime"
+    # x86: onnxruntime for small batches, OpenVINO from its auto_min_batch on (docs/engines.md)
+    assert [e.name for e in registry.auto_order(ENGINES, "x86")][:1] == ["onnxruntime"]
+    assert [e.name for e in registry.auto_order(ENGINES, "x86", batch=64)][:2] == ["openvino", "onnxruntime"]
     ncnn = registry.get("ncnn")
     assert [p.name for p in ncnn.companions_of("d/model.ncnn.param")] == ["model.ncnn.bin", "model.spec.json"]
     assert registry.get("tensorrt").builds_on_device and not ncnn.builds_on_device
+    assert not registry.get("openvino").builds_on_device  # it compiles the bundle's ONNX when it loads

@@ -39,6 +39,12 @@ def command(target: str = typer.Option(..., "--target", "-t",
            known_hosts: Optional[Path] = typer.Option(None, "--known-hosts",
                                                       help="known_hosts file holding --host's key (host keys are checked)."),
            remote_python: str = typer.Option("python3", "--remote-python", help="Python with edgeface on --host."),
+           backend: Optional[str] = typer.Option(None, "--backend",
+                                                 help="Force the engine (x86: onnxruntime|openvino) instead of "
+                                                      "measuring which is faster on the device."),
+           batch: Optional[int] = typer.Option(None, "--batch",
+                                               help="The batch size the device runs (default: the target's); "
+                                                    "x86 measures its engines at it."),
            json_out: Optional[Path] = typer.Option(None, "--json", help="Write the deploy report as JSON.")):
     """Weights -> verified bundle for a device: export, quantize (int8), verify against FP32, write atomically.
 
@@ -51,11 +57,15 @@ def command(target: str = typer.Option(..., "--target", "-t",
 
     result = run_deploy(target, model, precision=precision, calib=calib, out=out, force=force,
                         verify=not no_verify, verify_data=verify_data, host=host, console=console,
+                        backend=backend, batch=batch,
                         ssh_options={"port": port, "identity": identity, "known_hosts": known_hosts,
                                      "remote_python": remote_python})
     files = ", ".join(f"{k} ({v['bytes'] / 1e6:.2f} MB)" for k, v in result.manifest["files"].items())
     out_console.print(f"[green]bundle[/green] {result.bundle}  target={result.target} backend={result.backend} "
                       f"precision={result.precision}  ({escape(files)})  {result.seconds:.1f} s", highlight=False)
+    choice = result.manifest.get("engine_choice")
+    if choice and not choice.get("forced"):
+        out_console.print(f"engine {result.backend}: {escape(choice['reason'])}", highlight=False)
     if result.verify is None:
         out_console.print("[yellow]not verified (--no-verify)[/yellow]")
     if registry.get(result.backend).builds_on_device:

@@ -44,7 +44,8 @@ class DeployResult:
 
     def to_json(self) -> dict:
         return {"bundle": str(self.bundle), "target": self.target, "backend": self.backend,
-                "precision": self.precision, "files": self.manifest["files"], "verify": self.verify,
+                "precision": self.precision, "engine_choice": self.manifest.get("engine_choice"),
+                "files": self.manifest["files"], "verify": self.verify,
                 "calibration": self.manifest.get("calibration"), "seconds": round(self.seconds, 2),
                 "steps_s": {k: round(v, 2) for k, v in self.steps.items()}, "remote": self.remote}
 
@@ -138,14 +139,63 @@ def _input_kind(path: Path) -> str:
     return FLOAT_NCHW
 
 
+def check_forced_backend(target: dict, backend: str) -> None:
+    """--backend names the target's engine or one it measures (they run the same bundle)."""
+    allowed = [target["backend"]] + [c for c in target["measure"] if c != target["backend"]]
+    if backend not in allowed:
+        raise EdgefaceError(f"--backend {backend}: target {target['name']} bundles run on {' or '.join(allowed)}")
+
+
+def choose_engine(target: dict, artifact: Path, precision: str, *, backend: Optional[str], host: Optional[str],
+                  ssh_options: dict, seconds: float) -> tuple[str, Optional[dict]]:
+    """(engine, how it was chosen) for the bundle: ``backend`` when given (--backend), else the faster of the
+    target's ``measure`` engines on the machine the bundle runs on (``host``, or here), else its backend."""
+    candidates = list(target["measure"])
+    if backend is not None:
+        check_forced_backend(target, backend)
+        return backend, ({"forced": True, "reason": f"--backend {backend}"} if candidates or
+                         backend != target["backend"] else None)
+    if not candidates:
+        return target["backend"], None
+    kwargs = dict(engines=candidates, default=target["backend"], batch=int(target["batch"]),
+                  threads=target["threads"] or None, seconds=seconds,
+                  options={c: {k: v for k, v in backend_options(target, precision, c).items() if k != "threads"}
+                           for c in candidates})
+    if host:
+        from .remote import measure_remote
+
+        files = registry.engine_of_artifact(artifact).files_of(artifact)
+        ssh = {k: v for k, v in ssh_options.items() if v is not None}
+        result = measure_remote(files, host, remote_python=ssh.pop("remote_python", "python3"), **ssh, **kwargs)
+    else:
+        from .choose import measure_and_choose
+
+        result = measure_and_choose(artifact, **kwargs)
+        result["host"] = None
+    return result["chosen"], result
+
+
 def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: Optional[str] = None,
            calib: Optional[str | Path] = None, out: Optional[str | Path] = None, force: bool = False,
            verify: bool = True, verify_data: Optional[str | Path] = None, host: Optional[str] = None,
-           ssh_options: Optional[dict] = None, console=None) -> DeployResult:
-    """Export, quantize, verify and write a bundle for ``target_name``; see the module docstring."""
+           ssh_options: Optional[dict] = None, console=None, backend: Optional[str] = None,
+           batch: Optional[int] = None, measure_seconds: Optional[float] = None) -> DeployResult:
+    """Export, quantize, verify and write a bundle for ``target_name``; see the module docstring.
+
+    ``backend`` forces the engine (one the target can run its bundle on); otherwise a target that lists
+    ``measure`` engines gets the faster of them on the machine the bundle runs on (``host``, or this one),
+    at its ``batch`` (``batch`` overrides it) and thread count; the manifest records the measurement."""
+    from .choose import DEFAULT_SECONDS
+
     t_start = time.perf_counter()
     target = load_target(target_name)
+    if batch is not None:
+        if not isinstance(batch, int) or batch < 1:
+            raise EdgefaceError(f"--batch must be a positive integer, got {batch!r}")
+        target["batch"] = batch
     name = target["name"]
+    if backend is not None:
+        check_forced_backend(target, backend)
     precision = precision or target["default_precision"]
     if precision not in target["precisions"]:
         raise EdgefaceError(f"target {name} supports --precision {'|'.join(target['precisions'])}, not {precision}")
@@ -183,9 +233,20 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                 check_bundle_artifact(registry.get(target["backend"]), staged / artifact, int(target["onnx"]["opset"]))
                 _drop_unused(staged, keep={artifact, calib_cache, *_companions(staged / artifact)})
                 input_kind = _input_kind(staged / artifact)
+            choose_args = (target, staged / artifact, precision)
+            choose_kwargs = dict(backend=backend, host=host, ssh_options=dict(ssh_options or {}),
+                                 seconds=measure_seconds or DEFAULT_SECONDS)
+            if target["measure"] and backend is None:
+                engine, choice = steps.run(
+                    f"measure {' vs '.join(target['measure'])} on {host or 'this machine'} (batch {target['batch']}, "
+                    f"threads {target['threads'] or 'all'})", choose_engine, *choose_args, **choose_kwargs)
+            else:  # the target's engine, or the one --backend forces (checked against what the target runs)
+                engine, choice = choose_engine(*choose_args, **choose_kwargs)
+            if choice is not None and not choice.get("forced"):
+                steps.note(f"engine: {engine} ({choice['reason']})")
             manifest_args = dict(
-                target=name, backend=target["backend"], precision=precision, artifact=artifact,
-                target_recipe=target, options=backend_options(target, precision), input_kind=input_kind,
+                target=name, backend=engine, precision=precision, artifact=artifact, engine_choice=choice,
+                target_recipe=target, options=backend_options(target, precision, engine), input_kind=input_kind,
                 calibration=calibration, calib_cache=calib_cache,
                 source={"model": source.label, "qat": source.qat, "model_version": source.meta.get("version")},
                 weights_terms=source.terms)
@@ -195,7 +256,7 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                 def _verify():
                     reference, _ = open_model(source.checkpoint)  # the FP32 torch model
                     crops, poses, desc = load_verify_set(vdata, spec)
-                    runner, pred, how = bundle_runner(staged, target)
+                    runner, pred, how = bundle_runner(staged, dict(target, backend=engine))
                     try:
                         res = verify_bundle(runner, reference.blur_and_pose, crops, poses, target["verify"][precision])
                     finally:
@@ -220,13 +281,13 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
 
-    result = DeployResult(bundle=out, target=name, backend=target["backend"], precision=precision, manifest=manifest,
+    result = DeployResult(bundle=out, target=name, backend=engine, precision=precision, manifest=manifest,
                           verify=verify_result, seconds=time.perf_counter() - t_start, steps=dict(steps.times))
     if host:
         from .remote import deploy_remote
 
         ssh_options = dict(ssh_options or {})
-        result.remote = deploy_remote(out, host, target, console,
+        result.remote = deploy_remote(out, host, dict(target, backend=engine), console,
                                       remote_python=ssh_options.pop("remote_python", None) or "python3", **ssh_options)
     return result
 

@@ -29,6 +29,41 @@ def _open_bundle_code(remote: str) -> str:
             "print(json.dumps({'target': i.target, 'backend': i.backend}))")
 
 
+def _measure_code(remote_artifact: str, kwargs: dict) -> str:
+    """Python run by the device's own edgeface: deploy's engine measurement, printed as JSON."""
+    return ("import json\n"
+            "from edgeface.deploy.choose import measure_and_choose\n"
+            f"print(json.dumps(measure_and_choose({remote_artifact!r}, **json.loads({json.dumps(kwargs)!r}))))")
+
+
+def measure_remote(files: list[Path], host: str, *, engines: list[str], default: str, batch: int,
+                   threads: Optional[int], options: dict, seconds: float, remote_python: str = "python3",
+                   port: Optional[int] = None, identity: Optional[Path] = None,
+                   known_hosts: Optional[Path] = None) -> dict:
+    """Deploy's engine choice measured on ``host``: copy the artifact (``files[0]`` and its companions) to a
+    scratch folder there, run ``edgeface.deploy.choose`` with the device's edgeface, remove the folder."""
+    ssh = SshTarget(host, port=port, identity=identity, known_hosts=known_hosts)
+    name = f".measure-{files[0].parent.name.lstrip('.')}"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for f in files:
+            tar.add(f, arcname=f.name)
+    ssh.check(ssh.run(unpack_command(REMOTE_DIR, name), stdin=buf.getvalue(), timeout=600),
+              "copying the artifact to measure")
+    scratch = f"{REMOTE_DIR}/{name}"
+    kwargs = {"engines": engines, "default": default, "batch": batch, "threads": threads, "options": options,
+              "seconds": seconds}
+    try:
+        out = ssh.check(ssh.run(f"{shlex.quote(remote_python)} -c "
+                                f"{shlex.quote(_measure_code(f'{scratch}/{files[0].name}', kwargs))}",
+                                timeout=600), "measuring the engines")
+    finally:
+        ssh.run(f"rm -rf -- {shlex.quote(scratch)}", timeout=60)
+    result = json.loads(out.strip().splitlines()[-1])
+    result["host"] = host
+    return result
+
+
 def deploy_remote(bundle: Path, host: str, target: dict, console=None, remote_python: str = "python3",
                   port: Optional[int] = None, identity: Optional[Path] = None,
                   known_hosts: Optional[Path] = None, bench_options: Optional[dict] = None) -> dict:

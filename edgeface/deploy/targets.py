@@ -28,6 +28,9 @@ TARGET_SCHEMA: dict[str, Any] = {
     "default_precision": "fp32",
     "precisions": ["fp32"],
     "threads": 0,                    # 0 = let the backend use every core
+    "batch": 1,                      # the batch size the device runs: what deploy's engine choice measures
+    "measure": [],                   # engines deploy measures on the device and picks the faster of (they
+    #                                  run the same bundle format as `backend`, the default when none can run)
     "input_layout": FLOAT_NCHW,
     "portable": False,
     "onnx": {"opset": 17},
@@ -79,6 +82,9 @@ def load_target(name_or_path: str | Path) -> dict[str, Any]:
         raise EdgefaceError(f"{where}: field 'name' is {t['name']!r} but the file is {path.name}; make them agree")
     if not isinstance(t["threads"], int) or t["threads"] < 0:
         raise EdgefaceError(f"{where}: field 'threads' must be an integer >= 0")
+    if not isinstance(t["batch"], int) or isinstance(t["batch"], bool) or t["batch"] < 1:
+        raise EdgefaceError(f"{where}: field 'batch' must be an integer >= 1")
+    check_candidates(t, t["measure"], where)
     for prec, budget in t["verify"].items():
         for k, v in budget.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
@@ -89,10 +95,23 @@ def load_target(name_or_path: str | Path) -> dict[str, Any]:
     return t
 
 
-def backend_options(target: dict, precision: str) -> dict[str, Any]:
-    """Options the device's engine runs the bundle with (written into the manifest): the thread count, and
-    what the engine makes of its own section of the target."""
-    engine = registry.get(target["backend"])
+def check_candidates(target: dict, names, where: str) -> None:
+    """Engines deploy may pick between for ``target`` must be deployable and run the target's bundle format."""
+    if not isinstance(names, list):
+        raise EdgefaceError(f"{where}: field 'measure' must be a list of engine names")
+    fmt = registry.get(target["backend"]).bundle_format
+    for name in names:
+        if name not in backends():
+            raise EdgefaceError(f"{where}: field 'measure' has {name!r}; choose from {', '.join(backends())}")
+        if registry.get(name).bundle_format != fmt:
+            raise EdgefaceError(f"{where}: field 'measure' has {name!r}, which does not run the {fmt} bundle "
+                                f"that backend {target['backend']!r} gets")
+
+
+def backend_options(target: dict, precision: str, backend: str | None = None) -> dict[str, Any]:
+    """Options the device's engine (``backend``, default the target's) runs the bundle with (written into the
+    manifest): the thread count, and what the engine makes of its own section of the target."""
+    engine = registry.get(backend or target["backend"])
     opts: dict[str, Any] = {"threads": target["threads"] or None}
     if engine.target is not None:
         opts.update(engine.target.runner_options(target[engine.name], precision))

@@ -93,12 +93,16 @@ class Engine:
     int8: Optional[Int8Form] = None
     target: Optional[TargetSection] = None
     preferred_on: tuple[str, ...] = ()  # device kinds where backend="auto" picks it first
+    auto_min_batch: int = 0            # >0: on those devices, backend="auto" prefers it only from this batch
+    #                                    size on, and then before the others preferred there (OpenVINO on x86)
+    device_build: bool = False         # the device builds what it runs from the bundle's format (TensorRT);
+    #                                    False: it loads the bundle's format as it is (OpenVINO reads the ONNX)
     legacy_suffixes: tuple[str, ...] = ()  # older names of its artifact, still recognised
 
     @property
     def builds_on_device(self) -> bool:
         """Its bundles carry another format, from which the device builds what it runs (`edgeface build`)."""
-        return self.bundle_format is not None and self.bundle_format != self.format
+        return self.device_build and self.bundle_format is not None and self.bundle_format != self.format
 
     # -- code ------------------------------------------------------------------------------------------------
     def runner_class(self):

@@ -17,12 +17,12 @@ import importlib.util
 from pathlib import Path
 
 from ..core.errors import EdgefaceError, MissingBackendError
-from . import ncnn, onnxruntime, tensorrt, torch
+from . import ncnn, onnxruntime, openvino, tensorrt, torch
 from .descriptor import Engine
 
 # Order = preference where nothing else decides (backend="auto" also looks at the device kind);
 # torch, the reference, comes last: it needs the training dependencies.
-ENGINES: tuple[Engine, ...] = (onnxruntime.ENGINE, ncnn.ENGINE, tensorrt.ENGINE, torch.ENGINE)
+ENGINES: tuple[Engine, ...] = (onnxruntime.ENGINE, ncnn.ENGINE, tensorrt.ENGINE, openvino.ENGINE, torch.ENGINE)
 REGISTRY: dict[str, Engine] = {e.name: e for e in ENGINES}
 
 
@@ -113,10 +113,17 @@ def with_int8() -> list[Engine]:
     return [e for e in ENGINES if e.int8 is not None]
 
 
-def auto_order(engines, device: str) -> list[Engine]:
-    """``engines`` with those preferred on ``device`` first (stable otherwise): what backend="auto" tries."""
-    engines = list(engines)
-    return [e for e in engines if device in e.preferred_on] + [e for e in engines if device not in e.preferred_on]
+def auto_order(engines, device: str, batch: int = 1) -> list[Engine]:
+    """``engines`` in the order backend="auto" tries them on ``device`` for batches of ``batch`` (stable
+    otherwise): first those preferred there from a batch size ``batch`` reaches (``auto_min_batch``: OpenVINO
+    on x86 from batch 8), then the others preferred there, then the rest. An engine whose
+    ``auto_min_batch`` the batch does not reach is not preferred at all."""
+    def rank(e: Engine) -> int:
+        if device not in e.preferred_on or batch < e.auto_min_batch:
+            return 2
+        return 0 if e.auto_min_batch else 1
+
+    return sorted(engines, key=rank)
 
 
 def model_file_suffixes() -> tuple[str, ...]:

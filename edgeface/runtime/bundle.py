@@ -80,7 +80,7 @@ def tool_versions() -> dict[str, str | None]:
 
     out: dict[str, str | None] = {"edgeface": __version__, "python": platform.python_version(),
                                   "machine": platform.machine()}
-    for dist in ("numpy", "torch", "onnx", "onnxruntime", "onnxslim", "ncnn", "pnnx", "tensorrt",
+    for dist in ("numpy", "torch", "onnx", "onnxruntime", "openvino", "onnxslim", "ncnn", "pnnx", "tensorrt",
                  "opencv-python-headless", "torchao"):
         try:
             out[dist] = metadata.version(dist)
@@ -93,11 +93,13 @@ def write_manifest(bundle_dir: str | Path, *, target: str, backend: str, precisi
                    spec: ModelSpec, target_recipe: dict | None = None, options: dict | None = None,
                    input_kind: str = FLOAT_NCHW, calibration: dict | None = None,
                    accuracy: dict | None = None, calib_cache: str | None = None,
-                   source: dict | None = None, tools: dict | None = None, weights_terms: str | None = None) -> dict:
+                   source: dict | None = None, tools: dict | None = None, weights_terms: str | None = None,
+                   engine_choice: dict | None = None) -> dict:
     """Hash every file in ``bundle_dir`` and write ``manifest.json`` atomically; return the manifest.
 
     Call it last, when the artifacts are final: the manifest lists exactly the files present.
-    ``artifact`` and ``calib_cache`` are names relative to the bundle.
+    ``artifact`` and ``calib_cache`` are names relative to the bundle. ``engine_choice``: how deploy chose
+    ``backend`` (what it measured on which machine, the choice and why, or that --backend forced it).
     """
     root = Path(bundle_dir)
     if precision not in PRECISIONS:
@@ -118,6 +120,7 @@ def write_manifest(bundle_dir: str | Path, *, target: str, backend: str, precisi
         "created_utc": _utc_now(),
         "target": target,
         "backend": backend,
+        "engine_choice": engine_choice,
         "precision": precision,
         "artifact": artifact,
         "input_kind": input_kind,

@@ -61,52 +61,63 @@ class Result:
 class Predictor:
     """Run an edgeface artifact. See the module docstring; ``backend`` is "auto" or a registry name.
 
+    ``backend="auto"``: a bundle runs on the engine its manifest names (deploy chose it, on x86 by measuring
+    onnxruntime against OpenVINO), when that engine is installed here. Any other artifact runs on the first
+    installed engine that loads it, preferring this device kind's engines; on x86 that is onnxruntime for
+    ``batch`` (the batch size you expect to run; default 1) below 8, OpenVINO from 8 on (docs/engines.md).
+
     ``precision`` and extra keyword ``options`` go to the backend (e.g. ncnn ``fp16=False``, ``vulkan=True``;
-    onnxruntime ``providers=[...]``).
+    onnxruntime ``providers=[...]``; openvino ``hint="throughput"``).
     """
 
     def __init__(self, artifact: str | Path | None = None, backend: str = "auto", threads: Optional[int] = None,
-                 *, precision: Optional[str] = None, **options: Any):
+                 *, precision: Optional[str] = None, batch: int = 1, **options: Any):
         if backend != "auto" and backend not in registry.REGISTRY:
             raise EdgefaceError(f"unknown backend {backend!r}; choose auto or one of {', '.join(registry.REGISTRY)}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise EdgefaceError(f"threads must be a positive integer, got {threads!r}")
         self._lock = threading.Lock()
         self._buffer: Optional[np.ndarray] = None
+        if not isinstance(batch, int) or batch < 1:
+            raise EdgefaceError(f"batch must be a positive integer, got {batch!r}")
         self._closed = True
         self.bundle = None
         bundle_precision = None
+        bundle_options: dict = {}
         if artifact is None:
-            path, kind = _shipped_default(backend)
+            path, kind = _shipped_default(backend, batch)
         else:
             path = Path(artifact)
             if not path.exists():
                 raise EdgefaceError(f"artifact {path} does not exist")
             if path.is_dir():
-                path, kind, bundle_precision, bundle_options = self._open_dir(path)
-                for k, v in bundle_options.items():  # the target's tuned options; explicit arguments win
-                    if k == "threads":
-                        threads = threads or v
-                    else:
-                        options.setdefault(k, v)
+                path, kind, bundle_precision, bundle_options = self._open_dir(path, batch)
             else:
                 kind = registry.engine_of_artifact(path)
         self.artifact = path
         self.format = kind.format
-        name = _choose_engine(kind, backend, path)
+        if backend == "auto" and self.bundle is not None and _installed(registry.get(self.bundle.backend)) \
+                and self.bundle.backend in [e.name for e in registry.engines_running(kind.format)]:
+            backend = self.bundle.backend  # the engine deploy chose for this bundle
+        name = _choose_engine(kind, backend, path, batch)
+        for k, v in bundle_options.items():  # the target's tuned options; explicit arguments win
+            if k == "threads":
+                threads = threads or v
+            elif self.bundle is None or name == self.bundle.backend:  # another engine's options do not apply
+                options.setdefault(k, v)
         self.spec: ModelSpec = self.bundle.spec if self.bundle is not None else kind.spec_of(path)
         cls = registry.get_backend_class(name)
         self._backend = cls(path, self.spec, threads=threads, precision=precision or bundle_precision, **options)
         self._backend.load()
         self._closed = False
 
-    def _open_dir(self, path: Path):
+    def _open_dir(self, path: Path, batch: int = 1):
         """A bundle (verified through its manifest), or a folder holding one artifact of a known name."""
         if (path / MANIFEST_NAME).is_file():
             info = open_bundle(path)
             self.bundle = info
             return Path(info.artifact), registry.engine_of_artifact(info.artifact), info.precision, dict(info.options)
-        found = [e for e in registry.auto_order(registry.ENGINES, detect_device()) if (path / e.artifact).is_file()]
+        found = [e for e in registry.auto_order(registry.ENGINES, detect_device(), batch) if (path / e.artifact).is_file()]
         if not found:
             names = ", ".join(e.artifact for e in registry.ENGINES)
             raise EdgefaceError(f"{path} is a folder without an edgeface artifact (expected a manifest.json or one "
@@ -225,10 +236,10 @@ def _installed(engine: Engine) -> bool:
     return registry.is_installed(engine.name)
 
 
-def _shipped_default(backend: str) -> tuple[Path, Engine]:
+def _shipped_default(backend: str, batch: int = 1) -> tuple[Path, Engine]:
     """The shipped default model in the form this machine runs best (torch-free where possible)."""
     if backend == "auto":
-        order = [e for e in registry.auto_order(registry.ENGINES, detect_device()) if _installed(e)]
+        order = [e for e in registry.auto_order(registry.ENGINES, detect_device(), batch) if _installed(e)]
     else:
         order = [registry.get(backend)]
     for engine in order:
@@ -245,9 +256,9 @@ def _shipped_default(backend: str) -> tuple[Path, Engine]:
                         f"here; install a fitting backend, e.g. pip install 'edgeface[ort]'")
 
 
-def _choose_engine(kind: Engine, backend: str, path: Path) -> str:
+def _choose_engine(kind: Engine, backend: str, path: Path, batch: int = 1) -> str:
     """The engine that runs an artifact of ``kind``: ``backend`` when it can, else (auto) the first installed
-    of those that can, preferring the engines of this device kind."""
+    of those that can, preferring the engines of this device kind (and batch size: ``registry.auto_order``)."""
     fits = registry.engines_running(kind.format)
     if backend != "auto":
         if backend not in [e.name for e in fits]:
@@ -256,7 +267,7 @@ def _choose_engine(kind: Engine, backend: str, path: Path) -> str:
             raise EdgefaceError(f"{path.name} is an artifact of format {kind.format!r}, which backend {backend!r} "
                                 f"cannot run; use backend={' or '.join(repr(e.name) for e in fits)} ({hint})")
         return backend
-    for engine in registry.auto_order(fits, detect_device()):
+    for engine in registry.auto_order(fits, detect_device(), batch):
         if _installed(engine):
             return engine.name
     raise EdgefaceError(f"{path.name} needs the {fits[0].name} backend: pip install 'edgeface[{fits[0].extra}]'")

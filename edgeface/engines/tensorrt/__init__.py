@@ -52,6 +52,7 @@ ENGINE = Engine(
     # Engines do not move between GPUs or TensorRT versions: a bundle carries the ONNX and the device
     # builds the engine (`edgeface build`, or the first Predictor call).
     bundle_format="onnx",
+    device_build=True,
     bundle_check="edgeface.engines.tensorrt.preflight:check_onnx_for_tensorrt",
     # Checked on a build machine by onnxruntime running the Q/DQ graph as written (its exact arithmetic, as
     # TensorRT's int8 kernels compute it), not through ORT's own x86 int8 kernels.

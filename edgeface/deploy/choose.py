@@ -1,0 +1,116 @@
+"""Deploy's engine choice: measure the engines a target lists (``measure:``) on the machine the bundle will
+run on, interleaved, at the target's batch size and thread count, and keep the faster.
+
+    measure_engines(artifact, ["onnxruntime", "openvino"], batch=64, threads=1, options={...})
+        -> {"engines": {"onnxruntime": {"images_per_s": ..., "rounds_ips": [...]}, "openvino": {...}}, ...}
+    choose(measurement, default="onnxruntime") -> (engine, reason)
+
+Each engine runs the bundle's artifact through ``Predictor`` exactly as the device will (uint8 crops in,
+the target's options), so the figure includes what a user pays. The engines take turns in short slices
+(A B, B A, A B, ...) for ``seconds`` in all, so a change in the machine's load or clock hits both alike; the
+median of each engine's slices decides. An engine that is not installed (or fails to load) is recorded as
+skipped with the reason, and the choice falls to the others. Runs on a device through ``--host``
+(``deploy.remote.measure_remote``), so this module needs neither torch nor onnx beyond what the engines do.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..core.errors import EdgefaceError
+from ..engines import registry
+from ..runtime.predictor import Predictor
+
+DEFAULT_SECONDS = 4.0   # the whole measurement, all engines together (after a warm-up)
+SLICE_S = 0.25          # one engine's turn
+MIN_MARGIN = 0.03       # a win smaller than this (relative) is within noise: the default engine stays
+
+
+def measure_engines(artifact: str | Path, engines: list[str], *, batch: int, threads: Optional[int],
+                    options: Optional[dict] = None, seconds: float = DEFAULT_SECONDS, seed: int = 0) -> dict:
+    """Images/s of each engine on ``artifact`` at ``batch`` and ``threads``; see the module docstring.
+    ``options``: {engine: runner options} (the target's, as the manifest will hold them)."""
+    options = options or {}
+    out: dict = {"batch": batch, "threads": threads, "seconds": seconds, "slice_s": SLICE_S,
+                 "machine": platform.node(), "cpu": platform.processor() or platform.machine(),
+                 "method": "Predictor.predict on uint8 crops, engines interleaved in slices, median of slices",
+                 "engines": {}}
+    preds: dict[str, Predictor] = {}
+    try:
+        for name in engines:
+            if not registry.is_installed(name):
+                out["engines"][name] = {"skipped": f"not installed (pip install 'edgeface[{registry.get(name).extra}]')"}
+                continue
+            try:
+                preds[name] = Predictor(str(artifact), backend=name, threads=threads, **options.get(name, {}))
+            except EdgefaceError as e:
+                out["engines"][name] = {"skipped": f"failed to load: {e}"}
+        if not preds:
+            return out
+        spec = next(iter(preds.values())).spec
+        crops = np.random.default_rng(seed).integers(0, 256, (batch, spec.input_size, spec.input_size, 3),
+                                                     dtype=np.uint8)
+        for p in preds.values():  # warm-up: first runs allocate, compile and pick kernels
+            for _ in range(3):
+                p.predict(crops)
+        rounds: dict[str, list[float]] = {n: [] for n in preds}
+        names = list(preds)
+        deadline = time.perf_counter() + seconds
+        turn = 0
+        while time.perf_counter() < deadline or min(len(v) for v in rounds.values()) < 3:
+            order = names if turn % 2 == 0 else names[::-1]
+            for n in order:
+                p, done, t0 = preds[n], 0, time.perf_counter()
+                while True:
+                    p.predict(crops)
+                    done += 1
+                    dt = time.perf_counter() - t0
+                    if dt >= SLICE_S:
+                        break
+                rounds[n].append(done * batch / dt)
+            turn += 1
+        for n in names:
+            ips = statistics.median(rounds[n])
+            out["engines"][n] = {"images_per_s": round(ips, 1), "ms_per_batch": round(1000 * batch / ips, 4),
+                                 "rounds_ips": [round(v, 1) for v in rounds[n]],
+                                 "info": {k: v for k, v in preds[n].info().items()
+                                          if k in ("version", "hint", "requests", "providers", "precision")}}
+    finally:
+        for p in preds.values():
+            p.close()
+    return out
+
+
+def choose(measurement: dict, default: str) -> tuple[str, str]:
+    """(engine, why): the fastest measured engine; ``default`` when it is within MIN_MARGIN of the fastest or
+    nothing else was measured."""
+    measured = {n: r["images_per_s"] for n, r in measurement["engines"].items() if "images_per_s" in r}
+    skipped = {n: r["skipped"] for n, r in measurement["engines"].items() if "skipped" in r}
+    where = f"batch {measurement['batch']}, threads {measurement['threads'] or 'all'}"
+    if not measured:
+        return default, f"nothing could be measured ({'; '.join(f'{n}: {w}' for n, w in skipped.items())}); " \
+                        f"the target's backend {default}"
+    best = max(measured, key=measured.get)
+    note = "".join(f"; {n} {w}" for n, w in skipped.items())
+    if len(measured) == 1:
+        return best, f"only {best} could be measured ({measured[best]:.0f} img/s at {where}){note}"
+    ranked = sorted(measured.items(), key=lambda kv: -kv[1])
+    figures = ", ".join(f"{n} {v:.0f}" for n, v in ranked)
+    if default in measured and best != default and measured[best] < measured[default] * (1 + MIN_MARGIN):
+        return default, (f"{best} was {measured[best] / measured[default]:.3f}x {default}, within the "
+                         f"{MIN_MARGIN:.0%} noise margin, so the target's backend stays ({figures} img/s at {where}){note}")
+    second = ranked[1]
+    return best, (f"{best} measured {measured[best] / second[1]:.2f}x {second[0]} here "
+                  f"({figures} img/s at {where}){note}")
+
+
+def measure_and_choose(artifact: str | Path, engines: list[str], default: str, **kwargs) -> dict:
+    """``measure_engines`` plus the choice and its reason, as the manifest records them."""
+    m = measure_engines(artifact, engines, **kwargs)
+    chosen, reason = choose(m, default)
+    return {**m, "chosen": chosen, "reason": reason}

@@ -1,0 +1,135 @@
+"""OpenVINO on the CPU: the ONNX (FP32 or INT8 Q/DQ) or an IR, compiled with a thread count and a
+performance hint.
+
+A float-input artifact gets the ModelSpec's preprocessing folded in when it loads, with OpenVINO's own
+PrePostProcessor (uint8 NHWC BGR in; element type, layout, channel order, mean and scale become part of the
+compiled graph), so the Predictor hands uint8 crops straight in, as it does to onnxruntime. A batch runs on
+one infer request, or is split over several asynchronous ones (``requests``) where the throughput hint gives
+OpenVINO more than one stream; outputs are copied out of the requests before they are reused.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...core.artifact import INPUT_KIND_KEY, PRECISION_KEY, load_onnx, onnx_metadata
+from ...core.errors import EdgefaceError
+from ...core.preprocess import input_affine
+from ...core.spec import FLOAT_NCHW, UINT8_NHWC
+from ..base import Backend
+
+MIN_CHUNK = 8  # a batch is split over async requests only into pieces of at least this many crops
+
+
+def fold_preprocess(model, spec):
+    """(model, folded): uint8 (N, S, S, 3) BGR in, the ModelSpec's channel order, mean and std as
+    PrePostProcessor steps (``preprocess.input_affine`` in OpenVINO's terms). A channel order it has no
+    step for leaves the model as it is (folded False)."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    s = spec.input_size
+    _, _, idx = input_affine(spec)
+    if list(idx) not in ([0, 1, 2], [2, 1, 0]):
+        return model, False
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_shape([-1, s, s, 3])
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    steps = ppp.input().preprocess().convert_element_type(ov.Type.f32)
+    if list(idx) == [2, 1, 0]:
+        steps.reverse_channels()
+    steps.mean([float(m) for m in spec.mean]).scale([float(v) for v in spec.std])
+    return ppp.build(), True
+
+
+class OpenVinoBackend(Backend):
+    """Options: ``hint`` ("latency" default, or "throughput": OpenVINO's PERFORMANCE_HINT), ``requests``
+    (int; infer requests a batch is split over, run asynchronously; 0/None: 1 with the latency hint,
+    OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS with the throughput hint), ``fold_preprocess`` (bool,
+    default True: uint8 crops in, normalised inside the compiled graph), ``device`` (default "CPU")."""
+
+    name = "openvino"
+    OPTIONS = frozenset({"hint", "requests", "fold_preprocess", "device"})
+
+    def _load_impl(self) -> None:
+        import openvino as ov
+
+        from .ir import read_info
+
+        hint = (self.options.get("hint") or "latency").lower()
+        if hint not in ("latency", "throughput"):
+            raise EdgefaceError(f"openvino option hint={hint!r}; choose latency or throughput")
+        self.folded_at_load = False
+        if self.artifact.suffix == ".xml":
+            info = read_info(self.artifact)
+            self.input_kind = info.get("input_kind", FLOAT_NCHW)
+            self.precision = info.get("precision", self.precision)
+        else:
+            meta = onnx_metadata(load_onnx(self.artifact))  # clear errors for a missing / truncated file
+            self.input_kind = meta.get(INPUT_KIND_KEY, FLOAT_NCHW)
+            self.precision = meta.get(PRECISION_KEY, self.precision)
+        self._core = ov.Core()
+        try:
+            model = self._core.read_model(str(self.artifact))
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types
+            raise EdgefaceError(f"OpenVINO cannot read {self.artifact.name} "
+                                f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
+        if len(model.inputs) != 1:
+            raise EdgefaceError(f"{self.artifact.name} has {len(model.inputs)} inputs; its ModelSpec wants one")
+        out_names = [n for o in model.outputs for n in o.get_names()]
+        if set(self.spec.output_names) - set(out_names):
+            raise EdgefaceError(f"{self.artifact.name} has outputs {out_names}; its ModelSpec wants "
+                                f"{list(self.spec.output_names)}")
+        if self.input_kind == FLOAT_NCHW and self.options.get("fold_preprocess", True):
+            model, self.folded_at_load = fold_preprocess(model, self.spec)
+            if self.folded_at_load:
+                self.input_kind = UINT8_NHWC
+        config = {"PERFORMANCE_HINT": hint.upper()}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        try:
+            self._compiled = self._core.compile_model(model, self.options.get("device") or "CPU", config)
+        except Exception as e:  # noqa: BLE001
+            raise EdgefaceError(f"OpenVINO cannot compile {self.artifact.name} "
+                                f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
+        n = self.options.get("requests") or 0
+        if not n:
+            n = 1 if hint == "latency" else int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._requests = [self._compiled.create_infer_request() for _ in range(max(1, int(n)))]
+        self._outputs = [self._compiled.output(name) for name in self.spec.output_names]
+        self._hint = hint
+
+    def _run_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        n = x.shape[0]
+        k = min(len(self._requests), max(1, n // MIN_CHUNK))
+        if k == 1:
+            r = self._requests[0]
+            r.infer({0: x}, share_inputs=True)
+            return {name: r.get_tensor(o).data.copy()
+                    for name, o in zip(self.spec.output_names, self._outputs)}
+        bounds = np.linspace(0, n, k + 1).astype(int)
+        used = self._requests[:k]
+        for r, a, b in zip(used, bounds[:-1], bounds[1:]):
+            r.start_async({0: x[a:b]}, share_inputs=True)  # x outlives the requests: we wait for all below
+        for r in used:
+            r.wait()
+        return {name: np.concatenate([r.get_tensor(o).data for r in used])
+                for name, o in zip(self.spec.output_names, self._outputs)}
+
+    @property
+    def compiled_model(self):
+        """The raw openvino.CompiledModel (for benchmarking the engine without edgeface around it)."""
+        self.load()
+        return self._compiled
+
+    def _info_impl(self) -> dict:
+        import openvino as ov
+
+        return {"version": ov.__version__, "hint": getattr(self, "_hint", self.options.get("hint", "latency")),
+                "requests": len(getattr(self, "_requests", []) or []) or self.options.get("requests"),
+                "preprocess_folded_at_load": getattr(self, "folded_at_load", False)}
+
+    def _close_impl(self) -> None:
+        self._requests = []
+        self._outputs = []
+        self._compiled = None
+        self._core = None

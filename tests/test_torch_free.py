@@ -41,7 +41,8 @@ def _run(tmp_path, code: str, blocked=("torch", "torchao", "torchvision"), args=
     script = tmp_path / "torch_free_check.py"
     script.write_text(BLOCKER + textwrap.dedent(code))
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "EDGEFACE_TEST_BLOCK": ",".join(blocked),
-           "EDGEFACE_DEVICE": "x86", "PYTHONDONTWRITEBYTECODE": "1"}
+           "EDGEFACE_DEVICE": "x86", "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONPATH": str(REPO)}  # this checkout, not whichever edgeface the interpreter has installed
     proc = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -54,7 +54,7 @@ def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx,
                                                      help="CSV file,x,y,w,h: face boxes per image (several rows "
                                                           "per image allowed); other images are detected."),
             crops: bool = typer.Option(False, "--crops", help="Images not in --boxes are face crops: no detection."),
-            score_threshold: float = typer.Option(0.6, "--score-threshold", help="Detector score threshold."),
+            score_threshold: float = typer.Option(0.4, "--score-threshold", help="Detector score threshold."),
             nms_threshold: float = typer.Option(0.3, "--nms-threshold", help="Detector NMS IoU threshold."),
             largest: bool = typer.Option(False, "--largest", help="Only the largest face per frame."),
             min_size: float = typer.Option(0.0, "--min-size", help="Drop faces smaller than this (box side, pixels)."),

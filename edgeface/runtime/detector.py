@@ -12,6 +12,7 @@ Torch-free: numpy and OpenCV only.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -99,16 +100,17 @@ class FaceDetector:
     """YuNet through ``cv2.FaceDetectorYN``.
 
     ``score_threshold``/``nms_threshold``: YuNet's own (OpenCV's defaults are 0.9/0.3; 0.6 finds turned
-    heads). ``largest_only`` keeps the biggest face, ``min_size`` drops faces whose box side (pixels) is
-    smaller. ``pad``: a black border of this fraction of the longer side is added before detection (YuNet,
+    heads; 0.4 is the default here, see docs/frames.md). ``largest_only`` keeps the biggest face, ``min_size`` drops faces whose box side (pixels) is
+    smaller. ``upscale_below``: a frame whose longer side is shorter than this is enlarged by a whole factor
+    to reach it before detection (YuNet misses many faces in 100 px frames; 0 turns it off). ``pad``: a black border of this fraction of the longer side is added before detection (YuNet,
     like most detectors, misses a face that fills the whole frame, as tight crops do); 0 turns it off, and
     ``"auto"`` retries with 0.25 and 0.5 only when nothing was found. ``box_map``: the shipped map to the
     training boxes (default), a path to another one, or None for the raw square around YuNet's box.
     """
 
-    def __init__(self, model: str | Path | None = None, score_threshold: float = 0.6, nms_threshold: float = 0.3,
+    def __init__(self, model: str | Path | None = None, score_threshold: float = 0.4, nms_threshold: float = 0.3,
                  top_k: int = 50, largest_only: bool = False, min_size: float = 0.0, pad="auto",
-                 box_map: str | Path | None = "default", threads: Optional[int] = None):
+                 upscale_below: int = 200, box_map: str | Path | None = "default", threads: Optional[int] = None):
         path = Path(model) if model is not None else YUNET_MODEL
         if not path.is_file():
             raise EdgefaceError(f"face detector model {path} does not exist")
@@ -119,6 +121,7 @@ class FaceDetector:
         self.model = path
         self.score_threshold, self.nms_threshold, self.top_k = float(score_threshold), float(nms_threshold), int(top_k)
         self.largest_only, self.min_size, self.pad = bool(largest_only), float(min_size), pad
+        self.upscale_below = int(upscale_below)
         self.coef = load_box_map(BOX_MAP if box_map == "default" else box_map) if box_map is not None else None
         if threads is not None:
             cv2.setNumThreads(int(threads))
@@ -150,6 +153,10 @@ class FaceDetector:
         frame = check_image(frame)
         if frame.shape[0] < 2 or frame.shape[1] < 2:
             raise EdgefaceError(f"frame of shape {frame.shape} is empty")
+        k = 1
+        if self.upscale_below and max(frame.shape[:2]) < self.upscale_below:
+            k = int(math.ceil(self.upscale_below / max(frame.shape[:2])))
+            frame = cv2.resize(frame, None, fx=k, fy=k, interpolation=cv2.INTER_LINEAR)
         if self.pad == "auto":
             faces = self._run(frame)
             for p in (0.25, 0.5):
@@ -158,6 +165,8 @@ class FaceDetector:
                 faces = self._run_padded(frame, p)
         else:
             faces = self._run_padded(frame, float(self.pad))
+        if k > 1:
+            faces[:, :14] /= k
         det = Detections(faces[:, :4].copy(), faces[:, 4:14].reshape(-1, 5, 2).copy(), faces[:, 14].copy())
         if len(det) and self.min_size > 0:
             det = det.take(np.flatnonzero(np.minimum(det.boxes[:, 2], det.boxes[:, 3]) >= self.min_size))
@@ -180,6 +189,7 @@ class FaceDetector:
         return {"detector": "yunet (cv2.FaceDetectorYN)", "model": self.model.name,
                 "score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold,
                 "largest_only": self.largest_only, "min_size": self.min_size, "pad": self.pad,
+                "upscale_below": self.upscale_below,
                 "box_map": self.coef is not None}
 
 

@@ -176,3 +176,24 @@ def test_cli_bad_inputs(tmp_path):
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(_error_lines(proc)) == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stdout.strip() == ""
+
+
+# -- end to end accuracy and the per-stage bench (functional; the figures are in docs/frames.md) ----------------
+def test_evaluate_detected_on_a_few_val_faces(shared_data):
+    from edgeface.model.data import load_samples
+    from edgeface.model.evaluate import evaluate_detected
+
+    samples = load_samples(shared_data / "pointing04", split="val")[::40][:8]
+    with Predictor() as p:
+        r = evaluate_detected(p.blur_and_pose, FaceDetector(), samples, p.spec)
+    assert r["n"] == 8 and r["detection"]["all"]["detected"] >= 7
+    assert r["detector_boxes"]["mean_mae"] is not None and r["labelled_boxes"]["mean_mae"] is not None
+
+
+def test_bench_frames_stages(video):
+    from edgeface.bench.frames import STAGES, bench_frames
+
+    rows = bench_frames(["default"], video, faces=[1, 2], limit=2, repeats=1)
+    assert [r["faces"] for r in rows] == [1, 2]
+    assert rows[1]["faces_per_frame"] >= 3.5  # 2 tiles of a 2-face frame
+    assert all(r[s]["median_ms"] >= 0 for r in rows for s in STAGES) and all(r["fps"] > 0 for r in rows)

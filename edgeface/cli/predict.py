@@ -1,4 +1,5 @@
-"""`edgeface predict ARTIFACT IMAGE...`: blur and head pose as JSON lines, one per face."""
+"""`edgeface predict ARTIFACT IMAGE|VIDEO...` / `--camera N`: blur and head pose as JSON lines, one per face (per
+frame for videos and cameras, with a track id); faces are detected unless --boxes or --crops say where they are."""
 from __future__ import annotations
 
 import csv

@@ -99,8 +99,6 @@ def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx,
     n_out = len(sources)
     if draw is not None and n_out > 1:
         draw.mkdir(parents=True, exist_ok=True)
-    detector = FaceDetector(score_threshold=score_threshold, nms_threshold=nms_threshold, largest_only=largest,
-                            min_size=min_size)
     rows = []
 
     def emit(row):
@@ -109,6 +107,8 @@ def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx,
 
     with Predictor(None if artifact == "default" else artifact, backend=backend, threads=threads) as pred:
         tag = {"backend": pred.backend, "precision": pred.precision}
+        detector = FaceDetector(score_threshold=score_threshold, nms_threshold=nms_threshold, largest_only=largest,
+                                min_size=min_size)
         for src in sources:
             if isinstance(src, Path) and src in frames:
                 frame = frames[src]

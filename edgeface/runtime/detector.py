@@ -125,8 +125,8 @@ class FaceDetector:
         self.coef = load_box_map(BOX_MAP if box_map == "default" else box_map) if box_map is not None else None
         if threads is not None:
             cv2.setNumThreads(int(threads))
-        self._yn = cv2.FaceDetectorYN.create(str(path), "", (320, 320), self.score_threshold, self.nms_threshold,
-                                             self.top_k)
+        self._yn = _quiet(lambda: cv2.FaceDetectorYN.create(str(path), "", (320, 320), self.score_threshold,
+                                                            self.nms_threshold, self.top_k))
         self._size = (320, 320)
 
     def _run(self, frame: np.ndarray) -> np.ndarray:
@@ -191,6 +191,20 @@ class FaceDetector:
                 "largest_only": self.largest_only, "min_size": self.min_size, "pad": self.pad,
                 "upscale_below": self.upscale_below,
                 "box_map": self.coef is not None}
+
+
+def _quiet(make):
+    """Run ``make`` with OpenCV's log at ERROR: its DNN module prints a WARN line to stderr when the detector is
+    made ("Targets are not supported by the new graph engine"), which would break one-line error output."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        return make()
+    old = logging.getLogLevel()
+    logging.setLogLevel(min(old, logging.LOG_LEVEL_ERROR))
+    try:
+        return make()
+    finally:
+        logging.setLogLevel(old)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -15,9 +15,30 @@ import numpy as np
 
 from ..core.errors import EdgefaceError
 from ..core.preprocess import read_image
-from .detector import iou
+from .detector import _quiet, iou
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+
+
+def _silent_stderr(make):
+    """Run ``make`` with OpenCV's log at ERROR and file descriptor 2 on /dev/null: FFmpeg and V4L2 print their
+    own lines ("moov atom not found", "can't open camera by index") that the caller turns into one clear error."""
+    import os
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        return _quiet(make)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        return _quiet(make)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # -- sources ---------------------------------------------------------------------------------------------------
@@ -28,12 +49,12 @@ def is_image_path(path: Path) -> bool:
 def open_video(source) -> tuple[cv2.VideoCapture, float]:
     """(capture, fps) for a video file or a camera index; EdgefaceError when it gives no frame."""
     if isinstance(source, int):
-        cap = cv2.VideoCapture(source)
+        cap = _silent_stderr(lambda: cv2.VideoCapture(source))
         what = f"camera {source}"
     else:
         if not Path(source).is_file():
             raise EdgefaceError(f"video {source} does not exist")
-        cap = cv2.VideoCapture(str(source))
+        cap = _silent_stderr(lambda: cv2.VideoCapture(str(source)))
         what = f"{source}"
     if not cap.isOpened():
         cap.release()

@@ -125,7 +125,7 @@ class FaceDetector:
         self.coef = load_box_map(BOX_MAP if box_map == "default" else box_map) if box_map is not None else None
         if threads is not None:
             cv2.setNumThreads(int(threads))
-        self._yn = _quiet(lambda: cv2.FaceDetectorYN.create(str(path), "", (320, 320), self.score_threshold,
+        self._yn = quiet_opencv(lambda: cv2.FaceDetectorYN.create(str(path), "", (320, 320), self.score_threshold,
                                                             self.nms_threshold, self.top_k))
         self._size = (320, 320)
 
@@ -193,7 +193,7 @@ class FaceDetector:
                 "box_map": self.coef is not None}
 
 
-def _quiet(make):
+def quiet_opencv(make):
     """Run ``make`` with OpenCV's log at ERROR: its DNN module prints a WARN line to stderr when the detector is
     made ("Targets are not supported by the new graph engine"), which would break one-line error output."""
     logging = getattr(getattr(cv2, "utils", None), "logging", None)

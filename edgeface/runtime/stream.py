@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core.errors import EdgefaceError
 from ..core.preprocess import read_image
-from .detector import _quiet, iou
+from .detector import iou, quiet_opencv
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 
@@ -30,12 +30,12 @@ def _silent_stderr(make):
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):
-        return _quiet(make)
+        return quiet_opencv(make)
     try:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
         os.close(null)
-        return _quiet(make)
+        return quiet_opencv(make)
     finally:
         os.dup2(saved, 2)
         os.close(saved)

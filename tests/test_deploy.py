@@ -235,7 +235,7 @@ def test_tampered_bundle_cli_prints_one_error_line(bundles, tmp_path):
     import cv2
 
     cv2.imwrite(str(img), _crops()[0])
-    proc = _cli("predict", str(b), str(img))
+    proc = _cli("predict", str(b), str(img), "--crops")
     lines = _error_lines(proc)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert len(lines) == 1 and "model.onnx does not match its sha256" in lines[0] and "re-run edgeface deploy" in lines[0]

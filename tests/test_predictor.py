@@ -242,7 +242,7 @@ def test_cli_predict(arts, synthetic_crops, tmp_path):
     cv2.imwrite(str(frame), big)
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("file,x,y,w,h\nframe.png,120,70,72,72\nframe.png,0,0,50,50\n")
-    r = _cli("predict", arts["onnx"], crop, frame, "--boxes", boxes, "--json", tmp_path / "out.json")
+    r = _cli("predict", arts["onnx"], crop, frame, "--boxes", boxes, "--crops", "--json", tmp_path / "out.json")
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
     assert [(Path_name(row["image"]), row["face"]) for row in rows] == [("crop.png", 0), ("frame.png", 0),

@@ -41,7 +41,8 @@ def _run(tmp_path, code: str, blocked=("torch", "torchao", "torchvision"), args=
     script = tmp_path / "torch_free_check.py"
     script.write_text(BLOCKER + textwrap.dedent(code))
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "EDGEFACE_TEST_BLOCK": ",".join(blocked),
-           "EDGEFACE_DEVICE": "x86", "PYTHONDONTWRITEBYTECODE": "1"}
+           "EDGEFACE_DEVICE": "x86", "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONPATH": str(REPO)}  # this checkout, not whichever edgeface the interpreter has installed
     proc = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -150,6 +151,29 @@ def test_cli_info_without_torch(tmp_path):
 
 
 def test_cli_predict_without_torch(tmp_path, crop):
-    proc = _run(tmp_path, CLI, args=["predict", "default", crop])
+    proc = _run(tmp_path, CLI, args=["predict", "default", crop, "--crops"])
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert row["backend"] == "onnxruntime" and set(row) >= {"blur", "yaw", "pitch", "roll"}
+
+
+def test_detector_and_predict_frame_without_torch(tmp_path):
+    """Full frames on a device: the shipped YuNet and predict_frame on onnxruntime and on ncnn (onnx refused)."""
+    code = """
+        import numpy as np
+        from edgeface import Predictor
+        from edgeface.runtime.detector import FaceDetector
+        from edgeface.runtime.stream import IouTracker
+
+        det = FaceDetector()
+        frame = np.full((240, 320, 3), 128, np.uint8)
+        with Predictor(backend=BACKEND) as p:
+            assert p.predict_frame(frame) == []
+            assert len(det.detect(frame)) == 0
+            assert IouTracker(smooth=True).update(0, 0.0, []) == []
+        print("ok", p.backend)
+    """
+    proc = _run(tmp_path, "BACKEND = 'onnxruntime'\n" + textwrap.dedent(code))
+    assert "ok onnxruntime" in proc.stdout
+    proc = _run(tmp_path, "BACKEND = 'ncnn'\n" + textwrap.dedent(code),
+                blocked=("torch", "torchao", "torchvision", "onnx", "onnxruntime"))
+    assert "ok ncnn" in proc.stdout

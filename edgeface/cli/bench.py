@@ -62,6 +62,10 @@ def command(
                                                "host key against (default: ssh's own)."),
     remote_python: str = typer.Option("python3", "--remote-python", help="Python on the device that has edgeface "
                                       "installed (e.g. ~/venv/bin/python)."),
+    frames: Optional[Path] = typer.Option(None, "--frames", help="Full frames (a folder of images or a video): "
+                                          "per-stage decode/detect/crop/model/total per frame and FPS instead."),
+    faces: str = typer.Option("1,4", "--faces", help="With --frames: faces per frame (frames are tiled), "
+                                                     "comma-separated."),
     keep_remote: bool = typer.Option(False, "--keep-remote", help="Leave the temporary folder on the device."),
 ):
     """Latency (p50/p90/p99), throughput, load time, peak memory, size and accuracy, side by side.
@@ -71,6 +75,8 @@ def command(
     """
     from ..bench.runner import BenchConfig
 
+    if frames is not None:
+        return _frames(artifacts, frames, faces, threads, limit, backend, json_out)
     if iters is not None and duration is not None:
         raise EdgefaceError("pass --iters N or --duration S, not both")
     cfg = BenchConfig(artifacts=[str(a) for a in artifacts], batches=parse_int_list(batch, "--batch"),
@@ -142,3 +148,15 @@ def _place_folder(src: Path, dest: Path) -> None:
         if target.is_dir() and f.is_dir():
             shutil.rmtree(target)
         os.replace(f, target)
+
+
+def _frames(artifacts, frames, faces, threads, limit, backend, json_out) -> None:
+    from ..bench.frames import bench_frames, format_rows
+
+    thr = parse_int_list(threads, "--threads", allow_auto=True)
+    rows = []
+    for t in thr:
+        rows += bench_frames(list(artifacts), frames, parse_int_list(faces, "--faces"), threads=t, limit=limit or 16,
+                             backend=backend, console=console)
+    out_console.print(format_rows(rows))
+    write_json(json_out, rows)

@@ -1,4 +1,5 @@
-"""`edgeface predict ARTIFACT IMAGE...`: blur and head pose as JSON lines, one per face."""
+"""`edgeface predict ARTIFACT IMAGE|VIDEO...` / `--camera N`: blur and head pose as JSON lines, one per face (per
+frame for videos and cameras, with a track id); faces are detected unless --boxes or --crops say where they are."""
 from __future__ import annotations
 
 import csv
@@ -42,33 +43,147 @@ def _boxes_for(boxes: dict, image: Path) -> list | None:
     return None
 
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
 def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx, model.ncnn.param, model.engine "
                                                      "or .pt; 'default' for the shipped model."),
-            images: list[Path] = typer.Argument(..., help="Images: face crops, or full images with --boxes."),
+            images: Optional[list[Path]] = typer.Argument(None, help="Images (full frames: faces are detected; "
+                                                                     "face crops with --crops) or video files."),
+            camera: Optional[int] = typer.Option(None, "--camera", help="Read frames from camera N (an index)."),
             boxes_csv: Optional[Path] = typer.Option(None, "--boxes",
                                                      help="CSV file,x,y,w,h: face boxes per image (several rows "
-                                                          "per image allowed); images not listed are face crops."),
+                                                          "per image allowed); other images are detected."),
+            crops: bool = typer.Option(False, "--crops", help="Images not in --boxes are face crops: no detection."),
+            score_threshold: float = typer.Option(0.4, "--score-threshold", help="Detector score threshold."),
+            nms_threshold: float = typer.Option(0.3, "--nms-threshold", help="Detector NMS IoU threshold."),
+            largest: bool = typer.Option(False, "--largest", help="Only the largest face per frame."),
+            min_size: float = typer.Option(0.0, "--min-size", help="Drop faces smaller than this (box side, pixels)."),
+            smooth: bool = typer.Option(False, "--smooth", help="Video/camera: One-Euro smoothing of pose and blur "
+                                                                "per track."),
+            max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Video/camera: stop after N frames."),
+            draw: Optional[Path] = typer.Option(None, "--draw", help="Write annotated output: an image or video file "
+                                                                     "for one input, else a folder."),
             backend: str = typer.Option("auto", "--backend", help="|".join(["auto", *registry.names()]) + "."),
             threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads."),
             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all results as one JSON list.")):
-    """Blur score and head pose (degrees) per face, printed as JSON lines."""
-    from ..core.preprocess import read_image
-    from ..runtime.predictor import Predictor
+    """Blur score and head pose (degrees) per face, printed as JSON lines.
 
+    Full images: the faces are detected (shipped YuNet), one line per face. A video or --camera N streams one
+    line per face per frame, with a track id (IoU tracking) and optional --smooth.
+    """
+    from ..core.preprocess import read_image
+    from ..runtime.detector import FaceDetector
+    from ..runtime.predictor import Predictor
+    from ..runtime.stream import video_frames
+
+    images = list(images or [])
+    if not images and camera is None:
+        raise EdgefaceError("give images or video files, or --camera N")
+    if camera is not None and camera < 0:
+        raise EdgefaceError(f"--camera takes a camera index >= 0, got {camera}")
     boxes = read_boxes_csv(boxes_csv) if boxes_csv else {}
-    # Read every image first: a bad file fails the command before any output is printed.
-    frames = [(p, read_image(p)) for p in images]
+    videos = [p for p in images if p.suffix.lower() in VIDEO_SUFFIXES]
+    sources: list = [p for p in images]
+    # Read every image and open every video first: a bad input fails the command before any output.
+    frames = {}
+    for p in images:
+        if p in videos:
+            next(iter(video_frames(p)))  # exists, opens, has a first frame
+        else:
+            frames[p] = read_image(p)
+    if camera is not None:
+        cam = video_frames(camera)
+        first_cam = next(iter(cam))
+        sources.append(camera)
+    n_out = len(sources)
+    if draw is not None and n_out > 1:
+        draw.mkdir(parents=True, exist_ok=True)
     rows = []
+
+    def emit(row):
+        rows.append(row)
+        out_console.print(json.dumps(row), highlight=False, soft_wrap=True)
+
     with Predictor(None if artifact == "default" else artifact, backend=backend, threads=threads) as pred:
-        for path, frame in frames:
-            these = _boxes_for(boxes, path)
-            if these is None:
-                res, used = pred.predict(frame), [None]
+        tag = {"backend": pred.backend, "precision": pred.precision}
+        detector = FaceDetector(score_threshold=score_threshold, nms_threshold=nms_threshold, largest_only=largest,
+                                min_size=min_size)
+        for src in sources:
+            if isinstance(src, Path) and src in frames:
+                frame = frames[src]
+                these = _boxes_for(boxes, src)
+                if these is not None or crops:
+                    res, used = ((pred.predict_image(frame, np.asarray(these, dtype=np.float64)), these)
+                                 if these is not None else (pred.predict(frame), [None]))
+                    for i, (d, box) in enumerate(zip(res.as_dicts(), used)):
+                        emit({"image": str(src), "face": i, **({"box": list(box)} if box is not None else {}),
+                              **{k: round(v, 5) for k, v in d.items()}, **tag})
+                    continue
+                faces = pred.predict_frame(frame, detector=detector)
+                for i, f in enumerate(faces):
+                    emit({"image": str(src), "face": i, **f.as_dict(), **tag})
+                if draw is not None:
+                    _write_image(draw if n_out == 1 else draw / src.name, frame, faces)
             else:
-                res, used = pred.predict_image(frame, np.asarray(these, dtype=np.float64)), these
-            for i, (d, box) in enumerate(zip(res.as_dicts(), used)):
-                row = {"image": str(path), "face": i, **({"box": list(box)} if box is not None else {}),
-                       **{k: round(v, 5) for k, v in d.items()}, "backend": pred.backend, "precision": pred.precision}
-                rows.append(row)
-                out_console.print(json.dumps(row), highlight=False, soft_wrap=True)
+                it = _chain_first(first_cam, cam) if src == camera and not isinstance(src, Path) else video_frames(src)
+                _stream(pred, detector, it, src, smooth, max_frames, draw, n_out, emit, tag)
     write_json(json_out, rows)
+
+
+def _chain_first(first, rest):
+    yield first
+    yield from rest
+
+
+def _fps(src) -> float:
+    import cv2
+
+    if isinstance(src, int):
+        return 25.0
+    cap = cv2.VideoCapture(str(src))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return float(fps) if fps and fps > 0 else 25.0
+
+
+def _write_image(path: Path, frame, faces) -> None:
+    import cv2
+
+    from ..runtime.stream import draw_faces
+
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+        path = path.with_suffix(".png")
+    if not cv2.imwrite(str(path), draw_faces(frame, faces)):
+        raise EdgefaceError(f"cannot write {path}")
+
+
+def _stream(pred, detector, frames, src, smooth, max_frames, draw, n_out, emit, tag) -> None:
+    import cv2
+
+    from ..runtime.stream import IouTracker, draw_faces
+
+    tracker = IouTracker(smooth=smooth)
+    writer = None
+    name = f"camera:{src}" if isinstance(src, int) else str(src)
+    try:
+        for idx, t, frame in frames:
+            if max_frames is not None and idx >= max_frames:
+                break
+            faces = pred.predict_frame(frame, detector=detector)
+            ids = tracker.update(idx, t, faces)
+            for i, (f, tid) in enumerate(zip(faces, ids)):
+                emit({"video": name, "frame": idx, "t": round(t, 4), "track": tid, "face": i, **f.as_dict(), **tag})
+            if draw is not None:
+                if writer is None:
+                    out = draw if n_out == 1 else draw / (f"camera{src}" if isinstance(src, int) else Path(src).stem)
+                    if out.suffix.lower() not in VIDEO_SUFFIXES:
+                        out = out.with_suffix(".mp4")
+                    h, w = frame.shape[:2]
+                    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), _fps(src), (w, h))
+                    if not writer.isOpened():
+                        raise EdgefaceError(f"cannot write video {out}")
+                writer.write(draw_faces(frame, faces, ids))
+    finally:
+        if writer is not None:
+            writer.release()

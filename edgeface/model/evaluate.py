@@ -189,3 +189,58 @@ def rendered_val(root, spec: ModelSpec, context: float = 1.6, console=None,
     bank = build_bank(root, replace(VAL_CONFIG, limit=limit), spec, context, split="val", console=console, seed_offset=1)
     crops = np.stack([crop_face(np.asarray(bank.images[j]), bank.boxes[j], spec) for j in range(len(bank))])
     return crops, np.asarray(bank.poses, np.float32)
+
+
+# -- end to end: detector -> crop -> model ---------------------------------------------------------------------
+DETECT_MATCH_IOU = 0.3  # a detection is the labelled face when its training-convention box overlaps this much
+DETECT_WIDE_YAW = 60.0
+
+
+def detect_samples(detector, samples: list[Sample], spec: ModelSpec):
+    """(crops from detector boxes, crops from labelled boxes, matched mask, IoU of the matched box with the
+    label) over full labelled images: the detection whose mapped box best overlaps the labelled box."""
+    from ..runtime.detector import iou
+
+    n, s = len(samples), spec.input_size
+    det_crops = np.zeros((n, s, s, 3), np.uint8)
+    lab_crops = np.empty((n, s, s, 3), np.uint8)
+    matched = np.zeros(n, bool)
+    overlap = np.zeros(n, np.float32)
+    for i, smp in enumerate(samples):
+        img = read_image(smp.path)
+        lab_crops[i] = crop_face(img, resolve_box(smp, img, spec.crop.scale), spec)
+        found = detector.detect(img)
+        if not len(found):
+            continue
+        boxes = detector.model_boxes(found)
+        ov = iou(boxes, np.array([smp.box]))[:, 0]
+        k = int(np.argmax(ov))
+        if ov[k] >= DETECT_MATCH_IOU:
+            matched[i], overlap[i] = True, ov[k]
+            det_crops[i] = crop_face(img, boxes[k], spec)
+    return det_crops, lab_crops, matched, overlap
+
+
+def evaluate_detected(runner: Runner, detector, samples: list[Sample], spec: ModelSpec, batch: int = 64) -> dict:
+    """Detection rate (|yaw| <= 60 and beyond) and pose MAE with detector boxes beside labelled boxes, on the
+    same detected faces; blur MAE between the two crops' blur scores (the model's own, no blur labels)."""
+    det_crops, lab_crops, matched, overlap = detect_samples(detector, samples, spec)
+    poses = np.array([s.pose for s in samples], np.float32)
+    ayaw = np.abs(poses[:, 0])
+    rate = {}
+    for name, m in (("all", np.ones(len(samples), bool)), ("yaw<=60", ayaw <= DETECT_WIDE_YAW),
+                    ("yaw>60", ayaw > DETECT_WIDE_YAW), ("yaw_unknown", np.isnan(ayaw))):
+        if m.any():
+            rate[name] = {"n": int(m.sum()), "detected": int(matched[m].sum()), "rate": float(matched[m].mean())}
+    res: dict = {"n": len(samples), "detection": rate,
+                 "mean_iou": float(overlap[matched].mean()) if matched.any() else None}
+    if matched.any():
+        b_det, p_det = run_batched(runner, det_crops[matched], batch)
+        b_lab, p_lab = run_batched(runner, lab_crops[matched], batch)
+        truth = poses[matched]
+        res["detector_boxes"] = pose_metrics(p_det, truth)
+        res["labelled_boxes"] = pose_metrics(p_lab, truth)
+        res["blur_detector_vs_labelled_mae"] = float(np.abs(b_det - b_lab).mean())
+        d, lab = res["detector_boxes"]["mean_mae"], res["labelled_boxes"]["mean_mae"]
+        res["mean_mae_delta"] = (d - lab) if d is not None and lab is not None else None
+    return res

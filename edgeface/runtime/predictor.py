@@ -6,6 +6,7 @@
         r = p.predict(crops)                 # or None: the shipped default model
         r.blur, r.yaw, r.pitch, r.roll       # numpy float32 arrays, one value per crop
         r = p.predict_image(frame, boxes)    # boxes (N, 4) x, y, w, h in pixels; crop rule from the ModelSpec
+        faces = p.predict_frame(frame)       # full frame: detect (shipped YuNet), crop, model; list of Face
 
 Thread safety: one Predictor may be shared by several threads. Calls into the native engine, and the
 reusable input buffer, are serialised by a lock (the engines already use every core through their own
@@ -58,6 +59,26 @@ class Result:
         return cls(z, z.copy(), z.copy(), z.copy())
 
 
+@dataclass
+class Face:
+    """One face found in a frame: the detection and the model's outputs for its crop."""
+
+    box: tuple[float, float, float, float]       # detector box x, y, w, h (pixels)
+    landmarks: list[tuple[float, float]]          # 5 points: right eye, left eye, nose, right/left mouth corner
+    score: float                                  # detector score
+    crop_box: tuple[float, float, float, float]   # the box in the training convention the crop was cut from
+    blur: float
+    yaw: float
+    pitch: float
+    roll: float
+
+    def as_dict(self, digits: int = 3) -> dict:
+        r = lambda v: round(float(v), digits)  # noqa: E731
+        return {"box": [r(v) for v in self.box], "landmarks": [[r(x), r(y)] for x, y in self.landmarks],
+                "score": r(self.score), "crop_box": [r(v) for v in self.crop_box], "blur": round(self.blur, 5),
+                "yaw": r(self.yaw), "pitch": r(self.pitch), "roll": r(self.roll)}
+
+
 class Predictor:
     """Run an edgeface artifact. See the module docstring; ``backend`` is "auto" or a registry name.
 
@@ -80,6 +101,7 @@ class Predictor:
         self._buffer: Optional[np.ndarray] = None
         if not isinstance(batch, int) or batch < 1:
             raise EdgefaceError(f"batch must be a positive integer, got {batch!r}")
+        self._detector = None
         self._closed = True
         self.bundle = None
         bundle_precision = None
@@ -195,6 +217,46 @@ class Predictor:
             raise EdgefaceError(f"boxes have shape {np.shape(boxes)}; expected (N, 4) x, y, w, h in pixels")
         crops = np.stack([crop_face(frame, box, self.spec) for box in b])
         return self.predict(crops)
+
+    @property
+    def detector(self):
+        """The face detector ``predict_frame`` uses (the shipped YuNet with default options until set)."""
+        if self._detector is None:
+            from .detector import FaceDetector
+
+            self._detector = FaceDetector()
+        return self._detector
+
+    @detector.setter
+    def detector(self, det) -> None:
+        self._detector = det
+
+    def predict_frame(self, frame: np.ndarray, rgb: bool = False, detector=None, **detector_options) -> list[Face]:
+        """Every face in a full frame: detect, crop with the training box convention, run the model.
+
+        ``detector``: a ``FaceDetector`` (default: this Predictor's, the shipped YuNet); or options for a new
+        one, e.g. ``score_threshold=0.7, largest_only=True, min_size=40`` (kept for later calls). A frame
+        without a face gives an empty list.
+        """
+        self._check_open()
+        frame = check_image(frame)
+        if frame.shape[0] < 2 or frame.shape[1] < 2:
+            raise EdgefaceError(f"frame of shape {frame.shape} is empty")
+        if rgb:
+            frame = np.ascontiguousarray(frame[..., ::-1])
+        if detector_options:
+            from .detector import FaceDetector
+
+            self._detector = FaceDetector(**detector_options)
+        det = detector or self.detector
+        found = det.detect(frame)
+        if not len(found):
+            return []
+        crop_boxes = det.model_boxes(found)
+        res = self.predict(np.stack([crop_face(frame, b, self.spec) for b in crop_boxes]))
+        return [Face(tuple(float(v) for v in found.boxes[i]), [tuple(float(v) for v in p) for p in found.landmarks[i]],
+                     float(found.scores[i]), tuple(float(v) for v in crop_boxes[i]), float(res.blur[i]),
+                     float(res.yaw[i]), float(res.pitch[i]), float(res.roll[i])) for i in range(len(found))]
 
     def _input_buffer(self, n: int) -> np.ndarray:
         # Reused between calls of the same batch size (under the lock): saves a 1.2 MB allocation per batch of

@@ -1,0 +1,221 @@
+"""Face detection for full frames: the shipped YuNet through OpenCV's ``cv2.FaceDetectorYN``.
+
+    det = FaceDetector()                      # shipped YuNet (edgeface/weights/yunet/, Apache-2.0)
+    faces = det.detect(frame)                 # Detections: raw YuNet boxes, 5 landmarks, scores
+    boxes = det.model_boxes(faces)            # the same faces as the data pack's boxes (the crop the model learned)
+
+YuNet's box is not the box the model was trained on (MediaPipe's: square, brows to chin). ``model_boxes``
+maps each detection (its box and landmarks) to that convention with a linear map learned offline on the
+data pack's train split (``scripts/fit_box_map.py``), shipped as a few numbers in ``box_map.json``.
+Torch-free: numpy and OpenCV only.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from ..core.artifact import WEIGHTS_DIR
+from ..core.errors import EdgefaceError
+from ..core.preprocess import check_image
+
+YUNET_DIR = WEIGHTS_DIR / "yunet"
+YUNET_MODEL = YUNET_DIR / "yunet_s_640_640.onnx"
+BOX_MAP = YUNET_DIR / "box_map.json"
+
+
+@dataclass
+class Detections:
+    """Faces found in one frame, best score first; N may be 0."""
+
+    boxes: np.ndarray      # (N, 4) float32 x, y, w, h in pixels, as the detector gives them
+    landmarks: np.ndarray  # (N, 5, 2) float32: right eye, left eye, nose tip, right and left mouth corner
+    scores: np.ndarray     # (N,) float32
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32))
+
+    def take(self, idx) -> "Detections":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Detections(self.boxes[idx], self.landmarks[idx], self.scores[idx])
+
+
+# -- the box map: detector box + landmarks -> the training box ----------------------------------------------
+def map_features(boxes: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features (N, F), centre (N, 2), size (N,)): landmarks in units of the detector box, centred on it.
+
+    The map predicts the training box's centre offset and log side in those units, so it is the same at
+    any image scale.
+    """
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    lm = np.asarray(landmarks, np.float64).reshape(-1, 5, 2)
+    centre = b[:, :2] + b[:, 2:] / 2
+    size = np.sqrt(np.maximum(b[:, 2] * b[:, 3], 1e-6))
+    rel = (lm - centre[:, None, :]) / size[:, None, None]
+    aspect = np.log(np.maximum(b[:, 3], 1e-6) / np.maximum(b[:, 2], 1e-6))
+    feats = np.concatenate([np.ones((len(b), 1)), rel.reshape(len(b), 10), aspect[:, None]], axis=1)
+    return feats, centre, size
+
+
+def map_targets(target_boxes: np.ndarray, centre: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """(N, 3): the target box's centre offset (x, y) and log side, in units of the detector box."""
+    t = np.asarray(target_boxes, np.float64).reshape(-1, 4)
+    tc = t[:, :2] + t[:, 2:] / 2
+    side = np.sqrt(np.maximum(t[:, 2] * t[:, 3], 1e-6))
+    return np.concatenate([(tc - centre) / size[:, None], np.log(side / size)[:, None]], axis=1)
+
+
+def apply_map(coef: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """Square boxes (N, 4) x, y, w, h in the training convention from detections and a (F, 3) coefficient matrix."""
+    if len(boxes) == 0:
+        return np.zeros((0, 4), np.float32)
+    feats, centre, size = map_features(boxes, landmarks)
+    t = feats @ coef
+    c = centre + t[:, :2] * size[:, None]
+    side = np.exp(t[:, 2]) * size
+    return np.stack([c[:, 0] - side / 2, c[:, 1] - side / 2, side, side], axis=1).astype(np.float32)
+
+
+def load_box_map(path: str | Path = BOX_MAP) -> Optional[np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    coef = np.asarray(json.loads(path.read_text())["coef"], np.float64)
+    if coef.shape != (12, 3):
+        raise EdgefaceError(f"{path}: coef has shape {coef.shape}; expected (12, 3)")
+    return coef
+
+
+# -- the detector --------------------------------------------------------------------------------------------
+class FaceDetector:
+    """YuNet through ``cv2.FaceDetectorYN``.
+
+    ``score_threshold``/``nms_threshold``: YuNet's own (OpenCV's defaults are 0.9/0.3; 0.6 finds turned
+    heads; 0.4 is the default here, see docs/frames.md). ``largest_only`` keeps the biggest face, ``min_size`` drops faces whose box side (pixels) is
+    smaller. ``upscale_below``: a frame whose longer side is shorter than this is enlarged by a whole factor
+    to reach it before detection (YuNet misses many faces in 100 px frames; 0 turns it off). ``pad``: a black border of this fraction of the longer side is added before detection (YuNet,
+    like most detectors, misses a face that fills the whole frame, as tight crops do); 0 turns it off, and
+    ``"auto"`` retries with 0.25 and 0.5 only when nothing was found. ``box_map``: the shipped map to the
+    training boxes (default), a path to another one, or None for the raw square around YuNet's box.
+    """
+
+    def __init__(self, model: str | Path | None = None, score_threshold: float = 0.4, nms_threshold: float = 0.3,
+                 top_k: int = 50, largest_only: bool = False, min_size: float = 0.0, pad="auto",
+                 upscale_below: int = 200, box_map: str | Path | None = "default", threads: Optional[int] = None):
+        path = Path(model) if model is not None else YUNET_MODEL
+        if not path.is_file():
+            raise EdgefaceError(f"face detector model {path} does not exist")
+        if not 0.0 <= score_threshold <= 1.0 or not 0.0 <= nms_threshold <= 1.0:
+            raise EdgefaceError("score_threshold and nms_threshold are between 0 and 1")
+        if pad != "auto" and not (isinstance(pad, (int, float)) and 0 <= pad <= 2):
+            raise EdgefaceError(f"pad is 'auto' or a fraction 0..2 of the longer side, got {pad!r}")
+        self.model = path
+        self.score_threshold, self.nms_threshold, self.top_k = float(score_threshold), float(nms_threshold), int(top_k)
+        self.largest_only, self.min_size, self.pad = bool(largest_only), float(min_size), pad
+        self.upscale_below = int(upscale_below)
+        self.coef = load_box_map(BOX_MAP if box_map == "default" else box_map) if box_map is not None else None
+        if threads is not None:
+            cv2.setNumThreads(int(threads))
+        self._yn = quiet_opencv(lambda: cv2.FaceDetectorYN.create(str(path), "", (320, 320), self.score_threshold,
+                                                            self.nms_threshold, self.top_k))
+        self._size = (320, 320)
+
+    def _run(self, frame: np.ndarray) -> np.ndarray:
+        h, w = frame.shape[:2]
+        if (w, h) != self._size:
+            self._yn.setInputSize((w, h))
+            self._size = (w, h)
+        _, faces = self._yn.detect(frame)
+        return np.zeros((0, 15), np.float32) if faces is None else np.asarray(faces, np.float32).reshape(-1, 15)
+
+    def _run_padded(self, frame: np.ndarray, pad: float) -> np.ndarray:
+        if pad <= 0:
+            return self._run(frame)
+        h, w = frame.shape[:2]
+        p = int(round(pad * max(h, w)))
+        big = cv2.copyMakeBorder(frame, p, p, p, p, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        faces = self._run(big)
+        faces[:, 0:14:2] -= p  # x, landmarks x
+        faces[:, 1:14:2] -= p  # y, landmarks y
+        return faces
+
+    def detect(self, frame: np.ndarray) -> Detections:
+        """Faces in a BGR frame (HxWx3 uint8; grey and BGRA are converted), best score first."""
+        frame = check_image(frame)
+        if frame.shape[0] < 2 or frame.shape[1] < 2:
+            raise EdgefaceError(f"frame of shape {frame.shape} is empty")
+        k = 1
+        if self.upscale_below and max(frame.shape[:2]) < self.upscale_below:
+            k = int(math.ceil(self.upscale_below / max(frame.shape[:2])))
+            frame = cv2.resize(frame, None, fx=k, fy=k, interpolation=cv2.INTER_LINEAR)
+        if self.pad == "auto":
+            faces = self._run(frame)
+            for p in (0.25, 0.5):
+                if len(faces):
+                    break
+                faces = self._run_padded(frame, p)
+        else:
+            faces = self._run_padded(frame, float(self.pad))
+        if k > 1:
+            faces[:, :14] /= k
+        det = Detections(faces[:, :4].copy(), faces[:, 4:14].reshape(-1, 5, 2).copy(), faces[:, 14].copy())
+        if len(det) and self.min_size > 0:
+            det = det.take(np.flatnonzero(np.minimum(det.boxes[:, 2], det.boxes[:, 3]) >= self.min_size))
+        if len(det):
+            det = det.take(np.argsort(-det.scores, kind="stable"))
+        if len(det) and self.largest_only:
+            det = det.take([int(np.argmax(det.boxes[:, 2] * det.boxes[:, 3]))])
+        return det
+
+    def model_boxes(self, det: Detections) -> np.ndarray:
+        """(N, 4) boxes in the convention the model was trained on (see the module docstring)."""
+        if self.coef is not None:
+            return apply_map(self.coef, det.boxes, det.landmarks)
+        b = det.boxes.astype(np.float64)
+        side = np.maximum(b[:, 2], b[:, 3])
+        c = b[:, :2] + b[:, 2:] / 2
+        return np.stack([c[:, 0] - side / 2, c[:, 1] - side / 2, side, side], axis=1).astype(np.float32)
+
+    def info(self) -> dict:
+        return {"detector": "yunet (cv2.FaceDetectorYN)", "model": self.model.name,
+                "score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold,
+                "largest_only": self.largest_only, "min_size": self.min_size, "pad": self.pad,
+                "upscale_below": self.upscale_below,
+                "box_map": self.coef is not None}
+
+
+def quiet_opencv(make):
+    """Run ``make`` with OpenCV's log at ERROR: its DNN module prints a WARN line to stderr when the detector is
+    made ("Targets are not supported by the new graph engine"), which would break one-line error output."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        return make()
+    old = logging.getLogLevel()
+    logging.setLogLevel(min(old, logging.LOG_LEVEL_ERROR))
+    try:
+        return make()
+    finally:
+        logging.setLogLevel(old)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of x, y, w, h boxes."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    ax1, ay1, ax2, ay2 = a[:, 0:1], a[:, 1:2], a[:, 0:1] + a[:, 2:3], a[:, 1:2] + a[:, 3:4]
+    bx1, by1, bx2, by2 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    iw = np.clip(np.minimum(ax2, bx2) - np.maximum(ax1, bx1), 0, None)
+    ih = np.clip(np.minimum(ay2, by2) - np.maximum(ay1, by1), 0, None)
+    inter = iw * ih
+    union = a[:, 2:3] * a[:, 3:4] + b[:, 2] * b[:, 3] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+

@@ -1,0 +1,216 @@
+"""Frames in, faces out over time: frame sources (image files, a video, a camera), an IoU tracker that gives
+each face a stable id, One-Euro smoothing of pose and blur per track, and drawing of the results.
+
+Torch-free: numpy and OpenCV only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import cv2
+import numpy as np
+
+from ..core.errors import EdgefaceError
+from ..core.preprocess import read_image
+from .detector import iou, quiet_opencv
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+
+
+def _silent_stderr(make):
+    """Run ``make`` with OpenCV's log at ERROR and file descriptor 2 on /dev/null: FFmpeg and V4L2 print their
+    own lines ("moov atom not found", "can't open camera by index") that the caller turns into one clear error."""
+    import os
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        return quiet_opencv(make)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        return quiet_opencv(make)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+# -- sources ---------------------------------------------------------------------------------------------------
+def is_image_path(path: Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTS
+
+
+def open_video(source) -> tuple[cv2.VideoCapture, float]:
+    """(capture, fps) for a video file or a camera index; EdgefaceError when it gives no frame."""
+    if isinstance(source, int):
+        cap = _silent_stderr(lambda: cv2.VideoCapture(source))
+        what = f"camera {source}"
+    else:
+        if not Path(source).is_file():
+            raise EdgefaceError(f"video {source} does not exist")
+        cap = _silent_stderr(lambda: cv2.VideoCapture(str(source)))
+        what = f"{source}"
+    if not cap.isOpened():
+        cap.release()
+        raise EdgefaceError(f"{what} cannot be opened as a video" if not isinstance(source, int) else
+                            f"camera {source} does not exist or cannot be opened")
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return cap, (fps if fps and math.isfinite(fps) and fps > 0 else 30.0)
+
+
+def video_frames(source) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(frame index, time in seconds, BGR frame) from a video file or camera index. A source that opens but
+    gives no first frame (a zero-frame video, a non-video file OpenCV accepts) is an error."""
+    cap, fps = open_video(source)
+    try:
+        i = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                if i == 0:
+                    raise EdgefaceError(f"{'camera ' + str(source) if isinstance(source, int) else source} "
+                                        f"gave no frame (not a video, or a video without frames)")
+                return
+            yield i, i / fps, frame
+            i += 1
+    finally:
+        cap.release()
+
+
+# -- One-Euro filter -------------------------------------------------------------------------------------------
+class OneEuro:
+    """One-Euro filter (Casiez et al., CHI 2012) of a vector: strong smoothing when still, little lag when moving.
+
+    ``min_cutoff`` (Hz) sets the smoothing at rest, ``beta`` how fast the cutoff rises with speed.
+    """
+
+    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.05, d_cutoff: float = 1.0):
+        self.min_cutoff, self.beta, self.d_cutoff = float(min_cutoff), float(beta), float(d_cutoff)
+        self._x: Optional[np.ndarray] = None
+        self._dx: Optional[np.ndarray] = None
+        self._t: Optional[float] = None
+
+    @staticmethod
+    def _alpha(cutoff, dt: float):
+        tau = 1.0 / (2 * math.pi * cutoff)
+        return 1.0 / (1.0 + tau / dt)
+
+    def __call__(self, x, t: float) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        if self._x is None or self._t is None or t <= self._t:
+            self._x, self._dx, self._t = x.copy(), np.zeros_like(x), t
+            return x.copy()
+        dt = t - self._t
+        dx = (x - self._x) / dt
+        a_d = self._alpha(self.d_cutoff, dt)
+        self._dx = a_d * dx + (1 - a_d) * self._dx
+        cutoff = self.min_cutoff + self.beta * np.abs(self._dx)
+        a = self._alpha(cutoff, dt)
+        self._x = a * x + (1 - a) * self._x
+        self._t = t
+        return self._x.copy()
+
+
+# -- IoU tracker -----------------------------------------------------------------------------------------------
+@dataclass
+class _Track:
+    id: int
+    box: np.ndarray
+    last_seen: int
+    pose_filter: Optional[OneEuro] = None
+    blur_filter: Optional[OneEuro] = None
+    hits: int = field(default=1)
+
+
+class IouTracker:
+    """Greedy IoU matching of each frame's faces to the live tracks; a track not seen for ``max_age`` frames
+    ends. Ids start at 0 and are never reused. ``smooth``: One-Euro filter pose and blur per track."""
+
+    def __init__(self, iou_threshold: float = 0.3, max_age: int = 10, smooth: bool = False,
+                 min_cutoff: float = 1.0, beta: float = 0.05):
+        self.iou_threshold, self.max_age, self.smooth = float(iou_threshold), int(max_age), bool(smooth)
+        self.min_cutoff, self.beta = min_cutoff, beta
+        self.tracks: list[_Track] = []
+        self._next = 0
+
+    def update(self, frame_index: int, t: float, faces: list) -> list[int]:
+        """Track ids for ``faces`` (``Face`` records of one frame, in order); smooths them in place if asked."""
+        self.tracks = [tr for tr in self.tracks if frame_index - tr.last_seen <= self.max_age]
+        ids = [-1] * len(faces)
+        if faces and self.tracks:
+            ov = iou(np.array([f.box for f in faces]), np.array([tr.box for tr in self.tracks]))
+            pairs = sorted(((ov[i, j], i, j) for i in range(ov.shape[0]) for j in range(ov.shape[1])
+                            if ov[i, j] >= self.iou_threshold), reverse=True)
+            used_f, used_t = set(), set()
+            for _, i, j in pairs:
+                if i in used_f or j in used_t:
+                    continue
+                used_f.add(i)
+                used_t.add(j)
+                ids[i] = j
+        out = []
+        for i, f in enumerate(faces):
+            if ids[i] >= 0:
+                tr = self.tracks[ids[i]]
+                tr.box, tr.last_seen, tr.hits = np.asarray(f.box, np.float64), frame_index, tr.hits + 1
+            else:
+                tr = _Track(self._next, np.asarray(f.box, np.float64), frame_index)
+                self._next += 1
+                self.tracks.append(tr)
+            if self.smooth:
+                if tr.pose_filter is None:
+                    tr.pose_filter = OneEuro(self.min_cutoff, self.beta)
+                    tr.blur_filter = OneEuro(self.min_cutoff, self.beta)
+                f.yaw, f.pitch, f.roll = (float(v) for v in tr.pose_filter([f.yaw, f.pitch, f.roll], t))
+                f.blur = float(tr.blur_filter([f.blur], t)[0])
+            out.append(tr.id)
+        return out
+
+
+# -- drawing ---------------------------------------------------------------------------------------------------
+def pose_axes(yaw: float, pitch: float, roll: float, size: float) -> np.ndarray:
+    """(3, 2) image-plane offsets of the head's x (red), y (green) and z (blue, facing) axes, Pose_Para convention."""
+    p, y, r = math.radians(pitch), -math.radians(yaw), math.radians(roll)
+    x1 = size * (math.cos(y) * math.cos(r))
+    y1 = size * (math.cos(p) * math.sin(r) + math.cos(r) * math.sin(p) * math.sin(y))
+    x2 = size * (-math.cos(y) * math.sin(r))
+    y2 = size * (math.cos(p) * math.cos(r) - math.sin(p) * math.sin(y) * math.sin(r))
+    x3 = size * (math.sin(y))
+    y3 = size * (-math.cos(y) * math.sin(p))
+    return np.array([[x1, y1], [x2, -y2], [x3, y3]])
+
+
+def draw_faces(frame: np.ndarray, faces: list, ids: Optional[list[int]] = None) -> np.ndarray:
+    """A copy of ``frame`` with each face's box, landmarks, pose axes and a blur bar (green sharp .. red blurred)."""
+    img = frame.copy()
+    scale = max(1.0, max(img.shape[:2]) / 640)
+    th = max(1, int(round(2 * scale)))
+    for k, f in enumerate(faces):
+        x, y, w, h = (float(v) for v in f.box)
+        cv2.rectangle(img, (int(x), int(y)), (int(x + w), int(y + h)), (255, 200, 0), th)
+        for px, py in f.landmarks:
+            cv2.circle(img, (int(px), int(py)), th + 1, (0, 255, 255), -1)
+        cx, cy = f.landmarks[2] if len(f.landmarks) == 5 else (x + w / 2, y + h / 2)
+        for (dx, dy), col in zip(pose_axes(f.yaw, f.pitch, f.roll, 0.6 * w), [(0, 0, 255), (0, 200, 0), (255, 0, 0)]):
+            cv2.line(img, (int(cx), int(cy)), (int(cx + dx), int(cy + dy)), col, th + 1)
+        b = min(max(float(f.blur), 0.0), 1.0)
+        bx, by, bw, bh = int(x), int(y + h + 4 * scale), int(w), int(6 * scale)
+        cv2.rectangle(img, (bx, by), (bx + bw, by + bh), (60, 60, 60), -1)
+        cv2.rectangle(img, (bx, by), (bx + int(bw * b), by + bh), (0, int(255 * (1 - b)), int(255 * b)), -1)
+        label = f"y{f.yaw:+.0f} p{f.pitch:+.0f} r{f.roll:+.0f} b{f.blur:.2f}"
+        if ids is not None:
+            label = f"#{ids[k]} " + label
+        cv2.putText(img, label, (int(x), max(12, int(y - 4 * scale))), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * scale,
+                    (255, 255, 255), max(1, th - 1), cv2.LINE_AA)
+    return img
+
+
+def read_frames(paths: list[Path]) -> Iterator[tuple[Path, np.ndarray]]:
+    for p in paths:
+        yield p, read_image(p)

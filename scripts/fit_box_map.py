@@ -1,0 +1,85 @@
+"""Fit the map from YuNet's box + landmarks to the data pack's face boxes (MediaPipe's square, brows to chin).
+
+    python scripts/fit_box_map.py --data ../shared/data [--out edgeface/weights/yunet/box_map.json]
+
+Runs the shipped detector on the train split of every set, keeps the detection that matches the labelled
+face (IoU >= 0.3 with its box), and fits a ridge least-squares map from the detection's landmarks (in units
+of its box) to the labelled box's centre offset and log side (``edgeface.runtime.detector.map_features``).
+Writes the 12x3 coefficients with the fit's residuals; the val splits are left for `edgeface eval --detect`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgeface.core.preprocess import read_image
+from edgeface.model.data import find_sets, load_samples
+from edgeface.runtime.detector import BOX_MAP, FaceDetector, iou, map_features, map_targets
+
+MATCH_IOU = 0.3
+
+
+def detect_set(det: FaceDetector, samples):
+    """Per sample: (raw box, landmarks) of the detection matching the labelled box, or None."""
+    out = []
+    for s in samples:
+        d = det.detect(read_image(s.path))
+        if not len(d):
+            out.append(None)
+            continue
+        ov = iou(det.model_boxes(d), np.array([s.box]))[:, 0]
+        k = int(np.argmax(ov))
+        out.append((d.boxes[k], d.landmarks[k]) if ov[k] >= MATCH_IOU else None)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=BOX_MAP)
+    ap.add_argument("--ridge", type=float, default=1e-3)
+    ap.add_argument("--per-set", type=int, default=0, help="at most this many train images per set (0: all)")
+    a = ap.parse_args()
+    det = FaceDetector(box_map=None)
+    X, Y, W, stats = [], [], [], {}
+    for folder in find_sets(a.data):
+        samples = load_samples(folder, split="train")
+        if a.per_set:
+            samples = samples[:: max(1, len(samples) // a.per_set)][: a.per_set]
+        t = time.time()
+        found = detect_set(det, samples)
+        ok = [(s, f) for s, f in zip(samples, found) if f is not None]
+        stats[folder.name] = {"n": len(samples), "matched": len(ok)}
+        print(f"{folder.name}: {len(ok)}/{len(samples)} matched ({time.time() - t:.0f} s)", flush=True)
+        boxes = np.array([f[0] for _, f in ok])
+        lms = np.array([f[1] for _, f in ok])
+        feats, centre, size = map_features(boxes, lms)
+        X.append(feats)
+        Y.append(map_targets(np.array([s.box for s, _ in ok]), centre, size))
+        W.append(np.full(len(ok), 1.0 / len(ok)))  # every set weighs the same
+    X, Y, W = np.concatenate(X), np.concatenate(Y), np.concatenate(W)
+    sw = np.sqrt(W)[:, None]
+    A = X * sw
+    reg = a.ridge * np.eye(X.shape[1])
+    reg[0, 0] = 0.0
+    coef = np.linalg.solve(A.T @ A + reg, A.T @ (Y * sw))
+    res = Y - X @ coef
+    base = Y - Y.mean(0)
+    fit = {"residual_rms": [float(v) for v in np.sqrt((res ** 2).mean(0))],
+           "constant_only_rms": [float(v) for v in np.sqrt((base ** 2).mean(0))]}
+    print("residual rms (dx, dy, dlog side; units of the detector box):", fit)
+    a.out.write_text(json.dumps({
+        "what": "YuNet box + 5 landmarks -> data-pack face box (square, brows to chin); see "
+                "edgeface.runtime.detector.map_features",
+        "detector": det.model.name, "fitted_on": "train split of " + ", ".join(stats), "sets": stats,
+        "targets": ["centre dx / size", "centre dy / size", "log(side / size)"], "ridge": a.ridge, "fit": fit,
+        "coef": [[round(float(v), 6) for v in row] for row in coef]}, indent=1) + "\n")
+    print("wrote", a.out)
+
+
+if __name__ == "__main__":
+    main()

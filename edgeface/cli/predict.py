@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Optional
@@ -10,6 +11,7 @@ import numpy as np
 import typer
 
 from ..core.errors import EdgefaceError
+from ..core.recipe import read_text_utf8
 from ..engines import registry
 from .output import out_console, write_json
 
@@ -18,10 +20,10 @@ NAME = "predict"
 
 def read_boxes_csv(path: Path) -> dict[str, list[tuple[float, float, float, float]]]:
     """``file,x,y,w,h`` rows (a header row is required) -> boxes per file name."""
-    if not path.is_file():
+    if not path.exists():
         raise EdgefaceError(f"boxes file {path} does not exist")
     boxes: dict[str, list] = {}
-    with open(path, newline="") as fh:
+    with io.StringIO(read_text_utf8(path, "boxes file"), newline="") as fh:
         reader = csv.DictReader(fh)
         need = {"file", "x", "y", "w", "h"}
         if not reader.fieldnames or need - set(reader.fieldnames):

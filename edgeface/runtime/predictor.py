@@ -24,7 +24,8 @@ import numpy as np
 from ..core.artifact import WEIGHTS_DIR, shipped_artifact
 from ..core.device import detect_device
 from ..core.errors import EdgefaceError
-from ..core.preprocess import check_crops, check_image, crop_face, to_input
+from ..core.limits import check_threads
+from ..core.preprocess import check_boxes, check_crops, check_image, crop_face, to_input
 from ..core.spec import UINT8_NHWC, ModelSpec
 from ..engines import registry
 from ..engines.descriptor import Engine
@@ -69,8 +70,7 @@ class Predictor:
                  *, precision: Optional[str] = None, **options: Any):
         if backend != "auto" and backend not in registry.REGISTRY:
             raise EdgefaceError(f"unknown backend {backend!r}; choose auto or one of {', '.join(registry.REGISTRY)}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise EdgefaceError(f"threads must be a positive integer, got {threads!r}")
+        check_threads(threads, "threads")
         self._lock = threading.Lock()
         self._buffer: Optional[np.ndarray] = None
         self._closed = True
@@ -86,7 +86,7 @@ class Predictor:
                 path, kind, bundle_precision, bundle_options = self._open_dir(path)
                 for k, v in bundle_options.items():  # the target's tuned options; explicit arguments win
                     if k == "threads":
-                        threads = threads or v
+                        threads = threads or check_threads(v, f"{path / MANIFEST_NAME} options.threads")
                     else:
                         options.setdefault(k, v)
             else:
@@ -175,13 +175,9 @@ class Predictor:
         frame = check_image(frame)
         if rgb:
             frame = np.ascontiguousarray(frame[..., ::-1])
-        b = np.asarray(boxes, dtype=np.float64)
-        if b.size == 0:
+        b = check_boxes(boxes)
+        if b.shape[0] == 0:
             return Result.empty()  # no faces in this frame is a normal case, not an error
-        if b.ndim == 1:
-            b = b[None]
-        if b.ndim != 2 or b.shape[1] != 4:
-            raise EdgefaceError(f"boxes have shape {np.shape(boxes)}; expected (N, 4) x, y, w, h in pixels")
         crops = np.stack([crop_face(frame, box, self.spec) for box in b])
         return self.predict(crops)
 

@@ -152,3 +152,167 @@ def test_yaml_bomb_in_a_known_field_is_not_printed(tmp_path):
     with pytest.raises(EdgefaceError, match="'out' must be str") as e:
         validate({"out": data["out"]}, {"out": "runs/x"}, "recipe r.yaml")
     assert time.monotonic() - t0 < 5 and len(str(e.value)) < 300
+
+
+# -- 2. tracebacks -> one line ------------------------------------------------------------------------------
+def test_output_paths_of_the_wrong_kind(tmp_path):
+    d = tmp_path / "adir"
+    d.mkdir()
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = _cli("info", "--json", d)
+    _one_line_error(r, "folder")
+    assert not list(tmp_path.glob(".*.tmp")), "info --json DIR left a temporary file"
+    _one_line_error(_cli("export", "--out", f), "is a file")
+    _one_line_error(_cli("eval", "--data", f), "is a file")
+    _one_line_error(_cli("quantize", "--calib", d, "--out", f, "--force"), "is a file")
+    _one_line_error(_cli("predict", "default", f, "--json", d), "folder")
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"input_size": 0}, "input_size"),
+    ({"input_size": 10**9}, "input_size"),
+    ({"crop": {"scale": 0}}, "crop.scale"),
+    ({"crop": {"border": "wrap"}}, "crop.border"),
+    ({"outputs": [{"name": "pose", "fields": ["yaw", "pitch", "roll"], "units": ""},
+                  {"name": "blur", "fields": ["blur"], "units": ""}]}, "outputs"),
+    ({"width": 100}, "width"),
+    ({"std": [127.5, 0, 127.5]}, "std"),
+    ({"mean": [float("nan"), 0, 0]}, "mean"),
+    ({"channel_order": "XYZ"}, "channel_order"),
+    ({"mean": "abc"}, "mean|malformed"),
+    ({"crop": [1, 2]}, "malformed"),
+])
+def test_bad_spec_values(change, match):
+    d = ModelSpec().to_dict()
+    d.update(change)
+    with pytest.raises(EdgefaceError, match=match) as e:
+        ModelSpec.from_dict(d)
+    assert "\n" not in str(e.value)
+    with pytest.raises(EdgefaceError):
+        ModelSpec.from_json(json.dumps(d))
+
+
+def test_deep_json_spec_and_manifest(tmp_path):
+    from edgeface.runtime.bundle import read_manifest
+
+    deep = "[" * 200000 + "]" * 200000
+    with pytest.raises(EdgefaceError, match="nested"):
+        ModelSpec.from_json(deep)
+    (tmp_path / "manifest.json").write_text(deep)
+    with pytest.raises(EdgefaceError, match="nested"):
+        read_manifest(tmp_path)
+
+
+def _recipe(tmp_path, section, key, value, name="r.yaml"):
+    import yaml
+
+    from edgeface.core.recipe import RECIPES_DIR
+
+    data = yaml.safe_load((RECIPES_DIR / "train" / "mbv2_025.yaml").read_text())
+    data.setdefault(section, {})[key] = value
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.mark.parametrize("section,key,value,match", [
+    ("train", "batch_size", 0, "train.batch_size"),
+    ("train", "lr", -0.1, "train.lr"),
+    ("train", "threads", 0, "train.threads"),
+    ("train", "workers", -1, "train.workers"),
+    ("train", "epochs", 0, "train.epochs"),
+    ("train", "epochs", -1, "train.epochs"),
+    ("augment", "scale", [0.85], "augment.scale"),
+    ("augment", "flip_p", 1.5, "augment.flip_p"),
+    ("data", "sets", [{"name": "a", "weight": float("nan")}], "weight"),
+    ("model", "input_size", 0, "input_size"),
+    ("model", "crop_scale", 0.0, "crop_scale|crop.scale"),
+])
+def test_bad_recipe_values(tmp_path, section, key, value, match):
+    from edgeface.model.train import load_train_recipe
+
+    with pytest.raises(EdgefaceError, match=match) as e:
+        load_train_recipe(_recipe(tmp_path, section, key, value))
+    assert "\n" not in str(e.value)
+
+
+def test_cli_overrides_bounded():
+    from edgeface.model.train import apply_cli_overrides
+
+    for bad in (0, -1):
+        with pytest.raises(EdgefaceError, match="--epochs"):
+            apply_cli_overrides({"train": {}, "data": {}}, epochs=bad)
+
+
+def test_train_init_with_other_shapes(tmp_path):
+    from conftest import random_checkpoint
+
+    from edgeface.model.train import _init_state
+
+    ck = random_checkpoint(tmp_path / "wide.pt", width=0.5)
+    with pytest.raises(EdgefaceError, match="other shapes") as e:
+        _init_state(str(ck), ModelSpec(width=0.25))
+    assert "\n" not in str(e.value)
+
+
+def test_text_files_not_utf8(tmp_path):
+    from edgeface.cli.predict import read_boxes_csv
+    from edgeface.core.recipe import load_yaml
+    from edgeface.deploy.targets import load_target
+
+    u16 = tmp_path / "r16.yaml"
+    u16.write_bytes("kind: train\n".encode("utf-16"))
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    for p in (u16, latin):
+        with pytest.raises(EdgefaceError, match="UTF"):
+            load_yaml(p)
+        with pytest.raises(EdgefaceError, match="UTF"):
+            load_target(p)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_bytes("file,x,y,w,h\nimg.png,1,2,3,4\n".encode("utf-16"))
+    with pytest.raises(EdgefaceError, match="UTF"):
+        read_boxes_csv(boxes)
+    with pytest.raises(EdgefaceError, match="folder"):
+        read_boxes_csv(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def onnx_pred(arts):
+    from edgeface.runtime.predictor import Predictor
+
+    with Predictor(arts["onnx"], threads=1) as p:
+        yield p
+
+
+@pytest.mark.parametrize("call", [
+    lambda p: p.predict(np.zeros((1, 0, 5, 3), np.uint8)),
+    lambda p: p.predict(np.zeros((0, 0, 3), np.uint8)),
+    lambda p: p.predict([np.zeros((0, 7, 3), np.uint8)]),
+    lambda p: p.predict_image(np.zeros((0, 0, 3), np.uint8), [[0, 0, 1, 1]]),
+    lambda p: p.predict_image(np.zeros((0, 0), np.uint8), [[0, 0, 1, 1]]),
+    lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), {"x": 1, "y": 2, "w": 3, "h": 4}),
+    lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [[np.nan, 0, 10, 10]]),
+    lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [[0, 0, 1e300, 1e300]]),
+    lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [["a", "b", "c", "d"]]),
+    lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [[1, 2, 3]]),
+    lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [[60, 60, 10, 10]]),
+])
+def test_predictor_api_bad_input(onnx_pred, call):
+    with pytest.raises(EdgefaceError) as e:
+        call(onnx_pred)
+    assert "\n" not in str(e.value)
+
+
+def test_manifest_threads_not_a_number(arts, tmp_path):
+    from edgeface.runtime import bundle
+    from edgeface.runtime.predictor import Predictor
+
+    d = tmp_path / "bundle"
+    d.mkdir()
+    shutil.copy(arts["onnx"], d / "model.onnx")
+    bundle.write_manifest(d, target="x86", backend="onnxruntime", precision="fp32", artifact="model.onnx",
+                          spec=ModelSpec(), options={"threads": "abc"})
+    with pytest.raises(EdgefaceError, match="threads"):
+        Predictor(d)

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from ..engines import registry
-from .output import console, out_console, write_json
+from .output import check_output_dir, check_output_file, console, out_console, write_json
 
 NAME = "deploy"
 
@@ -45,6 +45,8 @@ def command(target: str = typer.Option(..., "--target", "-t",
     The bundle (manifest.json + artifacts) runs with `Predictor("BUNDLE")` on the device; Jetson bundles carry
     ONNX and build their TensorRT engine there (`edgeface build BUNDLE`).
     """
+    check_output_file(json_out, "--json")
+    check_output_dir(out, "--out")
     from rich.markup import escape
 
     from ..deploy import deploy as run_deploy

@@ -13,7 +13,7 @@ import typer
 from ..core.errors import EdgefaceError
 from ..core.recipe import read_text_utf8
 from ..engines import registry
-from .output import out_console, write_json
+from .output import check_output_file, out_console, write_json
 
 NAME = "predict"
 
@@ -54,6 +54,7 @@ def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx,
             threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads."),
             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all results as one JSON list.")):
     """Blur score and head pose (degrees) per face, printed as JSON lines."""
+    check_output_file(json_out, "--json")
     from ..core.preprocess import read_image
     from ..runtime.predictor import Predictor
 

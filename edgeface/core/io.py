@@ -17,6 +17,34 @@ from typing import Any, Iterator
 _CHUNK = 1 << 20
 
 
+def check_output_file(path: str | Path | None, what: str) -> None:
+    """An output file path the user gave: not a folder, and no file where its folder should be."""
+    from .errors import EdgefaceError
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise EdgefaceError(f"{what} {p} is a folder; pass a file path to write")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EdgefaceError(f"{what} {p}: {parent} is a file, not a folder; choose another path")
+            break
+
+
+def check_output_dir(path: str | Path | None, what: str) -> None:
+    """An output folder path the user gave: not a file, and no file where one of its parents should be."""
+    from .errors import EdgefaceError
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise EdgefaceError(f"{what} {p} is a file; pass a folder path (a new or an edgeface-written one)")
+    check_output_file(p / "x", what) if not p.exists() else None
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; rename it onto ``path`` when the block succeeds.
@@ -25,6 +53,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     file gets the permissions of an ordinary new file (0666 minus the umask), not mkstemp's 0600.
     """
     path = Path(path)
+    check_output_file(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -216,6 +216,8 @@ def find_sets(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.exists():
         raise EdgefaceError(f"data folder {folder} does not exist")
+    if not folder.is_dir():
+        raise EdgefaceError(f"data folder {folder} is a file; pass the folder holding labels.csv (or a folder of sets)")
     if (folder / "labels.csv").is_file() or any(folder.glob("*.mat")):
         return [folder]
     subs = sorted(p for p in folder.iterdir() if p.is_dir() and ((p / "labels.csv").is_file() or any(p.glob("*.mat"))))

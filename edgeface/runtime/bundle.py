@@ -164,6 +164,8 @@ def read_manifest(path: str | Path) -> dict:
         raise EdgefaceError(f"{mpath} is larger than {MAX_MANIFEST_BYTES >> 20} MB, not a manifest; re-run edgeface deploy")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise EdgefaceError(f"{mpath} is nested too deeply to be a manifest; re-run edgeface deploy") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgefaceError(f"{mpath} is not valid JSON ({type(e).__name__}); re-run edgeface deploy") from None
     if not isinstance(manifest, dict):

@@ -316,3 +316,42 @@ def test_manifest_threads_not_a_number(arts, tmp_path):
                           spec=ModelSpec(), options={"threads": "abc"})
     with pytest.raises(EdgefaceError, match="threads"):
         Predictor(d)
+
+
+# -- 3. silent wrong answers ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("blur,yaw,match", [
+    (float("nan"), 0.0, "non-finite"),
+    (0.5, float("inf"), "non-finite"),
+    (192.8, 0.0, "blur"),
+    (-0.2, 0.0, "blur"),
+    (0.5, 1012.0, "angle"),
+])
+def test_out_of_range_outputs_are_errors(onnx_pred, monkeypatch, blur, yaw, match):
+    def fake_run(x):
+        n = x.shape[0]
+        return {"blur": np.full((n, 1), blur, np.float32), "pose": np.tile(np.float32([yaw, 0, 0]), (n, 1))}
+
+    monkeypatch.setattr(onnx_pred._backend, "run", fake_run)
+    with pytest.raises(EdgefaceError, match=match) as e:
+        onnx_pred.predict(np.zeros((2, 112, 112, 3), np.uint8))
+    assert str(onnx_pred.artifact) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_in_range_outputs_pass(onnx_pred):
+    r = onnx_pred.predict(np.random.default_rng(0).integers(0, 255, (4, 112, 112, 3), np.uint8))
+    assert np.isfinite(r.pose).all() and ((r.blur >= 0) & (r.blur <= 1)).all()
+
+
+@pytest.mark.parametrize("col,value,match", [
+    ("yaw", "1e308", "yaw"), ("pitch", "inf", "pitch"), ("roll", "-500", "roll"), ("blur", "3", "blur"),
+    ("x", "1e300", "box"),
+])
+def test_labels_out_of_range(tmp_path, col, value, match):
+    from edgeface.model.data import load_samples
+
+    row = {"file": "a.png", "x": "1", "y": "1", "w": "10", "h": "10", "yaw": "1", "pitch": "2", "roll": "3",
+           "blur": "0.5", "split": "val"}
+    row[col] = value
+    (tmp_path / "labels.csv").write_text(",".join(row) + "\n" + ",".join(row.values()) + "\n")
+    with pytest.raises(EdgefaceError, match=match):
+        load_samples(tmp_path, split="val", require_labels=True)

@@ -193,6 +193,7 @@ class Predictor:
         names = self.spec.output_names
         blur = np.asarray(outs[names[0]], dtype=np.float32).reshape(-1)
         pose = np.asarray(outs[names[1]], dtype=np.float32).reshape(blur.shape[0], 3)
+        check_outputs(blur, pose, self.artifact)
         return Result(blur, pose[:, 0].copy(), pose[:, 1].copy(), pose[:, 2].copy())
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -214,6 +215,25 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.artifact)!r}, backend={self.backend!r}, precision={self.precision!r})"
+
+
+# -- outputs in range ---------------------------------------------------------------------------------------
+BLUR_SLACK = 1e-3   # a sigmoid's output, give or take INT8 / FP16 rounding
+MAX_ANGLE = 180.0
+
+
+def check_outputs(blur: np.ndarray, pose: np.ndarray, artifact) -> None:
+    """A model's answers are finite, blur in [0, 1] and angles within +-180 deg: anything else is a broken or
+    foreign model, and an error naming it, never a JSON NaN or a yaw of 1012 deg."""
+    if not (np.isfinite(blur).all() and np.isfinite(pose).all()):
+        raise EdgefaceError(f"{artifact} answered non-finite values (NaN or inf): the model is broken or not an "
+                            f"edgeface model; re-export or re-deploy it")
+    if blur.size and (blur.min() < -BLUR_SLACK or blur.max() > 1 + BLUR_SLACK):
+        raise EdgefaceError(f"{artifact} answered a blur score of {float(blur.min() if blur.min() < 0 else blur.max()):.4g}"
+                            f", outside 0..1: it is not an edgeface model (or a broken one); re-export it")
+    if pose.size and np.abs(pose).max() > MAX_ANGLE:
+        raise EdgefaceError(f"{artifact} answered an angle of {float(np.abs(pose).max()):.4g} deg, beyond "
+                            f"+-{MAX_ANGLE:g}: it is not an edgeface model (or a broken one); re-export it")
 
 
 # -- which artifact, which engine ------------------------------------------------------------------------

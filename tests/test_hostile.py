@@ -3,6 +3,7 @@ traceback, a memory blow-up, a silent wrong answer, a deleted user file or a tru
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 import subprocess
 import sys
@@ -355,3 +356,233 @@ def test_labels_out_of_range(tmp_path, col, value, match):
     (tmp_path / "labels.csv").write_text(",".join(row) + "\n" + ",".join(row.values()) + "\n")
     with pytest.raises(EdgefaceError, match=match):
         load_samples(tmp_path, split="val", require_labels=True)
+
+
+# -- 4. bundles ------------------------------------------------------------------------------------------------
+def _bundle(arts, d, **kw):
+    from edgeface.core.artifact import read_onnx_spec
+    from edgeface.runtime import bundle
+
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(arts["onnx"], d / "model.onnx")
+    bundle.write_manifest(d, target="x86", backend="onnxruntime", precision="fp32", artifact="model.onnx",
+                          spec=read_onnx_spec(arts["onnx"]), **kw)
+    return d
+
+
+def _edit_manifest(d, change, reseal: bool):
+    from edgeface.runtime.bundle import manifest_digest
+
+    m = json.loads((d / "manifest.json").read_text())
+    change(m)
+    if reseal:  # what someone who can rewrite the manifest does
+        m["bundle_sha256"] = manifest_digest(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    d = tmp_path_factory.mktemp("keys")
+    out = {}
+    for name in ("good", "other"):
+        k = ed25519.Ed25519PrivateKey.generate()
+        (d / f"{name}.key").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+        (d / f"{name}.pub").write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+        out[name] = (d / f"{name}.key", d / f"{name}.pub")
+    return out
+
+
+def test_manifest_is_covered_by_its_digest(arts, tmp_path):
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    with Predictor(d, threads=1) as p:
+        assert p.bundle is not None
+
+    def std(m):
+        m["spec"]["std"] = [1.0, 1.0, 1.0]
+    _edit_manifest(d, std, reseal=False)
+    with pytest.raises(EdgefaceError, match="bundle_sha256"):
+        Predictor(d)
+
+
+def test_tampered_model_with_its_hash_updated(arts, tmp_path):
+    from edgeface.core.io import sha256_file
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    with open(d / "model.onnx", "r+b") as fh:
+        fh.seek(300)
+        fh.write(b"\x00\x01\x02")
+
+    def rehash(m):
+        m["files"]["model.onnx"]["sha256"] = sha256_file(d / "model.onnx")
+    _edit_manifest(d, rehash, reseal=False)
+    with pytest.raises(EdgefaceError, match="bundle_sha256"):
+        Predictor(d)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"optimized_model_path": "/tmp/evil.onnx"}, "may not set"),
+    ({"providers": ["CPUExecutionProvider"]}, "may not set"),
+    ({"threads": 100000}, "threads"),
+    ({"threads": "abc"}, "threads"),
+    ({"allow_spinning": "yes"}, "not an allowed value"),
+])
+def test_manifest_options_whitelisted(arts, tmp_path, options, match):
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    _edit_manifest(d, lambda m: m.__setitem__("options", options), reseal=True)
+    with pytest.raises(EdgefaceError, match=match):
+        Predictor(d)
+    assert not (tmp_path / "evil.onnx").exists()
+
+
+@pytest.mark.parametrize("kind", ["dir", "dangling", "link"])
+def test_manifest_entry_of_any_kind_is_a_bundle(arts, tmp_path, kind):
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    m = d / "manifest.json"
+    real = m.read_text()
+    m.unlink()
+    if kind == "dir":
+        m.mkdir()
+    elif kind == "dangling":
+        m.symlink_to(tmp_path / "nowhere.json")
+    else:
+        (tmp_path / "outside.json").write_text(real)
+        m.symlink_to(tmp_path / "outside.json")
+    with pytest.raises(EdgefaceError, match="manifest.json"):
+        Predictor(d)
+
+
+def test_no_symlinks_inside_a_bundle(arts, tmp_path):
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    outside = tmp_path / "outside.onnx"
+    shutil.move(d / "model.onnx", outside)
+    (d / "model.onnx").symlink_to(outside)  # same bytes, same hash: only the link gives it away
+    with pytest.raises(EdgefaceError, match="symbolic link"):
+        Predictor(d)
+    (d / "model.onnx").unlink()
+    shutil.copy(outside, d / "model.onnx")
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    (sub / "passwd").write_text("root:x:0:0\n")
+    (d / "sub").symlink_to(sub)
+
+    def add(m):
+        m["files"]["sub/passwd"] = {"sha256": "0" * 64, "bytes": 11}
+    _edit_manifest(d, add, reseal=True)
+    with pytest.raises(EdgefaceError, match="symbolic link"):
+        Predictor(d)
+
+
+def test_signed_bundles(arts, tmp_path, keys, monkeypatch):
+    from edgeface.runtime.predictor import Predictor
+    from edgeface.runtime.signing import sign_manifest
+
+    good_key, good_pub = keys["good"]
+    _, other_pub = keys["other"]
+    d = _bundle(arts, tmp_path / "b")
+    with pytest.raises(EdgefaceError, match="not signed"):
+        Predictor(d, trusted_keys=[good_pub])
+    sign_manifest(d, good_key)
+    with Predictor(d, threads=1, trusted_keys=[good_pub]) as p:
+        assert len(p.predict(np.zeros((1, 112, 112, 3), np.uint8))) == 1
+    with Predictor(d, threads=1) as p:  # signatures are optional for a device that trusts no key
+        assert p.bundle is not None
+    with pytest.raises(EdgefaceError, match="not signed by a trusted key"):
+        Predictor(d, trusted_keys=[other_pub])
+    monkeypatch.setenv("EDGEFACE_TRUSTED_KEYS", str(other_pub))
+    with pytest.raises(EdgefaceError, match="not signed by a trusted key"):
+        Predictor(d)
+    monkeypatch.setenv("EDGEFACE_TRUSTED_KEYS", str(good_pub))
+    with Predictor(d, threads=1):
+        pass
+    # A rewritten, resealed manifest keeps its digest right but breaks the signature.
+    _edit_manifest(d, lambda m: m["spec"].__setitem__("mean", [0.0, 0.0, 0.0]), reseal=True)
+    with pytest.raises(EdgefaceError, match="not signed by a trusted key"):
+        Predictor(d)
+    # With trusted keys, a plain folder or a loose artifact is refused (deleting the manifest does not help).
+    (d / "manifest.json").unlink()
+    with pytest.raises(EdgefaceError, match="not a bundle"):
+        Predictor(d)
+    with pytest.raises(EdgefaceError, match="not a bundle"):
+        Predictor(arts["onnx"])
+
+
+def test_deploy_sign_checks_its_key_first(tmp_path):
+    from edgeface.deploy.pipeline import deploy
+
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key")
+    with pytest.raises(EdgefaceError, match="signing key"):
+        deploy("x86", sign=bad, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# -- 5. no data loss, no leaks ------------------------------------------------------------------------------------
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_quantize_force_never_deletes_a_user_folder(tmp_path):
+    from edgeface.quantize.ptq import check_quantize_out, quantize
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("x")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(calib / f"{i}.png"), np.full((112, 112, 3), 40 * i, np.uint8))
+    with pytest.raises(EdgefaceError, match="did not write"):
+        quantize(None, calib, out=precious, force=True)
+    assert (precious / "thesis.txt").read_text() == "x"
+    _one_line_error(_cli("quantize", "--calib", calib, "--out", precious, "--force"), "did not write")
+    assert (precious / "thesis.txt").read_text() == "x"
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "quantize.json").write_text("{}")
+    check_quantize_out(ours, force=True)  # quantize's own output: --force may replace it
+    with pytest.raises(EdgefaceError, match="--force"):
+        check_quantize_out(ours, force=False)
+
+
+def test_stale_partials_and_temp_folders_are_cleaned(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from edgeface.core.io import clean_stale_partials, clean_stale_temp, temp_dir
+
+    dead = _dead_pid()
+    out = tmp_path / "quantized"
+    stale = tmp_path / f".quantized.partial-{dead}-abc"
+    live = tmp_path / f".quantized.partial-{os.getpid()}-abc"
+    stale.mkdir()
+    live.mkdir()
+    assert clean_stale_partials(out) == [stale] and live.is_dir()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    (tmp / f"edgeface-fp32-{dead}-xyz").mkdir()
+    (tmp / "edgeface-q-old").mkdir()
+    (tmp / "someone-else").mkdir()
+    with temp_dir("fp32") as mine:
+        removed = clean_stale_temp()
+        assert [p.name for p in removed] == [f"edgeface-fp32-{dead}-xyz"] and Path(mine).is_dir()
+    assert not Path(mine).exists()  # removed on normal exit
+    os.utime(tmp / "edgeface-q-old", (0, 0))  # no PID in its name: stale after a day
+    assert [p.name for p in clean_stale_temp()] == ["edgeface-q-old"]
+    assert (tmp / "someone-else").is_dir()

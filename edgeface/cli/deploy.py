@@ -39,6 +39,8 @@ def command(target: str = typer.Option(..., "--target", "-t",
            known_hosts: Optional[Path] = typer.Option(None, "--known-hosts",
                                                       help="known_hosts file holding --host's key (host keys are checked)."),
            remote_python: str = typer.Option("python3", "--remote-python", help="Python with edgeface on --host."),
+           sign: Optional[Path] = typer.Option(None, "--sign", help="Ed25519 private key (PEM): write manifest.sig; "
+                                               "devices given the public key trust only signed bundles (docs/security.md)."),
            json_out: Optional[Path] = typer.Option(None, "--json", help="Write the deploy report as JSON.")):
     """Weights -> verified bundle for a device: export, quantize (int8), verify against FP32, write atomically.
 
@@ -51,7 +53,7 @@ def command(target: str = typer.Option(..., "--target", "-t",
 
     from ..deploy import deploy as run_deploy
 
-    result = run_deploy(target, model, precision=precision, calib=calib, out=out, force=force,
+    result = run_deploy(target, model, precision=precision, calib=calib, out=out, force=force, sign=sign,
                         verify=not no_verify, verify_data=verify_data, host=host, console=console,
                         ssh_options={"port": port, "identity": identity, "known_hosts": known_hosts,
                                      "remote_python": remote_python})

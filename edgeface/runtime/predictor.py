@@ -29,7 +29,8 @@ from ..core.preprocess import check_boxes, check_crops, check_image, crop_face, 
 from ..core.spec import UINT8_NHWC, ModelSpec
 from ..engines import registry
 from ..engines.descriptor import Engine
-from .bundle import MANIFEST_NAME, open_bundle, read_manifest
+from .bundle import MANIFEST_NAME, is_bundle, open_bundle, read_manifest
+from .signing import resolve_trusted_keys, trusted_keys_from_env
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Predictor:
     """
 
     def __init__(self, artifact: str | Path | None = None, backend: str = "auto", threads: Optional[int] = None,
-                 *, precision: Optional[str] = None, **options: Any):
+                 *, precision: Optional[str] = None, trusted_keys=None, **options: Any):
         if backend != "auto" and backend not in registry.REGISTRY:
             raise EdgefaceError(f"unknown backend {backend!r}; choose auto or one of {', '.join(registry.REGISTRY)}")
         check_threads(threads, "threads")
@@ -76,6 +77,14 @@ class Predictor:
         self._closed = True
         self.bundle = None
         bundle_precision = None
+        self._keys = None
+        if trusted_keys is not None or trusted_keys_from_env():
+            self._keys = resolve_trusted_keys(trusted_keys) or None
+        if self._keys:
+            # A device told which keys to trust runs signed bundles only: no plain folder, no loose artifact.
+            if artifact is None or not is_bundle(artifact):
+                raise EdgefaceError(f"{artifact or 'the default model'} is not a bundle, and this device trusts only "
+                                    f"bundles signed by its trusted keys; deploy it with `edgeface deploy --sign KEY`")
         if artifact is None:
             path, kind = _shipped_default(backend)
         else:
@@ -102,8 +111,8 @@ class Predictor:
 
     def _open_dir(self, path: Path):
         """A bundle (verified through its manifest), or a folder holding one artifact of a known name."""
-        if (path / MANIFEST_NAME).is_file():
-            info = open_bundle(path)
+        if is_bundle(path):  # a manifest.json entry of any kind: verified or refused, never a plain folder
+            info = open_bundle(path, trusted_keys=self._keys)
             self.bundle = info
             return Path(info.artifact), registry.engine_of_artifact(info.artifact), info.precision, dict(info.options)
         found = [e for e in registry.auto_order(registry.ENGINES, detect_device()) if (path / e.artifact).is_file()]
@@ -284,8 +293,7 @@ def artifact_engine(path: str | Path) -> Engine:
     p = Path(path)
     if not p.is_dir():
         return registry.engine_of_artifact(p)
-    manifest = p / MANIFEST_NAME
-    if manifest.is_file():
+    if is_bundle(p):
         return registry.get(read_manifest(p)["backend"])
     for engine in registry.ENGINES:
         if (p / engine.artifact).is_file():

@@ -299,6 +299,8 @@ def onnx_pred(arts):
     lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [["a", "b", "c", "d"]]),
     lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [[1, 2, 3]]),
     lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [[60, 60, 10, 10]]),
+    lambda p: p.predict_image(np.zeros((1, 1, 4), np.float64), None),  # found by tests/test_fuzz.py
+    lambda p: p.predict_image(np.zeros((5, 5), np.float32), [[0, 0, 2, 2]]),
 ])
 def test_predictor_api_bad_input(onnx_pred, call):
     with pytest.raises(EdgefaceError) as e:

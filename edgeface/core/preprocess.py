@@ -177,7 +177,9 @@ def check_boxes(boxes) -> np.ndarray:
 def check_image(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise EdgefaceError(f"expected a numpy image, got {type(image).__name__}; load it with cv2.imread")
-    if image.ndim == 2 and image.size and image.dtype == np.uint8:
+    if image.dtype != np.uint8:  # before any cv2 call: OpenCV raises its own multi-line error on other depths
+        raise EdgefaceError(f"image dtype is {image.dtype}; expected uint8 (0..255 BGR)")
+    if image.ndim == 2 and image.size:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise EdgefaceError(f"image has shape {image.shape}; expected HxWx3 uint8 BGR")

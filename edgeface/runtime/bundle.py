@@ -379,7 +379,10 @@ def check_manifest_options(options: dict, backend: str, mpath: Path) -> dict:
 
     if backend not in registry.REGISTRY:
         raise EdgefaceError(f"{mpath} names backend {short(backend)}, which this edgeface does not know")
-    allowed = dict(getattr(registry.get_backend_class(backend), "MANIFEST_OPTIONS", {}))
+    try:  # the runner module only (it imports its engine's package when it loads): works where it is absent
+        allowed = dict(getattr(registry.get(backend).runner_class(), "MANIFEST_OPTIONS", {}))
+    except (ImportError, OSError):
+        allowed = {}
     out = {}
     for key, value in options.items():
         if key == "threads":

@@ -23,6 +23,7 @@ from ..core import __version__
 from ..core.compare import deviation
 from ..core.device import device_info, is_throttled, pitfall_warnings
 from ..core.errors import EdgefaceError
+from ..core.limits import check_batch, check_threads
 from ..core.io import atomic_path
 from ..core.spec import ModelSpec
 from ..engines import registry
@@ -61,6 +62,10 @@ class BenchConfig:
             raise EdgefaceError(f"--batch values must be ≥ 1, got {self.batches}")
         if any(t is not None and t < 1 for t in self.threads):
             raise EdgefaceError(f"--threads values must be ≥ 1, got {self.threads}")
+        for t in self.threads:
+            check_threads(t, "--threads")
+        for b in self.batches:
+            check_batch(b, 112)  # the usual input size; checked again against the artifact's own spec below
         if self.iters is not None and self.iters < 1:
             raise EdgefaceError(f"--iters must be ≥ 1, got {self.iters}")
         if self.iters is None and (self.duration is None or self.duration <= 0):
@@ -199,6 +204,7 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) ->
                                               threads=1, inputs=None)["spec"])
         finally:
             probe.close()
+        check_batch(max(cfg.batches), spec.input_size)
         _write_inputs(inputs_path, cfg, spec, batch_max=max(cfg.batches))
         task = progress.add_task("benchmark", total=len(configs) * len(cfg.artifacts) * cfg.rounds) if progress else None
         for ci, (threads, batch) in enumerate(configs):

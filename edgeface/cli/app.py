@@ -20,6 +20,12 @@ for _verb in VERBS:
     app.command(name=_verb.NAME)(_verb.command)
 
 
+def escape_(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
 def main():
     try:
         app()
@@ -27,6 +33,11 @@ def main():
         from rich.markup import escape  # messages hold "edgeface[extra]", which rich would eat as markup
 
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as e:
+        # The last net under the checks each verb makes where paths enter: still one line, never a traceback.
+        console.print(f"[red]error:[/red] {escape_(e.strerror or type(e).__name__)}: {escape_(str(e.filename))}; "
+                      f"choose another path", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from ..engines import registry
-from .output import console, out_console, write_json
+from .output import check_output_dir, check_output_file, console, out_console, write_json
 
 NAME = "deploy"
 
@@ -45,17 +45,21 @@ def command(target: str = typer.Option(..., "--target", "-t",
            batch: Optional[int] = typer.Option(None, "--batch",
                                                help="The batch size the device runs (default: the target's); "
                                                     "x86 measures its engines at it."),
+           sign: Optional[Path] = typer.Option(None, "--sign", help="Ed25519 private key (PEM): write manifest.sig; "
+                                               "devices given the public key trust only signed bundles (docs/security.md)."),
            json_out: Optional[Path] = typer.Option(None, "--json", help="Write the deploy report as JSON.")):
     """Weights -> verified bundle for a device: export, quantize (int8), verify against FP32, write atomically.
 
     The bundle (manifest.json + artifacts) runs with `Predictor("BUNDLE")` on the device; Jetson bundles carry
     ONNX and build their TensorRT engine there (`edgeface build BUNDLE`).
     """
+    check_output_file(json_out, "--json")
+    check_output_dir(out, "--out")
     from rich.markup import escape
 
     from ..deploy import deploy as run_deploy
 
-    result = run_deploy(target, model, precision=precision, calib=calib, out=out, force=force,
+    result = run_deploy(target, model, precision=precision, calib=calib, out=out, force=force, sign=sign,
                         verify=not no_verify, verify_data=verify_data, host=host, console=console,
                         backend=backend, batch=batch,
                         ssh_options={"port": port, "identity": identity, "known_hosts": known_hosts,

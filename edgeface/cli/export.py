@@ -9,7 +9,7 @@ import typer
 
 from ..core.errors import EdgefaceError
 from ..engines import registry
-from .output import console, out_console, write_json
+from .output import check_output_dir, check_output_file, console, out_console, write_json
 
 NAME = "export"
 _EXPORTABLE = [e.format for e in registry.exportable()]
@@ -26,6 +26,8 @@ def command(model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt);
            out: Path = typer.Option(Path("export"), "--out", "-o", help="Output folder."),
            json_out: Optional[Path] = typer.Option(None, "--json", help="Write what was exported as JSON.")):
     """Export a checkpoint to a deployable artifact (ModelSpec inside the ONNX, or beside the ncnn files)."""
+    check_output_file(json_out, "--json")
+    check_output_dir(out, "--out")
     from ..export import export as run_export
 
     engine = registry.by_format(fmt)

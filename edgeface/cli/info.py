@@ -11,13 +11,14 @@ import typer
 from ..core import __version__
 from ..core.device import device_info
 from ..engines.registry import available_backends
-from .output import out_console, write_json
+from .output import check_output_file, out_console, write_json
 
 NAME = "info"
 
 
 def command(json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON.")):
     """Versions, installed backends, the detected device and the default model's card."""
+    check_output_file(json_out, "--json")
     report = collect_info()
     print_info(report, out_console)
     write_json(json_out, report)

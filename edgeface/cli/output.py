@@ -6,7 +6,7 @@ from typing import Optional
 
 from rich.console import Console
 
-from ..core.io import atomic_write_json
+from ..core.io import atomic_write_json, check_output_dir, check_output_file  # noqa: F401 (verbs use them)
 
 console = Console(stderr=True)
 out_console = Console()
@@ -16,4 +16,5 @@ def write_json(path: Optional[Path], obj) -> None:
     """--json FILE: written atomically, so a failed command (or an object JSON cannot hold) leaves no file,
     half or temporary, behind."""
     if path is not None:
+        check_output_file(path, "--json")
         atomic_write_json(path, obj)

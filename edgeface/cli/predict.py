@@ -3,6 +3,7 @@ frame for videos and cameras, with a track id); faces are detected unless --boxe
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Optional
@@ -11,18 +12,19 @@ import numpy as np
 import typer
 
 from ..core.errors import EdgefaceError
+from ..core.recipe import read_text_utf8
 from ..engines import registry
-from .output import out_console, write_json
+from .output import check_output_file, out_console, write_json
 
 NAME = "predict"
 
 
 def read_boxes_csv(path: Path) -> dict[str, list[tuple[float, float, float, float]]]:
     """``file,x,y,w,h`` rows (a header row is required) -> boxes per file name."""
-    if not path.is_file():
+    if not path.exists():
         raise EdgefaceError(f"boxes file {path} does not exist")
     boxes: dict[str, list] = {}
-    with open(path, newline="") as fh:
+    with io.StringIO(read_text_utf8(path, "boxes file"), newline="") as fh:
         reader = csv.DictReader(fh)
         need = {"file", "x", "y", "w", "h"}
         if not reader.fieldnames or need - set(reader.fieldnames):
@@ -72,6 +74,7 @@ def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx,
     Full images: the faces are detected (shipped YuNet), one line per face. A video or --camera N streams one
     line per face per frame, with a track id (IoU tracking) and optional --smooth.
     """
+    check_output_file(json_out, "--json")
     from ..core.preprocess import read_image
     from ..runtime.detector import FaceDetector
     from ..runtime.predictor import Predictor

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from ..engines import registry
-from .output import console, out_console, write_json
+from .output import check_output_dir, check_output_file, console, out_console, write_json
 
 NAME = "quantize"
 
@@ -28,6 +28,9 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint (.pt) o
              ort_format: str = typer.Option("qdq", "--ort-format", help="onnxruntime form: qdq | qoperator."),
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON.")):
     """INT8 from a calibration set: onnxruntime U8S8, TensorRT Q/DQ + calib.cache, ncnn INT8."""
+    check_output_file(json_out, "--json")
+    check_output_dir(out, "--out")
+    check_output_file(stats_cache, "--stats-cache")
     from ..quantize import quantize as run
 
     rep = run(model, calib, method=method, backend=backend, num=num, out=out, max_drop=max_drop, analyze=analyze,

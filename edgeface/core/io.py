@@ -9,12 +9,41 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 _CHUNK = 1 << 20
+
+
+def check_output_file(path: str | Path | None, what: str) -> None:
+    """An output file path the user gave: not a folder, and no file where its folder should be."""
+    from .errors import EdgefaceError
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise EdgefaceError(f"{what} {p} is a folder; pass a file path to write")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EdgefaceError(f"{what} {p}: {parent} is a file, not a folder; choose another path")
+            break
+
+
+def check_output_dir(path: str | Path | None, what: str) -> None:
+    """An output folder path the user gave: not a file, and no file where one of its parents should be."""
+    from .errors import EdgefaceError
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise EdgefaceError(f"{what} {p} is a file; pass a folder path (a new or an edgeface-written one)")
+    check_output_file(p / "x", what) if not p.exists() else None
 
 
 @contextmanager
@@ -25,6 +54,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     file gets the permissions of an ordinary new file (0666 minus the umask), not mkstemp's 0600.
     """
     path = Path(path)
+    check_output_file(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -81,3 +111,85 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: fh.read(_CHUNK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# -- staging folders and temporary folders that a killed run leaves behind ----------------------------------
+PARTIAL_TAG = ".partial-"   # .NAME.partial-PID-xxxx beside an output folder being written
+OLD_TAG = ".old-"           # .NAME.old-PID-xxxx: a replaced output on its way out
+TEMP_PREFIX = "edgeface-"   # edgeface-KIND-PID-xxxx in the temp dir
+STALE_UNTAGGED_S = 24 * 3600  # an edgeface-* temp folder without a PID (older edgeface) is stale after a day
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def make_staging_dir(out: Path) -> Path:
+    """An empty folder beside ``out`` to write it in (an ordinary folder's permissions), named so that the
+    next run can tell it was left by a process that died (``clean_stale_partials``)."""
+    out = Path(out)
+    staged = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{PARTIAL_TAG}{os.getpid()}-"))
+    os.chmod(staged, 0o777 & ~_umask())  # mkdtemp makes 0700
+    return staged
+
+
+def clean_stale_partials(out: Path) -> list[Path]:
+    """Remove ``.NAME.partial-PID-*`` / ``.NAME.old-PID-*`` folders beside ``out`` whose process is gone."""
+    out = Path(out)
+    removed: list[Path] = []
+    if not out.parent.is_dir():
+        return removed
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        for tag in (PARTIAL_TAG, OLD_TAG):
+            prefix = f".{out.name}{tag}"
+            if p.name.startswith(prefix) and p.is_dir() and not p.is_symlink():
+                try:
+                    pid = int(p.name[len(prefix):].split("-", 1)[0])
+                except ValueError:
+                    continue
+                if pid != os.getpid() and not pid_alive(pid):
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p)
+    return removed
+
+
+def temp_dir(kind: str) -> tempfile.TemporaryDirectory:
+    """A TemporaryDirectory named edgeface-KIND-PID-*: removed on normal exit, and by ``clean_stale_temp`` in
+    the next run when a kill left it behind."""
+    return tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{kind}-{os.getpid()}-")
+
+
+def clean_stale_temp(now: float | None = None) -> list[Path]:
+    """Remove this user's edgeface-* folders in the temp dir whose process is gone (or, without a PID in the
+    name, that are more than a day old)."""
+    import time
+
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    root = Path(tempfile.gettempdir())
+    try:
+        entries = list(root.glob(f"{TEMP_PREFIX}*"))
+    except OSError:
+        return removed
+    for p in entries:
+        try:
+            if p.is_symlink() or not p.is_dir() or p.stat().st_uid != os.getuid():
+                continue
+            parts = p.name[len(TEMP_PREFIX):].split("-")
+            pid = next((int(x) for x in parts[1:2] if x.isdigit()), None)
+            if pid is not None:
+                stale = pid != os.getpid() and not pid_alive(pid)
+            else:
+                stale = now - p.stat().st_mtime > STALE_UNTAGGED_S
+        except (OSError, ValueError):
+            continue
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from .errors import EdgefaceError
+from .limits import MAX_BOX_COORD
 from .spec import ModelSpec
 
 _BORDERS = {"replicate": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
@@ -50,6 +51,7 @@ def crop_matrix(box: Sequence[float], spec: ModelSpec, size: int | None = None, 
 def crop_face(image: np.ndarray, box: Sequence[float], spec: ModelSpec, size: int | None = None, **transform) -> np.ndarray:
     """Square crop of one face, uint8 HxWx3 BGR, ``size`` (default the spec's input size) on a side."""
     image = check_image(image)
+    check_box(box, image.shape)
     out = int(size or spec.input_size)
     m = crop_matrix(box, spec, out, **transform)
     side_px = out / math.hypot(m[0, 0], m[0, 1])
@@ -93,22 +95,96 @@ def _area_crop(image: np.ndarray, m: np.ndarray, out: int, spec: ModelSpec) -> n
     x0i, y0i, s = int(round(x0)), int(round(y0)), max(1, int(round(side)))
     h, w = image.shape[:2]
     pad = [max(0, -y0i), max(0, y0i + s - h), max(0, -x0i), max(0, x0i + s - w)]
-    if any(pad):
+    if any(pad) and s * s * 3 > _MAX_PADDED_BYTES:
+        res = _clipped_area_crop(image, x0i, y0i, s, out, spec)
+    elif any(pad):
         image = cv2.copyMakeBorder(image, *pad, _BORDERS[spec.crop.border], value=(0, 0, 0))
         x0i += pad[2]
         y0i += pad[0]
-    sq = image[y0i:y0i + s, x0i:x0i + s]
-    res = cv2.resize(sq, (out, out), interpolation=cv2.INTER_AREA)
+    if not (any(pad) and s * s * 3 > _MAX_PADDED_BYTES):
+        sq = image[y0i:y0i + s, x0i:x0i + s]
+        res = cv2.resize(sq, (out, out), interpolation=cv2.INTER_AREA)
     return res[:, ::-1].copy() if flip else res
+
+
+# A crop square reaching past the image is padded then resized while the padded square stays small (the
+# exact path every ordinary face near a frame edge takes). Beyond this, only the part inside the image is
+# resized, straight to its place in the output, and the output is padded: memory stays O(image + crop)
+# whatever the box (a 40000-pixel box used to pad a 4.8 GB square).
+_MAX_PADDED_BYTES = 64 << 20
+
+
+def _clipped_area_crop(image: np.ndarray, x0: int, y0: int, s: int, out: int, spec: ModelSpec) -> np.ndarray:
+    h, w = image.shape[:2]
+    ix0, iy0, ix1, iy1 = max(0, x0), max(0, y0), min(w, x0 + s), min(h, y0 + s)
+    k = out / s
+
+    def place(a: int, b: int) -> tuple[int, int]:
+        lo = min(out - 1, max(0, int(round(a * k))))
+        return lo, max(lo + 1, min(out, int(round(b * k))))
+
+    ox0, ox1 = place(ix0 - x0, ix1 - x0)
+    oy0, oy1 = place(iy0 - y0, iy1 - y0)
+    part = cv2.resize(image[iy0:iy1, ix0:ix1], (ox1 - ox0, oy1 - oy0), interpolation=cv2.INTER_AREA)
+    return cv2.copyMakeBorder(part, oy0, out - oy1, ox0, out - ox1, _BORDERS[spec.crop.border], value=(0, 0, 0))
+
+
+def check_box(box, image_shape) -> tuple[float, float, float, float]:
+    """One face box (x, y, w, h) in pixels: four finite numbers, w and h > 0, no side or coordinate beyond
+    ``MAX_BOX_COORD``, overlapping the image (a box entirely outside it has no face to answer for)."""
+    try:
+        x, y, bw, bh = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise EdgefaceError(f"a face box must be four numbers x, y, w, h in pixels, got {_box_text(box)}") from None
+    if not all(math.isfinite(v) for v in (x, y, bw, bh)) or not (bw > 0 and bh > 0):
+        raise EdgefaceError(f"face box {_box_text(box)} has no area; boxes are (x, y, w, h) with finite w, h > 0")
+    if max(abs(x), abs(y), bw, bh) > MAX_BOX_COORD:
+        raise EdgefaceError(f"face box {_box_text(box)} has a coordinate or side beyond {MAX_BOX_COORD:.0f} pixels; "
+                            f"boxes are (x, y, w, h) in the image's pixels")
+    h, w = image_shape[:2]
+    if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
+        raise EdgefaceError(f"face box {_box_text(box)} lies entirely outside the {w}x{h} image; "
+                            f"boxes are (x, y, w, h) in the image's pixels")
+    return x, y, bw, bh
+
+
+def _box_text(box) -> str:
+    try:
+        return "(" + ", ".join(f"{float(v):.6g}" for v in box) + ")"
+    except (TypeError, ValueError):
+        from .limits import short
+        return short(box)
+
+
+def check_boxes(boxes) -> np.ndarray:
+    """Boxes as the API takes them (an (N, 4) array or a list of 4-sequences; one box alone is fine) ->
+    float64 (N, 4). Values are checked per box, against the image, by ``check_box``."""
+    if isinstance(boxes, (dict, str, bytes, set)):
+        raise EdgefaceError(f"boxes must be an (N, 4) array of x, y, w, h, got a {type(boxes).__name__}")
+    try:
+        b = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise EdgefaceError("boxes must be an (N, 4) array of numbers x, y, w, h in pixels") from None
+    if b.size == 0:
+        return np.zeros((0, 4), np.float64)
+    if b.ndim == 1:
+        b = b[None]
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise EdgefaceError(f"boxes have shape {np.shape(boxes)}; expected (N, 4) x, y, w, h in pixels")
+    return b
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise EdgefaceError(f"expected a numpy image, got {type(image).__name__}; load it with cv2.imread")
-    if image.ndim == 2:
+    if image.dtype != np.uint8:  # before any cv2 call: OpenCV raises its own multi-line error on other depths
+        raise EdgefaceError(f"image dtype is {image.dtype}; expected uint8 (0..255 BGR)")
+    if image.ndim == 2 and image.size:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise EdgefaceError(f"image has shape {image.shape}; expected HxWx3 uint8 BGR")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise EdgefaceError(f"image has shape {image.shape}, no pixels; expected HxWx3 uint8 BGR")
     if image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     if image.dtype != np.uint8:
@@ -161,6 +237,8 @@ def _one_crop(c, s: int) -> np.ndarray:
         raise EdgefaceError(f"a crop has shape {shape}; expected (H, W, 3) uint8 BGR")
     if c.dtype != np.uint8:
         raise EdgefaceError(f"a crop has dtype {c.dtype}; expected uint8 0..255")
+    if c.shape[0] < 1 or c.shape[1] < 1:
+        raise EdgefaceError(f"a crop has shape {c.shape}, no pixels; expected (H, W, 3) uint8 BGR")
     if c.shape[:2] != (s, s):
         c = cv2.resize(c, (s, s), interpolation=cv2.INTER_AREA if c.shape[0] > s else cv2.INTER_LINEAR)
     return c

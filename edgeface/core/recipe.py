@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from .errors import EdgefaceError
+from .limits import short
 
 RECIPES_DIR = Path(__file__).parents[1] / "recipes"  # packaged with edgeface
 REQUIRED = object()  # marker: the field must be given
@@ -30,8 +31,11 @@ def resolve_recipe_path(path: str | Path) -> Path:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = resolve_recipe_path(path)
+    text = read_text_utf8(p, "recipe")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise EdgefaceError(f"recipe {p} is nested too deeply to be a recipe; fix the file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -39,6 +43,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise EdgefaceError(f"recipe {p} must be a YAML mapping of fields, got {type(data).__name__}")
     return data
+
+
+def read_text_utf8(path: Path, what: str) -> str:
+    """A text file the user wrote (recipe, target, boxes CSV) as UTF-8 (a UTF-8 byte-order mark is fine);
+    one line naming the file when it is another encoding, a folder, or unreadable."""
+    p = Path(path)
+    if p.is_dir():
+        raise EdgefaceError(f"{what} {p} is a folder; pass a file")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise EdgefaceError(f"{what} {p} cannot be read ({e.strerror}); check the path and its permissions") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise EdgefaceError(f"{what} {p} is UTF-16; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise EdgefaceError(f"{what} {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
 def _typename(t) -> str:
@@ -80,6 +102,8 @@ def validate(data: dict, schema: dict, where: str, prefix: str = "") -> dict:
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if typ is not None and (not isinstance(value, typ) or (isinstance(value, bool) and typ in (int, float))):
-            raise EdgefaceError(f"{where}: field '{name}' must be {_typename(typ)}, got {type(value).__name__} ({value!r})")
+            # short(): never the whole value, which for a YAML bomb is billions of items
+            raise EdgefaceError(f"{where}: field '{name}' must be {_typename(typ)}, got {type(value).__name__} "
+                                f"({short(value)})")
         out[key] = value
     return out

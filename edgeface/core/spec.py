@@ -6,6 +6,7 @@ so an artifact is never run with the wrong preprocessing.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,14 @@ PRECISIONS = ("fp32", "fp16", "int8")
 FLOAT_NCHW = "float32_nchw"
 UINT8_NHWC = "uint8_nhwc_bgr"
 INPUT_KINDS = (FLOAT_NCHW, UINT8_NHWC)
+MIN_INPUT, MAX_INPUT = 16, 1024   # input sides a ModelSpec may name
+WIDTHS = (0.25, 0.5, 0.75, 1.0)  # the MobileNetV2 width multipliers the torch engine builds
+
+
+def _short(value) -> str:
+    from .limits import short
+
+    return short(value)
 
 
 @dataclass(frozen=True)
@@ -86,11 +95,57 @@ class ModelSpec:
             d["mean"] = tuple(float(v) for v in d["mean"])
             d["std"] = tuple(float(v) for v in d["std"])
             known = set(cls.__dataclass_fields__)
-            return cls(**{k: v for k, v in d.items() if k in known})
+            spec = cls(**{k: v for k, v in d.items() if k in known})
         except EdgefaceError:
             raise
-        except (KeyError, TypeError, ValueError) as e:
-            raise EdgefaceError(f"ModelSpec is malformed ({e!r}); re-export the artifact with `edgeface export`") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            raise EdgefaceError(f"ModelSpec is malformed ({type(e).__name__}: {str(e)[:80]}); re-export the artifact "
+                                f"with `edgeface export`") from None
+        return spec.validate()
+
+    def validate(self) -> "ModelSpec":
+        """Every value in range, checked once where a spec enters (checkpoint, ONNX metadata, spec file,
+        manifest). Returns self; EdgefaceError naming the field otherwise."""
+        def bad(field_name: str, why: str):
+            raise EdgefaceError(f"ModelSpec field '{field_name}' {why}; re-export the artifact with `edgeface export`")
+
+        def number(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) \
+                or not MIN_INPUT <= self.input_size <= MAX_INPUT:
+            bad("input_size", f"must be a whole number from {MIN_INPUT} to {MAX_INPUT}, got {_short(self.input_size)}")
+        if not isinstance(self.channel_order, str) or self.channel_order.upper() not in ("RGB", "BGR"):
+            bad("channel_order", f"must be RGB or BGR, got {_short(self.channel_order)}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if len(v) != 3 or not all(number(x) for x in v):
+                bad(name, "must be three finite numbers")
+        if not all(abs(x) <= 1e6 for x in self.mean):
+            bad("mean", "is out of range (|mean| <= 1e6 on 0..255 values)")
+        if not all(1e-6 <= x <= 1e6 for x in self.std):
+            bad("std", f"must be three numbers from 1e-6 to 1e6 (a std of 0 divides by zero), got {list(self.std)}")
+        c = self.crop
+        if not all(number(v) for v in (c.scale, c.shift_x, c.shift_y)):
+            bad("crop", "needs finite numbers for scale, shift_x and shift_y")
+        if not 0.1 <= c.scale <= 10:
+            bad("crop.scale", f"must be from 0.1 to 10, got {c.scale:.6g}")
+        if not (abs(c.shift_x) <= 2 and abs(c.shift_y) <= 2):
+            bad("crop.shift_x/shift_y", "must be within -2..2 (in box sides)")
+        if c.border not in ("replicate", "constant"):
+            bad("crop.border", f"must be replicate or constant, got {_short(c.border)}")
+        names = self.output_names
+        want = (("blur", ("blur",)), ("pose", ("yaw", "pitch", "roll")))
+        if len(self.outputs) != 2 or any(o.name != n or tuple(o.fields) != f for o, (n, f) in zip(self.outputs, want)):
+            bad("outputs", f"must be blur (blur) then pose (yaw, pitch, roll), got {_short(list(names))}")
+        if not isinstance(self.input_name, str) or not self.input_name or len(self.input_name) > 256:
+            bad("input_name", "must be a non-empty name")
+        if not number(self.width) or self.width not in WIDTHS:
+            bad("width", f"must be one of {', '.join(map(str, WIDTHS))}, got {_short(self.width)}")
+        for name in ("arch", "model_version"):
+            if not isinstance(getattr(self, name), str):
+                bad(name, "must be a string")
+        return self
 
     @classmethod
     def from_json(cls, text: str) -> "ModelSpec":
@@ -98,6 +153,8 @@ class ModelSpec:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise EdgefaceError(f"ModelSpec is not valid JSON ({e.msg}); re-export the artifact") from None
+        except RecursionError:
+            raise EdgefaceError("ModelSpec JSON is nested too deeply to be a spec; re-export the artifact") from None
 
     def save(self, path: str | Path) -> None:
         from .io import atomic_write_json
@@ -109,7 +166,11 @@ class ModelSpec:
         p = Path(path)
         if not p.is_file():
             raise EdgefaceError(f"ModelSpec file {p} is missing; re-export the artifact with `edgeface export`")
-        return cls.from_json(p.read_text())
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise EdgefaceError(f"ModelSpec file {p} is not UTF-8 JSON; re-export the artifact") from None
+        return cls.from_json(text)
 
     # -- convenience ---------------------------------------------------------------------------
     @property

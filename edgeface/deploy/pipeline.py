@@ -25,6 +25,7 @@ from ..engines.descriptor import resolve
 from ..runtime.bundle import ANY_DEVICE, open_bundle, tool_versions, write_manifest
 from ..runtime.predictor import open_model
 from .staging import check_out, clean_stale_partials, make_staging_dir, move_into_place
+from ..core.io import clean_stale_temp
 from .steps import Steps
 from .targets import backend_options, load_target
 from .verify import bundle_runner, default_verify_data, load_verify_set, verify_bundle, verify_line
@@ -179,15 +180,21 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
            calib: Optional[str | Path] = None, out: Optional[str | Path] = None, force: bool = False,
            verify: bool = True, verify_data: Optional[str | Path] = None, host: Optional[str] = None,
            ssh_options: Optional[dict] = None, console=None, backend: Optional[str] = None,
-           batch: Optional[int] = None, measure_seconds: Optional[float] = None) -> DeployResult:
+           batch: Optional[int] = None, measure_seconds: Optional[float] = None,
+           sign: Optional[str | Path] = None) -> DeployResult:
     """Export, quantize, verify and write a bundle for ``target_name``; see the module docstring.
 
     ``backend`` forces the engine (one the target can run its bundle on); otherwise a target that lists
     ``measure`` engines gets the faster of them on the machine the bundle runs on (``host``, or this one),
-    at its ``batch`` (``batch`` overrides it) and thread count; the manifest records the measurement."""
+    at its ``batch`` (``batch`` overrides it) and thread count; the manifest records the measurement.
+    ``sign``: an Ed25519 private key that signs the manifest (docs/security.md)."""
     from .choose import DEFAULT_SECONDS
 
     t_start = time.perf_counter()
+    if sign is not None:
+        from ..runtime.signing import load_private_key
+
+        load_private_key(sign)  # a bad key fails before minutes of export
     target = load_target(target_name)
     if batch is not None:
         if not isinstance(batch, int) or batch < 1:
@@ -215,6 +222,7 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
     check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(out)
+    clean_stale_temp()
 
     staged = make_staging_dir(out)
     verify_result = None
@@ -275,7 +283,14 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
             manifest = steps.run("seal bundle", write_manifest, staged, spec=spec,
                                  accuracy=verify_result or {"verified": False, "reason": "--no-verify"},
                                  tools=tool_versions(), **manifest_args)
-            open_bundle(staged, device=ANY_DEVICE)  # the files and manifest a device will check
+            own_key = None
+            if sign is not None:
+                from ..runtime.signing import load_private_key, sign_manifest
+
+                steps.run("sign manifest", sign_manifest, staged, sign)
+                own_key = [load_private_key(sign).public_key()]
+            # The files, manifest (and signature) a device will check.
+            open_bundle(staged, device=ANY_DEVICE, trusted_keys=own_key)
             move_into_place(staged, out, force)
     finally:
         if staged.exists():

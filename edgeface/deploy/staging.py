@@ -10,53 +10,14 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from ..core.errors import EdgefaceError
 from ..runtime.bundle import is_bundle
 
-PARTIAL_TAG = ".partial-"
-OLD_TAG = ".old-"
-
-
-def make_staging_dir(out: Path) -> Path:
-    """An empty folder beside ``out`` to write the bundle in (an ordinary folder's permissions)."""
-    staged = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{PARTIAL_TAG}{os.getpid()}-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staged, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle is an ordinary folder
-    return staged
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale_partials(out: Path) -> list[Path]:
-    """Remove ``.NAME.partial-PID-*`` / ``.NAME.old-PID-*`` folders left by deploys that were killed."""
-    removed = []
-    if not out.parent.is_dir():
-        return removed
-    for p in out.parent.glob(f".{out.name}.*-*"):
-        for tag in (PARTIAL_TAG, OLD_TAG):
-            prefix = f".{out.name}{tag}"
-            if p.name.startswith(prefix) and p.is_dir():
-                try:
-                    pid = int(p.name[len(prefix):].split("-", 1)[0])
-                except ValueError:
-                    continue
-                if pid != os.getpid() and not _pid_alive(pid):
-                    shutil.rmtree(p, ignore_errors=True)
-                    removed.append(p)
-    return removed
+# The staging folder and the stale-partials sweep live in core/io (quantize uses them too).
+from ..core.io import OLD_TAG, PARTIAL_TAG, clean_stale_partials, make_staging_dir, pid_alive as _pid_alive  # noqa: E402,F401
 
 
 def check_out(out: Path, force: bool) -> None:

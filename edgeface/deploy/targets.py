@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import EdgefaceError
+from ..core.limits import short
 from ..core.recipe import RECIPES_DIR, REQUIRED, load_yaml, validate
 from ..core.spec import FLOAT_NCHW, INPUT_KINDS, PRECISIONS
 from ..engines import registry
 
 TARGETS_DIR = RECIPES_DIR / "targets"
+MAX_TARGET_THREADS = 256  # a target names a device's threads; the device bounds them again by its own cores
 
 _BUDGET = {"pose_max_abs": REQUIRED, "pose_p99_abs": REQUIRED, "pose_mean_abs": REQUIRED, "blur_max_abs": REQUIRED,
            "pose_mae_increase": REQUIRED}
@@ -72,23 +74,23 @@ def load_target(name_or_path: str | Path) -> dict[str, Any]:
                                        ("default_precision", t["default_precision"], PRECISIONS),
                                        ("input_layout", t["input_layout"], INPUT_KINDS)):
         if value not in allowed:
-            raise EdgefaceError(f"{where}: field '{field_name}' is {value!r}; choose one of {', '.join(allowed)}")
+            raise EdgefaceError(f"{where}: field '{field_name}' is {short(value)}; choose one of {', '.join(allowed)}")
     for p in t["precisions"]:
         if p not in PRECISIONS:
-            raise EdgefaceError(f"{where}: field 'precisions' has {p!r}; choose from {', '.join(PRECISIONS)}")
+            raise EdgefaceError(f"{where}: field 'precisions' has {short(p)}; choose from {', '.join(PRECISIONS)}")
     if t["default_precision"] not in t["precisions"]:
-        raise EdgefaceError(f"{where}: default_precision {t['default_precision']} is not in precisions {t['precisions']}")
+        raise EdgefaceError(f"{where}: default_precision {t['default_precision']} is not in precisions {short(t['precisions'])}")
     if t["name"] != path.stem and path.parent == TARGETS_DIR:
-        raise EdgefaceError(f"{where}: field 'name' is {t['name']!r} but the file is {path.name}; make them agree")
-    if not isinstance(t["threads"], int) or t["threads"] < 0:
-        raise EdgefaceError(f"{where}: field 'threads' must be an integer >= 0")
+        raise EdgefaceError(f"{where}: field 'name' is {short(t['name'])} but the file is {path.name}; make them agree")
+    if not isinstance(t["threads"], int) or isinstance(t["threads"], bool) or not 0 <= t["threads"] <= MAX_TARGET_THREADS:
+        raise EdgefaceError(f"{where}: field 'threads' must be an integer from 0 to {MAX_TARGET_THREADS}")
     if not isinstance(t["batch"], int) or isinstance(t["batch"], bool) or t["batch"] < 1:
         raise EdgefaceError(f"{where}: field 'batch' must be an integer >= 1")
     check_candidates(t, t["measure"], where)
     for prec, budget in t["verify"].items():
         for k, v in budget.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-                raise EdgefaceError(f"{where}: field 'verify.{prec}.{k}' must be a number >= 0, got {v!r}")
+                raise EdgefaceError(f"{where}: field 'verify.{prec}.{k}' must be a number >= 0, got {short(v)}")
     for engine in registry.ENGINES:
         if engine.target is not None:
             engine.target.check(t[engine.name], where)

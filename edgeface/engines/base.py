@@ -31,6 +31,9 @@ class Backend(ABC):
     name: ClassVar[str] = ""
     # Keyword options this runner reads (documented in each runner's class docstring).
     OPTIONS: ClassVar[frozenset[str]] = frozenset()
+    # The subset a bundle's manifest may set, with (type, check): never a path, so a manifest cannot make the
+    # runtime write or read a file of its choosing. ``threads`` is always allowed (bounded by the cores).
+    MANIFEST_OPTIONS: ClassVar[dict] = {}
 
     def __init__(self, artifact: str | Path, spec: ModelSpec, threads: int | None = None,
                  precision: str | None = None, **options):

@@ -124,6 +124,7 @@ def read_labels_csv(folder: str | Path, split: str | None = None, centre_people:
             raise EdgefaceError(f"{path} line {i}: face box {box} is not a box with positive width and height")
         yaw, pitch, roll = csv_float(row, "yaw"), csv_float(row, "pitch"), csv_float(row, "roll")
         t_yaw, t_pitch, t_roll = csv_float(row, "t_yaw"), csv_float(row, "t_pitch"), csv_float(row, "t_roll")
+        _check_label(path, i, row, box)
         d_yaw, d_pitch = offsets.get(row.get("group", ""), (0.0, 0.0))
         yaw, pitch = yaw + d_yaw, pitch + d_pitch  # NaN stays NaN: only ground truth is corrected
         teacher_ok = teacher_max_yaw is None or abs(t_yaw) <= teacher_max_yaw  # NaN compares False: masked
@@ -141,6 +142,24 @@ def read_labels_csv(folder: str | Path, split: str | None = None, centre_people:
         samples.append(Sample(folder / file, box, yaw, pitch, roll, csv_float(row, "blur"),
                               row.get("split", ""), folder.name, row.get("group", "")))
     return samples
+
+
+MAX_LABEL_ANGLE = 180.0
+
+
+def _check_label(path: Path, line: int, row: dict, box) -> None:
+    """Labels in range, or empty (unknown): an angle of 1e308 would turn every mean into inf or NaN."""
+    if max(abs(v) for v in box) > 1 << 20:
+        raise EdgefaceError(f"{path} line {line}: face box {box} is beyond 2^20 pixels; boxes are x,y,w,h in pixels")
+    for key in ("yaw", "pitch", "roll", "t_yaw", "t_pitch", "t_roll"):
+        v = csv_float(row, key)
+        if not math.isnan(v) and not abs(v) <= MAX_LABEL_ANGLE:
+            raise EdgefaceError(f"{path} line {line}: {key} {row.get(key)} is not an angle in degrees within "
+                                f"+-{MAX_LABEL_ANGLE:g}; fix the label or leave it empty (unknown)")
+    v = csv_float(row, "blur")
+    if not math.isnan(v) and not 0.0 <= v <= 1.0:
+        raise EdgefaceError(f"{path} line {line}: blur {row.get('blur')} is not a score from 0 to 1; fix the label "
+                            f"or leave it empty (unknown)")
 
 
 def read_aflw2000(folder: str | Path, max_angle: float = 99.0) -> list[Sample]:
@@ -216,6 +235,8 @@ def find_sets(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.exists():
         raise EdgefaceError(f"data folder {folder} does not exist")
+    if not folder.is_dir():
+        raise EdgefaceError(f"data folder {folder} is a file; pass the folder holding labels.csv (or a folder of sets)")
     if (folder / "labels.csv").is_file() or any(folder.glob("*.mat")):
         return [folder]
     subs = sorted(p for p in folder.iterdir() if p.is_dir() and ((p / "labels.csv").is_file() or any(p.glob("*.mat"))))

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..core.errors import EdgefaceError
 from ..core.preprocess import context_crop, crop_face, read_image, to_input
+from ..core.limits import short
 from ..core.recipe import REQUIRED, load_yaml, validate
 from ..core.spec import CropRule, ModelSpec
 from .blur import degrade, random_blur, sharpness
@@ -58,6 +59,8 @@ def load_train_recipe(path) -> dict:
         raise EdgefaceError(f"recipe {path}: field 'kind' is {recipe['kind']!r}; use `edgeface train` with a "
                             f"'train' recipe (QAT recipes have kind 'qat')")
     check_data_sections(recipe, f"recipe {path}")
+    check_ranges(recipe, f"recipe {path}")
+    spec_from_recipe(recipe)  # the model section makes a valid ModelSpec
     return recipe
 
 
@@ -78,6 +81,45 @@ def check_data_sections(recipe: dict, where: str) -> None:
         raise EdgefaceError(f"{where}: field 'augment.context' must be >= 1.0")
 
 
+def _in(value, lo, hi) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and lo <= value <= hi
+
+
+def check_ranges(recipe: dict, where: str) -> None:
+    """Every number of a train recipe in its range (types were checked by the schema): one line naming the
+    field, before any data is read."""
+    from ..core.limits import max_threads
+
+    t, a, loss = recipe["train"], recipe["augment"], recipe["loss"]
+    rules = [
+        ("train.epochs", t["epochs"], 1, 100000), ("train.epoch_size", t["epoch_size"], 1, 10**9),
+        ("train.batch_size", t["batch_size"], 1, 65536), ("train.lr", t["lr"], 1e-12, 10.0),
+        ("train.weight_decay", t["weight_decay"], 0.0, 1.0), ("train.warmup_epochs", t["warmup_epochs"], 0.0, 1e5),
+        ("train.threads", t["threads"], 1, max_threads()), ("train.workers", t["workers"], 0, max_threads()),
+        ("train.seed", t["seed"], 0, 2**32 - 1),
+        ("augment.shift", a["shift"], 0.0, 1.0), ("augment.rotate_deg", a["rotate_deg"], 0.0, 180.0),
+        ("augment.context", a["context"], 1.0, 4.0), ("augment.colour", a["colour"], 0.0, 1.0),
+        ("augment.sharp_min", a["sharp_min"], 0.0, 1e9),
+        ("loss.pose", loss["pose"], 0.0, 1e6), ("loss.blur", loss["blur"], 0.0, 1e6),
+        ("loss.pose_beta", loss["pose_beta"], 1e-6, 1e6),
+        ("render.weight", recipe["render"]["weight"], 0.0, 1e6),
+    ]
+    rules += [(f"augment.{k}", a[k], 0.0, 1.0) for k in a if k.endswith("_p")]
+    for i, st in enumerate(recipe["data"]["sets"]):
+        rules.append((f"data.sets[{i}].weight", st["weight"], 0.0, 1e6))
+    if recipe["data"]["limit"] is not None:
+        rules.append(("data.limit", recipe["data"]["limit"], 1, 10**9))
+    for name, value, lo, hi in rules:
+        if not _in(value, lo, hi):
+            raise EdgefaceError(f"{where}: field '{name}' must be a number from {lo:g} to {hi:g}, got {short(value)}")
+    if not any(st["weight"] > 0 for st in recipe["data"]["sets"]):
+        raise EdgefaceError(f"{where}: field 'data.sets' needs at least one set with weight > 0")
+    sc = a["scale"]
+    if not (isinstance(sc, list) and len(sc) == 2 and all(_in(v, 0.1, 10.0) for v in sc) and sc[0] <= sc[1]):
+        raise EdgefaceError(f"{where}: field 'augment.scale' must be [low, high] with 0.1 <= low <= high <= 10, "
+                            f"got {short(sc)}")
+
+
 def bank_config(recipe: dict):
     """The recipe's ``render`` section as a render_bank.BankConfig (its training-only ``weight`` left out)."""
     from .render_bank import BankConfig
@@ -90,8 +132,12 @@ def bank_config(recipe: dict):
 
 def spec_from_recipe(recipe: dict) -> ModelSpec:
     m = recipe["model"]
-    return ModelSpec(input_size=m["input_size"], crop=CropRule(scale=m["crop_scale"]), arch=m["arch"],
-                     width=m["width"], model_version=m["version"])
+    try:
+        return ModelSpec(input_size=m["input_size"], crop=CropRule(scale=m["crop_scale"]), arch=m["arch"],
+                         width=m["width"], model_version=m["version"]).validate()
+    except EdgefaceError as e:
+        raise EdgefaceError(str(e).replace("ModelSpec field", "recipe: model field").replace(
+            "; re-export the artifact with `edgeface export`", "; fix the recipe")) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,6 +300,8 @@ def apply_cli_overrides(recipe: dict, epochs=None, epoch_size=None, limit=None, 
     for section, key, value in (("train", "epochs", epochs), ("train", "epoch_size", epoch_size),
                                 ("data", "limit", limit), ("data", "root", data_root)):
         if value is not None:
+            if key != "root" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise EdgefaceError(f"--{key.replace('_', '-')} must be a whole number >= 1, got {short(value)}")
             recipe[section][key] = value
     return recipe
 
@@ -335,6 +383,23 @@ def prepare_training_data(recipe: dict, spec: ModelSpec, root: Path, console=Non
     return TrainingData(cache, weights, n_sharp, val_sets, rendered)
 
 
+def _init_state(path: str, spec: ModelSpec) -> dict:
+    """The start weights of ``train.init``/``--init``, checked against the recipe's network before any data
+    is read: a checkpoint of another width or input size is one line, not a torch traceback."""
+    from ..engines.torch.checkpoint import read_checkpoint
+    from ..engines.torch.network import build_model
+
+    state = read_checkpoint(path)["state_dict"]
+    try:
+        build_model(spec).load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise EdgefaceError(f"--init {path} holds a network of other shapes than the recipe's model section "
+                            f"(width {spec.width}, input {spec.input_size}): {first}; pass a checkpoint "
+                            f"trained with the same model section") from None
+    return state
+
+
 def train(recipe_path, out: str | None = None, epochs: int | None = None, limit: int | None = None,
           data_root: str | None = None, resume: bool = False, epoch_size: int | None = None,
           init: str | None = None, seed: int | None = None, console=None) -> Path:
@@ -353,6 +418,8 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
     if recipe["train"]["init"] and not Path(recipe["train"]["init"]).is_file():
         raise EdgefaceError(f"recipe {recipe_path}: field 'train.init' names {recipe['train']['init']}, which does "
                             f"not exist; train it first or pass --init CHECKPOINT")
+    check_ranges(recipe, f"recipe {recipe_path}")  # again: --epochs, --epoch-size, --limit, --seed overrode it
+    init_state = _init_state(recipe["train"]["init"], spec_from_recipe(recipe)) if recipe["train"]["init"] else None
     out_dir = Path(out or recipe["out"])
     root = data_root_of(recipe)
     t = recipe["train"]
@@ -363,9 +430,8 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
     cache, weights, n_sharp = data.cache, data.weights, data.n_sharp
 
     model = build_model(spec).to(memory_format=torch.channels_last)
-    if t["init"]:
-        init = read_checkpoint(t["init"])
-        model.load_state_dict(init["state_dict"])
+    if init_state is not None:
+        model.load_state_dict(init_state)
     opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     steps_per_epoch = max(1, t["epoch_size"] // t["batch_size"])
     lr_at = warmup_cosine(t, steps_per_epoch)

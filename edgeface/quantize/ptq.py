@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -21,7 +20,7 @@ import numpy as np
 
 from ..core.artifact import read_onnx_spec
 from ..core.errors import EdgefaceError
-from ..core.io import atomic_write_json
+from ..core.io import OLD_TAG, atomic_write_json, clean_stale_partials, clean_stale_temp, make_staging_dir, temp_dir
 from ..core.spec import ModelSpec
 from ..engines import registry
 from .calibrate.calibrators import CALIBRATORS
@@ -130,12 +129,13 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
         raise EdgefaceError("quantize needs calibration images: pass --calib DIR (face crops, or images with labels.csv)")
     check_calibration_folder(Path(calib))
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise EdgefaceError(f"--out {out} exists and is not empty; pass --force to replace it or choose another folder")
+    check_quantize_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    clean_stale_partials(out)
+    clean_stale_temp()
+    staging = make_staging_dir(out)
     try:
-        with _progress(console) as progress, tempfile.TemporaryDirectory(prefix="edgeface-fp32-") as work:
+        with _progress(console) as progress, temp_dir("fp32") as work:
             work = Path(work)
             # Read the calibration images before exporting: a bad image fails in seconds, not after pnnx.
             calib_set = load_calibration_set(calib, model_spec(model), num=num, progress=progress)
@@ -198,15 +198,38 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
             if eval_sets:
                 report["accuracy"] = accuracy_table(runners, reference, eval_sets)
             report["seconds"] = round(time.time() - t0, 2)
-            atomic_write_json(staging / "quantize.json", report)
+            atomic_write_json(staging / REPORT_NAME, report)
         if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+            check_quantize_out(out, force)  # it may have appeared while we worked
+            aside = out.parent / f".{out.name}{OLD_TAG}{os.getpid()}-{int(time.time())}"
+            os.rename(out, aside)
+            os.replace(staging, out)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     report["out"] = str(out)
     return report
+
+
+REPORT_NAME = "quantize.json"   # what marks a folder as one quantize wrote
+
+
+def check_quantize_out(out: Path, force: bool) -> None:
+    """--out may be new, empty, or (with --force) a folder edgeface wrote: quantize's own output (its
+    quantize.json) or a bundle. Never a user's folder, --force or not."""
+    if out.exists() and not out.is_dir():
+        raise EdgefaceError(f"--out {out} is a file; pass a folder path")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    ours = (out / REPORT_NAME).is_file() or os.path.lexists(out / "manifest.json")
+    if not ours:
+        raise EdgefaceError(f"--out {out} is a non-empty folder edgeface did not write; choose another --out "
+                            f"(--force replaces only a folder quantize or deploy wrote)")
+    if not force:
+        raise EdgefaceError(f"--out {out} exists and is not empty; pass --force to replace it or choose another folder")
 
 
 def quantize_for_deploy(*, backend: str, checkpoint=None, calib=None, out_dir, opset: int = 17,
@@ -220,7 +243,7 @@ def quantize_for_deploy(*, backend: str, checkpoint=None, calib=None, out_dir, o
                             "edgeface.quantize.qat")
     out_dir = Path(out_dir)
     form = registry.get(backend).int8
-    with tempfile.TemporaryDirectory(prefix="edgeface-q-") as td:
+    with temp_dir("q") as td:
         rep = quantize(checkpoint, calib, method=method, backend=backend, num=num, out=Path(td) / "q", opset=opset)
         art = rep["artifacts"][backend]
         artifact = Path(rep["out"]) / art["artifact"]

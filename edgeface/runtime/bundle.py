@@ -16,6 +16,7 @@ onnx, so it runs on a Raspberry Pi's torch-free install.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import warnings
 from dataclasses import dataclass, field
@@ -30,7 +31,10 @@ from ..engines import registry
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "edgeface-bundle"
-BUNDLE_VERSION = 1                 # bump when the manifest's meaning changes; readers refuse newer ones
+BUNDLE_VERSION = 2                 # bump when the manifest's meaning changes; readers refuse newer ones
+                                   # (2: the manifest carries bundle_sha256, its own digest)
+DIGEST_KEY = "bundle_sha256"       # sha256 of the canonical manifest without this key: covers every file's hash
+SIGNATURE_NAME = "manifest.sig"    # optional Ed25519 signature of manifest.json's bytes (runtime/signing.py)
 DEVICE_BUILT_DIR = "engines"       # device-built engine cache inside a bundle: not hashed, never shipped
 MAX_MANIFEST_BYTES = 4 << 20       # a manifest is a few KB; refuse a huge file instead of parsing it
 # Files with these endings are model data: one the manifest does not list is refused, not ignored, so
@@ -68,7 +72,7 @@ def _bundle_files(root: Path) -> list[str]:
         if not p.is_file() and not p.is_symlink():
             continue
         rel = p.relative_to(root).as_posix()
-        if rel == MANIFEST_NAME or rel.split("/", 1)[0] == DEVICE_BUILT_DIR:
+        if rel in (MANIFEST_NAME, SIGNATURE_NAME) or rel.split("/", 1)[0] == DEVICE_BUILT_DIR:
             continue
         names.append(rel)
     return names
@@ -135,8 +139,26 @@ def write_manifest(bundle_dir: str | Path, *, target: str, backend: str, precisi
         "target_recipe": target_recipe or {},
         "tools": tools or tool_versions(),
     }
+    manifest[DIGEST_KEY] = manifest_digest(manifest)
     atomic_write_json(root / MANIFEST_NAME, manifest)
     return manifest
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces) without its own digest field. It holds
+    every file's sha256, so it covers the whole bundle; checked before any field is used."""
+    import hashlib
+
+    body = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+                      default=_jsonable)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _jsonable(o):
+    from ..core.io import to_jsonable
+
+    return to_jsonable(o)
 
 
 def _utc_now() -> str:
@@ -147,31 +169,61 @@ def _utc_now() -> str:
 
 # -- reading and verifying ----------------------------------------------------------------------------
 def is_bundle(path: str | Path) -> bool:
+    """A folder with a manifest.json entry of any kind (file, folder, link, dangling link) is a bundle: it
+    is verified or refused, never read as a plain folder of artifacts."""
     p = Path(path)
-    return p.is_dir() and (p / MANIFEST_NAME).is_file()
+    return p.is_dir() and os.path.lexists(p / MANIFEST_NAME)
 
 
 _REQUIRED = {"format": str, "bundle_version": int, "edgeface_version": str, "target": str, "backend": str,
              "precision": str, "artifact": str, "spec": dict, "files": dict}
 
 
-def read_manifest(path: str | Path) -> dict:
-    """The parsed manifest of a bundle folder, structurally checked (no hashes yet)."""
+def read_manifest(path: str | Path, trusted_keys: list | None = None) -> dict:
+    """The parsed manifest of a bundle folder: signature (when ``trusted_keys``, public keys from
+    runtime/signing), then its own digest, then its structure, checked before any field is used (files'
+    hashes come later, in ``verify_files``)."""
     root = Path(path)
     mpath = root / MANIFEST_NAME
     if not root.is_dir():
         raise EdgefaceError(f"bundle {root} is not a folder; pass the folder `edgeface deploy` wrote")
+    if mpath.is_symlink():
+        raise EdgefaceError(f"{mpath} is a symbolic link; a bundle holds plain files only: re-run edgeface deploy")
+    if os.path.lexists(mpath) and not mpath.is_file():
+        raise EdgefaceError(f"{mpath} is not a file, so {root} is a damaged bundle; re-run edgeface deploy")
     if not mpath.is_file():
         raise EdgefaceError(f"{root} has no {MANIFEST_NAME}, so it is not a complete bundle "
                             f"(an interrupted deploy?); re-run edgeface deploy")
     if mpath.stat().st_size > MAX_MANIFEST_BYTES:
         raise EdgefaceError(f"{mpath} is larger than {MAX_MANIFEST_BYTES >> 20} MB, not a manifest; re-run edgeface deploy")
+    raw = mpath.read_bytes()
+    if trusted_keys:
+        from .signing import verify_signature
+
+        verify_signature(root, raw, trusted_keys)
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        manifest = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise EdgefaceError(f"{mpath} is nested too deeply to be a manifest; re-run edgeface deploy") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgefaceError(f"{mpath} is not valid JSON ({type(e).__name__}); re-run edgeface deploy") from None
     if not isinstance(manifest, dict):
         raise EdgefaceError(f"{mpath} is not a JSON object; re-run edgeface deploy")
+    version = manifest.get("bundle_version")
+    if manifest.get("format") == BUNDLE_FORMAT and isinstance(version, int) and version > BUNDLE_VERSION:
+        raise EdgefaceError(f"bundle {root} has format version {version} (written by edgeface "
+                            f"{str(manifest.get('edgeface_version'))[:20]}); this edgeface {__version__} reads up to "
+                            f"version {BUNDLE_VERSION}: upgrade edgeface on this device")
+    digest = manifest.get(DIGEST_KEY)
+    if not isinstance(digest, str):
+        raise EdgefaceError(f"{mpath} has no {DIGEST_KEY} (an older edgeface wrote it, or it was edited); "
+                            f"re-run edgeface deploy")
+    try:
+        ok = manifest_digest(manifest) == digest
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise EdgefaceError(f"{mpath} does not match its {DIGEST_KEY} (modified or corrupt); re-run edgeface deploy")
     for key, typ in _REQUIRED.items():
         if key not in manifest:
             raise EdgefaceError(f"{mpath} lacks the field '{key}'; re-run edgeface deploy")
@@ -191,16 +243,36 @@ def read_manifest(path: str | Path) -> dict:
 
 def _safe_member(root: Path, rel: str, mpath: Path) -> Path:
     """A manifest path that stays inside the bundle (no absolute paths, no '..')."""
+    if not isinstance(rel, str):
+        raise EdgefaceError(f"{mpath} lists a file name that is not a string; re-run edgeface deploy")
     p = Path(rel)
-    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel:
-        raise EdgefaceError(f"{mpath} lists {rel!r}, which is outside the bundle; re-run edgeface deploy")
+    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel or "\x00" in rel:
+        raise EdgefaceError(f"{mpath} lists {rel[:80]!r}, which is outside the bundle; re-run edgeface deploy")
+    # No link anywhere on the way: a link could point outside the bundle (sub -> /etc, model.onnx -> ~/x).
+    q = root
+    for part in p.parts:
+        q = q / part
+        if q.is_symlink():
+            raise EdgefaceError(f"bundle {root} holds {q.relative_to(root).as_posix()}, a symbolic link; a bundle "
+                                f"holds plain files only: re-run edgeface deploy")
     return root / p
+
+
+def check_no_links(root: Path) -> None:
+    """No symbolic link anywhere inside the bundle folder (the folder itself may be reached through one)."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            q = Path(dirpath) / name
+            if q.is_symlink():
+                raise EdgefaceError(f"bundle {root} holds {q.relative_to(root).as_posix()}, a symbolic link; a "
+                                    f"bundle holds plain files only: re-run edgeface deploy")
 
 
 def verify_files(root: Path, manifest: dict) -> None:
     """Every listed file exists with its sha256 and size; no unlisted model file is present."""
     mpath = root / MANIFEST_NAME
     files = manifest["files"]
+    check_no_links(root)
     for rel, entry in files.items():
         p = _safe_member(root, rel, mpath)
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
@@ -265,7 +337,7 @@ def _suggest_target(device: str) -> str:
 
 
 def open_bundle(path: str | Path, *, allow_foreign_target: bool = False, device: str | None = None,
-                verify: bool = True) -> BundleInfo:
+                verify: bool = True, trusted_keys=None) -> BundleInfo:
     """Read and verify a bundle folder; return what to load. EdgefaceError (one line) when anything is off.
 
     ``device`` overrides the detected device kind (``ANY_DEVICE`` skips the device check: for tools that only
@@ -273,7 +345,12 @@ def open_bundle(path: str | Path, *, allow_foreign_target: bool = False, device:
     that verified it moments ago, e.g. deploy's own check).
     """
     root = Path(path)
-    manifest = read_manifest(root)
+    keys = None
+    if trusted_keys is not None or os.environ.get("EDGEFACE_TRUSTED_KEYS"):
+        from .signing import resolve_trusted_keys
+
+        keys = resolve_trusted_keys(trusted_keys)
+    manifest = read_manifest(root, keys)
     mpath = root / MANIFEST_NAME
     if verify:
         verify_files(root, manifest)
@@ -288,7 +365,7 @@ def open_bundle(path: str | Path, *, allow_foreign_target: bool = False, device:
     options = manifest.get("options") or {}
     if not isinstance(options, dict):
         raise EdgefaceError(f"{mpath} field 'options' must be an object; re-run edgeface deploy")
-    options = dict(options)
+    options = check_manifest_options(options, manifest["backend"], mpath)
     calib_path = _safe_member(root, cache, mpath) if cache else None
     if calib_path is not None:
         options.setdefault("calib_cache", str(calib_path))  # TensorRT's implicit-calibration builds read it
@@ -296,6 +373,34 @@ def open_bundle(path: str | Path, *, allow_foreign_target: bool = False, device:
                       target=manifest["target"], manifest=manifest, root=root, options=options,
                       calib_cache=calib_path,
                       input_kind=str(manifest.get("input_kind") or FLOAT_NCHW))
+
+
+def check_manifest_options(options: dict, backend: str, mpath: Path) -> dict:
+    """The backend options a manifest may set: ``threads`` (bounded by this machine's cores) and the keys the
+    engine's runner lists in ``MANIFEST_OPTIONS`` with their types. No paths: a manifest must not make the
+    runtime write or read a file of its choosing (onnxruntime's optimized_model_path, TensorRT's cache_dir)."""
+    from ..core.limits import check_threads, short
+
+    if backend not in registry.REGISTRY:
+        raise EdgefaceError(f"{mpath} names backend {short(backend)}, which this edgeface does not know")
+    try:  # the runner module only (it imports its engine's package when it loads): works where it is absent
+        allowed = dict(getattr(registry.get(backend).runner_class(), "MANIFEST_OPTIONS", {}))
+    except (ImportError, OSError):
+        allowed = {}
+    out = {}
+    for key, value in options.items():
+        if key == "threads":
+            out[key] = check_threads(value, f"{mpath} options.threads")
+            continue
+        if key not in allowed:
+            raise EdgefaceError(f"{mpath} sets option {short(key)}, which a bundle may not set for {backend} "
+                                f"(allowed: {', '.join(['threads', *sorted(allowed)])}); re-run edgeface deploy")
+        typ, check = allowed[key]
+        if not isinstance(value, typ) or (isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,))) \
+                or not check(value):
+            raise EdgefaceError(f"{mpath} option {key} is {short(value)}, not an allowed value; re-run edgeface deploy")
+        out[key] = value
+    return out
 
 
 def engine_cache_dir(info: BundleInfo) -> Path:

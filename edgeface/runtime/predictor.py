@@ -25,11 +25,13 @@ import numpy as np
 from ..core.artifact import WEIGHTS_DIR, shipped_artifact
 from ..core.device import detect_device
 from ..core.errors import EdgefaceError
-from ..core.preprocess import check_crops, check_image, crop_face, to_input
+from ..core.limits import check_threads
+from ..core.preprocess import check_boxes, check_crops, check_image, crop_face, to_input
 from ..core.spec import UINT8_NHWC, ModelSpec
 from ..engines import registry
 from ..engines.descriptor import Engine
-from .bundle import MANIFEST_NAME, open_bundle, read_manifest
+from .bundle import is_bundle, open_bundle, read_manifest
+from .signing import resolve_trusted_keys, trusted_keys_from_env
 
 
 @dataclass
@@ -92,11 +94,10 @@ class Predictor:
     """
 
     def __init__(self, artifact: str | Path | None = None, backend: str = "auto", threads: Optional[int] = None,
-                 *, precision: Optional[str] = None, batch: int = 1, **options: Any):
+                 *, precision: Optional[str] = None, batch: int = 1, trusted_keys=None, **options: Any):
         if backend != "auto" and backend not in registry.REGISTRY:
             raise EdgefaceError(f"unknown backend {backend!r}; choose auto or one of {', '.join(registry.REGISTRY)}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise EdgefaceError(f"threads must be a positive integer, got {threads!r}")
+        check_threads(threads, "threads")
         self._lock = threading.Lock()
         self._buffer: Optional[np.ndarray] = None
         if not isinstance(batch, int) or batch < 1:
@@ -106,6 +107,14 @@ class Predictor:
         self.bundle = None
         bundle_precision = None
         bundle_options: dict = {}
+        self._keys = None
+        if trusted_keys is not None or trusted_keys_from_env():
+            self._keys = resolve_trusted_keys(trusted_keys) or None
+        if self._keys:
+            # A device told which keys to trust runs signed bundles only: no plain folder, no loose artifact.
+            if artifact is None or not is_bundle(artifact):
+                raise EdgefaceError(f"{artifact or 'the default model'} is not a bundle, and this device trusts only "
+                                    f"bundles signed by its trusted keys; deploy it with `edgeface deploy --sign KEY`")
         if artifact is None:
             path, kind = _shipped_default(backend, batch)
         else:
@@ -124,7 +133,7 @@ class Predictor:
         name = _choose_engine(kind, backend, path, batch)
         for k, v in bundle_options.items():  # the target's tuned options; explicit arguments win
             if k == "threads":
-                threads = threads or v
+                threads = threads or check_threads(v, f"{path} manifest options.threads")
             elif self.bundle is None or name == self.bundle.backend:  # another engine's options do not apply
                 options.setdefault(k, v)
         self.spec: ModelSpec = self.bundle.spec if self.bundle is not None else kind.spec_of(path)
@@ -135,8 +144,8 @@ class Predictor:
 
     def _open_dir(self, path: Path, batch: int = 1):
         """A bundle (verified through its manifest), or a folder holding one artifact of a known name."""
-        if (path / MANIFEST_NAME).is_file():
-            info = open_bundle(path)
+        if is_bundle(path):  # a manifest.json entry of any kind: verified or refused, never a plain folder
+            info = open_bundle(path, trusted_keys=self._keys)
             self.bundle = info
             return Path(info.artifact), registry.engine_of_artifact(info.artifact), info.precision, dict(info.options)
         found = [e for e in registry.auto_order(registry.ENGINES, detect_device(), batch) if (path / e.artifact).is_file()]
@@ -208,13 +217,9 @@ class Predictor:
         frame = check_image(frame)
         if rgb:
             frame = np.ascontiguousarray(frame[..., ::-1])
-        b = np.asarray(boxes, dtype=np.float64)
-        if b.size == 0:
+        b = check_boxes(boxes)
+        if b.shape[0] == 0:
             return Result.empty()  # no faces in this frame is a normal case, not an error
-        if b.ndim == 1:
-            b = b[None]
-        if b.ndim != 2 or b.shape[1] != 4:
-            raise EdgefaceError(f"boxes have shape {np.shape(boxes)}; expected (N, 4) x, y, w, h in pixels")
         crops = np.stack([crop_face(frame, box, self.spec) for box in b])
         return self.predict(crops)
 
@@ -270,6 +275,7 @@ class Predictor:
         names = self.spec.output_names
         blur = np.asarray(outs[names[0]], dtype=np.float32).reshape(-1)
         pose = np.asarray(outs[names[1]], dtype=np.float32).reshape(blur.shape[0], 3)
+        check_outputs(blur, pose, self.artifact)
         return Result(blur, pose[:, 0].copy(), pose[:, 1].copy(), pose[:, 2].copy())
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -291,6 +297,25 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.artifact)!r}, backend={self.backend!r}, precision={self.precision!r})"
+
+
+# -- outputs in range ---------------------------------------------------------------------------------------
+BLUR_SLACK = 1e-3   # a sigmoid's output, give or take INT8 / FP16 rounding
+MAX_ANGLE = 180.0
+
+
+def check_outputs(blur: np.ndarray, pose: np.ndarray, artifact) -> None:
+    """A model's answers are finite, blur in [0, 1] and angles within +-180 deg: anything else is a broken or
+    foreign model, and an error naming it, never a JSON NaN or a yaw of 1012 deg."""
+    if not (np.isfinite(blur).all() and np.isfinite(pose).all()):
+        raise EdgefaceError(f"{artifact} answered non-finite values (NaN or inf): the model is broken or not an "
+                            f"edgeface model; re-export or re-deploy it")
+    if blur.size and (blur.min() < -BLUR_SLACK or blur.max() > 1 + BLUR_SLACK):
+        raise EdgefaceError(f"{artifact} answered a blur score of {float(blur.min() if blur.min() < 0 else blur.max()):.4g}"
+                            f", outside 0..1: it is not an edgeface model (or a broken one); re-export it")
+    if pose.size and np.abs(pose).max() > MAX_ANGLE:
+        raise EdgefaceError(f"{artifact} answered an angle of {float(np.abs(pose).max()):.4g} deg, beyond "
+                            f"+-{MAX_ANGLE:g}: it is not an edgeface model (or a broken one); re-export it")
 
 
 # -- which artifact, which engine ------------------------------------------------------------------------
@@ -341,8 +366,7 @@ def artifact_engine(path: str | Path) -> Engine:
     p = Path(path)
     if not p.is_dir():
         return registry.engine_of_artifact(p)
-    manifest = p / MANIFEST_NAME
-    if manifest.is_file():
+    if is_bundle(p):
         return registry.get(read_manifest(p)["backend"])
     for engine in registry.ENGINES:
         if (p / engine.artifact).is_file():

@@ -50,6 +50,8 @@ class NcnnBackend(Backend):
 
     name = "ncnn"
     OPTIONS = frozenset({"fp16", "int8_arithmetic", "vulkan", "pixel_input", "int8"})
+    MANIFEST_OPTIONS = {"fp16": ((bool, type(None)), lambda v: True), "int8_arithmetic": (bool, lambda v: True),
+                        "int8": (bool, lambda v: True), "vulkan": (bool, lambda v: True)}
 
     def _load_impl(self) -> None:
         import ncnn

@@ -33,6 +33,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     OPTIONS = frozenset({"providers", "allow_spinning", "optimized_model_path", "fold_preprocess", "simulate_qdq"})
+    MANIFEST_OPTIONS = {"allow_spinning": (bool, lambda v: True), "fold_preprocess": (bool, lambda v: True)}
 
     def _load_impl(self) -> None:
         import onnxruntime as ort

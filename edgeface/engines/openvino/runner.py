@@ -49,6 +49,10 @@ class OpenVinoBackend(Backend):
 
     name = "openvino"
     OPTIONS = frozenset({"hint", "requests", "fold_preprocess", "device"})
+    # What a bundle's manifest may set (runtime/bundle.py): no paths, bounded request counts.
+    MANIFEST_OPTIONS = {"hint": (str, lambda v: v in ("latency", "throughput")),
+                        "requests": ((int, type(None)), lambda v: v is None or 0 <= v <= 64), "fold_preprocess": (bool, lambda v: True),
+                        "device": (str, lambda v: v in ("CPU", "GPU", "AUTO"))}
 
     def _load_impl(self) -> None:
         import openvino as ov

@@ -46,6 +46,10 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     OPTIONS = frozenset({"cache_dir", "calib_cache", "min_batch", "opt_batch", "max_batch", "workspace_mb", "cuda",
                          "log", "tensorrt_min_version", "tensorrt_max_version", "fp16", "int8"})
+    MANIFEST_OPTIONS = {"workspace_mb": (int, lambda v: 1 <= v <= 1 << 20),
+                        **{k: (int, lambda v: 1 <= v <= 4096) for k in ("min_batch", "opt_batch", "max_batch")},
+                        **{k: (str, lambda v: len(v) <= 20 and all(c.isdigit() or c == "." for c in v))
+                           for k in ("tensorrt_min_version", "tensorrt_max_version")}}
 
     def __init__(self, artifact, spec, threads=None, precision=None, **options):
         super().__init__(artifact, spec, threads, precision, **options)

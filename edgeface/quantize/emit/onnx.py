@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -25,7 +24,7 @@ import numpy as np
 
 from ...core.artifact import PRECISION_KEY, onnx_metadata, set_onnx_metadata
 from ...core.errors import EdgefaceError
-from ...core.io import atomic_path
+from ...core.io import atomic_path, temp_dir
 from ...engines.tensorrt.calibrator import calibration_header, scales_from_amax, write_calibration_cache
 from . import Fp32Artifacts
 
@@ -63,7 +62,7 @@ def _quantize(float_onnx: Path, out_path: Path, ranges: Mapping[str, tuple], flo
     src = onnx.load(str(float_onnx))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgeface-quant-") as td:
+    with temp_dir("quant") as td:
         td = Path(td)
         model_in = float_onnx
         if preprocess:

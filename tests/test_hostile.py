@@ -1,0 +1,590 @@
+"""Issue 15: bad input and hostile files end in one EdgefaceError / one `error:` line with exit 2; never a
+traceback, a memory blow-up, a silent wrong answer, a deleted user file or a trusted tampered bundle."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import shutil
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeface.core.errors import EdgefaceError
+from edgeface.core.spec import ModelSpec
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "edgeface", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _one_line_error(r, match: str = ""):
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error:"), r.stderr[-2000:]
+    assert match.lower() in r.stderr.lower(), r.stderr[-2000:]
+
+
+# -- 1. memory blow-ups ------------------------------------------------------------------------------------
+@pytest.fixture
+def bounded_border(monkeypatch):
+    """cv2.copyMakeBorder refusing to make anything over 64 MiB (a crop used to pad a 4.8 GB square)."""
+    real = cv2.copyMakeBorder
+
+    def guarded(src, top, bottom, left, right, *a, **k):
+        h, w = src.shape[0] + top + bottom, src.shape[1] + left + right
+        assert h * w * 3 <= 64 << 20, f"copyMakeBorder asked for {h}x{w}"
+        return real(src, top, bottom, left, right, *a, **k)
+
+    monkeypatch.setattr(cv2, "copyMakeBorder", guarded)
+
+
+def test_huge_box_crops_without_padding_the_whole_square(bounded_border):
+    from edgeface.core.preprocess import crop_face
+
+    img = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
+    for border in ("replicate", "constant"):
+        spec = ModelSpec()
+        spec = ModelSpec(crop=type(spec.crop)(border=border))
+        crop = crop_face(img, (0, 0, 40000, 40000), spec)
+        assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+
+
+def test_clipped_crop_matches_the_padded_one(monkeypatch):
+    """The bounded path gives what padding the whole square gave, but for the one row where image meets border."""
+    from edgeface.core import preprocess
+
+    img = np.random.default_rng(1).integers(0, 255, (300, 400, 3), np.uint8)
+    img = cv2.GaussianBlur(img, (0, 0), 8)
+    for box in [(-150, -100, 500, 420), (250, 150, 600, 700), (10, 20, 900, 900)]:
+        for border in ("replicate", "constant"):
+            spec = ModelSpec(crop=type(ModelSpec().crop)(border=border))
+            padded = preprocess.crop_face(img, box, spec)
+            monkeypatch.setattr(preprocess, "_MAX_PADDED_BYTES", 0)
+            clipped = preprocess.crop_face(img, box, spec)
+            monkeypatch.undo()
+            diff = np.abs(padded.astype(int) - clipped.astype(int))
+            assert diff.mean() < 2.0 and np.percentile(diff, 97) < 8, (box, border, diff.mean())
+
+
+@pytest.mark.parametrize("box,match", [
+    ((0, 0, 1e9, 1e9), "beyond"),
+    ((1e12, 0, 10, 10), "beyond"),
+    ((float("nan"), 0, 10, 10), "no area"),
+    ((0, 0, float("inf"), 10), "no area"),
+    ((700, 10, 50, 50), "outside"),
+    ((-100, -100, 50, 50), "outside"),
+    ((10, 10, -5, 20), "no area"),
+])
+def test_bad_boxes_are_one_line(box, match):
+    from edgeface.core.preprocess import crop_face
+
+    img = np.zeros((480, 640, 3), np.uint8)
+    with pytest.raises(EdgefaceError, match=match) as e:
+        crop_face(img, box, ModelSpec())
+    assert "\n" not in str(e.value)
+
+
+def test_thread_and_batch_bounds():
+    from edgeface.bench.runner import BenchConfig
+    from edgeface.core.limits import check_threads, max_threads
+
+    assert check_threads(1) == 1 and check_threads(None) is None and check_threads(max_threads()) == max_threads()
+    for bad in (0, -1, max_threads() + 1, 100000, "abc", 2.5, True):
+        with pytest.raises(EdgefaceError):
+            check_threads(bad)
+    cfg = BenchConfig(artifacts=[__file__], batches=[100000000])
+    with pytest.raises(EdgefaceError, match="--batch 100000000 needs"):
+        cfg.check()
+    cfg = BenchConfig(artifacts=[__file__], threads=[100000])
+    with pytest.raises(EdgefaceError, match="--threads"):
+        cfg.check()
+
+
+def test_predictor_threads_bounded(arts, tmp_path):
+    from edgeface.runtime import bundle
+    from edgeface.runtime.predictor import Predictor
+
+    with pytest.raises(EdgefaceError, match="cores"):
+        Predictor(arts["onnx"], threads=100000)
+    d = tmp_path / "bundle"
+    d.mkdir()
+    shutil.copy(arts["onnx"], d / "model.onnx")
+    bundle.write_manifest(d, target="x86", backend="onnxruntime", precision="fp32", artifact="model.onnx",
+                          spec=ModelSpec(), options={"threads": 100000})
+    with pytest.raises(EdgefaceError, match="threads"):
+        Predictor(d)
+
+
+def test_cli_threads_bounded(tmp_path):
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), np.zeros((112, 112, 3), np.uint8))
+    _one_line_error(_cli("predict", "default", img, "--threads", "100000"), "threads")
+
+
+def _bomb(depth: int = 9) -> str:
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, depth):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]")
+    return "\n".join(lines)
+
+
+def test_yaml_bomb_in_a_known_field_is_not_printed(tmp_path):
+    from edgeface.deploy.targets import load_target
+
+    p = tmp_path / "bomb.yaml"
+    p.write_text("bomb:\n" + "\n".join("  " + ln for ln in _bomb().splitlines()) +
+                 "\nname: bomb\nbackend: onnxruntime\ndevice: x86\nthreads: *a8\n")
+    t0 = time.monotonic()
+    with pytest.raises(EdgefaceError) as e:
+        load_target(p)
+    assert time.monotonic() - t0 < 10 and len(str(e.value)) < 400
+    from edgeface.core.recipe import validate
+
+    import yaml
+
+    data = yaml.safe_load(_bomb() + "\nout: *a8\n")
+    t0 = time.monotonic()
+    with pytest.raises(EdgefaceError, match="'out' must be str") as e:
+        validate({"out": data["out"]}, {"out": "runs/x"}, "recipe r.yaml")
+    assert time.monotonic() - t0 < 5 and len(str(e.value)) < 300
+
+
+# -- 2. tracebacks -> one line ------------------------------------------------------------------------------
+def test_output_paths_of_the_wrong_kind(tmp_path):
+    d = tmp_path / "adir"
+    d.mkdir()
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = _cli("info", "--json", d)
+    _one_line_error(r, "folder")
+    assert not list(tmp_path.glob(".*.tmp")), "info --json DIR left a temporary file"
+    _one_line_error(_cli("export", "--out", f), "is a file")
+    _one_line_error(_cli("eval", "--data", f), "is a file")
+    _one_line_error(_cli("quantize", "--calib", d, "--out", f, "--force"), "is a file")
+    _one_line_error(_cli("predict", "default", f, "--json", d), "folder")
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"input_size": 0}, "input_size"),
+    ({"input_size": 10**9}, "input_size"),
+    ({"crop": {"scale": 0}}, "crop.scale"),
+    ({"crop": {"border": "wrap"}}, "crop.border"),
+    ({"outputs": [{"name": "pose", "fields": ["yaw", "pitch", "roll"], "units": ""},
+                  {"name": "blur", "fields": ["blur"], "units": ""}]}, "outputs"),
+    ({"width": 100}, "width"),
+    ({"std": [127.5, 0, 127.5]}, "std"),
+    ({"mean": [float("nan"), 0, 0]}, "mean"),
+    ({"channel_order": "XYZ"}, "channel_order"),
+    ({"mean": "abc"}, "mean|malformed"),
+    ({"crop": [1, 2]}, "malformed"),
+])
+def test_bad_spec_values(change, match):
+    d = ModelSpec().to_dict()
+    d.update(change)
+    with pytest.raises(EdgefaceError, match=match) as e:
+        ModelSpec.from_dict(d)
+    assert "\n" not in str(e.value)
+    with pytest.raises(EdgefaceError):
+        ModelSpec.from_json(json.dumps(d))
+
+
+def test_deep_json_spec_and_manifest(tmp_path):
+    from edgeface.runtime.bundle import read_manifest
+
+    deep = "[" * 200000 + "]" * 200000
+    with pytest.raises(EdgefaceError, match="nested"):
+        ModelSpec.from_json(deep)
+    (tmp_path / "manifest.json").write_text(deep)
+    with pytest.raises(EdgefaceError, match="nested"):
+        read_manifest(tmp_path)
+
+
+def _recipe(tmp_path, section, key, value, name="r.yaml"):
+    import yaml
+
+    from edgeface.core.recipe import RECIPES_DIR
+
+    data = yaml.safe_load((RECIPES_DIR / "train" / "mbv2_025.yaml").read_text())
+    data.setdefault(section, {})[key] = value
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.mark.parametrize("section,key,value,match", [
+    ("train", "batch_size", 0, "train.batch_size"),
+    ("train", "lr", -0.1, "train.lr"),
+    ("train", "threads", 0, "train.threads"),
+    ("train", "workers", -1, "train.workers"),
+    ("train", "epochs", 0, "train.epochs"),
+    ("train", "epochs", -1, "train.epochs"),
+    ("augment", "scale", [0.85], "augment.scale"),
+    ("augment", "flip_p", 1.5, "augment.flip_p"),
+    ("data", "sets", [{"name": "a", "weight": float("nan")}], "weight"),
+    ("model", "input_size", 0, "input_size"),
+    ("model", "crop_scale", 0.0, "crop_scale|crop.scale"),
+])
+def test_bad_recipe_values(tmp_path, section, key, value, match):
+    from edgeface.model.train import load_train_recipe
+
+    with pytest.raises(EdgefaceError, match=match) as e:
+        load_train_recipe(_recipe(tmp_path, section, key, value))
+    assert "\n" not in str(e.value)
+
+
+def test_cli_overrides_bounded():
+    from edgeface.model.train import apply_cli_overrides
+
+    for bad in (0, -1):
+        with pytest.raises(EdgefaceError, match="--epochs"):
+            apply_cli_overrides({"train": {}, "data": {}}, epochs=bad)
+
+
+def test_train_init_with_other_shapes(tmp_path):
+    from conftest import random_checkpoint
+
+    from edgeface.model.train import _init_state
+
+    ck = random_checkpoint(tmp_path / "wide.pt", width=0.5)
+    with pytest.raises(EdgefaceError, match="other shapes") as e:
+        _init_state(str(ck), ModelSpec(width=0.25))
+    assert "\n" not in str(e.value)
+
+
+def test_text_files_not_utf8(tmp_path):
+    from edgeface.cli.predict import read_boxes_csv
+    from edgeface.core.recipe import load_yaml
+    from edgeface.deploy.targets import load_target
+
+    u16 = tmp_path / "r16.yaml"
+    u16.write_bytes("kind: train\n".encode("utf-16"))
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    for p in (u16, latin):
+        with pytest.raises(EdgefaceError, match="UTF"):
+            load_yaml(p)
+        with pytest.raises(EdgefaceError, match="UTF"):
+            load_target(p)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_bytes("file,x,y,w,h\nimg.png,1,2,3,4\n".encode("utf-16"))
+    with pytest.raises(EdgefaceError, match="UTF"):
+        read_boxes_csv(boxes)
+    with pytest.raises(EdgefaceError, match="folder"):
+        read_boxes_csv(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def onnx_pred(arts):
+    from edgeface.runtime.predictor import Predictor
+
+    with Predictor(arts["onnx"], threads=1) as p:
+        yield p
+
+
+@pytest.mark.parametrize("call", [
+    lambda p: p.predict(np.zeros((1, 0, 5, 3), np.uint8)),
+    lambda p: p.predict(np.zeros((0, 0, 3), np.uint8)),
+    lambda p: p.predict([np.zeros((0, 7, 3), np.uint8)]),
+    lambda p: p.predict_image(np.zeros((0, 0, 3), np.uint8), [[0, 0, 1, 1]]),
+    lambda p: p.predict_image(np.zeros((0, 0), np.uint8), [[0, 0, 1, 1]]),
+    lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), {"x": 1, "y": 2, "w": 3, "h": 4}),
+    lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [[np.nan, 0, 10, 10]]),
+    lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [[0, 0, 1e300, 1e300]]),
+    lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [["a", "b", "c", "d"]]),
+    lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [[1, 2, 3]]),
+    lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), [[60, 60, 10, 10]]),
+    lambda p: p.predict_image(np.zeros((1, 1, 4), np.float64), None),  # found by tests/test_fuzz.py
+    lambda p: p.predict_image(np.zeros((5, 5), np.float32), [[0, 0, 2, 2]]),
+])
+def test_predictor_api_bad_input(onnx_pred, call):
+    with pytest.raises(EdgefaceError) as e:
+        call(onnx_pred)
+    assert "\n" not in str(e.value)
+
+
+def test_manifest_threads_not_a_number(arts, tmp_path):
+    from edgeface.runtime import bundle
+    from edgeface.runtime.predictor import Predictor
+
+    d = tmp_path / "bundle"
+    d.mkdir()
+    shutil.copy(arts["onnx"], d / "model.onnx")
+    bundle.write_manifest(d, target="x86", backend="onnxruntime", precision="fp32", artifact="model.onnx",
+                          spec=ModelSpec(), options={"threads": "abc"})
+    with pytest.raises(EdgefaceError, match="threads"):
+        Predictor(d)
+
+
+# -- 3. silent wrong answers ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("blur,yaw,match", [
+    (float("nan"), 0.0, "non-finite"),
+    (0.5, float("inf"), "non-finite"),
+    (192.8, 0.0, "blur"),
+    (-0.2, 0.0, "blur"),
+    (0.5, 1012.0, "angle"),
+])
+def test_out_of_range_outputs_are_errors(onnx_pred, monkeypatch, blur, yaw, match):
+    def fake_run(x):
+        n = x.shape[0]
+        return {"blur": np.full((n, 1), blur, np.float32), "pose": np.tile(np.float32([yaw, 0, 0]), (n, 1))}
+
+    monkeypatch.setattr(onnx_pred._backend, "run", fake_run)
+    with pytest.raises(EdgefaceError, match=match) as e:
+        onnx_pred.predict(np.zeros((2, 112, 112, 3), np.uint8))
+    assert str(onnx_pred.artifact) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_in_range_outputs_pass(onnx_pred):
+    r = onnx_pred.predict(np.random.default_rng(0).integers(0, 255, (4, 112, 112, 3), np.uint8))
+    assert np.isfinite(r.pose).all() and ((r.blur >= 0) & (r.blur <= 1)).all()
+
+
+@pytest.mark.parametrize("col,value,match", [
+    ("yaw", "1e308", "yaw"), ("pitch", "inf", "pitch"), ("roll", "-500", "roll"), ("blur", "3", "blur"),
+    ("x", "1e300", "box"),
+])
+def test_labels_out_of_range(tmp_path, col, value, match):
+    from edgeface.model.data import load_samples
+
+    row = {"file": "a.png", "x": "1", "y": "1", "w": "10", "h": "10", "yaw": "1", "pitch": "2", "roll": "3",
+           "blur": "0.5", "split": "val"}
+    row[col] = value
+    (tmp_path / "labels.csv").write_text(",".join(row) + "\n" + ",".join(row.values()) + "\n")
+    with pytest.raises(EdgefaceError, match=match):
+        load_samples(tmp_path, split="val", require_labels=True)
+
+
+# -- 4. bundles ------------------------------------------------------------------------------------------------
+def _bundle(arts, d, **kw):
+    from edgeface.core.artifact import read_onnx_spec
+    from edgeface.runtime import bundle
+
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(arts["onnx"], d / "model.onnx")
+    bundle.write_manifest(d, target="x86", backend="onnxruntime", precision="fp32", artifact="model.onnx",
+                          spec=read_onnx_spec(arts["onnx"]), **kw)
+    return d
+
+
+def _edit_manifest(d, change, reseal: bool):
+    from edgeface.runtime.bundle import manifest_digest
+
+    m = json.loads((d / "manifest.json").read_text())
+    change(m)
+    if reseal:  # what someone who can rewrite the manifest does
+        m["bundle_sha256"] = manifest_digest(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    d = tmp_path_factory.mktemp("keys")
+    out = {}
+    for name in ("good", "other"):
+        k = ed25519.Ed25519PrivateKey.generate()
+        (d / f"{name}.key").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+        (d / f"{name}.pub").write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+        out[name] = (d / f"{name}.key", d / f"{name}.pub")
+    return out
+
+
+def test_manifest_is_covered_by_its_digest(arts, tmp_path):
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    with Predictor(d, threads=1) as p:
+        assert p.bundle is not None
+
+    def std(m):
+        m["spec"]["std"] = [1.0, 1.0, 1.0]
+    _edit_manifest(d, std, reseal=False)
+    with pytest.raises(EdgefaceError, match="bundle_sha256"):
+        Predictor(d)
+
+
+def test_tampered_model_with_its_hash_updated(arts, tmp_path):
+    from edgeface.core.io import sha256_file
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    with open(d / "model.onnx", "r+b") as fh:
+        fh.seek(300)
+        fh.write(b"\x00\x01\x02")
+
+    def rehash(m):
+        m["files"]["model.onnx"]["sha256"] = sha256_file(d / "model.onnx")
+    _edit_manifest(d, rehash, reseal=False)
+    with pytest.raises(EdgefaceError, match="bundle_sha256"):
+        Predictor(d)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"optimized_model_path": "/tmp/evil.onnx"}, "may not set"),
+    ({"providers": ["CPUExecutionProvider"]}, "may not set"),
+    ({"threads": 100000}, "threads"),
+    ({"threads": "abc"}, "threads"),
+    ({"allow_spinning": "yes"}, "not an allowed value"),
+])
+def test_manifest_options_whitelisted(arts, tmp_path, options, match):
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    _edit_manifest(d, lambda m: m.__setitem__("options", options), reseal=True)
+    with pytest.raises(EdgefaceError, match=match):
+        Predictor(d)
+    assert not (tmp_path / "evil.onnx").exists()
+
+
+@pytest.mark.parametrize("kind", ["dir", "dangling", "link"])
+def test_manifest_entry_of_any_kind_is_a_bundle(arts, tmp_path, kind):
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    m = d / "manifest.json"
+    real = m.read_text()
+    m.unlink()
+    if kind == "dir":
+        m.mkdir()
+    elif kind == "dangling":
+        m.symlink_to(tmp_path / "nowhere.json")
+    else:
+        (tmp_path / "outside.json").write_text(real)
+        m.symlink_to(tmp_path / "outside.json")
+    with pytest.raises(EdgefaceError, match="manifest.json"):
+        Predictor(d)
+
+
+def test_no_symlinks_inside_a_bundle(arts, tmp_path):
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    outside = tmp_path / "outside.onnx"
+    shutil.move(d / "model.onnx", outside)
+    (d / "model.onnx").symlink_to(outside)  # same bytes, same hash: only the link gives it away
+    with pytest.raises(EdgefaceError, match="symbolic link"):
+        Predictor(d)
+    (d / "model.onnx").unlink()
+    shutil.copy(outside, d / "model.onnx")
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    (sub / "passwd").write_text("root:x:0:0\n")
+    (d / "sub").symlink_to(sub)
+
+    def add(m):
+        m["files"]["sub/passwd"] = {"sha256": "0" * 64, "bytes": 11}
+    _edit_manifest(d, add, reseal=True)
+    with pytest.raises(EdgefaceError, match="symbolic link"):
+        Predictor(d)
+
+
+def test_signed_bundles(arts, tmp_path, keys, monkeypatch):
+    from edgeface.runtime.predictor import Predictor
+    from edgeface.runtime.signing import sign_manifest
+
+    good_key, good_pub = keys["good"]
+    _, other_pub = keys["other"]
+    d = _bundle(arts, tmp_path / "b")
+    with pytest.raises(EdgefaceError, match="not signed"):
+        Predictor(d, trusted_keys=[good_pub])
+    sign_manifest(d, good_key)
+    with Predictor(d, threads=1, trusted_keys=[good_pub]) as p:
+        assert len(p.predict(np.zeros((1, 112, 112, 3), np.uint8))) == 1
+    with Predictor(d, threads=1) as p:  # signatures are optional for a device that trusts no key
+        assert p.bundle is not None
+    with pytest.raises(EdgefaceError, match="not signed by a trusted key"):
+        Predictor(d, trusted_keys=[other_pub])
+    monkeypatch.setenv("EDGEFACE_TRUSTED_KEYS", str(other_pub))
+    with pytest.raises(EdgefaceError, match="not signed by a trusted key"):
+        Predictor(d)
+    monkeypatch.setenv("EDGEFACE_TRUSTED_KEYS", str(good_pub))
+    with Predictor(d, threads=1):
+        pass
+    # A rewritten, resealed manifest keeps its digest right but breaks the signature.
+    _edit_manifest(d, lambda m: m["spec"].__setitem__("mean", [0.0, 0.0, 0.0]), reseal=True)
+    with pytest.raises(EdgefaceError, match="not signed by a trusted key"):
+        Predictor(d)
+    # With trusted keys, a plain folder or a loose artifact is refused (deleting the manifest does not help).
+    (d / "manifest.json").unlink()
+    with pytest.raises(EdgefaceError, match="not a bundle"):
+        Predictor(d)
+    with pytest.raises(EdgefaceError, match="not a bundle"):
+        Predictor(arts["onnx"])
+
+
+def test_deploy_sign_checks_its_key_first(tmp_path):
+    from edgeface.deploy.pipeline import deploy
+
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key")
+    with pytest.raises(EdgefaceError, match="signing key"):
+        deploy("x86", sign=bad, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# -- 5. no data loss, no leaks ------------------------------------------------------------------------------------
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_quantize_force_never_deletes_a_user_folder(tmp_path):
+    from edgeface.quantize.ptq import check_quantize_out, quantize
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("x")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(calib / f"{i}.png"), np.full((112, 112, 3), 40 * i, np.uint8))
+    with pytest.raises(EdgefaceError, match="did not write"):
+        quantize(None, calib, out=precious, force=True)
+    assert (precious / "thesis.txt").read_text() == "x"
+    _one_line_error(_cli("quantize", "--calib", calib, "--out", precious, "--force"), "did not write")
+    assert (precious / "thesis.txt").read_text() == "x"
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "quantize.json").write_text("{}")
+    check_quantize_out(ours, force=True)  # quantize's own output: --force may replace it
+    with pytest.raises(EdgefaceError, match="--force"):
+        check_quantize_out(ours, force=False)
+
+
+def test_stale_partials_and_temp_folders_are_cleaned(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from edgeface.core.io import clean_stale_partials, clean_stale_temp, temp_dir
+
+    dead = _dead_pid()
+    out = tmp_path / "quantized"
+    stale = tmp_path / f".quantized.partial-{dead}-abc"
+    live = tmp_path / f".quantized.partial-{os.getpid()}-abc"
+    stale.mkdir()
+    live.mkdir()
+    assert clean_stale_partials(out) == [stale] and live.is_dir()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    (tmp / f"edgeface-fp32-{dead}-xyz").mkdir()
+    (tmp / "edgeface-q-old").mkdir()
+    (tmp / "someone-else").mkdir()
+    with temp_dir("fp32") as mine:
+        removed = clean_stale_temp()
+        assert [p.name for p in removed] == [f"edgeface-fp32-{dead}-xyz"] and Path(mine).is_dir()
+    assert not Path(mine).exists()  # removed on normal exit
+    os.utime(tmp / "edgeface-q-old", (0, 0))  # no PID in its name: stale after a day
+    assert [p.name for p in clean_stale_temp()] == ["edgeface-q-old"]
+    assert (tmp / "someone-else").is_dir()

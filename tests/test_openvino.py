@@ -195,13 +195,13 @@ def test_missing_openvino_names_the_extra_in_one_line(tmp_path, synthetic_crops)
         sys.argv = ["edgeface", *sys.argv[1:]]
         main()
     """
-    proc = _without_openvino(tmp_path, cli, ["predict", "default", crop, "--backend", "openvino"])
+    proc = _without_openvino(tmp_path, cli, ["predict", "default", crop, "--crops", "--backend", "openvino"])
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), lines
     assert "pip install 'edgeface[openvino]'" in lines[0]
     # everything else works: auto picks onnxruntime whatever the batch, and deploy's measurement skips OpenVINO
-    proc = _without_openvino(tmp_path, cli, ["predict", "default", crop])
+    proc = _without_openvino(tmp_path, cli, ["predict", "default", crop, "--crops"])
     assert proc.returncode == 0 and '"backend": "onnxruntime"' in proc.stdout, proc.stderr[-2000:]
     proc = _without_openvino(tmp_path, """
         import json

@@ -82,7 +82,7 @@ def test_predict_frame(two_faces):
         assert p.predict_frame(two_faces, min_size=10_000) == []
         p.detector = FaceDetector()
         assert p.predict_frame(np.zeros((120, 160, 3), np.uint8)) == []   # no face: empty, not an error
-        with pytest.raises(EdgefaceError, match="empty"):
+        with pytest.raises(EdgefaceError, match="no pixels"):
             p.predict_frame(np.zeros((0, 0, 3), np.uint8))
 
 

@@ -92,7 +92,7 @@ def test_artifact_resolution_and_mismatch(arts, ckpt, tmp_path):
     with pytest.raises(EdgefaceError, match="'onnxruntime' or 'tensorrt'"):
         Predictor(arts["onnx"], backend="ncnn")
     with pytest.raises(EdgefaceError, match="unknown backend"):
-        Predictor(arts["onnx"], backend="openvino")
+        Predictor(arts["onnx"], backend="coreml")
     with pytest.raises(EdgefaceError, match="does not exist"):
         Predictor(tmp_path / "nope.onnx")
     (tmp_path / "empty").mkdir()

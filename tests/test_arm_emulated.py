@@ -83,6 +83,18 @@ def test_pi5_fp16_is_measured_and_reported(report):
 
 @pytest.mark.qemu
 @pytest.mark.slow
+def test_full_frames_on_arm_equal_x86(report, shared_data):
+    """predict_frame (the shipped detector, the crop, the model) on real val frames: the faces x86 finds."""
+    assert report["frames"] >= 4
+    for name in ("cortex-a72", "cortex-a76"):
+        frames = report["runs"][name]["full_frames"]
+        assert frames["same_faces"] and frames["faces"] > 0, frames
+        assert frames["box_max_px"] <= arm.FRAME_BOUND["box_px"], frames
+        assert frames["pose_max_abs"] <= arm.FRAME_BOUND["pose_deg"] and frames["blur_max_abs"] <= arm.FRAME_BOUND["blur"]
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
 def test_arm_runtime_is_torch_free(report):
     for run in report["runs"].values():
         assert run["torch_imported"] is False and run["onnx_imported"] is False

@@ -588,3 +588,20 @@ def test_stale_partials_and_temp_folders_are_cleaned(tmp_path, monkeypatch):
     os.utime(tmp / "edgeface-q-old", (0, 0))  # no PID in its name: stale after a day
     assert [p.name for p in clean_stale_temp()] == ["edgeface-q-old"]
     assert (tmp / "someone-else").is_dir()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "ncnn"])
+def test_export_refuses_a_model_that_answers_nan(tmp_path, fmt):
+    """A checkpoint with NaN weights is refused before anything is written (it used to export and answer NaN)."""
+    import torch
+
+    from conftest import random_checkpoint
+    from edgeface.engines.torch.checkpoint import load_model, save_checkpoint
+
+    model, spec, _ = load_model(random_checkpoint(tmp_path / "random.pt"))
+    with torch.no_grad():
+        model.pose_head.weight[0, 0] = float("nan")
+    save_checkpoint(tmp_path / "nan.pt", model, spec, {"note": "a NaN weight"})
+    out = tmp_path / "out"
+    _one_line_error(_cli("export", tmp_path / "nan.pt", "--format", fmt, "--out", out, timeout=300), "non-finite")
+    assert not out.exists()

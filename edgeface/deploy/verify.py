@@ -7,7 +7,6 @@ they are, blur on the faces and on synthetically blurred copies of them (``recip
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -17,23 +16,12 @@ import numpy as np
 from ..core.compare import abs_deviation, deviation
 from ..core.errors import EdgefaceError
 from ..engines import registry
+from ..model.data import default_verify_data, synthetic_faces  # noqa: F401 - deploy's API
 from ..runtime.bundle import ANY_DEVICE, open_bundle
 from ..runtime.predictor import Predictor
 
 VERIFY_PER_SET = 64          # held-out faces per labelled set used for verification (deterministic choice)
 BUDGET_KEYS = ("pose_max_abs", "pose_p99_abs", "pose_mean_abs", "blur_max_abs", "pose_mae_increase")
-
-
-def default_verify_data() -> Optional[Path]:
-    """$EDGEFACE_SHARED_DATA, ./../shared/data, or the repository's ../shared/data, whichever exists."""
-    cands = []
-    if os.environ.get("EDGEFACE_SHARED_DATA"):
-        cands.append(Path(os.environ["EDGEFACE_SHARED_DATA"]))
-    cands += [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"]
-    for c in cands:
-        if c.is_dir() and any((p / "labels.csv").is_file() for p in c.iterdir() if p.is_dir()):
-            return c
-    return None
 
 
 def load_verify_set(data: Optional[Path], spec, per_set: int = VERIFY_PER_SET, seed: int = 0):
@@ -57,21 +45,6 @@ def load_verify_set(data: Optional[Path], spec, per_set: int = VERIFY_PER_SET, s
     crops = load_crops(samples, spec)
     poses = np.array([s.pose for s in samples], np.float32)
     return crops, poses, f"{data} val split ({', '.join(used)})"
-
-
-def synthetic_faces(spec, n: int = 48) -> np.ndarray:
-    """Deterministic structured images (gradients, blobs, noise): enough to compare two engines' outputs."""
-    s = spec.input_size
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-    out = np.empty((n, s, s, 3), np.uint8)
-    for i in range(n):
-        cx, cy, r = rng.uniform(0.3 * s, 0.7 * s, 2).tolist() + [rng.uniform(0.2 * s, 0.45 * s)]
-        face = np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)))
-        img = np.stack([face * rng.uniform(80, 255) + xx * rng.uniform(0, 1), face * rng.uniform(60, 220),
-                        face * rng.uniform(40, 200) + yy * rng.uniform(0, 1)], -1)
-        out[i] = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
-    return out
 
 
 def verify_bundle(runner, reference, crops: np.ndarray, poses: np.ndarray, budget: dict) -> dict:

@@ -13,10 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import EdgefaceError
+from ..core.preprocess import to_input
 from ..engines import registry
 from ..engines.descriptor import resolve
+from ..runtime.predictor import check_outputs
 from .ncnn import export_ncnn
 from .onnx import export_onnx
+from .source import require_torch, resolve_model
 
 __all__ = ["export", "export_ncnn", "export_onnx", "formats"]
 
@@ -39,6 +42,38 @@ def export(format_name: str, model=None, out_dir: str | Path = "export", *, prec
     if fold_preprocess and not engine.fold_preprocess:
         folds = " or ".join(e.format for e in registry.exportable() if e.fold_preprocess)
         raise EdgefaceError(f"--fold-preprocess is not available for {engine.format!r}; use --format {folds}")
+    check_source_outputs(model)
     exporter = resolve(engine.exporter)
     return exporter(model, Path(out_dir) / engine.artifact, precision=precision, fold_preprocess=fold_preprocess,
                     **options)
+
+
+def check_source_outputs(model=None, per_set: int = 8) -> None:
+    """Run the model on faces before anything is written: NaN weights, a spec whose normalisation divides by
+    zero or a foreign network stop here in one line instead of becoming an artifact that answers NaN.
+
+    The faces are the labelled sets' val faces when ../shared/data (or $EDGEFACE_SHARED_DATA) is there, else
+    deterministic synthetic images: either way a broken model shows (non-finite or out-of-range outputs).
+    """
+    torch = require_torch()
+    net, spec = resolve_model(model)
+    crops = _check_faces(spec, per_set)
+    with torch.no_grad():
+        blur, pose = net(torch.from_numpy(to_input(crops, spec)))
+    where = f"checkpoint {model}" if model is not None and not isinstance(model, torch.nn.Module) else "the model"
+    check_outputs(blur.numpy().reshape(-1), pose.numpy(), where)
+
+
+def _check_faces(spec, per_set: int):
+    from ..model.data import default_verify_data, find_sets, load_samples, synthetic_faces
+    from ..model.evaluate import load_crops
+
+    data = default_verify_data()
+    samples = []
+    if data is not None:
+        for folder in find_sets(data):
+            try:
+                samples += load_samples(folder, split="val")[:per_set]
+            except EdgefaceError:  # a broken set is deploy's and eval's to report; the check needs some faces
+                continue
+    return load_crops(samples, spec) if samples else synthetic_faces(spec, 16)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -256,3 +257,31 @@ def resolve_box(sample: Sample, image: np.ndarray, crop_scale: float) -> tuple[f
 
 def iter_paths(samples: Iterable[Sample]) -> list[Path]:
     return [s.path for s in samples]
+
+
+# -- faces to check a model on -------------------------------------------------------------------------------
+def default_verify_data() -> Optional[Path]:
+    """$EDGEFACE_SHARED_DATA, ./../shared/data, or the repository's ../shared/data, whichever exists."""
+    cands = []
+    if os.environ.get("EDGEFACE_SHARED_DATA"):
+        cands.append(Path(os.environ["EDGEFACE_SHARED_DATA"]))
+    cands += [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"]
+    for c in cands:
+        if c.is_dir() and any((p / "labels.csv").is_file() for p in c.iterdir() if p.is_dir()):
+            return c
+    return None
+
+
+def synthetic_faces(spec, n: int = 48) -> np.ndarray:
+    """Deterministic structured images (gradients, blobs, noise): enough to compare two engines' outputs."""
+    s = spec.input_size
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    out = np.empty((n, s, s, 3), np.uint8)
+    for i in range(n):
+        cx, cy, r = rng.uniform(0.3 * s, 0.7 * s, 2).tolist() + [rng.uniform(0.2 * s, 0.45 * s)]
+        face = np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)))
+        img = np.stack([face * rng.uniform(80, 255) + xx * rng.uniform(0, 1), face * rng.uniform(60, 220),
+                        face * rng.uniform(40, 200) + yy * rng.uniform(0, 1)], -1)
+        out[i] = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    return out

@@ -337,7 +337,7 @@ def test_write_manifest_refuses_links_and_missing_artifact(tmp_path):
 
 # -- INT8 -------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["rpi", "jetson"])
+@pytest.mark.parametrize("target", ["x86", "rpi", "jetson"])
 def test_int8_bundle_with_calibration(shared_data, checkpoint, tmp_path, target):
     res = _deploy(target, checkpoint, tmp_path / target, precision="int8", calib=shared_data / "celeba")
     m = res.manifest

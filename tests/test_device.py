@@ -148,3 +148,11 @@ def test_one_device_vocabulary(monkeypatch):
     monkeypatch.delenv("EDGEFACE_DEVICE", raising=False)
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # an ARM board the probes do not know
     assert D.device_info(include_power=False)["kind"] == D.detect_device() == "arm64"
+
+
+def test_int8_without_vnni_is_read_from_the_flags():
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n"
+    assert D.x86_int8_without_vnni(x86, "x86_64") is True
+    assert D.x86_int8_without_vnni(x86.replace("fma", "fma avx512_vnni"), "x86_64") is False
+    assert D.x86_int8_without_vnni(x86.replace("fma", "fma avx_vnni"), "x86_64") is False
+    assert D.x86_int8_without_vnni(PI4_CPUINFO, "aarch64") is False  # not an x86 question

@@ -176,6 +176,36 @@ def test_ort_u8s8_on_real_crops_within_budget(run, face_crops):
     assert 0 < d["pose_mean_abs"] < POSE_BUDGET and d["blur_max_abs"] < BLUR_BUDGET, d
 
 
+def test_u8s8_weights_fit_int16_pairs_without_vnni(run, tmp_path):
+    """reduce_range gives 7-bit weights (a pair of uint8 x int8 products fits int16 on AVX2); the default
+    follows this CPU, and the artifact quantize wrote says which it is."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeface.core.device import x86_int8_without_vnni
+    from edgeface.quantize.calibrate.policy import make_plan
+    from edgeface.quantize.emit.onnx import emit_onnxruntime
+
+    def weight_extremes(path):
+        m = onnx.load(str(path))
+        q = [numpy_helper.to_array(i) for i in m.graph.initializer
+             if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+        assert q
+        return min(int(a.min()) for a in q), max(int(a.max()) for a in q)
+
+    fp32 = _fp32_onnx(run)
+    plan = make_plan(onnx.load(str(fp32)), load_stats(run["rep"]["calibration"]["stats_cache"]), "minmax")
+    lo, hi = weight_extremes(emit_onnxruntime(fp32, tmp_path / "rr.onnx", plan.ranges_asym, plan.float_nodes,
+                                              reduce_range=True))
+    assert -64 <= lo and hi <= 64 and hi - lo > 100  # 7 bits (ORT: [-64, 64]; 255 * 64 * 2 < 32767), and used
+    lo, hi = weight_extremes(emit_onnxruntime(fp32, tmp_path / "full.onnx", plan.ranges_asym, plan.float_nodes,
+                                              reduce_range=False))
+    assert min(lo, -hi) < -64  # full 8-bit range
+    written = run["rep"]["artifacts"]["onnxruntime"]
+    assert written["reduce_range"] == x86_int8_without_vnni()
+    assert ("7-bit" in written["form"]) == x86_int8_without_vnni()
+
+
 def test_ranges_read_back_from_qdq_graph(run):
     from edgeface.quantize.emit.onnx import ranges_from_qdq
 

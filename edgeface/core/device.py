@@ -92,6 +92,18 @@ def parse_cpuinfo(text: str) -> dict:
             "board_model": board if board and not board.isdigit() else None}
 
 
+def x86_int8_without_vnni(cpuinfo: Optional[str] = None, machine: Optional[str] = None) -> bool:
+    """True on an x86 CPU without VNNI (AVX-512 VNNI or AVX-VNNI). There, int8 kernels multiply uint8
+    activations by int8 weights with AVX2's vpmaddubsw, which adds each pair of products in int16 and
+    saturates when full 8-bit weights meet large activations (255 * 127 * 2 > 32767); VNNI sums straight
+    into int32. onnxruntime and OpenVINO both run U8S8 Q/DQ graphs this way."""
+    machine = machine if machine is not None else platform.machine()
+    if machine.lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    flags = set(parse_cpuinfo(cpuinfo if cpuinfo is not None else (_read("/proc/cpuinfo") or ""))["isa_flags"])
+    return not flags & {"avx512_vnni", "avx_vnni"}
+
+
 def parse_device_tree_model(text: Optional[str]) -> Optional[str]:
     """/proc/device-tree/model is NUL-terminated ("Raspberry Pi 4 Model B Rev 1.4\\x00")."""
     if not text:

@@ -104,6 +104,20 @@ def to_jsonable(o: Any) -> Any:
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+def read_text_file(path: str | Path, what: str, fix: str, encoding: str = "utf-8") -> str:
+    """The text of a small file edgeface wrote (a spec, a calibration cache): one EdgefaceError line naming
+    ``what`` and ``fix`` when it is missing or not ``encoding`` text, instead of a decode traceback."""
+    from .errors import EdgefaceError
+
+    p = Path(path)
+    if not p.is_file():
+        raise EdgefaceError(f"{what} {p} does not exist; {fix}")
+    try:
+        return p.read_text(encoding=encoding)
+    except UnicodeDecodeError:
+        raise EdgefaceError(f"{what} {p} is not text ({encoding}; a binary or foreign file?); {fix}") from None
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()

@@ -163,14 +163,9 @@ class ModelSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelSpec":
-        p = Path(path)
-        if not p.is_file():
-            raise EdgefaceError(f"ModelSpec file {p} is missing; re-export the artifact with `edgeface export`")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise EdgefaceError(f"ModelSpec file {p} is not UTF-8 JSON; re-export the artifact") from None
-        return cls.from_json(text)
+        from .io import read_text_file
+
+        return cls.from_json(read_text_file(path, "ModelSpec file", "re-export the artifact with `edgeface export`"))
 
     # -- convenience ---------------------------------------------------------------------------
     @property

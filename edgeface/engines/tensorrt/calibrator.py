@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from ...core.errors import EdgefaceError
-from ...core.io import atomic_write_bytes
+from ...core.io import atomic_write_bytes, read_text_file
 from ...core.spec import FLOAT_NCHW, UINT8_NHWC
 
 DEFAULT_HEADER = "TRT-8601-EntropyCalibration2"   # TensorRT 8.6.1; re-stamped on the device (see above)
@@ -124,15 +124,9 @@ def read_calibration_cache(path: str | Path) -> dict[str, float]:
 
 
 def read_calibration_cache_with_header(path: str | Path) -> tuple[str, dict[str, float]]:
-    p = Path(path)
-    if not p.is_file():
-        raise EdgefaceError(f"calibration cache {p} does not exist; run `edgeface quantize --backend tensorrt`")
-    try:
-        text = p.read_text(encoding="ascii")
-    except UnicodeDecodeError:
-        raise EdgefaceError(f"calibration cache {p} is not text (a binary or foreign file?); regenerate it with "
-                            f"`edgeface quantize --backend tensorrt`") from None
-    return parse_calibration_cache(text, where=f"calibration cache {p.name}")
+    text = read_text_file(path, "calibration cache", "regenerate it with `edgeface quantize --backend tensorrt`",
+                          encoding="ascii")
+    return parse_calibration_cache(text, where=f"calibration cache {Path(path).name}")
 
 
 def restamp(text: str, trt_version: str) -> str:

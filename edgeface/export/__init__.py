@@ -61,7 +61,8 @@ def check_source_outputs(model=None, per_set: int = 8) -> None:
     with torch.no_grad():
         blur, pose = net(torch.from_numpy(to_input(crops, spec)))
     where = f"checkpoint {model}" if model is not None and not isinstance(model, torch.nn.Module) else "the model"
-    check_outputs(blur.numpy().reshape(-1), pose.numpy(), where)
+    check_outputs(blur.numpy().reshape(-1), pose.numpy(), where,
+                  fix="nothing was exported: retrain it or pass another checkpoint")
 
 
 def _check_faces(spec, per_set: int):

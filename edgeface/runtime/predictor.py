@@ -304,18 +304,18 @@ BLUR_SLACK = 1e-3   # a sigmoid's output, give or take INT8 / FP16 rounding
 MAX_ANGLE = 180.0
 
 
-def check_outputs(blur: np.ndarray, pose: np.ndarray, artifact) -> None:
+def check_outputs(blur: np.ndarray, pose: np.ndarray, artifact, fix: str = "re-export or re-deploy it") -> None:
     """A model's answers are finite, blur in [0, 1] and angles within +-180 deg: anything else is a broken or
-    foreign model, and an error naming it, never a JSON NaN or a yaw of 1012 deg."""
+    foreign model, and an error naming it (and ``fix``), never a JSON NaN or a yaw of 1012 deg."""
     if not (np.isfinite(blur).all() and np.isfinite(pose).all()):
         raise EdgefaceError(f"{artifact} answered non-finite values (NaN or inf): the model is broken or not an "
-                            f"edgeface model; re-export or re-deploy it")
+                            f"edgeface model; {fix}")
     if blur.size and (blur.min() < -BLUR_SLACK or blur.max() > 1 + BLUR_SLACK):
         raise EdgefaceError(f"{artifact} answered a blur score of {float(blur.min() if blur.min() < 0 else blur.max()):.4g}"
-                            f", outside 0..1: it is not an edgeface model (or a broken one); re-export it")
+                            f", outside 0..1: it is not an edgeface model (or a broken one); {fix}")
     if pose.size and np.abs(pose).max() > MAX_ANGLE:
         raise EdgefaceError(f"{artifact} answered an angle of {float(np.abs(pose).max()):.4g} deg, beyond "
-                            f"+-{MAX_ANGLE:g}: it is not an edgeface model (or a broken one); re-export it")
+                            f"+-{MAX_ANGLE:g}: it is not an edgeface model (or a broken one); {fix}")
 
 
 # -- which artifact, which engine ------------------------------------------------------------------------

@@ -87,6 +87,31 @@ def test_predict_frame(two_faces):
 
 
 # -- tracker and smoothing -----------------------------------------------------------------------------------------
+def test_detector_engines_find_the_same_faces(shared_data):
+    """YuNet on onnxruntime (symbolic input size, OpenCV's decode and NMS reproduced) finds what
+    cv2.FaceDetectorYN finds, to a thousandth of a pixel, on real val frames of every set."""
+    from edgeface.model.data import find_sets, load_samples
+
+    cv = FaceDetector(engine="opencv")
+    ours = FaceDetector(engine="onnxruntime")
+    assert FaceDetector().engine == "onnxruntime" and ours.info()["engine"] == "onnxruntime"
+    found = 0
+    for folder in find_sets(shared_data):
+        for sample in load_samples(folder, split="val")[:6]:
+            frame = cv2.imread(str(sample.path))
+            a, b = cv._run(frame), ours._run(frame)
+            assert a.shape == b.shape, sample.path
+            assert np.abs(a - b).max(initial=0) < 1e-3, sample.path
+            found += len(a)
+    assert found >= 20
+    # a frame whose size is not a multiple of 32, and a frame with no face
+    odd = cv2.resize(cv2.imread(str(load_samples(find_sets(shared_data)[0], split="val")[0].path)), (301, 257))
+    assert np.abs(cv._run(odd) - ours._run(odd)).max(initial=0) < 1e-3
+    assert len(ours.detect(np.full((120, 160, 3), 90, np.uint8))) == 0
+    with pytest.raises(EdgefaceError, match="detector engine"):
+        FaceDetector(engine="tflite")
+
+
 def _face(x, yaw=0.0):
     return Face((x, 10.0, 50.0, 50.0), [(0.0, 0.0)] * 5, 0.9, (x, 10.0, 50.0, 50.0), 0.1, yaw, 0.0, 0.0)
 

@@ -1,4 +1,4 @@
-"""Face detection for full frames: the shipped YuNet through OpenCV's ``cv2.FaceDetectorYN``.
+"""Face detection for full frames: the shipped YuNet, on onnxruntime where installed, else OpenCV's DNN.
 
     det = FaceDetector()                      # shipped YuNet (edgeface/weights/yunet/, Apache-2.0)
     faces = det.detect(frame)                 # Detections: raw YuNet boxes, 5 landmarks, scores
@@ -7,7 +7,11 @@
 YuNet's box is not the box the model was trained on (MediaPipe's: square, brows to chin). ``model_boxes``
 maps each detection (its box and landmarks) to that convention with a linear map learned offline on the
 data pack's train split (``scripts/fit_box_map.py``), shipped as a few numbers in ``box_map.json``.
-Torch-free: numpy and OpenCV only.
+
+Engines: ``cv2.FaceDetectorYN`` runs everywhere (OpenCV is a core dependency). Where onnxruntime is installed,
+``engine="auto"`` runs the same network on it, at the frame's own size, with OpenCV's decode and NMS
+reproduced here: on the same pixels onnxruntime's inference alone took half the time of FaceDetectorYN
+(``scripts/bench_detector.py``, docs/frames.md). Torch-free: numpy, OpenCV, optionally onnxruntime.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from ..core.preprocess import check_image
 YUNET_DIR = WEIGHTS_DIR / "yunet"
 YUNET_MODEL = YUNET_DIR / "yunet_s_640_640.onnx"
 BOX_MAP = YUNET_DIR / "box_map.json"
+DETECTOR_ENGINES = ("auto", "onnxruntime", "opencv")
 
 
 @dataclass
@@ -96,6 +101,78 @@ def load_box_map(path: str | Path = BOX_MAP) -> Optional[np.ndarray]:
 
 
 # -- the detector --------------------------------------------------------------------------------------------
+class YuNetOnnxRuntime:
+    """YuNet on onnxruntime, returning what ``cv2.FaceDetectorYN.detect`` returns: (N, 15) float32 rows of
+    x, y, w, h, 5 landmarks (x, y), score, best first.
+
+    The shipped ONNX declares a 640x640 input, but its Reshapes use -1 and its Resizes scale by 2, so with the
+    input's height and width made symbolic it runs at any size that is a multiple of 32. The frame is padded
+    at the bottom and right to one, as OpenCV does; decode and NMS follow OpenCV's FaceDetectorYN
+    (score = sqrt(cls * obj); centres and landmarks on the stride grid; sizes exp(.) * stride; NMS on integer
+    boxes), so both engines find the same faces.
+    """
+
+    STRIDES = (8, 16, 32)
+
+    def __init__(self, path: Path, score_threshold: float, nms_threshold: float, top_k: int,
+                 threads: Optional[int] = None):
+        import onnx
+        import onnxruntime as ort
+
+        model = onnx.load(str(path))
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "height", "width"  # replaces the fixed 640s (a oneof)
+        for out in model.graph.output:
+            out.type.tensor_type.ClearField("shape")  # anchor counts follow the input size
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        self._sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self._input = self._sess.get_inputs()[0].name
+        self._outputs = [o.name for o in self._sess.get_outputs()]
+        self.score_threshold, self.nms_threshold, self.top_k = score_threshold, nms_threshold, top_k
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        h, w = frame.shape[:2]
+        ph, pw = (h - 1) // 32 * 32 + 32, (w - 1) // 32 * 32 + 32
+        blob = np.zeros((1, 3, ph, pw), np.float32)
+        blob[0, :, :h, :w] = frame.transpose(2, 0, 1)
+        outs = dict(zip(self._outputs, self._sess.run(None, {self._input: blob})))
+        rows = []
+        for s in self.STRIDES:
+            cols = pw // s
+            score = np.sqrt(np.clip(outs[f"cls_{s}"].reshape(-1), 0, 1) * np.clip(outs[f"obj_{s}"].reshape(-1), 0, 1))
+            idx = np.flatnonzero(score >= self.score_threshold)  # NMS drops the rest anyway
+            c = (idx % cols).astype(np.float32)[:, None]
+            r = (idx // cols).astype(np.float32)[:, None]
+            bb = outs[f"bbox_{s}"].reshape(-1, 4)[idx]
+            kp = outs[f"kps_{s}"].reshape(-1, 10)[idx]
+            size = np.exp(bb[:, 2:4]) * s
+            centre = (np.concatenate([c, r], 1) + bb[:, :2]) * s
+            marks = np.empty_like(kp)
+            marks[:, 0::2] = (kp[:, 0::2] + c) * s
+            marks[:, 1::2] = (kp[:, 1::2] + r) * s
+            rows.append(np.concatenate([centre - size / 2, size, marks, score[idx, None]], 1))
+        faces = np.concatenate(rows).astype(np.float32)
+        if len(faces) > 1:
+            # OpenCV runs NMS on integer boxes (cv::Rect2i); the same here, so overlaps match to the pixel.
+            keep = cv2.dnn.NMSBoxes(np.trunc(faces[:, :4]).astype(np.int32).tolist(), faces[:, 14].tolist(),
+                                    self.score_threshold, self.nms_threshold, top_k=self.top_k)
+            faces = faces[np.asarray(keep, np.int64).reshape(-1)]
+        return faces
+
+
+def _onnxruntime_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+    except ImportError:  # an import hook that refuses the name (a locked-down device) says no too
+        return False
+
+
 class FaceDetector:
     """YuNet through ``cv2.FaceDetectorYN``.
 
@@ -110,7 +187,8 @@ class FaceDetector:
 
     def __init__(self, model: str | Path | None = None, score_threshold: float = 0.4, nms_threshold: float = 0.3,
                  top_k: int = 50, largest_only: bool = False, min_size: float = 0.0, pad="auto",
-                 upscale_below: int = 200, box_map: str | Path | None = "default", threads: Optional[int] = None):
+                 upscale_below: int = 200, box_map: str | Path | None = "default", threads: Optional[int] = None,
+                 engine: str = "auto"):
         path = Path(model) if model is not None else YUNET_MODEL
         if not path.is_file():
             raise EdgefaceError(f"face detector model {path} does not exist")
@@ -123,13 +201,26 @@ class FaceDetector:
         self.largest_only, self.min_size, self.pad = bool(largest_only), float(min_size), pad
         self.upscale_below = int(upscale_below)
         self.coef = load_box_map(BOX_MAP if box_map == "default" else box_map) if box_map is not None else None
-        if threads is not None:
-            cv2.setNumThreads(int(threads))
-        self._yn = quiet_opencv(lambda: cv2.FaceDetectorYN.create(str(path), "", (320, 320), self.score_threshold,
-                                                            self.nms_threshold, self.top_k))
-        self._size = (320, 320)
+        if engine not in DETECTOR_ENGINES:
+            raise EdgefaceError(f"detector engine must be one of {', '.join(DETECTOR_ENGINES)}, got {engine!r}")
+        if engine == "onnxruntime" and not _onnxruntime_available():
+            raise EdgefaceError("detector engine 'onnxruntime' needs onnxruntime and onnx: pip install 'edgeface[ort]'")
+        self.engine = "onnxruntime" if engine == "auto" and _onnxruntime_available() else (
+            "opencv" if engine == "auto" else engine)
+        self._ort = None
+        if self.engine == "onnxruntime":
+            self._ort = YuNetOnnxRuntime(path, self.score_threshold, self.nms_threshold, self.top_k, threads)
+        else:
+            if threads is not None:
+                cv2.setNumThreads(int(threads))
+            self._yn = quiet_opencv(lambda: cv2.FaceDetectorYN.create(str(path), "", (320, 320),
+                                                                      self.score_threshold, self.nms_threshold,
+                                                                      self.top_k))
+            self._size = (320, 320)
 
     def _run(self, frame: np.ndarray) -> np.ndarray:
+        if self._ort is not None:
+            return self._ort.detect(frame)
         h, w = frame.shape[:2]
         if (w, h) != self._size:
             self._yn.setInputSize((w, h))
@@ -186,7 +277,8 @@ class FaceDetector:
         return np.stack([c[:, 0] - side / 2, c[:, 1] - side / 2, side, side], axis=1).astype(np.float32)
 
     def info(self) -> dict:
-        return {"detector": "yunet (cv2.FaceDetectorYN)", "model": self.model.name,
+        how = "onnxruntime, OpenCV's decode and NMS" if self.engine == "onnxruntime" else "cv2.FaceDetectorYN"
+        return {"detector": f"yunet ({how})", "engine": self.engine, "model": self.model.name,
                 "score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold,
                 "largest_only": self.largest_only, "min_size": self.min_size, "pad": self.pad,
                 "upscale_below": self.upscale_below,

@@ -112,6 +112,23 @@ def test_detector_engines_find_the_same_faces(shared_data):
         FaceDetector(engine="tflite")
 
 
+def test_detector_engine_refuses_foreign_models(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07not an onnx model at all")
+    with pytest.raises(EdgefaceError, match="not a readable ONNX"):
+        FaceDetector(junk, engine="onnxruntime")
+    import onnx
+    from onnx import TensorProto, helper
+
+    other = tmp_path / "other.onnx"  # a valid ONNX without YuNet's outputs
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["out"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 32, 32])])
+    onnx.save(helper.make_model(graph), str(other))
+    with pytest.raises(EdgefaceError, match="YuNet's input and outputs"):
+        FaceDetector(other, engine="onnxruntime")
+
+
 def _face(x, yaw=0.0):
     return Face((x, 10.0, 50.0, 50.0), [(0.0, 0.0)] * 5, 0.9, (x, 10.0, 50.0, 50.0), 0.1, yaw, 0.0, 0.0)
 

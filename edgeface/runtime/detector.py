@@ -119,7 +119,16 @@ class YuNetOnnxRuntime:
         import onnx
         import onnxruntime as ort
 
-        model = onnx.load(str(path))
+        try:
+            model = onnx.load(str(path))
+        except Exception as e:  # protobuf's DecodeError and friends: a corrupt or foreign file
+            raise EdgefaceError(f"face detector model {path} is not a readable ONNX file ({type(e).__name__}); "
+                                f"pass the shipped YuNet or another YuNet ONNX") from None
+        names = {o.name for o in model.graph.output}
+        missing = [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in self.STRIDES if f"{k}_{s}" not in names]
+        if missing or len(model.graph.input) != 1 or len(model.graph.input[0].type.tensor_type.shape.dim) != 4:
+            raise EdgefaceError(f"face detector model {path} does not have YuNet's input and outputs (missing "
+                                f"{', '.join(missing[:3]) or 'a 4-D input'}); use engine='opencv' for it")
         dims = model.graph.input[0].type.tensor_type.shape.dim
         dims[2].dim_param, dims[3].dim_param = "height", "width"  # replaces the fixed 640s (a oneof)
         for out in model.graph.output:
@@ -209,8 +218,13 @@ class FaceDetector:
             "opencv" if engine == "auto" else engine)
         self._ort = None
         if self.engine == "onnxruntime":
-            self._ort = YuNetOnnxRuntime(path, self.score_threshold, self.nms_threshold, self.top_k, threads)
-        else:
+            try:
+                self._ort = YuNetOnnxRuntime(path, self.score_threshold, self.nms_threshold, self.top_k, threads)
+            except EdgefaceError:
+                if engine == "onnxruntime":
+                    raise
+                self.engine = "opencv"  # auto: a model of another layout still runs through OpenCV
+        if self._ort is None:
             if threads is not None:
                 cv2.setNumThreads(int(threads))
             self._yn = quiet_opencv(lambda: cv2.FaceDetectorYN.create(str(path), "", (320, 320),

@@ -67,7 +67,7 @@ def _frame_results(predictor, frames) -> dict:
     import numpy as np
 
     counts, rows = [], []
-    for key in sorted(frames.files, key=lambda k: int(k[1:])):
+    for key in sorted(frames.keys(), key=lambda k: int(k[1:])):  # a dict of frames, or the .npz saved from it
         # OpenCV's detector on both sides (an aarch64 Pi has no onnxruntime): the comparison is ARM vs x86
         faces = predictor.predict_frame(frames[key], engine="opencv")
         counts.append(len(faces))
@@ -94,10 +94,8 @@ def _frame_deviation(got, ref: dict) -> dict:
 def _frames(n_per_set: int = 2):
     """Full val frames (the detector's input) from each set, or none without ../shared/data."""
     import cv2
-    import numpy as np
 
-    from edgeface.deploy.verify import default_verify_data
-    from edgeface.model.data import find_sets, load_samples
+    from edgeface.model.data import default_verify_data, find_sets, load_samples
 
     data = default_verify_data()
     if data is None:
@@ -159,13 +157,6 @@ def _chroot_run(root: Path, cpu: str, fp16: bool, timeout: float) -> dict:
     return report
 
 
-def _save_frames(path: Path, frames: dict) -> Path:
-    import numpy as np
-
-    np.savez(path, **frames)
-    return path
-
-
 def check(root: Path, bundle: Path | None = None, timeout: float = 300.0, log=print) -> dict:
     """The whole comparison; returns the JSON-able report (``passed`` says whether the bounds held)."""
     import numpy as np
@@ -193,14 +184,14 @@ def check(root: Path, bundle: Path | None = None, timeout: float = 300.0, log=pr
             with Predictor(str(bundle)) as p:
                 ref = p.predict(crops)
                 x86_info = p.info()
-                ref_frames = _frame_results(p, np.load(_save_frames(Path(td) / "frames.npz", frames))) if frames else {}
+                ref_frames = _frame_results(p, frames) if frames else {}
         work = root / IN_ROOT.lstrip("/")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         shutil.copytree(bundle, work / "bundle")
         np.save(work / "inputs.npy", crops)
         if frames:
-            _save_frames(work / "frames.npz", frames)
+            np.savez(work / "frames.npz", **frames)
         _copy_source(root)
         report = {"bundle": str(bundle), "inputs": inputs_desc, "n": int(len(crops)), "frames": len(frames),
                   "x86": {"backend": x86_info.get("backend"), "ncnn": x86_info.get("version"),

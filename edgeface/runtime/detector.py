@@ -212,10 +212,10 @@ class FaceDetector:
         self.coef = load_box_map(BOX_MAP if box_map == "default" else box_map) if box_map is not None else None
         if engine not in DETECTOR_ENGINES:
             raise EdgefaceError(f"detector engine must be one of {', '.join(DETECTOR_ENGINES)}, got {engine!r}")
-        if engine == "onnxruntime" and not _onnxruntime_available():
+        available = _onnxruntime_available()
+        if engine == "onnxruntime" and not available:
             raise EdgefaceError("detector engine 'onnxruntime' needs onnxruntime and onnx: pip install 'edgeface[ort]'")
-        self.engine = "onnxruntime" if engine == "auto" and _onnxruntime_available() else (
-            "opencv" if engine == "auto" else engine)
+        self.engine = engine if engine != "auto" else "onnxruntime" if available else "opencv"
         self._ort = None
         if self.engine == "onnxruntime":
             try:

@@ -11,6 +11,7 @@ tests feed them real samples from a Pi or a Jetson.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import platform
@@ -90,6 +91,12 @@ def parse_cpuinfo(text: str) -> dict:
     board = fields.get("model")  # Pi kernels print "Model : Raspberry Pi ..."; on x86 it is a number
     return {"cpu_model": model, "isa_flags": notable,
             "board_model": board if board and not board.isdigit() else None}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_isa_flags() -> frozenset[str]:
+    """This CPU's ISA features of note (``X86_FLAGS_OF_NOTE`` / ``ARM_FLAGS_OF_NOTE``), read once."""
+    return frozenset(parse_cpuinfo(_read("/proc/cpuinfo") or "")["isa_flags"])
 
 
 def x86_int8_without_vnni(cpuinfo: Optional[str] = None, machine: Optional[str] = None) -> bool:

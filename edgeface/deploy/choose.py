@@ -1,9 +1,14 @@
 """Deploy's engine choice: measure the engines a target lists (``measure:``) on the machine the bundle will
 run on, interleaved, at the target's batch size and thread count, and keep the faster.
 
-    measure_engines(artifact, ["onnxruntime", "openvino"], batch=64, threads=1, options={...})
-        -> {"engines": {"onnxruntime": {"images_per_s": ..., "rounds_ips": [...]}, "openvino": {...}}, ...}
-    choose(measurement, default="onnxruntime") -> (engine, reason)
+    measure_engines(artifact, ["onnxruntime", "openvino", "openvino:throughput"], batch=64, threads=None,
+                    options={"openvino": {"hint": "latency"}, "openvino:throughput": {"hint": "throughput"}})
+        -> {"engines": {"onnxruntime": {"images_per_s": ..., "rounds_ips": [...]}, "openvino": {...}, ...}}
+    choose(measurement, default="onnxruntime") -> (candidate, reason)
+
+A candidate is an engine, or "engine:variant" for the same engine with other options (an engine's target
+section names its variants: OpenVINO's other performance hint), so the choice covers how an engine runs as
+well as which one.
 
 Each engine runs the bundle's artifact through ``Predictor`` exactly as the device will (uint8 crops in,
 the target's options), so the figure includes what a user pays. The engines take turns in short slices
@@ -33,8 +38,8 @@ MIN_MARGIN = 0.03       # a win smaller than this (relative) is within noise: th
 
 def measure_engines(artifact: str | Path, engines: list[str], *, batch: int, threads: Optional[int],
                     options: Optional[dict] = None, seconds: float = DEFAULT_SECONDS, seed: int = 0) -> dict:
-    """Images/s of each engine on ``artifact`` at ``batch`` and ``threads``; see the module docstring.
-    ``options``: {engine: runner options} (the target's, as the manifest will hold them)."""
+    """Images/s of each candidate (an engine, or "engine:variant") on ``artifact`` at ``batch`` and ``threads``;
+    see the module docstring. ``options``: {candidate: runner options} (as the manifest will hold them)."""
     options = options or {}
     out: dict = {"batch": batch, "threads": threads, "seconds": seconds, "slice_s": SLICE_S,
                  "machine": platform.node(), "cpu": platform.processor() or platform.machine(),
@@ -43,11 +48,12 @@ def measure_engines(artifact: str | Path, engines: list[str], *, batch: int, thr
     preds: dict[str, Predictor] = {}
     try:
         for name in engines:
-            if not registry.is_installed(name):
-                out["engines"][name] = {"skipped": f"not installed (pip install 'edgeface[{registry.get(name).extra}]')"}
+            engine = engine_of(name)
+            if not registry.is_installed(engine):
+                out["engines"][name] = {"skipped": f"not installed (pip install 'edgeface[{registry.get(engine).extra}]')"}
                 continue
             try:
-                preds[name] = Predictor(str(artifact), backend=name, threads=threads, **options.get(name, {}))
+                preds[name] = Predictor(str(artifact), backend=engine, threads=threads, **options.get(name, {}))
             except EdgefaceError as e:
                 out["engines"][name] = {"skipped": f"failed to load: {e}"}
         if not preds:
@@ -76,7 +82,8 @@ def measure_engines(artifact: str | Path, engines: list[str], *, batch: int, thr
             turn += 1
         for n in names:
             ips = statistics.median(rounds[n])
-            out["engines"][n] = {"images_per_s": round(ips, 1), "ms_per_batch": round(1000 * batch / ips, 4),
+            out["engines"][n] = {"engine": engine_of(n), "options": options.get(n, {}),
+                                 "images_per_s": round(ips, 1), "ms_per_batch": round(1000 * batch / ips, 4),
                                  "rounds_ips": [round(v, 1) for v in rounds[n]],
                                  "info": {k: v for k, v in preds[n].info().items()
                                           if k in ("version", "hint", "requests", "providers", "precision")}}
@@ -86,9 +93,14 @@ def measure_engines(artifact: str | Path, engines: list[str], *, batch: int, thr
     return out
 
 
+def engine_of(candidate: str) -> str:
+    """The engine a measured candidate runs on ("openvino:throughput" -> "openvino")."""
+    return candidate.partition(":")[0]
+
+
 def choose(measurement: dict, default: str) -> tuple[str, str]:
-    """(engine, why): the fastest measured engine; ``default`` when it is within MIN_MARGIN of the fastest or
-    nothing else was measured."""
+    """(candidate, why): the fastest measured candidate; ``default`` when it is within MIN_MARGIN of the fastest
+    or nothing else was measured."""
     measured = {n: r["images_per_s"] for n, r in measurement["engines"].items() if "images_per_s" in r}
     skipped = {n: r["skipped"] for n, r in measurement["engines"].items() if "skipped" in r}
     where = f"batch {measurement['batch']}, threads {measurement['threads'] or 'all'}"
@@ -110,7 +122,9 @@ def choose(measurement: dict, default: str) -> tuple[str, str]:
 
 
 def measure_and_choose(artifact: str | Path, engines: list[str], default: str, **kwargs) -> dict:
-    """``measure_engines`` plus the choice and its reason, as the manifest records them."""
+    """``measure_engines`` plus the choice and its reason, as the manifest records them: ``chosen`` is the
+    engine, ``candidate`` the measured candidate and ``options`` the runner options it was measured with."""
     m = measure_engines(artifact, engines, **kwargs)
-    chosen, reason = choose(m, default)
-    return {**m, "chosen": chosen, "reason": reason}
+    candidate, reason = choose(m, default)
+    return {**m, "chosen": engine_of(candidate), "candidate": candidate,
+            "options": (kwargs.get("options") or {}).get(candidate, {}), "reason": reason}

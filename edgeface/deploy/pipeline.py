@@ -147,6 +147,15 @@ def check_forced_backend(target: dict, backend: str) -> None:
         raise EdgefaceError(f"--backend {backend}: target {target['name']} bundles run on {' or '.join(allowed)}")
 
 
+def chosen_options(target: dict, precision: str, engine: str, choice: Optional[dict]) -> dict:
+    """The runner options a bundle's manifest holds: the target's for ``engine``, with the settings of the
+    candidate the measurement chose (e.g. OpenVINO's throughput hint) in their place."""
+    options = backend_options(target, precision, engine)
+    if choice is not None and not choice.get("forced") and choice.get("chosen") == engine:
+        options.update(choice.get("options") or {})
+    return options
+
+
 def choose_engine(target: dict, artifact: Path, precision: str, *, backend: Optional[str], host: Optional[str],
                   ssh_options: dict, seconds: float) -> tuple[str, Optional[dict]]:
     """(engine, how it was chosen) for the bundle: ``backend`` when given (--backend), else the faster of the
@@ -158,10 +167,17 @@ def choose_engine(target: dict, artifact: Path, precision: str, *, backend: Opti
                          backend != target["backend"] else None)
     if not candidates:
         return target["backend"], None
-    kwargs = dict(engines=candidates, default=target["backend"], batch=int(target["batch"]),
-                  threads=target["threads"] or None, seconds=seconds,
-                  options={c: {k: v for k, v in backend_options(target, precision, c).items() if k != "threads"}
-                           for c in candidates})
+    batch, threads = int(target["batch"]), target["threads"] or None
+    options = {c: {k: v for k, v in backend_options(target, precision, c).items() if k != "threads"}
+               for c in candidates}
+    for c in list(candidates):  # an engine's other settings worth measuring here (OpenVINO's other hint)
+        section = registry.get(c).target
+        if section is not None and section.measure_variants is not None:
+            for variant, settings in section.measure_variants(target[c], threads, batch):
+                candidates.append(f"{c}:{variant}")
+                options[f"{c}:{variant}"] = section.runner_options(settings, precision)
+    kwargs = dict(engines=candidates, default=target["backend"], batch=batch, threads=threads, seconds=seconds,
+                  options=options)
     if host:
         from .remote import measure_remote
 
@@ -254,7 +270,7 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                 steps.note(f"engine: {engine} ({choice['reason']})")
             manifest_args = dict(
                 target=name, backend=engine, precision=precision, artifact=artifact, engine_choice=choice,
-                target_recipe=target, options=backend_options(target, precision, engine), input_kind=input_kind,
+                target_recipe=target, options=chosen_options(target, precision, engine, choice), input_kind=input_kind,
                 calibration=calibration, calib_cache=calib_cache,
                 source={"model": source.label, "qat": source.qat, "model_version": source.meta.get("version")},
                 weights_terms=source.terms)

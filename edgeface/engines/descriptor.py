@@ -46,6 +46,9 @@ class TargetSection:
     defaults: Mapping[str, Any]
     runner_options: Callable[[dict, str], dict]
     check: Callable[[dict, str], None] = _no_check
+    # (section, threads, batch) -> [(variant, section)]: other settings of this section that deploy measures
+    # against the target's own when it chooses by measuring (OpenVINO's other performance hint)
+    measure_variants: Optional[Callable[[dict, Optional[int], int], list[tuple[str, dict]]]] = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class Engine:
     preferred_on: tuple[str, ...] = ()  # device kinds where backend="auto" picks it first
     auto_min_batch: int = 0            # >0: on those devices, backend="auto" prefers it only from this batch
     #                                    size on, and then before the others preferred there (OpenVINO on x86)
+    auto_fp32_isa: tuple[str, ...] = ()  # non-empty: for an FP32 artifact that preference also needs one of these
+    #                                      CPU features (OpenVINO's FP32 kernels win with AVX-512, lose on AVX2)
     device_build: bool = False         # the device builds what it runs from the bundle's format (TensorRT);
     #                                    False: it loads the bundle's format as it is (OpenVINO reads the ONNX)
     legacy_suffixes: tuple[str, ...] = ()  # older names of its artifact, still recognised

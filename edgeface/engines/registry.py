@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
+from ..core.device import cpu_isa_flags
 from ..core.errors import EdgefaceError, MissingBackendError
 from . import ncnn, onnxruntime, openvino, tensorrt, torch
 from .descriptor import Engine
@@ -113,14 +114,20 @@ def with_int8() -> list[Engine]:
     return [e for e in ENGINES if e.int8 is not None]
 
 
-def auto_order(engines, device: str, batch: int = 1) -> list[Engine]:
+def auto_order(engines, device: str, batch: int = 1, precision: str | None = None,
+               isa_flags=None) -> list[Engine]:
     """``engines`` in the order backend="auto" tries them on ``device`` for batches of ``batch`` (stable
     otherwise): first those preferred there from a batch size ``batch`` reaches (``auto_min_batch``: OpenVINO
-    on x86 from batch 8), then the others preferred there, then the rest. An engine whose
-    ``auto_min_batch`` the batch does not reach is not preferred at all."""
+    on x86 from batch 8; for an FP32 artifact, ``auto_fp32_isa``, only on a CPU with AVX-512), then the others
+    preferred there, then the rest. An engine whose condition does not hold is not preferred at all.
+    ``precision``: the artifact's ("fp32" when unknown); ``isa_flags``: the CPU's (default: this one's)."""
     def rank(e: Engine) -> int:
         if device not in e.preferred_on or batch < e.auto_min_batch:
             return 2
+        if e.auto_fp32_isa and precision != "int8":
+            flags = cpu_isa_flags() if isa_flags is None else isa_flags
+            if not set(flags) & set(e.auto_fp32_isa):
+                return 2
         return 0 if e.auto_min_batch else 1
 
     return sorted(engines, key=rank)

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..core.artifact import WEIGHTS_DIR, shipped_artifact
+from ..core.artifact import PRECISION_KEY, WEIGHTS_DIR, read_onnx_metadata, shipped_artifact
 from ..core.device import detect_device
 from ..core.errors import EdgefaceError
 from ..core.limits import check_threads
@@ -86,8 +86,9 @@ class Predictor:
 
     ``backend="auto"``: a bundle runs on the engine its manifest names (deploy chose it, on x86 by measuring
     onnxruntime against OpenVINO), when that engine is installed here. Any other artifact runs on the first
-    installed engine that loads it, preferring this device kind's engines; on x86 that is onnxruntime for
-    ``batch`` (the batch size you expect to run; default 1) below 8, OpenVINO from 8 on (docs/engines.md).
+    installed engine that loads it, preferring this device kind's engines. On x86 that is onnxruntime, except
+    OpenVINO from ``batch`` (the batch size you expect to run; default 1) 8 on for an INT8 ONNX, and for an
+    FP32 one on a CPU with AVX-512 (docs/engines.md has the measurements behind the rule).
 
     ``precision`` and extra keyword ``options`` go to the backend (e.g. ncnn ``fp16=False``, ``vulkan=True``;
     onnxruntime ``providers=[...]``; openvino ``hint="throughput"``).
@@ -354,10 +355,23 @@ def _choose_engine(kind: Engine, backend: str, path: Path, batch: int = 1) -> st
             raise EdgefaceError(f"{path.name} is an artifact of format {kind.format!r}, which backend {backend!r} "
                                 f"cannot run; use backend={' or '.join(repr(e.name) for e in fits)} ({hint})")
         return backend
-    for engine in registry.auto_order(fits, detect_device(), batch):
+    precision = _artifact_precision(path, kind) if any(e.auto_fp32_isa for e in fits) else None
+    for engine in registry.auto_order(fits, detect_device(), batch, precision):
         if _installed(engine):
             return engine.name
     raise EdgefaceError(f"{path.name} needs the {fits[0].name} backend: pip install 'edgeface[{fits[0].extra}]'")
+
+
+def _artifact_precision(path: Path, kind: Engine) -> str | None:
+    """What an ONNX says it holds ("fp32", "int8": its metadata), which decides whether OpenVINO is preferred
+    at large batches (``registry.auto_order``); None for other formats. An unreadable file is the engine's to
+    report when it loads."""
+    if kind.format != "onnx":
+        return None
+    try:
+        return read_onnx_metadata(path).get(PRECISION_KEY, "fp32")
+    except (EdgefaceError, ImportError):
+        return None
 
 
 def artifact_engine(path: str | Path) -> Engine:

@@ -6,7 +6,7 @@ onnxruntime runs, from the same calibration) and its own IR (``edgeface export -
     ir.py       the IR's ModelSpec file beside model.xml (read without OpenVINO)
 
 onnxruntime wins at batch 1 on x86, OpenVINO at large batches (docs/engines.md has the figures), so
-``backend="auto"`` on x86 prefers it from ``AUTO_MIN_BATCH`` on, and ``deploy --target x86`` measures both
+``backend="auto"`` on x86 prefers it from ``AUTO_MIN_BATCH`` on (FP32 only with AVX-512), and ``deploy --target x86`` measures both
 on the machine the bundle runs on and records its choice in the manifest.
 """
 from __future__ import annotations
@@ -15,7 +15,13 @@ from ...core.errors import EdgefaceError
 from ..descriptor import Engine, Int8Form, TargetSection
 
 HINTS = ("latency", "throughput")
-AUTO_MIN_BATCH = 8  # backend="auto" on x86 prefers OpenVINO over onnxruntime from this batch size on
+# backend="auto" on x86 (a bare ONNX; a bundle follows deploy's measurement) prefers OpenVINO over
+# onnxruntime from batch AUTO_MIN_BATCH on: always for the INT8 Q/DQ (1.28x onnxruntime's INT8 at batch 8,
+# 1.43x at 64 on an AVX2-only EPYC), and for FP32 only on a CPU with AVX-512 (1.83x at 64 on an AVX-512 VNNI
+# Zen 4; 0.81x on the AVX2 EPYC). docs/engines.md has both runs.
+AUTO_MIN_BATCH = 8
+AUTO_FP32_ISA = ("avx512f",)
+MIN_CHUNK = 8  # a batch is split over async infer requests only into pieces of at least this many crops
 
 
 def _check_target(section: dict, where: str) -> None:
@@ -23,6 +29,17 @@ def _check_target(section: dict, where: str) -> None:
         raise EdgefaceError(f"{where}: field 'openvino.hint' is {section['hint']!r}; choose one of {', '.join(HINTS)}")
     if not isinstance(section["requests"], int) or section["requests"] < 0:
         raise EdgefaceError(f"{where}: field 'openvino.requests' must be an integer >= 0 (0 = OpenVINO's optimum)")
+
+
+def _measure_variants(section: dict, threads, batch: int) -> list[tuple[str, dict]]:
+    """The other performance hint, where it can differ: the throughput hint runs several streams only with
+    more than one thread (``threads`` None = all cores), and a batch is split over its requests only into
+    pieces of MIN_CHUNK crops. Measured here: 1.19x the latency hint for the INT8 Q/DQ at batch 64 on 2
+    threads, 0.8x at batch 8 (docs/engines.md), so neither hint wins everywhere."""
+    if (threads is not None and threads < 2) or batch < 2 * MIN_CHUNK:
+        return []
+    other = "throughput" if section["hint"] == "latency" else "latency"
+    return [(other, {**section, "hint": other})]
 
 
 def _runner_options(section: dict, precision: str) -> dict:
@@ -55,7 +72,8 @@ ENGINE = Engine(
     # hint: OpenVINO's PERFORMANCE_HINT; requests: infer requests a batch is split over (0: one for the
     # latency hint, OpenVINO's optimum for the throughput hint).
     target=TargetSection(defaults={"hint": "latency", "requests": 0}, runner_options=_runner_options,
-                         check=_check_target),
+                         check=_check_target, measure_variants=_measure_variants),
     preferred_on=("x86",),
     auto_min_batch=AUTO_MIN_BATCH,
+    auto_fp32_isa=AUTO_FP32_ISA,
 )

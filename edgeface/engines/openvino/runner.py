@@ -16,8 +16,8 @@ from ...core.errors import EdgefaceError
 from ...core.preprocess import input_affine
 from ...core.spec import FLOAT_NCHW, UINT8_NHWC
 from ..base import Backend
+from . import MIN_CHUNK
 
-MIN_CHUNK = 8  # a batch is split over async requests only into pieces of at least this many crops
 
 
 def fold_preprocess(model, spec):

@@ -605,3 +605,83 @@ def test_export_refuses_a_model_that_answers_nan(tmp_path, fmt):
     out = tmp_path / "out"
     _one_line_error(_cli("export", tmp_path / "nan.pt", "--format", fmt, "--out", out, timeout=300), "non-finite")
     assert not out.exists()
+
+
+# -- 6. found by the bad-input probe (round 2) -----------------------------------------------------------------
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares width x height: a few hundred bytes that would decode to gigabytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10000))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_image_bombs_are_refused_from_their_header(tmp_path):
+    """A 2.6 MB PNG declaring 30000 x 30000 used to decode to 5 GB (60000 x 60000: a cv2.error traceback)."""
+    from edgeface.core.preprocess import image_header_size, read_image
+
+    for side in (30000, 60000):
+        p = _png_header_only(tmp_path / f"bomb{side}.png", side, side)
+        t0 = time.monotonic()
+        with pytest.raises(EdgefaceError, match="declares") as e:
+            read_image(p)
+        assert time.monotonic() - t0 < 2 and "\n" not in str(e.value)
+    with pytest.raises(EdgefaceError, match="folder"):
+        read_image(tmp_path)
+    img = np.zeros((123, 457, 3), np.uint8)
+    for ext in ("png", "jpg", "bmp", "webp", "tif", "ppm"):
+        cv2.imwrite(str(tmp_path / f"h.{ext}"), img)
+        assert image_header_size(tmp_path / f"h.{ext}") == (457, 123), ext
+        assert read_image(tmp_path / f"h.{ext}").shape == (123, 457, 3)
+    _one_line_error(_cli("predict", "default", tmp_path / "bomb60000.png", "--crops"), "declares")
+
+
+def test_outputs_never_replace_an_input(tmp_path):
+    """`--json` / `--draw` / `--stats-cache` naming an input used to overwrite it (bench --json model.onnx replaced
+    the model with its own report)."""
+    model = tmp_path / "model.onnx"
+    shutil.copy(Path(__file__).resolve().parents[1] / "edgeface" / "weights" / "default.onnx", model)
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), np.full((112, 112, 3), 90, np.uint8))
+    img2 = tmp_path / "face2.png"
+    cv2.imwrite(str(img2), np.full((112, 112, 3), 120, np.uint8))
+    before = {p: p.read_bytes() for p in (model, img, img2)}
+    _one_line_error(_cli("predict", model, img, "--crops", "--json", img), "input")
+    _one_line_error(_cli("predict", model, img, img2, "--draw", tmp_path), "input")  # --draw DIR beside the images
+    _one_line_error(_cli("bench", model, "--batch", "1", "--iters", "1", "--json", model), "input")
+    _one_line_error(_cli("quantize", model, "--calib", tmp_path, "--stats-cache", model, "--out", tmp_path / "q"),
+                    "input")
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (tmp_path / "q").exists()
+
+
+def test_bench_report_never_replaces_a_users_readme(tmp_path):
+    from edgeface.bench.report import check_report_dir, markdown_summary
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("# my project\n")
+    with pytest.raises(EdgefaceError, match="README.md"):
+        check_report_dir(notes)
+    _one_line_error(_cli("bench", "x.onnx", "--report", notes), "README.md")
+    assert (notes / "README.md").read_text() == "# my project\n"
+    old = tmp_path / "old-report"
+    old.mkdir()
+    (old / "README.md").write_text(markdown_summary([], []))
+    check_report_dir(old)  # an earlier report is replaced
+    check_report_dir(tmp_path / "new")
+
+
+def test_numeric_options_out_of_range(tmp_path):
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), np.full((112, 112, 3), 90, np.uint8))
+    _one_line_error(_cli("quantize", "--calib", tmp_path, "--max-drop", "nan", "--out", tmp_path / "q"), "--max-drop")
+    _one_line_error(_cli("predict", "default", img, "--max-frames", "0"), "--max-frames")
+    _one_line_error(_cli("deploy", "--target", "x86", "--batch", "100000000", "--out", tmp_path / "b"), "--batch")
+    assert not (tmp_path / "q").exists() and not (tmp_path / "b").exists()

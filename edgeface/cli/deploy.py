@@ -53,7 +53,12 @@ def command(target: str = typer.Option(..., "--target", "-t",
     The bundle (manifest.json + artifacts) runs with `Predictor("BUNDLE")` on the device; Jetson bundles carry
     ONNX and build their TensorRT engine there (`edgeface build BUNDLE`).
     """
-    check_output_file(json_out, "--json")
+    check_output_file(json_out, "--json", inputs=[model, calib, verify_data, sign, identity, known_hosts, target])
+    if batch is not None:  # before any work: a batch that cannot fit would fail after the export, in numpy
+        from ..core.limits import check_batch
+        from ..core.spec import ModelSpec
+
+        check_batch(batch, ModelSpec().input_size)
     check_output_dir(out, "--out")
     from rich.markup import escape
 

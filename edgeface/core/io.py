@@ -18,8 +18,9 @@ from typing import Any, Iterator
 _CHUNK = 1 << 20
 
 
-def check_output_file(path: str | Path | None, what: str) -> None:
-    """An output file path the user gave: not a folder, and no file where its folder should be."""
+def check_output_file(path: str | Path | None, what: str, inputs=()) -> None:
+    """An output file path the user gave: not a folder, no file where its folder should be, and not one of
+    the command's ``inputs`` (``--json model.onnx`` would replace the model it measures with its report)."""
     from .errors import EdgefaceError
 
     if path is None:
@@ -32,6 +33,25 @@ def check_output_file(path: str | Path | None, what: str) -> None:
             if not parent.is_dir():
                 raise EdgefaceError(f"{what} {p}: {parent} is a file, not a folder; choose another path")
             break
+    check_not_an_input(p, what, inputs)
+
+
+def check_not_an_input(path: str | Path, what: str, inputs) -> None:
+    """``path`` (about to be written) is none of ``inputs`` (paths, or None), links and ``./`` spellings included."""
+    from .errors import EdgefaceError
+
+    for src in inputs:
+        if src is not None and same_file(path, src):
+            raise EdgefaceError(f"{what} {path} is also an input of this command ({src}); writing it would destroy "
+                                f"that input: choose another path")
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one existing file (False when either is missing or unreadable)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def check_output_dir(path: str | Path | None, what: str) -> None:

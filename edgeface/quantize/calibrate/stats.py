@@ -207,7 +207,9 @@ def load_stats(path: str | Path, keys: dict | None = None) -> ActivationStats:
     except FileNotFoundError:
         raise EdgefaceError(f"statistics cache {path} does not exist") from None
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, json.JSONDecodeError) as e:
-        raise EdgefaceError(f"statistics cache {path} is corrupt ({type(e).__name__}); {fix}") from None
+        # Not "delete it": a path that is not a cache at all may be the user's own file (a typo for the model).
+        raise EdgefaceError(f"{path} is corrupt or not an edgeface statistics cache ({type(e).__name__}); pass "
+                            f"--stats-cache a new file name (it is created) or a cache an earlier run wrote") from None
     t = len(names)
     if not isinstance(header, dict) or lo.shape != (t,) or hi.shape != (t,) or hist.shape != (t, 2 * BINS):
         raise EdgefaceError(f"statistics cache {path} is corrupt (array shapes do not agree); {fix}")

@@ -685,3 +685,34 @@ def test_numeric_options_out_of_range(tmp_path):
     _one_line_error(_cli("predict", "default", img, "--max-frames", "0"), "--max-frames")
     _one_line_error(_cli("deploy", "--target", "x86", "--batch", "100000000", "--out", tmp_path / "b"), "--batch")
     assert not (tmp_path / "q").exists() and not (tmp_path / "b").exists()
+
+
+def test_csv_files_the_csv_module_refuses(tmp_path):
+    """A field over the csv module's 128 kB limit used to end in a _csv.Error traceback (labels and boxes)."""
+    from edgeface.cli.predict import read_boxes_csv
+    from edgeface.model.data import load_samples
+
+    (tmp_path / "labels.csv").write_text("file,x,y,w,h,yaw\na.png,1,2,30,30," + "1" * 200000 + "\n")
+    with pytest.raises(EdgefaceError, match="line 2 is not CSV") as e:
+        load_samples(tmp_path, split=None)
+    assert "\n" not in str(e.value)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("file,x,y,w,h\na.png,1,2,30," + "3" * 200000 + "\n")
+    with pytest.raises(EdgefaceError, match="not CSV"):
+        read_boxes_csv(boxes)
+
+
+@pytest.mark.parametrize("col,value", [("yaw", "abc"), ("blur", "0,5"), ("t_pitch", "12deg")])
+def test_labels_that_are_not_numbers(tmp_path, col, value):
+    """A typo in a label used to read as 'unknown' (NaN) silently: the row dropped out of the metrics."""
+    from edgeface.model.data import load_samples
+
+    row = {"file": "a.png", "x": "1", "y": "1", "w": "10", "h": "10", "yaw": "1", "pitch": "2", "roll": "3",
+           "t_pitch": "", "blur": "0.5"}
+    row[col] = value
+    (tmp_path / "labels.csv").write_text(",".join(row) + "\n" + ",".join(f'"{v}"' for v in row.values()) + "\n")
+    with pytest.raises(EdgefaceError, match=f"{col} .* is not a number"):
+        load_samples(tmp_path, split=None)
+    row[col] = "nan" if col != "blur" else ""  # NaN and empty stay 'unknown'
+    (tmp_path / "labels.csv").write_text(",".join(row) + "\n" + ",".join(f'"{v}"' for v in row.values()) + "\n")
+    assert len(load_samples(tmp_path, split=None)) == 1

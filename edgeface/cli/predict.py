@@ -2,8 +2,6 @@
 frame for videos and cameras, with a track id); faces are detected unless --boxes or --crops say where they are."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Optional
@@ -12,7 +10,8 @@ import numpy as np
 import typer
 
 from ..core.errors import EdgefaceError
-from ..core.recipe import read_text_utf8
+from ..core.limits import short
+from ..core.recipe import read_csv_utf8
 from ..engines import registry
 from .output import check_output_dir, check_output_file, out_console, write_json
 
@@ -24,17 +23,16 @@ def read_boxes_csv(path: Path) -> dict[str, list[tuple[float, float, float, floa
     if not path.exists():
         raise EdgefaceError(f"boxes file {path} does not exist")
     boxes: dict[str, list] = {}
-    with io.StringIO(read_text_utf8(path, "boxes file"), newline="") as fh:
-        reader = csv.DictReader(fh)
-        need = {"file", "x", "y", "w", "h"}
-        if not reader.fieldnames or need - set(reader.fieldnames):
-            raise EdgefaceError(f"{path} needs a header with columns file,x,y,w,h (got {reader.fieldnames})")
-        for i, row in enumerate(reader, start=2):
-            try:
-                box = tuple(float(row[k]) for k in ("x", "y", "w", "h"))
-            except (TypeError, ValueError):
-                raise EdgefaceError(f"{path} line {i}: x, y, w, h must be numbers") from None
-            boxes.setdefault(row["file"], []).append(box)
+    fieldnames, rows = read_csv_utf8(path, "boxes file")
+    need = {"file", "x", "y", "w", "h"}
+    if not fieldnames or need - set(fieldnames):
+        raise EdgefaceError(f"{path} needs a header with columns file,x,y,w,h (got {short(fieldnames)})")
+    for i, row in enumerate(rows, start=2):
+        try:
+            box = tuple(float(row[k]) for k in ("x", "y", "w", "h"))
+        except (TypeError, ValueError):
+            raise EdgefaceError(f"{path} line {i}: x, y, w, h must be numbers") from None
+        boxes.setdefault(row["file"], []).append(box)
     return boxes
 
 

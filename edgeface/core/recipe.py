@@ -63,6 +63,22 @@ def read_text_utf8(path: Path, what: str) -> str:
         raise EdgefaceError(f"{what} {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
+def read_csv_utf8(path: Path, what: str) -> tuple[list[str], list[dict]]:
+    """(header, rows as dicts) of a CSV file the user wrote, UTF-8 (see ``read_text_utf8``); one line naming the
+    file and line when the csv module refuses it (a field over its 128 kB limit, a quote left open)."""
+    import csv
+    import io
+
+    text = read_text_utf8(path, what)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+    except csv.Error as e:
+        raise EdgefaceError(f"{what} {path} line {reader.line_num + 1} is not CSV ({e}); write it as comma-separated "
+                            f"text with a header line") from None
+
+
 def _typename(t) -> str:
     return t.__name__ if isinstance(t, type) else " or ".join(x.__name__ for x in t)
 

@@ -12,7 +12,6 @@ or ``BANK_VERSION`` give a new digest and a rebuild. Building uses every core, w
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -26,6 +25,7 @@ import numpy as np
 
 from ..core.errors import EdgefaceError
 from ..core.preprocess import context_crop, read_image
+from ..core.recipe import read_csv_utf8
 from ..core.spec import ModelSpec
 from .data import csv_float
 from .profiling import N_MESH_POINTS, profile_face
@@ -106,8 +106,7 @@ def read_sources(folder: Path, split: str, cfg: BankConfig) -> list[Source]:
     labels = folder / "labels.csv"
     if not labels.is_file():
         raise EdgefaceError(f"{labels} is missing; render sources need a labels.csv with teacher columns")
-    with open(labels, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    _, rows = read_csv_utf8(labels, "labels file")
     mesh, ok = read_mesh_file(folder, [r.get("file", "") for r in rows])
     out = []
     for i, r in enumerate(rows):

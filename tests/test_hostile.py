@@ -716,3 +716,133 @@ def test_labels_that_are_not_numbers(tmp_path, col, value):
     row[col] = "nan" if col != "blur" else ""  # NaN and empty stay 'unknown'
     (tmp_path / "labels.csv").write_text(",".join(row) + "\n" + ",".join(f'"{v}"' for v in row.values()) + "\n")
     assert len(load_samples(tmp_path, split=None)) == 1
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"threads": 100000}, "threads"),        # onnxruntime started 100000 threads: 16 GB and minutes
+    ({"threads": -1}, "threads"),
+    ({"upscale_below": 100000}, "upscale_below"),  # a 10 x 10 frame enlarged to 30 GB
+    ({"top_k": -1}, "top_k"),
+    ({"top_k": "a"}, "top_k"),
+    ({"min_size": float("nan")}, "min_size"),      # silently kept every face
+    ({"min_size": "a"}, "min_size"),
+    ({"score_threshold": "a"}, "score_threshold"),
+    ({"pad": True}, "pad"),
+    ({"box_map": "missing.json"}, "does not exist"),  # silently fell back to raw boxes
+    ({"box_map": 5}, "box_map"),
+])
+def test_face_detector_options(tmp_path, options, match):
+    from edgeface.runtime.detector import FaceDetector
+
+    with pytest.raises(EdgefaceError, match=match) as e:
+        FaceDetector(**options)
+    assert "\n" not in str(e.value)
+
+
+def test_face_detector_bad_files(tmp_path):
+    from edgeface.runtime.detector import FaceDetector
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage" * 50)
+    for engine in ("auto", "opencv"):  # auto fell back to OpenCV, which raised its own cv2.error
+        with pytest.raises(EdgefaceError, match="YuNet") as e:
+            FaceDetector(junk, engine=engine)
+        assert "\n" not in str(e.value)
+    bad_map = tmp_path / "box_map.json"
+    for text in ("not json", '{"coef": "abc"}', "[" * 100000):
+        bad_map.write_text(text)
+        with pytest.raises(EdgefaceError, match="box map"):
+            FaceDetector(box_map=bad_map)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda P, a: P(123), "path"),
+    (lambda P, a: P([a]), "path"),
+    (lambda P, a: P(a, precision="bogus"), "precision"),  # was ignored
+    (lambda P, a: P(a, batch=True), "batch"),
+])
+def test_predictor_arguments(arts, call, match):
+    from edgeface.runtime.predictor import Predictor
+
+    with pytest.raises(EdgefaceError, match=match):
+        call(Predictor, arts["onnx"])
+
+
+@pytest.mark.parametrize("call,match", [
+    # 200000 boxes were cropped, stacked and converted to float: the process was killed for memory
+    (lambda p: p.predict_image(np.zeros((200, 200, 3), np.uint8), np.tile([[10, 10, 50, 50]], (200000, 1))),
+     "number of boxes"),
+    (lambda p: p.predict([np.zeros((2, 2, 3), np.uint8)] * 200000), "number of crops"),
+    (lambda p: p.predict(np.zeros((200000, 2, 2, 3), np.uint8)), "number of crops"),
+    (lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), np.array([[1 + 1j, 2, 3, 4]])), "numbers"),
+    (lambda p: p.predict_frame(np.zeros((50, 50, 3), np.uint8), foo=1), "foo"),
+    (lambda p: p.predict_frame(np.zeros((50, 50, 3), np.uint8), detector="yunet"), "FaceDetector"),
+])
+def test_predictor_api_bad_input_round_2(onnx_pred, call, match, monkeypatch):
+    from edgeface.core import limits
+
+    monkeypatch.setattr(limits, "available_memory", lambda: 16 << 30)  # the same answer on any machine
+    with pytest.raises(EdgefaceError, match=match) as e:
+        call(onnx_pred)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda m: m.__setitem__("calib_cache", {"a": 1}), "calib_cache"),    # TypeError: unhashable
+    (lambda m: m.__setitem__("calib_cache", ["x"]), "calib_cache"),
+    (lambda m: (m.__setitem__("target", "rpi"), m.__setitem__("target_recipe", [1])), "target_recipe"),  # AttributeError
+    (lambda m: m.__setitem__("backend", "evil"), "does not know"),      # said: pip install 'edgeface[evil]'
+    (lambda m: m.__setitem__("target", "x" * 10000), "not a device name"),  # a 10 kB error line
+    (lambda m: m.__setitem__("input_kind", [1]), "input_kind"),          # was ignored
+])
+def test_resealed_manifest_fields_of_the_wrong_type(arts, tmp_path, change, match):
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    _edit_manifest(d, change, reseal=True)
+    with pytest.raises(EdgefaceError, match=match) as e:
+        Predictor(d)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_ncnn_spec_file_hostile(tmp_path):
+    from edgeface.core.artifact import WEIGHTS_DIR
+    from edgeface.runtime.predictor import Predictor
+
+    pytest.importorskip("ncnn")
+    for name, text in [("deep", "[" * 100000 + "]" * 100000), ("blobs", None)]:
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy(WEIGHTS_DIR / "default.ncnn.param", d / "model.ncnn.param")
+        shutil.copy(WEIGHTS_DIR / "default.ncnn.bin", d / "model.ncnn.bin")
+        if text is None:  # blobs as a list: AttributeError in the runner
+            data = json.loads((WEIGHTS_DIR / "default.spec.json").read_text())
+            data["blobs"] = ["input"]
+            text = json.dumps(data)
+        (d / "model.spec.json").write_text(text)
+        with pytest.raises(EdgefaceError, match="nested|blobs") as e:
+            Predictor(d / "model.ncnn.param")
+        assert "\n" not in str(e.value)
+
+
+def test_target_and_bench_numbers_bounded(tmp_path):
+    import yaml
+
+    from edgeface.bench.frames import tile
+    from edgeface.bench.runner import BenchConfig
+    from edgeface.deploy.targets import TARGETS_DIR, load_target
+
+    base = yaml.safe_load((TARGETS_DIR / "x86.yaml").read_text())
+    for change, match in [({"batch": 100000000}, "batch"),  # deploy measured at it: a MemoryError traceback
+                          ({"verify": {**base["verify"], "fp32": {**base["verify"]["fp32"], "pose_max_abs": float("nan")}}},
+                           "pose_max_abs")]:  # a NaN budget passed every verification
+        p = tmp_path / "t.yaml"
+        p.write_text(yaml.safe_dump({**base, **change}))
+        with pytest.raises(EdgefaceError, match=match):
+            load_target(p)
+    for kw, match in [({"duration": float("nan")}, "--duration"), ({"duration": 1e9}, "--duration"),
+                      ({"iters": 10**9}, "--iters")]:
+        with pytest.raises(EdgefaceError, match=match):
+            BenchConfig(artifacts=[__file__], batches=[1], **kw).check()
+    with pytest.raises(EdgefaceError, match="--faces"):  # 100000 faces tiled a 63000 x 63000 frame
+        tile([np.zeros((4000, 4000, 3), np.uint8)], 16)

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from ..core.errors import EdgefaceError
 from ..engines import registry
 from .output import check_output_dir, check_output_file, console, out_console, write_json
 
@@ -54,11 +55,11 @@ def command(target: str = typer.Option(..., "--target", "-t",
     ONNX and build their TensorRT engine there (`edgeface build BUNDLE`).
     """
     check_output_file(json_out, "--json", inputs=[model, calib, verify_data, sign, identity, known_hosts, target])
-    if batch is not None:  # before any work: a batch that cannot fit would fail after the export, in numpy
-        from ..core.limits import check_batch
-        from ..core.spec import ModelSpec
+    if batch is not None:  # before any work: 1e8 failed after the export, allocating terabytes in numpy
+        from ..deploy.targets import MAX_TARGET_BATCH
 
-        check_batch(batch, ModelSpec().input_size)
+        if not 1 <= batch <= MAX_TARGET_BATCH:
+            raise EdgefaceError(f"--batch must be from 1 to {MAX_TARGET_BATCH}, got {batch}")
     check_output_dir(out, "--out")
     from rich.markup import escape
 

@@ -161,9 +161,13 @@ def check_boxes(boxes) -> np.ndarray:
     float64 (N, 4). Values are checked per box, against the image, by ``check_box``."""
     if isinstance(boxes, (dict, str, bytes, set)):
         raise EdgefaceError(f"boxes must be an (N, 4) array of x, y, w, h, got a {type(boxes).__name__}")
+    import warnings
+
     try:
-        b = np.asarray(boxes, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError):
+        with warnings.catch_warnings():  # complex boxes would lose their imaginary part without a word
+            warnings.simplefilter("error", getattr(np, "exceptions", np).ComplexWarning)
+            b = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError, getattr(np, "exceptions", np).ComplexWarning):
         raise EdgefaceError("boxes must be an (N, 4) array of numbers x, y, w, h in pixels") from None
     if b.size == 0:
         return np.zeros((0, 4), np.float64)
@@ -320,10 +324,13 @@ def _tiff_size(order: bytes, fh) -> tuple[int, int] | None:
 
 def check_crops(crops, spec: ModelSpec, rgb: bool = False) -> np.ndarray:
     """One crop, a list of crops, or an (N, H, W, 3) array -> contiguous uint8 (N, S, S, 3) BGR batch."""
+    from .limits import check_batch
+
     s = spec.input_size
     if isinstance(crops, (list, tuple)):
         if len(crops) == 0:
             raise EdgefaceError("empty batch: pass at least one crop")
+        check_batch(len(crops), s, "number of crops")  # before stacking: the float copies of 1e5 crops are 60 GB
         crops = [_one_crop(c, s) for c in crops]
         batch = np.stack(crops)
     elif isinstance(crops, np.ndarray):
@@ -332,6 +339,7 @@ def check_crops(crops, spec: ModelSpec, rgb: bool = False) -> np.ndarray:
         elif crops.ndim == 4:
             if crops.shape[0] == 0:
                 raise EdgefaceError("empty batch: pass at least one crop")
+            check_batch(crops.shape[0], s, "number of crops")
             if crops.shape[3] != 3:
                 raise EdgefaceError(f"crops have shape {crops.shape}; expected (N, H, W, 3) uint8 BGR")
             batch = crops if crops.shape[1:3] == (s, s) else np.stack([_one_crop(c, s) for c in crops])

@@ -846,3 +846,38 @@ def test_target_and_bench_numbers_bounded(tmp_path):
             BenchConfig(artifacts=[__file__], batches=[1], **kw).check()
     with pytest.raises(EdgefaceError, match="--faces"):  # 100000 faces tiled a 63000 x 63000 frame
         tile([np.zeros((4000, 4000, 3), np.uint8)], 16)
+
+
+def test_export_never_replaces_a_foreign_file(tmp_path):
+    """`export --out DIR` replaced DIR/model.onnx even when it was the user's own file, not an edgeface artifact."""
+    from edgeface.export import export
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "model.onnx").write_text("my own model\n")
+    with pytest.raises(EdgefaceError, match="not an edgeface artifact"):
+        export("onnx", None, out)
+    assert (out / "model.onnx").read_text() == "my own model\n"
+    (out / "model.onnx").unlink()
+    (out / "model.onnx").mkdir()
+    with pytest.raises(EdgefaceError, match="not a file"):
+        export("onnx", None, out)
+
+
+def test_unusable_cache_folder_fails_before_collecting(tmp_path, monkeypatch):
+    """EDGEFACE_CACHE naming a file failed only after the statistics were collected (minutes on a real set)."""
+    from edgeface.quantize.calibrate import stats
+
+    called = []
+    monkeypatch.setattr(stats, "collect_statistics", lambda *a, **k: called.append(1))
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("x")
+
+    class Calib:
+        fingerprint = "f" * 64
+        crops = None
+
+    model = Path(__file__).resolve().parents[1] / "edgeface" / "weights" / "default.onnx"
+    with pytest.raises(EdgefaceError, match="is a file"):
+        stats.load_or_collect(model, Calib(), ModelSpec(), cache_dir=blocker / "calibration")
+    assert not called

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.errors import EdgefaceError
-from ...core.io import atomic_path, sha256_file
+from ...core.io import atomic_path, check_output_file, sha256_file
 from ...core.preprocess import to_input
 from ...core.spec import ModelSpec
 
@@ -231,6 +231,9 @@ def load_or_collect(model_path: str | Path, calib, spec: ModelSpec, cache_path: 
     path = Path(cache_path) if cache_path else cache_path_for(keys, cache_dir)
     if path.exists():
         return load_stats(path, keys), path, True
+    # Before the minutes of collection, not after: a cache folder that cannot be made (EDGEFACE_CACHE naming a file).
+    check_output_file(path, "--stats-cache" if cache_path else
+                      f"statistics cache (in {'$EDGEFACE_CACHE' if os.environ.get('EDGEFACE_CACHE') else 'the cache folder'})")
     stats = collect_statistics(model_path, calib.crops, spec, progress=progress)
     stats.header = dict(keys, tensors=len(stats.names))
     save_stats(stats, path, keys)

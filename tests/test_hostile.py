@@ -881,3 +881,17 @@ def test_unusable_cache_folder_fails_before_collecting(tmp_path, monkeypatch):
     with pytest.raises(EdgefaceError, match="is a file"):
         stats.load_or_collect(model, Calib(), ModelSpec(), cache_dir=blocker / "calibration")
     assert not called
+
+
+def test_build_numbers_checked_before_tensorrt(tmp_path):
+    """`build --max-batch 100000000` reached TensorRT's builder; now one line, even where TensorRT is absent."""
+    from edgeface.engines.tensorrt.build import check_build_numbers
+
+    check_build_numbers(1024, 1, 8, 64)
+    for args in [(1024, 1, 8, 10**8), (1024, 0, 8, 64), (1024, 8, 4, 64), (-5, 1, 8, 64), (1 << 40, 1, 8, 64),
+                 (1024, True, 8, 64)]:
+        with pytest.raises(EdgefaceError, match="batch profile|workspace"):
+            check_build_numbers(*args)
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    _one_line_error(_cli("build", onnx, "--max-batch", "100000000"), "batch profile")

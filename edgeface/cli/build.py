@@ -42,6 +42,9 @@ def command(bundle: Path = typer.Argument(..., help="Jetson bundle folder (from 
 
     if not bundle.exists():
         raise EdgefaceError(f"{bundle} does not exist; pass a bundle folder from `edgeface deploy --target jetson`")
+    from ..engines.tensorrt.build import check_build_numbers
+
+    check_build_numbers(workspace_mb or 1024, min_batch, opt_batch, max_batch)
     trt = import_tensorrt()   # the one-line "TensorRT is not installed here" before any other work
     if bundle.is_dir():
         from ..runtime.bundle import engine_cache_dir, open_bundle

@@ -895,3 +895,17 @@ def test_build_numbers_checked_before_tensorrt(tmp_path):
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"x")
     _one_line_error(_cli("build", onnx, "--max-batch", "100000000"), "batch profile")
+
+
+def test_trusted_keys_variable_that_names_no_key_fails_closed(arts, tmp_path, monkeypatch):
+    """EDGEFACE_TRUSTED_KEYS=':' (a typo) read as 'no keys', so the device ran unsigned bundles."""
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    for value in (":", " : :: "):
+        monkeypatch.setenv("EDGEFACE_TRUSTED_KEYS", value)
+        with pytest.raises(EdgefaceError, match="names no key"):
+            Predictor(d)
+    monkeypatch.setenv("EDGEFACE_TRUSTED_KEYS", "")  # set but empty: the usual way to switch it off
+    with Predictor(d, threads=1):
+        pass

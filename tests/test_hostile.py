@@ -909,3 +909,33 @@ def test_trusted_keys_variable_that_names_no_key_fails_closed(arts, tmp_path, mo
     monkeypatch.setenv("EDGEFACE_TRUSTED_KEYS", "")  # set but empty: the usual way to switch it off
     with Predictor(d, threads=1):
         pass
+
+
+def test_mesh_npz_shapes_checked_from_headers(tmp_path):
+    """mesh.npz arrays were decompressed before their shapes were checked: a 1 MB file declaring a (200000, 468,
+    3) mesh of zeros took 1.1 GB and 5 s (a 50 MB one, 50 GB)."""
+    import io
+    import zipfile
+
+    from edgeface.model.render_bank import N_MESH_POINTS, read_mesh_file
+
+    def npy(a):
+        b = io.BytesIO()
+        np.save(b, a)
+        return b.getvalue()
+
+    rows = 20000
+    with zipfile.ZipFile(tmp_path / "mesh.npz", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("files.npy", npy(np.array(["a", "b"])))
+        zf.writestr("ok.npy", npy(np.ones(2, bool)))
+        with zf.open("mesh.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False,
+                                                      "shape": (rows, N_MESH_POINTS, 3)})
+            for _ in range(rows):
+                fh.write(bytes(N_MESH_POINTS * 3 * 4))
+    with pytest.raises(EdgefaceError, match="declares") as e:
+        read_mesh_file(tmp_path, ["a", "b"])
+    assert "\n" not in str(e.value)
+    np.savez(tmp_path / "mesh.npz", files=np.array(["a", "b"]), mesh=np.zeros((2, N_MESH_POINTS, 3), np.float32),
+             ok=np.ones(2, bool))
+    assert read_mesh_file(tmp_path, ["a", "b"])[1].all()

@@ -80,18 +80,48 @@ def cache_root() -> Path:
     return Path(os.environ.get("EDGEFACE_CACHE") or Path.home() / ".cache" / "edgeface")
 
 
+def npz_shapes(path: Path) -> dict[str, tuple] | None:
+    """{array name: shape} read from the .npy headers inside an .npz (nothing decompressed beyond the headers);
+    None when it is not a readable zip of .npy files (np.load then names the problem)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            shapes = {}
+            for info in zf.infolist()[:64]:
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                            np.lib.format.read_array_header_2_0)
+                    shapes[info.filename[:-4]] = tuple(read(fh)[0])
+            return shapes
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+
+
 def read_mesh_file(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """``folder/mesh.npz`` checked against the rows of ``labels.csv`` (``files``, in order): (mesh, ok)."""
     path = folder / "mesh.npz"
     if not path.is_file():
         raise EdgefaceError(f"{path} is missing; face profiling needs the data pack's mesh.npz beside labels.csv")
+    n = len(files)
+    # Shapes from the arrays' headers, before any is decompressed: zeros compress 1000:1, so a 5 MB file can
+    # declare a 5 GB mesh.
+    want = {"files": (n,), "mesh": (n, N_MESH_POINTS, 3), "ok": (n,)}
+    declared = npz_shapes(path)
+    if declared is not None and any(declared.get(k, want[k]) != want[k] for k in want):
+        got = ", ".join(f"{k} {declared.get(k)}" for k in want)
+        raise EdgefaceError(f"{path} declares {got[:200]} where {folder / 'labels.csv'} needs "
+                            f"{', '.join(f'{k} {v}' for k, v in want.items())}; use the mesh.npz made for this "
+                            f"labels.csv")
     try:
         with np.load(path, allow_pickle=False) as z:
             stored, mesh, ok = z["files"], z["mesh"], z["ok"]
     except Exception as e:  # zipfile, pickle, KeyError and ValueError all mean the same thing to a user
         raise EdgefaceError(f"{path} is not a readable mesh file ({type(e).__name__}); it needs arrays files, "
                             f"mesh (N, {N_MESH_POINTS}, 3) and ok (N,); restore it from the data pack") from None
-    n = len(files)
     if mesh.ndim != 3 or mesh.shape[1:] != (N_MESH_POINTS, 3) or ok.shape != (len(mesh),) or stored.shape != (len(mesh),):
         raise EdgefaceError(f"{path} has mesh {mesh.shape}, ok {ok.shape}, files {stored.shape}; expected "
                             f"({n}, {N_MESH_POINTS}, 3), ({n},), ({n},); restore it from the data pack")

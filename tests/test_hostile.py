@@ -939,3 +939,38 @@ def test_mesh_npz_shapes_checked_from_headers(tmp_path):
     np.savez(tmp_path / "mesh.npz", files=np.array(["a", "b"]), mesh=np.zeros((2, N_MESH_POINTS, 3), np.float32),
              ok=np.ones(2, bool))
     assert read_mesh_file(tmp_path, ["a", "b"])[1].all()
+
+
+def test_stats_cache_shapes_checked_from_headers(tmp_path, monkeypatch):
+    """--stats-cache FILE: its arrays were decompressed before their shapes were compared (a zip bomb of zeros)."""
+    import io
+    import zipfile
+
+    from edgeface.quantize.calibrate.stats import BINS, load_stats, save_stats, stats_from_arrays
+
+    def npy(a):
+        b = io.BytesIO()
+        np.save(b, a)
+        return b.getvalue()
+
+    good = tmp_path / "good.npz"
+    save_stats(stats_from_arrays({"a": np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)}), good, {})
+    assert load_stats(good).names == ["a"]
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, a in (("header", np.array("{}")), ("names", np.array(["a"])), ("minimum", np.zeros(1)),
+                        ("maximum", np.zeros(1))):
+            zf.writestr(f"{name}.npy", npy(a))
+        with zf.open("hist.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<i8", "fortran_order": False, "shape": (2000, 2 * BINS)})
+            for _ in range(2000):
+                fh.write(bytes(2 * BINS * 8))
+    real = np.load
+
+    def guarded(*a, **k):  # the real np.load, refusing to be reached for the bomb
+        assert Path(a[0]) != bomb, "the bomb was opened for decompression"
+        return real(*a, **k)
+
+    monkeypatch.setattr(np, "load", guarded)
+    with pytest.raises(EdgefaceError, match="shapes do not agree"):
+        load_stats(bomb)

@@ -138,6 +138,29 @@ def read_text_file(path: str | Path, what: str, fix: str, encoding: str = "utf-8
         raise EdgefaceError(f"{what} {p} is not text ({encoding}; a binary or foreign file?); {fix}") from None
 
 
+def npz_shapes(path: str | Path) -> dict[str, tuple] | None:
+    """{array name: shape} read from the .npy headers inside an .npz (nothing decompressed beyond the headers);
+    None when it is not a readable zip of .npy files (np.load then names the problem)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            shapes = {}
+            for info in zf.infolist()[:64]:
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                            np.lib.format.read_array_header_2_0)
+                    shapes[info.filename[:-4]] = tuple(read(fh)[0])
+            return shapes
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import EdgefaceError
+from ..core.io import npz_shapes
 from ..core.preprocess import context_crop, read_image
 from ..core.recipe import read_csv_utf8
 from ..core.spec import ModelSpec
@@ -78,27 +79,6 @@ class Source:
 
 def cache_root() -> Path:
     return Path(os.environ.get("EDGEFACE_CACHE") or Path.home() / ".cache" / "edgeface")
-
-
-def npz_shapes(path: Path) -> dict[str, tuple] | None:
-    """{array name: shape} read from the .npy headers inside an .npz (nothing decompressed beyond the headers);
-    None when it is not a readable zip of .npy files (np.load then names the problem)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            shapes = {}
-            for info in zf.infolist()[:64]:
-                if not info.filename.endswith(".npy"):
-                    continue
-                with zf.open(info) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
-                            np.lib.format.read_array_header_2_0)
-                    shapes[info.filename[:-4]] = tuple(read(fh)[0])
-            return shapes
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return None
 
 
 def read_mesh_file(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -20,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from ...core.errors import EdgefaceError
-from ...core.io import atomic_path, check_output_file, sha256_file
+from ...core.io import atomic_path, check_output_file, npz_shapes, sha256_file
 from ...core.preprocess import to_input
 from ...core.spec import ModelSpec
 
 STATS_VERSION = 1
 BINS = 2048  # per side of zero; entropy folds |x| into 2048 bins -> 128 quantized bins (TensorRT's choice)
+MAX_STATS_TENSORS = 100_000  # activation tensors of one model: a few hundred for edgeface's
 DEFAULT_CACHE_DIR = Path(os.environ.get("EDGEFACE_CACHE", Path.home() / ".cache" / "edgeface")) / "calibration"
 
 
@@ -199,6 +201,13 @@ def load_stats(path: str | Path, keys: dict | None = None) -> ActivationStats:
     """Read a statistics cache; EdgefaceError when it is corrupt or was made for something else."""
     path = Path(path)
     fix = f"delete {path} (it is recomputed) or pass another --stats-cache"
+    shapes = npz_shapes(path) if path.is_file() else None
+    if shapes is not None:  # from the headers, before decompressing: a small file can declare gigabytes of zeros
+        t = (shapes.get("names") or (0,))[0]
+        want = {"names": (t,), "minimum": (t,), "maximum": (t,), "hist": (t, 2 * BINS)}
+        if t > MAX_STATS_TENSORS or any(shapes.get(k, v) != v for k, v in want.items()) \
+                or math.prod(shapes.get("header", ())) > 1:
+            raise EdgefaceError(f"statistics cache {path} is corrupt (array shapes do not agree); {fix}")
     try:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))

@@ -295,7 +295,8 @@ class FaceDetector:
         h, w = frame.shape[:2]
         p = int(round(pad * max(h, w)))
         if (h + 2 * p) * (w + 2 * p) > MAX_DETECT_PIXELS:  # shrink before padding: the border costs memory too
-            return self._run_shrunk(frame, MAX_DETECT_PIXELS * h * w // ((h + 2 * p) * (w + 2 * p)),
+            # 2 % under the limit, so the border rounded on the shrunk frame cannot tip it over again
+            return self._run_shrunk(frame, int(0.98 * MAX_DETECT_PIXELS * h * w / ((h + 2 * p) * (w + 2 * p))),
                                     lambda f: self._run_padded(f, pad))
         big = cv2.copyMakeBorder(frame, p, p, p, p, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         faces = self._run(big)

@@ -974,3 +974,24 @@ def test_stats_cache_shapes_checked_from_headers(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "load", guarded)
     with pytest.raises(EdgefaceError, match="shapes do not agree"):
         load_stats(bomb)
+
+
+def test_pickle_with_code_is_one_line_and_runs_nothing(tmp_path):
+    """A pickle that runs code when loaded: refused by weights_only; torch's warning used to add lines to stderr."""
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(Evil(), protocol=4))
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), np.full((112, 112, 3), 90, np.uint8))
+    r = _cli("predict", evil, img, "--crops")
+    _one_line_error(r, "not a readable edgeface checkpoint")
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
+    assert not marker.exists()

@@ -995,3 +995,23 @@ def test_pickle_with_code_is_one_line_and_runs_nothing(tmp_path):
     _one_line_error(r, "not a readable edgeface checkpoint")
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["param", "bin"])
+def test_corrupt_ncnn_files_print_one_line(tmp_path, damage):
+    """ncnn printed its own "parse magic failed" / "ModelBin read ... failed" lines above the error line."""
+    from edgeface.core.artifact import WEIGHTS_DIR
+
+    pytest.importorskip("ncnn")
+    shutil.copy(WEIGHTS_DIR / "default.ncnn.param", tmp_path / "model.ncnn.param")
+    shutil.copy(WEIGHTS_DIR / "default.ncnn.bin", tmp_path / "model.ncnn.bin")
+    shutil.copy(WEIGHTS_DIR / "default.spec.json", tmp_path / "model.spec.json")
+    if damage == "param":
+        (tmp_path / "model.ncnn.param").write_text("garbage garbage\n")
+    else:
+        (tmp_path / "model.ncnn.bin").write_bytes((WEIGHTS_DIR / "default.ncnn.bin").read_bytes()[:1000])
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), np.full((112, 112, 3), 90, np.uint8))
+    r = _cli("predict", tmp_path / "model.ncnn.param", img, "--crops")
+    _one_line_error(r, "ncnn cannot")
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr

@@ -161,6 +161,26 @@ def npz_shapes(path: str | Path) -> dict[str, tuple] | None:
         return None
 
 
+def silence_native_stderr(make):
+    """Run ``make`` with file descriptor 2 on /dev/null: native libraries (FFmpeg, ncnn) print their own lines
+    ("moov atom not found", "parse magic failed") that the caller turns into one clear error line."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        return make()
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        return make()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()

@@ -634,6 +634,11 @@ def test_image_bombs_are_refused_from_their_header(tmp_path):
         assert time.monotonic() - t0 < 2 and "\n" not in str(e.value)
     with pytest.raises(EdgefaceError, match="folder"):
         read_image(tmp_path)
+    import os
+
+    os.mkfifo(tmp_path / "fifo.png")  # opening it waited forever for a writer
+    with pytest.raises(EdgefaceError, match="not a regular file"):
+        read_image(tmp_path / "fifo.png")
     img = np.zeros((123, 457, 3), np.uint8)
     for ext in ("png", "jpg", "bmp", "webp", "tif", "ppm"):
         cv2.imwrite(str(tmp_path / f"h.{ext}"), img)

@@ -207,6 +207,8 @@ def read_image(path) -> np.ndarray:
         raise EdgefaceError(f"image {path} does not exist")
     if os.path.isdir(path):
         raise EdgefaceError(f"image {path} is a folder; pass image files")
+    if not os.path.isfile(path):  # a FIFO or a device: opening it would wait (or read) forever
+        raise EdgefaceError(f"image {path} is not a regular file; pass image files")
     size = image_header_size(path)
     if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise EdgefaceError(f"image {path} declares {size[0]} x {size[1]} pixels, more than the "

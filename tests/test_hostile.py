@@ -277,6 +277,11 @@ def test_text_files_not_utf8(tmp_path):
         read_boxes_csv(boxes)
     with pytest.raises(EdgefaceError, match="folder"):
         read_boxes_csv(tmp_path)
+    import os
+
+    os.mkfifo(tmp_path / "fifo.yaml")  # reading it waited forever for a writer
+    with pytest.raises(EdgefaceError, match="not a regular file"):
+        load_yaml(tmp_path / "fifo.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,8 @@ def read_text_utf8(path: Path, what: str) -> str:
     p = Path(path)
     if p.is_dir():
         raise EdgefaceError(f"{what} {p} is a folder; pass a file")
+    if p.exists() and not p.is_file():  # a FIFO or a device: reading it would wait (or read) forever
+        raise EdgefaceError(f"{what} {p} is not a regular file; pass a file")
     try:
         data = p.read_bytes()
     except OSError as e:

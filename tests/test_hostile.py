@@ -279,9 +279,9 @@ def test_text_files_not_utf8(tmp_path):
         read_boxes_csv(tmp_path)
     import os
 
-    os.mkfifo(tmp_path / "fifo.yaml")  # reading it waited forever for a writer
+    os.mkfifo(tmp_path / "fifo.csv")  # reading it waited forever for a writer
     with pytest.raises(EdgefaceError, match="not a regular file"):
-        load_yaml(tmp_path / "fifo.yaml")
+        read_boxes_csv(tmp_path / "fifo.csv")
 
 
 @pytest.fixture(scope="module")

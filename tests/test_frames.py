@@ -86,6 +86,40 @@ def test_predict_frame(two_faces):
             p.predict_frame(np.zeros((0, 0, 3), np.uint8))
 
 
+def test_padded_detection_keeps_box_sizes(two_faces):
+    """The border added for the retry was subtracted from the boxes' w and h too (negative sizes, wrong crops)."""
+    plain, padded = FaceDetector(pad=0).detect(two_faces), FaceDetector(pad=0.5).detect(two_faces)
+    assert len(plain) == len(padded) == 2
+    for a, b in zip(sorted(plain.boxes.tolist()), sorted(padded.boxes.tolist())):
+        assert b[2] > 0 and b[3] > 0 and np.abs(np.subtract(a, b)).max() < 0.1 * a[2], (a, b)
+
+
+def test_large_frames_are_shrunk_for_detection(two_faces, monkeypatch):
+    """A frame over MAX_DETECT_PIXELS is detected shrunk (a 64 MP frame used to take 14 GB), its boxes mapped back
+    to the frame's pixels: the same faces, at the same places."""
+    from edgeface.runtime import detector as detector_module
+
+    det = FaceDetector(pad=0)
+    full = det.detect(two_faces)
+    seen = []
+    real = detector_module.YuNetOnnxRuntime.detect
+
+    def spy(self, frame):
+        seen.append(frame.shape[0] * frame.shape[1])
+        return real(self, frame)
+
+    monkeypatch.setattr(detector_module.YuNetOnnxRuntime, "detect", spy)
+    limit = two_faces.shape[0] * two_faces.shape[1] // 3
+    monkeypatch.setattr(detector_module, "MAX_DETECT_PIXELS", limit)
+    for d in (det, FaceDetector(pad=0.5)):
+        small = d.detect(two_faces)
+        assert seen and max(seen) <= limit, (seen, limit)
+        assert len(small) == len(full) == 2
+        for a, b in zip(sorted(full.boxes.tolist()), sorted(small.boxes.tolist())):
+            assert np.abs(np.subtract(a, b)).max() < 0.15 * a[2], (a, b)  # detected at a third of the size or less
+        seen.clear()
+
+
 # -- tracker and smoothing -----------------------------------------------------------------------------------------
 def test_detector_engines_find_the_same_faces(shared_data):
     """YuNet on onnxruntime (symbolic input size, OpenCV's decode and NMS reproduced) finds what

@@ -277,6 +277,11 @@ def test_text_files_not_utf8(tmp_path):
         read_boxes_csv(boxes)
     with pytest.raises(EdgefaceError, match="folder"):
         read_boxes_csv(tmp_path)
+    import os
+
+    os.mkfifo(tmp_path / "fifo.csv")  # reading it waited forever for a writer
+    with pytest.raises(EdgefaceError, match="not a regular file"):
+        read_boxes_csv(tmp_path / "fifo.csv")
 
 
 @pytest.fixture(scope="module")
@@ -605,3 +610,418 @@ def test_export_refuses_a_model_that_answers_nan(tmp_path, fmt):
     out = tmp_path / "out"
     _one_line_error(_cli("export", tmp_path / "nan.pt", "--format", fmt, "--out", out, timeout=300), "non-finite")
     assert not out.exists()
+
+
+# -- 6. found by the bad-input probe (round 2) -----------------------------------------------------------------
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares width x height: a few hundred bytes that would decode to gigabytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10000))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_image_bombs_are_refused_from_their_header(tmp_path):
+    """A 2.6 MB PNG declaring 30000 x 30000 used to decode to 5 GB (60000 x 60000: a cv2.error traceback)."""
+    from edgeface.core.preprocess import image_header_size, read_image
+
+    for side in (30000, 60000):
+        p = _png_header_only(tmp_path / f"bomb{side}.png", side, side)
+        t0 = time.monotonic()
+        with pytest.raises(EdgefaceError, match="declares") as e:
+            read_image(p)
+        assert time.monotonic() - t0 < 2 and "\n" not in str(e.value)
+    with pytest.raises(EdgefaceError, match="folder"):
+        read_image(tmp_path)
+    import os
+
+    os.mkfifo(tmp_path / "fifo.png")  # opening it waited forever for a writer
+    with pytest.raises(EdgefaceError, match="not a regular file"):
+        read_image(tmp_path / "fifo.png")
+    img = np.zeros((123, 457, 3), np.uint8)
+    for ext in ("png", "jpg", "bmp", "webp", "tif", "ppm"):
+        cv2.imwrite(str(tmp_path / f"h.{ext}"), img)
+        assert image_header_size(tmp_path / f"h.{ext}") == (457, 123), ext
+        assert read_image(tmp_path / f"h.{ext}").shape == (123, 457, 3)
+    _one_line_error(_cli("predict", "default", tmp_path / "bomb60000.png", "--crops"), "declares")
+
+
+def test_outputs_never_replace_an_input(tmp_path):
+    """`--json` / `--draw` / `--stats-cache` naming an input used to overwrite it (bench --json model.onnx replaced
+    the model with its own report)."""
+    model = tmp_path / "model.onnx"
+    shutil.copy(Path(__file__).resolve().parents[1] / "edgeface" / "weights" / "default.onnx", model)
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), np.full((112, 112, 3), 90, np.uint8))
+    img2 = tmp_path / "face2.png"
+    cv2.imwrite(str(img2), np.full((112, 112, 3), 120, np.uint8))
+    before = {p: p.read_bytes() for p in (model, img, img2)}
+    _one_line_error(_cli("predict", model, img, "--crops", "--json", img), "input")
+    _one_line_error(_cli("predict", model, img, img2, "--draw", tmp_path), "input")  # --draw DIR beside the images
+    _one_line_error(_cli("bench", model, "--batch", "1", "--iters", "1", "--json", model), "input")
+    _one_line_error(_cli("quantize", model, "--calib", tmp_path, "--stats-cache", model, "--out", tmp_path / "q"),
+                    "input")
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (tmp_path / "q").exists()
+
+
+def test_bench_report_never_replaces_a_users_readme(tmp_path):
+    from edgeface.bench.report import check_report_dir, markdown_summary
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("# my project\n")
+    with pytest.raises(EdgefaceError, match="README.md"):
+        check_report_dir(notes)
+    _one_line_error(_cli("bench", "x.onnx", "--report", notes), "README.md")
+    assert (notes / "README.md").read_text() == "# my project\n"
+    old = tmp_path / "old-report"
+    old.mkdir()
+    (old / "README.md").write_text(markdown_summary([], []))
+    check_report_dir(old)  # an earlier report is replaced
+    check_report_dir(tmp_path / "new")
+
+
+def test_numeric_options_out_of_range(tmp_path):
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), np.full((112, 112, 3), 90, np.uint8))
+    _one_line_error(_cli("quantize", "--calib", tmp_path, "--max-drop", "nan", "--out", tmp_path / "q"), "--max-drop")
+    _one_line_error(_cli("predict", "default", img, "--max-frames", "0"), "--max-frames")
+    _one_line_error(_cli("deploy", "--target", "x86", "--batch", "100000000", "--out", tmp_path / "b"), "--batch")
+    assert not (tmp_path / "q").exists() and not (tmp_path / "b").exists()
+
+
+def test_csv_files_the_csv_module_refuses(tmp_path):
+    """A field over the csv module's 128 kB limit used to end in a _csv.Error traceback (labels and boxes)."""
+    from edgeface.cli.predict import read_boxes_csv
+    from edgeface.model.data import load_samples
+
+    (tmp_path / "labels.csv").write_text("file,x,y,w,h,yaw\na.png,1,2,30,30," + "1" * 200000 + "\n")
+    with pytest.raises(EdgefaceError, match="line 2 is not CSV") as e:
+        load_samples(tmp_path, split=None)
+    assert "\n" not in str(e.value)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("file,x,y,w,h\na.png,1,2,30," + "3" * 200000 + "\n")
+    with pytest.raises(EdgefaceError, match="not CSV"):
+        read_boxes_csv(boxes)
+
+
+@pytest.mark.parametrize("col,value", [("yaw", "abc"), ("blur", "0,5"), ("t_pitch", "12deg")])
+def test_labels_that_are_not_numbers(tmp_path, col, value):
+    """A typo in a label used to read as 'unknown' (NaN) silently: the row dropped out of the metrics."""
+    from edgeface.model.data import load_samples
+
+    row = {"file": "a.png", "x": "1", "y": "1", "w": "10", "h": "10", "yaw": "1", "pitch": "2", "roll": "3",
+           "t_pitch": "", "blur": "0.5"}
+    row[col] = value
+    (tmp_path / "labels.csv").write_text(",".join(row) + "\n" + ",".join(f'"{v}"' for v in row.values()) + "\n")
+    with pytest.raises(EdgefaceError, match=f"{col} .* is not a number"):
+        load_samples(tmp_path, split=None)
+    row[col] = "nan" if col != "blur" else ""  # NaN and empty stay 'unknown'
+    (tmp_path / "labels.csv").write_text(",".join(row) + "\n" + ",".join(f'"{v}"' for v in row.values()) + "\n")
+    assert len(load_samples(tmp_path, split=None)) == 1
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"threads": 100000}, "threads"),        # onnxruntime started 100000 threads: 16 GB and minutes
+    ({"threads": -1}, "threads"),
+    ({"upscale_below": 100000}, "upscale_below"),  # a 10 x 10 frame enlarged to 30 GB
+    ({"top_k": -1}, "top_k"),
+    ({"top_k": "a"}, "top_k"),
+    ({"min_size": float("nan")}, "min_size"),      # silently kept every face
+    ({"min_size": "a"}, "min_size"),
+    ({"score_threshold": "a"}, "score_threshold"),
+    ({"pad": True}, "pad"),
+    ({"box_map": "missing.json"}, "does not exist"),  # silently fell back to raw boxes
+    ({"box_map": 5}, "box_map"),
+])
+def test_face_detector_options(tmp_path, options, match):
+    from edgeface.runtime.detector import FaceDetector
+
+    with pytest.raises(EdgefaceError, match=match) as e:
+        FaceDetector(**options)
+    assert "\n" not in str(e.value)
+
+
+def test_face_detector_bad_files(tmp_path):
+    from edgeface.runtime.detector import FaceDetector
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage" * 50)
+    for engine in ("auto", "opencv"):  # auto fell back to OpenCV, which raised its own cv2.error
+        with pytest.raises(EdgefaceError, match="YuNet") as e:
+            FaceDetector(junk, engine=engine)
+        assert "\n" not in str(e.value)
+    bad_map = tmp_path / "box_map.json"
+    for text in ("not json", '{"coef": "abc"}', "[" * 100000):
+        bad_map.write_text(text)
+        with pytest.raises(EdgefaceError, match="box map"):
+            FaceDetector(box_map=bad_map)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda P, a: P(123), "path"),
+    (lambda P, a: P([a]), "path"),
+    (lambda P, a: P(a, precision="bogus"), "precision"),  # was ignored
+    (lambda P, a: P(a, batch=True), "batch"),
+])
+def test_predictor_arguments(arts, call, match):
+    from edgeface.runtime.predictor import Predictor
+
+    with pytest.raises(EdgefaceError, match=match):
+        call(Predictor, arts["onnx"])
+
+
+@pytest.mark.parametrize("call,match", [
+    # 200000 boxes were cropped, stacked and converted to float: the process was killed for memory
+    (lambda p: p.predict_image(np.zeros((200, 200, 3), np.uint8), np.tile([[10, 10, 50, 50]], (200000, 1))),
+     "number of boxes"),
+    (lambda p: p.predict([np.zeros((2, 2, 3), np.uint8)] * 200000), "number of crops"),
+    (lambda p: p.predict(np.zeros((200000, 2, 2, 3), np.uint8)), "number of crops"),
+    (lambda p: p.predict_image(np.zeros((50, 50, 3), np.uint8), np.array([[1 + 1j, 2, 3, 4]])), "numbers"),
+    (lambda p: p.predict_frame(np.zeros((50, 50, 3), np.uint8), foo=1), "foo"),
+    (lambda p: p.predict_frame(np.zeros((50, 50, 3), np.uint8), detector="yunet"), "FaceDetector"),
+])
+def test_predictor_api_bad_input_round_2(onnx_pred, call, match, monkeypatch):
+    from edgeface.core import limits
+
+    monkeypatch.setattr(limits, "available_memory", lambda: 16 << 30)  # the same answer on any machine
+    with pytest.raises(EdgefaceError, match=match) as e:
+        call(onnx_pred)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda m: m.__setitem__("calib_cache", {"a": 1}), "calib_cache"),    # TypeError: unhashable
+    (lambda m: m.__setitem__("calib_cache", ["x"]), "calib_cache"),
+    (lambda m: (m.__setitem__("target", "rpi"), m.__setitem__("target_recipe", [1])), "target_recipe"),  # AttributeError
+    (lambda m: m.__setitem__("backend", "evil"), "does not know"),      # said: pip install 'edgeface[evil]'
+    (lambda m: m.__setitem__("target", "x" * 10000), "not a device name"),  # a 10 kB error line
+    (lambda m: m.__setitem__("input_kind", [1]), "input_kind"),          # was ignored
+])
+def test_resealed_manifest_fields_of_the_wrong_type(arts, tmp_path, change, match):
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    _edit_manifest(d, change, reseal=True)
+    with pytest.raises(EdgefaceError, match=match) as e:
+        Predictor(d)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_ncnn_spec_file_hostile(tmp_path):
+    from edgeface.core.artifact import WEIGHTS_DIR
+    from edgeface.runtime.predictor import Predictor
+
+    pytest.importorskip("ncnn")
+    for name, text in [("deep", "[" * 100000 + "]" * 100000), ("blobs", None)]:
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy(WEIGHTS_DIR / "default.ncnn.param", d / "model.ncnn.param")
+        shutil.copy(WEIGHTS_DIR / "default.ncnn.bin", d / "model.ncnn.bin")
+        if text is None:  # blobs as a list: AttributeError in the runner
+            data = json.loads((WEIGHTS_DIR / "default.spec.json").read_text())
+            data["blobs"] = ["input"]
+            text = json.dumps(data)
+        (d / "model.spec.json").write_text(text)
+        with pytest.raises(EdgefaceError, match="nested|blobs") as e:
+            Predictor(d / "model.ncnn.param")
+        assert "\n" not in str(e.value)
+
+
+def test_target_and_bench_numbers_bounded(tmp_path):
+    import yaml
+
+    from edgeface.bench.frames import tile
+    from edgeface.bench.runner import BenchConfig
+    from edgeface.deploy.targets import TARGETS_DIR, load_target
+
+    base = yaml.safe_load((TARGETS_DIR / "x86.yaml").read_text())
+    for change, match in [({"batch": 100000000}, "batch"),  # deploy measured at it: a MemoryError traceback
+                          ({"verify": {**base["verify"], "fp32": {**base["verify"]["fp32"], "pose_max_abs": float("nan")}}},
+                           "pose_max_abs")]:  # a NaN budget passed every verification
+        p = tmp_path / "t.yaml"
+        p.write_text(yaml.safe_dump({**base, **change}))
+        with pytest.raises(EdgefaceError, match=match):
+            load_target(p)
+    for kw, match in [({"duration": float("nan")}, "--duration"), ({"duration": 1e9}, "--duration"),
+                      ({"iters": 10**9}, "--iters")]:
+        with pytest.raises(EdgefaceError, match=match):
+            BenchConfig(artifacts=[__file__], batches=[1], **kw).check()
+    with pytest.raises(EdgefaceError, match="--faces"):  # 100000 faces tiled a 63000 x 63000 frame
+        tile([np.zeros((4000, 4000, 3), np.uint8)], 16)
+
+
+def test_export_never_replaces_a_foreign_file(tmp_path):
+    """`export --out DIR` replaced DIR/model.onnx even when it was the user's own file, not an edgeface artifact."""
+    from edgeface.export import export
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "model.onnx").write_text("my own model\n")
+    with pytest.raises(EdgefaceError, match="not an edgeface artifact"):
+        export("onnx", None, out)
+    assert (out / "model.onnx").read_text() == "my own model\n"
+    (out / "model.onnx").unlink()
+    (out / "model.onnx").mkdir()
+    with pytest.raises(EdgefaceError, match="not a file"):
+        export("onnx", None, out)
+
+
+def test_unusable_cache_folder_fails_before_collecting(tmp_path, monkeypatch):
+    """EDGEFACE_CACHE naming a file failed only after the statistics were collected (minutes on a real set)."""
+    from edgeface.quantize.calibrate import stats
+
+    called = []
+    monkeypatch.setattr(stats, "collect_statistics", lambda *a, **k: called.append(1))
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("x")
+
+    class Calib:
+        fingerprint = "f" * 64
+        crops = None
+
+    model = Path(__file__).resolve().parents[1] / "edgeface" / "weights" / "default.onnx"
+    with pytest.raises(EdgefaceError, match="is a file"):
+        stats.load_or_collect(model, Calib(), ModelSpec(), cache_dir=blocker / "calibration")
+    assert not called
+
+
+def test_build_numbers_checked_before_tensorrt(tmp_path):
+    """`build --max-batch 100000000` reached TensorRT's builder; now one line, even where TensorRT is absent."""
+    from edgeface.engines.tensorrt.build import check_build_numbers
+
+    check_build_numbers(1024, 1, 8, 64)
+    for args in [(1024, 1, 8, 10**8), (1024, 0, 8, 64), (1024, 8, 4, 64), (-5, 1, 8, 64), (1 << 40, 1, 8, 64),
+                 (1024, True, 8, 64)]:
+        with pytest.raises(EdgefaceError, match="batch profile|workspace"):
+            check_build_numbers(*args)
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    _one_line_error(_cli("build", onnx, "--max-batch", "100000000"), "batch profile")
+
+
+def test_trusted_keys_variable_that_names_no_key_fails_closed(arts, tmp_path, monkeypatch):
+    """EDGEFACE_TRUSTED_KEYS=':' (a typo) read as 'no keys', so the device ran unsigned bundles."""
+    from edgeface.runtime.predictor import Predictor
+
+    d = _bundle(arts, tmp_path / "b")
+    for value in (":", " : :: "):
+        monkeypatch.setenv("EDGEFACE_TRUSTED_KEYS", value)
+        with pytest.raises(EdgefaceError, match="names no key"):
+            Predictor(d)
+    monkeypatch.setenv("EDGEFACE_TRUSTED_KEYS", "")  # set but empty: the usual way to switch it off
+    with Predictor(d, threads=1):
+        pass
+
+
+def test_mesh_npz_shapes_checked_from_headers(tmp_path):
+    """mesh.npz arrays were decompressed before their shapes were checked: a 1 MB file declaring a (200000, 468,
+    3) mesh of zeros took 1.1 GB and 5 s (a 50 MB one, 50 GB)."""
+    import io
+    import zipfile
+
+    from edgeface.model.render_bank import N_MESH_POINTS, read_mesh_file
+
+    def npy(a):
+        b = io.BytesIO()
+        np.save(b, a)
+        return b.getvalue()
+
+    rows = 20000
+    with zipfile.ZipFile(tmp_path / "mesh.npz", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("files.npy", npy(np.array(["a", "b"])))
+        zf.writestr("ok.npy", npy(np.ones(2, bool)))
+        with zf.open("mesh.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False,
+                                                      "shape": (rows, N_MESH_POINTS, 3)})
+            for _ in range(rows):
+                fh.write(bytes(N_MESH_POINTS * 3 * 4))
+    with pytest.raises(EdgefaceError, match="declares") as e:
+        read_mesh_file(tmp_path, ["a", "b"])
+    assert "\n" not in str(e.value)
+    np.savez(tmp_path / "mesh.npz", files=np.array(["a", "b"]), mesh=np.zeros((2, N_MESH_POINTS, 3), np.float32),
+             ok=np.ones(2, bool))
+    assert read_mesh_file(tmp_path, ["a", "b"])[1].all()
+
+
+def test_stats_cache_shapes_checked_from_headers(tmp_path, monkeypatch):
+    """--stats-cache FILE: its arrays were decompressed before their shapes were compared (a zip bomb of zeros)."""
+    import io
+    import zipfile
+
+    from edgeface.quantize.calibrate.stats import BINS, load_stats, save_stats, stats_from_arrays
+
+    def npy(a):
+        b = io.BytesIO()
+        np.save(b, a)
+        return b.getvalue()
+
+    good = tmp_path / "good.npz"
+    save_stats(stats_from_arrays({"a": np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)}), good, {})
+    assert load_stats(good).names == ["a"]
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, a in (("header", np.array("{}")), ("names", np.array(["a"])), ("minimum", np.zeros(1)),
+                        ("maximum", np.zeros(1))):
+            zf.writestr(f"{name}.npy", npy(a))
+        with zf.open("hist.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<i8", "fortran_order": False, "shape": (2000, 2 * BINS)})
+            for _ in range(2000):
+                fh.write(bytes(2 * BINS * 8))
+    real = np.load
+
+    def guarded(*a, **k):  # the real np.load, refusing to be reached for the bomb
+        assert Path(a[0]) != bomb, "the bomb was opened for decompression"
+        return real(*a, **k)
+
+    monkeypatch.setattr(np, "load", guarded)
+    with pytest.raises(EdgefaceError, match="shapes do not agree"):
+        load_stats(bomb)
+
+
+def test_pickle_with_code_is_one_line_and_runs_nothing(tmp_path):
+    """A pickle that runs code when loaded: refused by weights_only; torch's warning used to add lines to stderr."""
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(Evil(), protocol=4))
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), np.full((112, 112, 3), 90, np.uint8))
+    r = _cli("predict", evil, img, "--crops")
+    _one_line_error(r, "not a readable edgeface checkpoint")
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["param", "bin"])
+def test_corrupt_ncnn_files_print_one_line(tmp_path, damage):
+    """ncnn printed its own "parse magic failed" / "ModelBin read ... failed" lines above the error line."""
+    from edgeface.core.artifact import WEIGHTS_DIR
+
+    pytest.importorskip("ncnn")
+    shutil.copy(WEIGHTS_DIR / "default.ncnn.param", tmp_path / "model.ncnn.param")
+    shutil.copy(WEIGHTS_DIR / "default.ncnn.bin", tmp_path / "model.ncnn.bin")
+    shutil.copy(WEIGHTS_DIR / "default.spec.json", tmp_path / "model.spec.json")
+    if damage == "param":
+        (tmp_path / "model.ncnn.param").write_text("garbage garbage\n")
+    else:
+        (tmp_path / "model.ncnn.bin").write_bytes((WEIGHTS_DIR / "default.ncnn.bin").read_bytes()[:1000])
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), np.full((112, 112, 3), 90, np.uint8))
+    r = _cli("predict", tmp_path / "model.ncnn.param", img, "--crops")
+    _one_line_error(r, "ncnn cannot")
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr

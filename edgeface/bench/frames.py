@@ -19,6 +19,7 @@ from ..core.errors import EdgefaceError
 from ..core.preprocess import crop_face, read_image
 
 STAGES = ("decode", "detect", "crop", "model", "total")
+MAX_TILED_FACES = 64  # faces per tiled frame: 100000 made a 63000 x 63000 canvas
 
 
 def load_frames(source: Path, limit: int = 32) -> list[np.ndarray]:
@@ -41,11 +42,16 @@ def load_frames(source: Path, limit: int = 32) -> list[np.ndarray]:
 
 def tile(frames: list[np.ndarray], k: int, start: int = 0) -> np.ndarray:
     """k frames (from ``start``, wrapping) in a grid of ceil(sqrt(k)) columns on a grey canvas."""
+    from ..core.limits import MAX_IMAGE_PIXELS
+
     picks = [frames[(start + i) % len(frames)] for i in range(k)]
     cols = int(math.ceil(math.sqrt(k)))
     rows = int(math.ceil(k / cols))
     ch = max(f.shape[0] for f in picks)
     cw = max(f.shape[1] for f in picks)
+    if rows * ch * cols * cw > MAX_IMAGE_PIXELS:
+        raise EdgefaceError(f"--faces {k} tiles these {cw}x{ch} frames into {cols * cw}x{rows * ch} pixels, more than "
+                            f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP; pass fewer faces or smaller frames")
     canvas = np.full((rows * ch, cols * cw, 3), 100, np.uint8)
     for i, f in enumerate(picks):
         r, c = divmod(i, cols)
@@ -93,7 +99,12 @@ def bench_frames(artifacts: list, source: Path, faces: list[int], threads: Optio
     from ..runtime.detector import FaceDetector
     from ..runtime.predictor import Predictor
 
+    for k in faces:  # before loading anything
+        if not 1 <= k <= MAX_TILED_FACES:
+            raise EdgefaceError(f"--faces values must be from 1 to {MAX_TILED_FACES}, got {k}")
     frames = load_frames(source, limit)
+    for k in set(faces):
+        tile(frames, k)  # refuses a tiled frame over the image size limit, before any model is loaded
     detector = FaceDetector(threads=threads)
     rows = []
     for art in artifacts:

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
+from ..core.errors import EdgefaceError
+
 PLOTS = ("latency.png", "throughput.png", "accuracy_latency.png")
 
 
@@ -220,10 +222,35 @@ def plot_accuracy_latency(rows: list[dict], path: Path) -> None:
             ax.set_title(f"Accuracy against latency (n = {n} labelled faces)")
 
 
+REPORT_FILES = ("README.md", "latency.png", "throughput.png", "accuracy_latency.png")
+REPORT_TITLE = "# edgeface bench"
+
+
+def check_report_dir(out_dir: str | Path) -> None:
+    """``--report`` may name a new or empty folder, or one holding an earlier bench report (its README.md starts
+    with the report's title): the report's file names (README.md) must not replace a user's own files."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    readme = out_dir / "README.md"
+    ours = False
+    if readme.is_file() and not readme.is_symlink():
+        try:
+            with open(readme, "rb") as fh:
+                ours = fh.read(len(REPORT_TITLE)).decode("utf-8", "replace") == REPORT_TITLE
+        except OSError:
+            ours = False
+    clash = [n for n in REPORT_FILES if os.path.lexists(out_dir / n)]
+    if clash and not ours:
+        raise EdgefaceError(f"--report {out_dir} holds {', '.join(clash)} that a bench report did not write; "
+                            f"choose a new or empty folder (the report would replace them)")
+
+
 def write_report(rows: list[dict], warnings: list[str], out_dir: str | Path, *, command: str = "",
                  data: Optional[str] = None) -> Path:
     """PNG plots + README.md into ``out_dir`` (built in a temp folder, then moved into place)."""
     out_dir = Path(out_dir)
+    check_report_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bench-report-", dir=out_dir.parent))
     try:
@@ -243,7 +270,7 @@ def markdown_summary(rows: list[dict], warnings: list[str], *, command: str = ""
     dev = rows[0]["device"] if rows else {}
     r0 = rows[0] if rows else {}
     how = (f"{r0.get('iterations')} timed calls" if r0 else "")
-    lines = ["# edgeface bench", ""]
+    lines = [REPORT_TITLE, ""]
     if command:
         lines += ["```", command, "```", ""]
     lines += [f"**Device:** {device_line(dev)}", ""]

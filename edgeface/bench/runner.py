@@ -23,7 +23,7 @@ from ..core import __version__
 from ..core.compare import deviation
 from ..core.device import device_info, is_throttled, pitfall_warnings
 from ..core.errors import EdgefaceError
-from ..core.limits import check_batch, check_threads
+from ..core.limits import check_batch, check_threads, finite, short
 from ..core.io import atomic_path
 from ..core.spec import ModelSpec
 from ..engines import registry
@@ -35,6 +35,9 @@ CONTRACT_KEYS = ("artifact", "backend", "precision", "batch", "threads", "latenc
 ACCURACY_KEYS = ("yaw_mae", "pitch_mae", "roll_mae", "mean_mae", "blur_mae", "blur_spearman", "n")
 VS_REFERENCE_KEYS = ("pose_max_abs", "pose_mean_abs", "blur_max_abs")
 REFERENCE_INPUTS = 64  # synthetic crops for the vs-reference check when no --data is given
+# A typo (--duration 2000000, --iters 1e9) must not hold the machine for days: an hour per configuration at most.
+MAX_DURATION_S = 3600.0
+MAX_ITERS = 1_000_000
 
 
 @dataclass
@@ -66,10 +69,11 @@ class BenchConfig:
             check_threads(t, "--threads")
         for b in self.batches:
             check_batch(b, 112)  # the usual input size; checked again against the artifact's own spec below
-        if self.iters is not None and self.iters < 1:
-            raise EdgefaceError(f"--iters must be ≥ 1, got {self.iters}")
-        if self.iters is None and (self.duration is None or self.duration <= 0):
-            raise EdgefaceError("--duration must be > 0 seconds (or pass --iters N)")
+        if self.iters is not None and not 1 <= self.iters <= MAX_ITERS:
+            raise EdgefaceError(f"--iters must be from 1 to {MAX_ITERS}, got {self.iters}")
+        if self.iters is None and not (finite(self.duration) and 0 < self.duration <= MAX_DURATION_S):
+            raise EdgefaceError(f"--duration must be > 0 and at most {MAX_DURATION_S} seconds (or pass --iters N), "
+                                f"got {short(self.duration)}")
         if self.warmup < 0:
             raise EdgefaceError(f"--warmup must be ≥ 0, got {self.warmup}")
         if self.rounds < 1:

@@ -11,7 +11,7 @@ import typer
 
 from ..core.errors import EdgefaceError
 from ..engines import registry
-from .output import check_output_file, console, out_console, write_json
+from .output import check_output_dir, check_output_file, console, out_console, write_json
 
 NAME = "bench"
 
@@ -73,7 +73,13 @@ def command(
     Artifacts are interleaved in round-robin blocks and each runs in its own process, so machine drift hits
     all alike and memory is attributable. With --host the device's own edgeface does the measuring.
     """
-    check_output_file(json_out, "--json")
+    check_output_file(json_out, "--json", inputs=[*artifacts, data, frames, identity, known_hosts,
+                                                  None if reference in ("auto", "none") else reference])
+    check_output_dir(report, "--report")
+    if report is not None:
+        from ..bench.report import check_report_dir
+
+        check_report_dir(report)
     from ..bench.runner import BenchConfig
 
     if frames is not None:

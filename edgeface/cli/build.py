@@ -35,13 +35,16 @@ def command(bundle: Path = typer.Argument(..., help="Jetson bundle folder (from 
                                                      help="Builder workspace (default: the target's, else 1024)."),
           json_out: Optional[Path] = typer.Option(None, "--json", help="Write what was built as JSON.")):
     """Build and cache the TensorRT engine for this device (needs TensorRT: run it on the Jetson)."""
-    check_output_file(json_out, "--json")
+    check_output_file(json_out, "--json", inputs=[bundle, calib_cache])
     from ..core.artifact import read_engine_record
     from ..engines.tensorrt.build import find_or_build_engine
     from ..engines.tensorrt.library import import_tensorrt, require_version_in_range
 
     if not bundle.exists():
         raise EdgefaceError(f"{bundle} does not exist; pass a bundle folder from `edgeface deploy --target jetson`")
+    from ..engines.tensorrt.build import check_build_numbers
+
+    check_build_numbers(workspace_mb or 1024, min_batch, opt_batch, max_batch)
     trt = import_tensorrt()   # the one-line "TensorRT is not installed here" before any other work
     if bundle.is_dir():
         from ..runtime.bundle import engine_cache_dir, open_bundle

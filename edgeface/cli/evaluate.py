@@ -29,7 +29,7 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint or arti
     With the data pack as --data and split 'val', it also measures the rendered wide-pose val set: the val
     people's near-frontal faces re-rendered at |yaw| 0-90 deg from their meshes (a visible proxy for wide poses).
     """
-    check_output_file(json_out, "--json")
+    check_output_file(json_out, "--json", inputs=[model, *data])
     from ..model.data import find_sets, load_samples
     from ..model.evaluate import evaluate_crops, evaluate_samples, format_table, rendered_val
     from ..runtime.predictor import open_model

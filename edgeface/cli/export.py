@@ -26,7 +26,7 @@ def command(model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt);
            out: Path = typer.Option(Path("export"), "--out", "-o", help="Output folder."),
            json_out: Optional[Path] = typer.Option(None, "--json", help="Write what was exported as JSON.")):
     """Export a checkpoint to a deployable artifact (ModelSpec inside the ONNX, or beside the ncnn files)."""
-    check_output_file(json_out, "--json")
+    check_output_file(json_out, "--json", inputs=[model])
     check_output_dir(out, "--out")
     from ..export import export as run_export
 

@@ -2,8 +2,6 @@
 frame for videos and cameras, with a track id); faces are detected unless --boxes or --crops say where they are."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Optional
@@ -12,9 +10,10 @@ import numpy as np
 import typer
 
 from ..core.errors import EdgefaceError
-from ..core.recipe import read_text_utf8
+from ..core.limits import short
+from ..core.recipe import read_csv_utf8
 from ..engines import registry
-from .output import check_output_file, out_console, write_json
+from .output import check_output_dir, check_output_file, out_console, write_json
 
 NAME = "predict"
 
@@ -24,17 +23,16 @@ def read_boxes_csv(path: Path) -> dict[str, list[tuple[float, float, float, floa
     if not path.exists():
         raise EdgefaceError(f"boxes file {path} does not exist")
     boxes: dict[str, list] = {}
-    with io.StringIO(read_text_utf8(path, "boxes file"), newline="") as fh:
-        reader = csv.DictReader(fh)
-        need = {"file", "x", "y", "w", "h"}
-        if not reader.fieldnames or need - set(reader.fieldnames):
-            raise EdgefaceError(f"{path} needs a header with columns file,x,y,w,h (got {reader.fieldnames})")
-        for i, row in enumerate(reader, start=2):
-            try:
-                box = tuple(float(row[k]) for k in ("x", "y", "w", "h"))
-            except (TypeError, ValueError):
-                raise EdgefaceError(f"{path} line {i}: x, y, w, h must be numbers") from None
-            boxes.setdefault(row["file"], []).append(box)
+    fieldnames, rows = read_csv_utf8(path, "boxes file")
+    need = {"file", "x", "y", "w", "h"}
+    if not fieldnames or need - set(fieldnames):
+        raise EdgefaceError(f"{path} needs a header with columns file,x,y,w,h (got {short(fieldnames)})")
+    for i, row in enumerate(rows, start=2):
+        try:
+            box = tuple(float(row[k]) for k in ("x", "y", "w", "h"))
+        except (TypeError, ValueError):
+            raise EdgefaceError(f"{path} line {i}: x, y, w, h must be numbers") from None
+        boxes.setdefault(row["file"], []).append(box)
     return boxes
 
 
@@ -74,13 +72,15 @@ def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx,
     Full images: the faces are detected (shipped YuNet), one line per face. A video or --camera N streams one
     line per face per frame, with a track id (IoU tracking) and optional --smooth.
     """
-    check_output_file(json_out, "--json")
+    images = list(images or [])
+    check_output_file(json_out, "--json", inputs=[*images, boxes_csv, None if artifact == "default" else artifact])
+    if max_frames is not None and max_frames < 1:
+        raise EdgefaceError(f"--max-frames must be >= 1, got {max_frames}")
     from ..core.preprocess import read_image
     from ..runtime.detector import FaceDetector
     from ..runtime.predictor import Predictor
     from ..runtime.stream import video_frames
 
-    images = list(images or [])
     if not images and camera is None:
         raise EdgefaceError("give images or video files, or --camera N")
     if camera is not None and camera < 0:
@@ -100,6 +100,9 @@ def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx,
         first_cam = next(iter(cam))
         sources.append(camera)
     n_out = len(sources)
+    if draw is not None:
+        _check_draw_targets(draw, [s for s in sources if isinstance(s, Path)], frames, n_out,
+                            inputs=[*images, boxes_csv, None if artifact == "default" else artifact])
     if draw is not None and n_out > 1:
         draw.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -127,11 +130,32 @@ def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx,
                 for i, f in enumerate(faces):
                     emit({"image": str(src), "face": i, **f.as_dict(), **tag})
                 if draw is not None:
-                    _write_image(draw if n_out == 1 else draw / src.name, frame, faces)
+                    _write_image(_draw_path(draw, src, True, n_out), frame, faces)
             else:
                 it = _chain_first(first_cam, cam) if src == camera and not isinstance(src, Path) else video_frames(src)
                 _stream(pred, detector, it, src, smooth, max_frames, draw, n_out, emit, tag)
     write_json(json_out, rows)
+
+
+def _draw_path(draw: Path, src, is_image: bool, n_out: int) -> Path:
+    """Where --draw writes the annotated copy of ``src`` (the rule _write_image and _stream follow)."""
+    if is_image:
+        path = draw if n_out == 1 else draw / Path(src).name
+        return path if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp") else path.with_suffix(".png")
+    out = draw if n_out == 1 else draw / (f"camera{src}" if isinstance(src, int) else Path(src).stem)
+    return out if out.suffix.lower() in VIDEO_SUFFIXES else out.with_suffix(".mp4")
+
+
+def _check_draw_targets(draw: Path, sources: list, frames: dict, n_out: int, inputs: list) -> None:
+    """--draw must not write over an input (``--draw .`` beside the images would replace each one with its
+    annotated copy) nor onto a folder where a file goes."""
+    if n_out == 1:
+        check_output_file(draw if not sources else _draw_path(draw, sources[0], sources[0] in frames, 1), "--draw",
+                          inputs=inputs)
+        return
+    check_output_dir(draw, "--draw")
+    for src in sources:
+        check_output_file(_draw_path(draw, src, src in frames, n_out), "--draw", inputs=inputs)
 
 
 def _chain_first(first, rest):
@@ -155,8 +179,6 @@ def _write_image(path: Path, frame, faces) -> None:
 
     from ..runtime.stream import draw_faces
 
-    if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
-        path = path.with_suffix(".png")
     if not cv2.imwrite(str(path), draw_faces(frame, faces)):
         raise EdgefaceError(f"cannot write {path}")
 
@@ -179,9 +201,7 @@ def _stream(pred, detector, frames, src, smooth, max_frames, draw, n_out, emit, 
                 emit({"video": name, "frame": idx, "t": round(t, 4), "track": tid, "face": i, **f.as_dict(), **tag})
             if draw is not None:
                 if writer is None:
-                    out = draw if n_out == 1 else draw / (f"camera{src}" if isinstance(src, int) else Path(src).stem)
-                    if out.suffix.lower() not in VIDEO_SUFFIXES:
-                        out = out.with_suffix(".mp4")
+                    out = _draw_path(draw, src, False, n_out)
                     h, w = frame.shape[:2]
                     writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), _fps(src), (w, h))
                     if not writer.isOpened():

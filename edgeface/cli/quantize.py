@@ -1,11 +1,13 @@
 """`edgeface quantize`: INT8 per backend from one calibration pass, with an accuracy check."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..core.errors import EdgefaceError
 from ..engines import registry
 from .output import check_output_dir, check_output_file, console, out_console, write_json
 
@@ -28,9 +30,11 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint (.pt) o
              ort_format: str = typer.Option("qdq", "--ort-format", help="onnxruntime form: qdq | qoperator."),
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON.")):
     """INT8 from a calibration set: onnxruntime U8S8, TensorRT Q/DQ + calib.cache, ncnn INT8."""
-    check_output_file(json_out, "--json")
+    check_output_file(json_out, "--json", inputs=[model, calib, eval_data, stats_cache])
     check_output_dir(out, "--out")
-    check_output_file(stats_cache, "--stats-cache")
+    check_output_file(stats_cache, "--stats-cache", inputs=[model, eval_data])
+    if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
+        raise EdgefaceError(f"--max-drop is a pose MAE rise in degrees, >= 0; got {max_drop}")
     from ..quantize import quantize as run
 
     rep = run(model, calib, method=method, backend=backend, num=num, out=out, max_drop=max_drop, analyze=analyze,

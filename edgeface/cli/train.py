@@ -22,7 +22,7 @@ def command(recipe: Path = typer.Option(..., "--recipe", help="Recipe YAML (e.g.
             seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
             json_out: Optional[Path] = typer.Option(None, "--json", help="Write the final val metrics as JSON.")):
     """Train from a recipe (FP32, or quantization-aware with a `kind: qat` recipe)."""
-    check_output_file(json_out, "--json")
+    check_output_file(json_out, "--json", inputs=[recipe, init])
     check_output_dir(out, "--out")
     from ..core.recipe import load_yaml
 

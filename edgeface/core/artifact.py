@@ -106,9 +106,16 @@ def _read_ncnn_spec_file(param_path: str | Path) -> dict:
     if not spec_file.is_file():
         raise EdgefaceError(f"{spec_file.name} (the ModelSpec) is missing beside {param.name}; "
                             f"re-export with `edgeface export --format ncnn`")
-    data = _read_json(spec_file, "re-export with `edgeface export --format ncnn`")
+    fix = "re-export with `edgeface export --format ncnn`"
+    data = _read_json(spec_file, fix)
     if not isinstance(data, dict) or "spec" not in data:
-        raise EdgefaceError(f"{spec_file} holds no ModelSpec; re-export with `edgeface export --format ncnn`")
+        raise EdgefaceError(f"{spec_file} holds no ModelSpec; {fix}")
+    blobs = data.get("blobs", {})
+    if not isinstance(blobs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in blobs.items()):
+        raise EdgefaceError(f"{spec_file} field 'blobs' must map names to ncnn blob names; {fix}")
+    for key in ("precision", "input_kind", "format"):
+        if key in data and not isinstance(data[key], str):
+            raise EdgefaceError(f"{spec_file} field '{key}' must be a string; {fix}")
     return data
 
 
@@ -152,8 +159,10 @@ def spec_beside(path: str | Path) -> dict | None:
         if not cand.is_file():
             continue
         try:
-            data = json.loads(cand.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            if cand.stat().st_size > MAX_SIDE_FILE_BYTES:
+                continue
+            data = json.loads(cand.read_bytes().decode("utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             continue
         if isinstance(data, dict):
             spec = data.get("spec", data if "input_size" in data else None)
@@ -168,8 +177,15 @@ def shipped_artifact(suffix: str, weights_dir: Path | None = None) -> Path:
     return (weights_dir or WEIGHTS_DIR) / f"{SHIPPED_STEM}{suffix}"
 
 
+MAX_SIDE_FILE_BYTES = 4 << 20  # a spec or engine record is a few kB
+
+
 def _read_json(path: Path, fix: str):
+    if path.stat().st_size > MAX_SIDE_FILE_BYTES:
+        raise EdgefaceError(f"{path} is larger than {MAX_SIDE_FILE_BYTES >> 20} MB, not an edgeface side file; {fix}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise EdgefaceError(f"{path} is not valid JSON; {fix}") from None
+    except RecursionError:
+        raise EdgefaceError(f"{path} is nested too deeply to be an edgeface side file; {fix}") from None

@@ -18,8 +18,9 @@ from typing import Any, Iterator
 _CHUNK = 1 << 20
 
 
-def check_output_file(path: str | Path | None, what: str) -> None:
-    """An output file path the user gave: not a folder, and no file where its folder should be."""
+def check_output_file(path: str | Path | None, what: str, inputs=()) -> None:
+    """An output file path the user gave: not a folder, no file where its folder should be, and not one of
+    the command's ``inputs`` (``--json model.onnx`` would replace the model it measures with its report)."""
     from .errors import EdgefaceError
 
     if path is None:
@@ -32,6 +33,25 @@ def check_output_file(path: str | Path | None, what: str) -> None:
             if not parent.is_dir():
                 raise EdgefaceError(f"{what} {p}: {parent} is a file, not a folder; choose another path")
             break
+    check_not_an_input(p, what, inputs)
+
+
+def check_not_an_input(path: str | Path, what: str, inputs) -> None:
+    """``path`` (about to be written) is none of ``inputs`` (paths, or None), links and ``./`` spellings included."""
+    from .errors import EdgefaceError
+
+    for src in inputs:
+        if src is not None and same_file(path, src):
+            raise EdgefaceError(f"{what} {path} is also an input of this command ({src}); writing it would destroy "
+                                f"that input: choose another path")
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one existing file (False when either is missing or unreadable)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def check_output_dir(path: str | Path | None, what: str) -> None:
@@ -116,6 +136,49 @@ def read_text_file(path: str | Path, what: str, fix: str, encoding: str = "utf-8
         return p.read_text(encoding=encoding)
     except UnicodeDecodeError:
         raise EdgefaceError(f"{what} {p} is not text ({encoding}; a binary or foreign file?); {fix}") from None
+
+
+def npz_shapes(path: str | Path) -> dict[str, tuple] | None:
+    """{array name: shape} read from the .npy headers inside an .npz (nothing decompressed beyond the headers);
+    None when it is not a readable zip of .npy files (np.load then names the problem)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            shapes = {}
+            for info in zf.infolist()[:64]:
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                            np.lib.format.read_array_header_2_0)
+                    shapes[info.filename[:-4]] = tuple(read(fh)[0])
+            return shapes
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+
+
+def silence_native_stderr(make):
+    """Run ``make`` with file descriptor 2 on /dev/null: native libraries (FFmpeg, ncnn) print their own lines
+    ("moov atom not found", "parse magic failed") that the caller turns into one clear error line."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        return make()
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        return make()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def sha256_file(path: str | Path) -> str:

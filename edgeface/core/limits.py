@@ -13,6 +13,9 @@ from .errors import EdgefaceError
 
 THREADS_PER_CORE = 4            # threads beyond 4x the cores only add contention
 MAX_BOX_COORD = float(1 << 20)  # |x|, |y|, w, h of a face box, in pixels: no camera makes 1M-pixel sides
+# An image file's width x height, read from its header before decoding: a 2.6 MB PNG can declare 30000 x 30000
+# pixels and take 5 GB to decode. 2^27 (134 MP, 400 MB as BGR) is beyond any camera's frame.
+MAX_IMAGE_PIXELS = 1 << 27
 
 
 def cpu_count() -> int:

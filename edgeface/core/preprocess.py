@@ -161,9 +161,13 @@ def check_boxes(boxes) -> np.ndarray:
     float64 (N, 4). Values are checked per box, against the image, by ``check_box``."""
     if isinstance(boxes, (dict, str, bytes, set)):
         raise EdgefaceError(f"boxes must be an (N, 4) array of x, y, w, h, got a {type(boxes).__name__}")
+    import warnings
+
     try:
-        b = np.asarray(boxes, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError):
+        with warnings.catch_warnings():  # complex boxes would lose their imaginary part without a word
+            warnings.simplefilter("error", getattr(np, "exceptions", np).ComplexWarning)
+            b = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError, getattr(np, "exceptions", np).ComplexWarning):
         raise EdgefaceError("boxes must be an (N, 4) array of numbers x, y, w, h in pixels") from None
     if b.size == 0:
         return np.zeros((0, 4), np.float64)
@@ -193,22 +197,142 @@ def check_image(image: np.ndarray) -> np.ndarray:
 
 
 def read_image(path) -> np.ndarray:
-    """cv2.imread with a clear error for a missing or undecodable file."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """cv2.imread with a clear error for a missing, undecodable or oversized file (its header's width x height
+    is checked before decoding, so a small file declaring a gigapixel image is refused, not decoded)."""
+    import os
+
+    from .limits import MAX_IMAGE_PIXELS
+
+    if not os.path.exists(path):
+        raise EdgefaceError(f"image {path} does not exist")
+    if os.path.isdir(path):
+        raise EdgefaceError(f"image {path} is a folder; pass image files")
+    if not os.path.isfile(path):  # a FIFO or a device: opening it would wait (or read) forever
+        raise EdgefaceError(f"image {path} is not a regular file; pass image files")
+    size = image_header_size(path)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise EdgefaceError(f"image {path} declares {size[0]} x {size[1]} pixels, more than the "
+                            f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP edgeface reads (a decompression bomb, or a corrupt "
+                            f"header); resize it or remove it")
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error:  # OpenCV's own size limit and decoder assertions: a multi-line message of its own
+        img = None
     if img is None:
-        import os
-        if not os.path.exists(path):
-            raise EdgefaceError(f"image {path} does not exist")
         raise EdgefaceError(f"image {path} cannot be decoded (corrupt or not an image); remove or replace it")
     return img
 
 
+def image_header_size(path) -> tuple[int, int] | None:
+    """(width, height) from the header of a PNG, JPEG, GIF, BMP, WebP, TIFF or PNM file; None for another
+    format or an unreadable header (the decoder then decides)."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+                return struct.unpack(">II", head[16:24])
+            if head[:6] in (b"GIF87a", b"GIF89a"):
+                return struct.unpack("<HH", head[6:10])
+            if head[:2] == b"BM" and len(head) >= 26:
+                w, h = struct.unpack("<ii", head[18:26])
+                return abs(w), abs(h)
+            if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                return _webp_size(head, fh)
+            if head[:2] in (b"II", b"MM"):
+                return _tiff_size(head[:2], fh)
+            if head[:1] == b"P" and head[1:2] in b"123456" and len(head) > 2:
+                fields = head[2:].split()
+                if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+                    return int(fields[0]), int(fields[1])
+                return None
+            if head[:2] == b"\xff\xd8":
+                return _jpeg_size(fh)
+    except (OSError, struct.error, ValueError):
+        return None
+    return None
+
+
+def _jpeg_size(fh) -> tuple[int, int] | None:
+    """The first start-of-frame marker's size; segments are skipped by their lengths (EXIF can be 64 kB)."""
+    import struct
+
+    fh.seek(2)
+    for _ in range(1000):  # a JPEG has a few dozen segments before its frame header
+        marker = fh.read(2)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return None
+        kind = marker[1]
+        if kind == 0xFF:  # fill byte
+            fh.seek(-1, 1)
+            continue
+        if kind in (0xD8, 0x01) or 0xD0 <= kind <= 0xD7:  # markers without a length
+            continue
+        seg = fh.read(2)
+        if len(seg) < 2:
+            return None
+        length = struct.unpack(">H", seg)[0]
+        if 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):
+            body = fh.read(5)
+            if len(body) < 5:
+                return None
+            h, w = struct.unpack(">HH", body[1:5])
+            return w, h
+        fh.seek(length - 2, 1)
+    return None
+
+
+def _webp_size(head: bytes, fh) -> tuple[int, int] | None:
+    import struct
+
+    fh.seek(12)
+    chunk = fh.read(30)
+    kind = chunk[:4]
+    if kind == b"VP8X" and len(chunk) >= 18:
+        w = int.from_bytes(chunk[12:15], "little") + 1
+        h = int.from_bytes(chunk[15:18], "little") + 1
+        return w, h
+    if kind == b"VP8L" and len(chunk) >= 13:
+        bits = int.from_bytes(chunk[9:13], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8 " and len(chunk) >= 18:
+        w, h = struct.unpack("<HH", chunk[14:18])
+        return w & 0x3FFF, h & 0x3FFF
+    return None
+
+
+def _tiff_size(order: bytes, fh) -> tuple[int, int] | None:
+    """ImageWidth (256) and ImageLength (257) of the first IFD."""
+    import struct
+
+    e = "<" if order == b"II" else ">"
+    fh.seek(4)
+    offset = struct.unpack(e + "I", fh.read(4))[0]
+    fh.seek(offset)
+    count = struct.unpack(e + "H", fh.read(2))[0]
+    found: dict[int, int] = {}
+    for _ in range(min(count, 4096)):
+        entry = fh.read(12)
+        if len(entry) < 12:
+            break
+        tag, typ = struct.unpack(e + "HH", entry[:4])
+        if tag in (256, 257):
+            found[tag] = struct.unpack(e + "H", entry[8:10])[0] if typ == 3 else struct.unpack(e + "I", entry[8:12])[0]
+    if 256 in found and 257 in found:
+        return found[256], found[257]
+    return None
+
+
 def check_crops(crops, spec: ModelSpec, rgb: bool = False) -> np.ndarray:
     """One crop, a list of crops, or an (N, H, W, 3) array -> contiguous uint8 (N, S, S, 3) BGR batch."""
+    from .limits import check_batch
+
     s = spec.input_size
     if isinstance(crops, (list, tuple)):
         if len(crops) == 0:
             raise EdgefaceError("empty batch: pass at least one crop")
+        check_batch(len(crops), s, "number of crops")  # before stacking: the float copies of 1e5 crops are 60 GB
         crops = [_one_crop(c, s) for c in crops]
         batch = np.stack(crops)
     elif isinstance(crops, np.ndarray):
@@ -217,6 +341,7 @@ def check_crops(crops, spec: ModelSpec, rgb: bool = False) -> np.ndarray:
         elif crops.ndim == 4:
             if crops.shape[0] == 0:
                 raise EdgefaceError("empty batch: pass at least one crop")
+            check_batch(crops.shape[0], s, "number of crops")
             if crops.shape[3] != 3:
                 raise EdgefaceError(f"crops have shape {crops.shape}; expected (N, H, W, 3) uint8 BGR")
             batch = crops if crops.shape[1:3] == (s, s) else np.stack([_one_crop(c, s) for c in crops])

@@ -51,6 +51,8 @@ def read_text_utf8(path: Path, what: str) -> str:
     p = Path(path)
     if p.is_dir():
         raise EdgefaceError(f"{what} {p} is a folder; pass a file")
+    if p.exists() and not p.is_file():  # a FIFO or a device: reading it would wait (or read) forever
+        raise EdgefaceError(f"{what} {p} is not a regular file; pass a file")
     try:
         data = p.read_bytes()
     except OSError as e:
@@ -61,6 +63,22 @@ def read_text_utf8(path: Path, what: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise EdgefaceError(f"{what} {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+def read_csv_utf8(path: Path, what: str) -> tuple[list[str], list[dict]]:
+    """(header, rows as dicts) of a CSV file the user wrote, UTF-8 (see ``read_text_utf8``); one line naming the
+    file and line when the csv module refuses it (a field over its 128 kB limit, a quote left open)."""
+    import csv
+    import io
+
+    text = read_text_utf8(path, what)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+    except csv.Error as e:
+        raise EdgefaceError(f"{what} {path} line {reader.line_num + 1} is not CSV ({e}); write it as comma-separated "
+                            f"text with a header line") from None
 
 
 def _typename(t) -> str:

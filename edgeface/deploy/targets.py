@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import EdgefaceError
-from ..core.limits import short
+from ..core.limits import finite, short
 from ..core.recipe import RECIPES_DIR, REQUIRED, load_yaml, validate
 from ..core.spec import FLOAT_NCHW, INPUT_KINDS, PRECISIONS
 from ..engines import registry
 
 TARGETS_DIR = RECIPES_DIR / "targets"
 MAX_TARGET_THREADS = 256  # a target names a device's threads; the device bounds them again by its own cores
+MAX_TARGET_BATCH = 1024   # deploy measures the engines at this batch: 1e8 would allocate terabytes
 
 _BUDGET = {"pose_max_abs": REQUIRED, "pose_p99_abs": REQUIRED, "pose_mean_abs": REQUIRED, "blur_max_abs": REQUIRED,
            "pose_mae_increase": REQUIRED}
@@ -84,12 +85,12 @@ def load_target(name_or_path: str | Path) -> dict[str, Any]:
         raise EdgefaceError(f"{where}: field 'name' is {short(t['name'])} but the file is {path.name}; make them agree")
     if not isinstance(t["threads"], int) or isinstance(t["threads"], bool) or not 0 <= t["threads"] <= MAX_TARGET_THREADS:
         raise EdgefaceError(f"{where}: field 'threads' must be an integer from 0 to {MAX_TARGET_THREADS}")
-    if not isinstance(t["batch"], int) or isinstance(t["batch"], bool) or t["batch"] < 1:
-        raise EdgefaceError(f"{where}: field 'batch' must be an integer >= 1")
+    if not isinstance(t["batch"], int) or isinstance(t["batch"], bool) or not 1 <= t["batch"] <= MAX_TARGET_BATCH:
+        raise EdgefaceError(f"{where}: field 'batch' must be an integer from 1 to {MAX_TARGET_BATCH}")
     check_candidates(t, t["measure"], where)
     for prec, budget in t["verify"].items():
         for k, v in budget.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            if not finite(v) or v < 0:  # a NaN budget would pass every verification (x > NaN is False)
                 raise EdgefaceError(f"{where}: field 'verify.{prec}.{k}' must be a number >= 0, got {short(v)}")
     for engine in registry.ENGINES:
         if engine.target is not None:

@@ -10,6 +10,7 @@ has comes from the engine registry.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..core.errors import EdgefaceError
@@ -29,6 +30,20 @@ def formats() -> list[str]:
     return [e.format for e in registry.exportable()]
 
 
+def check_replaceable(target: Path, engine) -> None:
+    """Re-exporting replaces an earlier edgeface artifact of the same name; never a user's own file that happens
+    to be called model.onnx (or a folder of that name)."""
+    if not os.path.lexists(target):
+        return
+    if target.is_symlink() or not target.is_file():
+        raise EdgefaceError(f"{target} exists and is not a file; choose another --out")
+    try:
+        engine.spec_of(target)
+    except EdgefaceError:
+        raise EdgefaceError(f"{target} exists and is not an edgeface artifact (no ModelSpec), so export will not "
+                            f"replace it; choose another --out, or move that file away") from None
+
+
 def export(format_name: str, model=None, out_dir: str | Path = "export", *, precision: str | None = None,
            fold_preprocess: bool = False, **options) -> Path:
     """Export ``model`` (checkpoint path, module, or None = shipped default) to ``out_dir``; the artifact path."""
@@ -42,9 +57,11 @@ def export(format_name: str, model=None, out_dir: str | Path = "export", *, prec
     if fold_preprocess and not engine.fold_preprocess:
         folds = " or ".join(e.format for e in registry.exportable() if e.fold_preprocess)
         raise EdgefaceError(f"--fold-preprocess is not available for {engine.format!r}; use --format {folds}")
+    target = Path(out_dir) / engine.artifact
+    check_replaceable(target, engine)
     check_source_outputs(model)
     exporter = resolve(engine.exporter)
-    return exporter(model, Path(out_dir) / engine.artifact, precision=precision, fold_preprocess=fold_preprocess,
+    return exporter(model, target, precision=precision, fold_preprocess=fold_preprocess,
                     **options)
 
 

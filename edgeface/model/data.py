@@ -5,7 +5,6 @@ evaluation and calibration treat all sources alike.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ..core.errors import EdgefaceError
+from ..core.recipe import read_csv_utf8
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 REQUIRED_COLUMNS = ("file", "x", "y", "w", "h")
@@ -102,17 +102,11 @@ def read_labels_csv(folder: str | Path, split: str | None = None, centre_people:
     """
     folder = Path(folder)
     path = folder / "labels.csv"
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            cols = reader.fieldnames or []
-            missing = [c for c in REQUIRED_COLUMNS if c not in cols]
-            if missing:
-                raise EdgefaceError(f"{path} lacks column(s) {', '.join(missing)}; it needs file,x,y,w,h "
-                                    f"and any of yaw,pitch,roll,blur")
-            rows = list(reader)
-    except UnicodeDecodeError:
-        raise EdgefaceError(f"{path} is not a text CSV file; write it as UTF-8 with a header line") from None
+    cols, rows = read_csv_utf8(path, "labels file")
+    missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+    if missing:
+        raise EdgefaceError(f"{path} lacks column(s) {', '.join(missing)}; it needs file,x,y,w,h "
+                            f"and any of yaw,pitch,roll,blur")
     if split:
         rows = [(i, r) for i, r in enumerate(rows, start=2) if r.get("split", split) == split]
     else:
@@ -148,8 +142,21 @@ def read_labels_csv(folder: str | Path, split: str | None = None, centre_people:
 MAX_LABEL_ANGLE = 180.0
 
 
+def _is_number(text) -> bool:
+    try:
+        float(text)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def _check_label(path: Path, line: int, row: dict, box) -> None:
     """Labels in range, or empty (unknown): an angle of 1e308 would turn every mean into inf or NaN."""
+    for key in ("x", "y", "w", "h", "yaw", "pitch", "roll", "t_yaw", "t_pitch", "t_roll", "blur"):
+        v = row.get(key)
+        if v is not None and str(v).strip() and not _is_number(v):
+            raise EdgefaceError(f"{path} line {line}: {key} {str(v)[:40]!r} is not a number; write a number, or "
+                                f"leave it empty (unknown)")  # a typo must not turn a label into 'unknown' silently
     if max(abs(v) for v in box) > 1 << 20:
         raise EdgefaceError(f"{path} line {line}: face box {box} is beyond 2^20 pixels; boxes are x,y,w,h in pixels")
     for key in ("yaw", "pitch", "roll", "t_yaw", "t_pitch", "t_roll"):

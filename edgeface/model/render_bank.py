@@ -12,7 +12,6 @@ or ``BANK_VERSION`` give a new digest and a rebuild. Building uses every core, w
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -25,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import EdgefaceError
+from ..core.io import npz_shapes
 from ..core.preprocess import context_crop, read_image
+from ..core.recipe import read_csv_utf8
 from ..core.spec import ModelSpec
 from .data import csv_float
 from .profiling import N_MESH_POINTS, profile_face
@@ -85,13 +86,22 @@ def read_mesh_file(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarr
     path = folder / "mesh.npz"
     if not path.is_file():
         raise EdgefaceError(f"{path} is missing; face profiling needs the data pack's mesh.npz beside labels.csv")
+    n = len(files)
+    # Shapes from the arrays' headers, before any is decompressed: zeros compress 1000:1, so a 5 MB file can
+    # declare a 5 GB mesh.
+    want = {"files": (n,), "mesh": (n, N_MESH_POINTS, 3), "ok": (n,)}
+    declared = npz_shapes(path)
+    if declared is not None and any(declared.get(k, want[k]) != want[k] for k in want):
+        got = ", ".join(f"{k} {declared.get(k)}" for k in want)
+        raise EdgefaceError(f"{path} declares {got[:200]} where {folder / 'labels.csv'} needs "
+                            f"{', '.join(f'{k} {v}' for k, v in want.items())}; use the mesh.npz made for this "
+                            f"labels.csv")
     try:
         with np.load(path, allow_pickle=False) as z:
             stored, mesh, ok = z["files"], z["mesh"], z["ok"]
     except Exception as e:  # zipfile, pickle, KeyError and ValueError all mean the same thing to a user
         raise EdgefaceError(f"{path} is not a readable mesh file ({type(e).__name__}); it needs arrays files, "
                             f"mesh (N, {N_MESH_POINTS}, 3) and ok (N,); restore it from the data pack") from None
-    n = len(files)
     if mesh.ndim != 3 or mesh.shape[1:] != (N_MESH_POINTS, 3) or ok.shape != (len(mesh),) or stored.shape != (len(mesh),):
         raise EdgefaceError(f"{path} has mesh {mesh.shape}, ok {ok.shape}, files {stored.shape}; expected "
                             f"({n}, {N_MESH_POINTS}, 3), ({n},), ({n},); restore it from the data pack")
@@ -106,8 +116,7 @@ def read_sources(folder: Path, split: str, cfg: BankConfig) -> list[Source]:
     labels = folder / "labels.csv"
     if not labels.is_file():
         raise EdgefaceError(f"{labels} is missing; render sources need a labels.csv with teacher columns")
-    with open(labels, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    _, rows = read_csv_utf8(labels, "labels file")
     mesh, ok = read_mesh_file(folder, [r.get("file", "") for r in rows])
     out = []
     for i, r in enumerate(rows):

@@ -26,7 +26,7 @@ from ..core import __version__
 from ..core.device import JETSON, RPI, X86, detect_device
 from ..core.errors import EdgefaceError
 from ..core.io import atomic_write_json, sha256_file
-from ..core.spec import FLOAT_NCHW, PRECISIONS, ModelSpec
+from ..core.spec import FLOAT_NCHW, INPUT_KINDS, PRECISIONS, ModelSpec
 from ..engines import registry
 
 MANIFEST_NAME = "manifest.json"
@@ -183,6 +183,8 @@ def read_manifest(path: str | Path, trusted_keys: list | None = None) -> dict:
     """The parsed manifest of a bundle folder: signature (when ``trusted_keys``, public keys from
     runtime/signing), then its own digest, then its structure, checked before any field is used (files'
     hashes come later, in ``verify_files``)."""
+    from ..core.limits import short
+
     root = Path(path)
     mpath = root / MANIFEST_NAME
     if not root.is_dir():
@@ -211,7 +213,7 @@ def read_manifest(path: str | Path, trusted_keys: list | None = None) -> dict:
         raise EdgefaceError(f"{mpath} is not a JSON object; re-run edgeface deploy")
     version = manifest.get("bundle_version")
     if manifest.get("format") == BUNDLE_FORMAT and isinstance(version, int) and version > BUNDLE_VERSION:
-        raise EdgefaceError(f"bundle {root} has format version {version} (written by edgeface "
+        raise EdgefaceError(f"bundle {root} has format version {short(version)} (written by edgeface "
                             f"{str(manifest.get('edgeface_version'))[:20]}); this edgeface {__version__} reads up to "
                             f"version {BUNDLE_VERSION}: upgrade edgeface on this device")
     digest = manifest.get(DIGEST_KEY)
@@ -292,6 +294,9 @@ def verify_files(root: Path, manifest: dict) -> None:
                                 f"or re-run edgeface deploy")
     for key in ("artifact", "calib_cache"):
         rel = manifest.get(key)
+        if rel is not None and not isinstance(rel, str):
+            raise EdgefaceError(f"{mpath} field '{key}' must be a file name, got {type(rel).__name__}; re-run "
+                                f"edgeface deploy")
         if rel and rel not in files:
             raise EdgefaceError(f"{mpath} names {key} {rel!r} but does not list it under files; re-run edgeface deploy")
 
@@ -304,9 +309,20 @@ def _backend_installed(backend: str) -> bool:
 def check_target(root: Path, manifest: dict, device: str, allow_foreign_target: bool) -> str | None:
     """None when the bundle fits this device; a warning text when it runs here but was made for another
     device; EdgefaceError when it cannot or must not run here."""
+    from ..core.limits import short
+
     target = manifest["target"]
     backend = manifest["backend"]
     recipe = manifest.get("target_recipe") or {}
+    mpath = root / MANIFEST_NAME
+    if not isinstance(recipe, dict):
+        raise EdgefaceError(f"{mpath} field 'target_recipe' must be an object, got {type(recipe).__name__}; "
+                            f"re-run edgeface deploy")
+    if backend not in registry.REGISTRY:  # not "pip install edgeface[<whatever the manifest says>]"
+        raise EdgefaceError(f"{mpath} names backend {short(backend)}, which this edgeface does not know; re-run "
+                            f"edgeface deploy")
+    if len(target) > 64:
+        raise EdgefaceError(f"{mpath} names target {short(target)}, not a device name; re-run edgeface deploy")
     if target == device:
         if not _backend_installed(backend):
             raise EdgefaceError(f"bundle {root} needs the {backend} backend, which is not installed here: "
@@ -372,7 +388,17 @@ def open_bundle(path: str | Path, *, allow_foreign_target: bool = False, device:
     return BundleInfo(artifact=artifact, backend=manifest["backend"], precision=manifest["precision"], spec=spec,
                       target=manifest["target"], manifest=manifest, root=root, options=options,
                       calib_cache=calib_path,
-                      input_kind=str(manifest.get("input_kind") or FLOAT_NCHW))
+                      input_kind=_input_kind(manifest, mpath))
+
+
+def _input_kind(manifest: dict, mpath: Path) -> str:
+    kind = manifest.get("input_kind") or FLOAT_NCHW
+    if not isinstance(kind, str) or kind not in INPUT_KINDS:
+        from ..core.limits import short
+
+        raise EdgefaceError(f"{mpath} input_kind {short(kind)} is not one of {', '.join(INPUT_KINDS)}; re-run "
+                            f"edgeface deploy")
+    return kind
 
 
 def check_manifest_options(options: dict, backend: str, mpath: Path) -> dict:

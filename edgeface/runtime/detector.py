@@ -90,13 +90,26 @@ def apply_map(coef: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray) -> np.
     return np.stack([c[:, 0] - side / 2, c[:, 1] - side / 2, side, side], axis=1).astype(np.float32)
 
 
-def load_box_map(path: str | Path = BOX_MAP) -> Optional[np.ndarray]:
+def load_box_map(path: str | Path = BOX_MAP, required: bool = False) -> Optional[np.ndarray]:
+    """The (12, 3) map in a box_map.json; None when the file is absent and not ``required`` (a path the user
+    named is required: detecting with raw boxes instead would change every crop without a word)."""
     path = Path(path)
     if not path.is_file():
+        if required:
+            raise EdgefaceError(f"box map {path} does not exist; pass box_map='default' (the shipped one), None "
+                                f"(raw YuNet boxes) or a box_map.json from scripts/fit_box_map.py")
         return None
-    coef = np.asarray(json.loads(path.read_text())["coef"], np.float64)
-    if coef.shape != (12, 3):
-        raise EdgefaceError(f"{path}: coef has shape {coef.shape}; expected (12, 3)")
+    fix = "pass a box_map.json from scripts/fit_box_map.py"
+    if path.stat().st_size > 1 << 20:
+        raise EdgefaceError(f"box map {path} is over 1 MB, not a box map; {fix}")
+    try:
+        coef = np.asarray(json.loads(path.read_bytes().decode("utf-8"))["coef"], np.float64)
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, RecursionError) as e:
+        raise EdgefaceError(f"box map {path} is not a box map JSON with a numeric 'coef' ({type(e).__name__}); "
+                            f"{fix}") from None
+    if coef.shape != (12, 3) or not np.isfinite(coef).all():
+        raise EdgefaceError(f"box map {path}: coef has shape {coef.shape} (or non-finite values); expected (12, 3) "
+                            f"finite numbers")
     return coef
 
 
@@ -182,6 +195,17 @@ def _onnxruntime_available() -> bool:
         return False
 
 
+MAX_TOP_K = 5000            # OpenCV's own default for FaceDetectorYN
+# YuNet on onnxruntime takes about 55 bytes per input pixel: a 64 MP frame padded for the retry took 14 GB.
+# Larger inputs (frames, or frames with their border) are shrunk to this many pixels (4096 x 4096, ~1 GB).
+MAX_DETECT_PIXELS = 1 << 24
+MAX_UPSCALE_BELOW = 4096
+
+
+def _whole(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 class FaceDetector:
     """YuNet through ``cv2.FaceDetectorYN``.
 
@@ -192,24 +216,40 @@ class FaceDetector:
     like most detectors, misses a face that fills the whole frame, as tight crops do); 0 turns it off, and
     ``"auto"`` retries with 0.25 and 0.5 only when nothing was found. ``box_map``: the shipped map to the
     training boxes (default), a path to another one, or None for the raw square around YuNet's box.
+    A frame (with its border) over ``MAX_DETECT_PIXELS`` is shrunk to that size for detection, boxes mapped back.
     """
 
     def __init__(self, model: str | Path | None = None, score_threshold: float = 0.4, nms_threshold: float = 0.3,
                  top_k: int = 50, largest_only: bool = False, min_size: float = 0.0, pad="auto",
                  upscale_below: int = 200, box_map: str | Path | None = "default", threads: Optional[int] = None,
                  engine: str = "auto"):
+        from ..core.limits import check_threads, finite, short
+
         path = Path(model) if model is not None else YUNET_MODEL
         if not path.is_file():
             raise EdgefaceError(f"face detector model {path} does not exist")
-        if not 0.0 <= score_threshold <= 1.0 or not 0.0 <= nms_threshold <= 1.0:
-            raise EdgefaceError("score_threshold and nms_threshold are between 0 and 1")
-        if pad != "auto" and not (isinstance(pad, (int, float)) and 0 <= pad <= 2):
-            raise EdgefaceError(f"pad is 'auto' or a fraction 0..2 of the longer side, got {pad!r}")
+        if not all(finite(v) and 0.0 <= v <= 1.0 for v in (score_threshold, nms_threshold)):
+            raise EdgefaceError(f"score_threshold and nms_threshold are between 0 and 1, got {short(score_threshold)} "
+                                f"and {short(nms_threshold)}")
+        if pad != "auto" and not (finite(pad) and 0 <= pad <= 2):
+            raise EdgefaceError(f"pad is 'auto' or a fraction 0..2 of the longer side, got {short(pad)}")
+        if not _whole(top_k) or not 1 <= top_k <= MAX_TOP_K:
+            raise EdgefaceError(f"top_k is the most faces kept per frame, 1..{MAX_TOP_K}; got {short(top_k)}")
+        if not (finite(min_size) and min_size >= 0):
+            raise EdgefaceError(f"min_size is a box side in pixels, >= 0; got {short(min_size)}")
+        # An enlarged frame is upscale_below pixels on its longer side: 1e5 would make a 10 x 10 frame 30 GB.
+        if not _whole(upscale_below) or not 0 <= upscale_below <= MAX_UPSCALE_BELOW:
+            raise EdgefaceError(f"upscale_below is a side in pixels, 0..{MAX_UPSCALE_BELOW} (0: off); got "
+                                f"{short(upscale_below)}")
+        check_threads(threads, "detector threads")  # ORT would start 100000 threads and take the machine down
         self.model = path
         self.score_threshold, self.nms_threshold, self.top_k = float(score_threshold), float(nms_threshold), int(top_k)
         self.largest_only, self.min_size, self.pad = bool(largest_only), float(min_size), pad
         self.upscale_below = int(upscale_below)
-        self.coef = load_box_map(BOX_MAP if box_map == "default" else box_map) if box_map is not None else None
+        if box_map is not None and not isinstance(box_map, (str, Path)):
+            raise EdgefaceError(f"box_map is 'default', None or a path to a box_map.json, got {short(box_map)}")
+        self.coef = (load_box_map(BOX_MAP) if box_map == "default" else
+                     load_box_map(box_map, required=True) if box_map is not None else None)
         if engine not in DETECTOR_ENGINES:
             raise EdgefaceError(f"detector engine must be one of {', '.join(DETECTOR_ENGINES)}, got {engine!r}")
         available = _onnxruntime_available()
@@ -227,12 +267,19 @@ class FaceDetector:
         if self._ort is None:
             if threads is not None:
                 cv2.setNumThreads(int(threads))
-            self._yn = quiet_opencv(lambda: cv2.FaceDetectorYN.create(str(path), "", (320, 320),
-                                                                      self.score_threshold, self.nms_threshold,
-                                                                      self.top_k))
+            try:
+                self._yn = quiet_opencv(lambda: cv2.FaceDetectorYN.create(str(path), "", (320, 320),
+                                                                          self.score_threshold, self.nms_threshold,
+                                                                          self.top_k))
+            except cv2.error:  # OpenCV's multi-line "Failed to parse ONNX model"
+                raise EdgefaceError(f"face detector model {path} is not a YuNet ONNX model OpenCV can read; pass "
+                                    f"the shipped YuNet or another YuNet ONNX") from None
             self._size = (320, 320)
 
     def _run(self, frame: np.ndarray) -> np.ndarray:
+        h, w = frame.shape[:2]
+        if h * w > MAX_DETECT_PIXELS:
+            return self._run_shrunk(frame, MAX_DETECT_PIXELS, self._run)
         if self._ort is not None:
             return self._ort.detect(frame)
         h, w = frame.shape[:2]
@@ -247,10 +294,25 @@ class FaceDetector:
             return self._run(frame)
         h, w = frame.shape[:2]
         p = int(round(pad * max(h, w)))
+        if (h + 2 * p) * (w + 2 * p) > MAX_DETECT_PIXELS:  # shrink before padding: the border costs memory too
+            # 2 % under the limit, so the border rounded on the shrunk frame cannot tip it over again
+            return self._run_shrunk(frame, int(0.98 * MAX_DETECT_PIXELS * h * w / ((h + 2 * p) * (w + 2 * p))),
+                                    lambda f: self._run_padded(f, pad))
         big = cv2.copyMakeBorder(frame, p, p, p, p, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         faces = self._run(big)
-        faces[:, 0:14:2] -= p  # x, landmarks x
-        faces[:, 1:14:2] -= p  # y, landmarks y
+        faces[:, 0:2] -= p   # the box's x, y (not its w, h: columns 2 and 3)
+        faces[:, 4:14] -= p  # the landmarks' x, y
+        return faces
+
+    @staticmethod
+    def _run_shrunk(frame: np.ndarray, pixels: int, run) -> np.ndarray:
+        """``run`` on ``frame`` shrunk to about ``pixels`` pixels, its faces mapped back to the frame's pixels."""
+        h, w = frame.shape[:2]
+        s = math.sqrt(pixels / (h * w))
+        sw, sh = max(2, int(w * s)), max(2, int(h * s))
+        faces = run(cv2.resize(frame, (sw, sh), interpolation=cv2.INTER_AREA))
+        faces[:, 0:14:2] *= w / sw  # x, w and the landmarks' x
+        faces[:, 1:14:2] *= h / sh
         return faces
 
     def detect(self, frame: np.ndarray) -> Detections:

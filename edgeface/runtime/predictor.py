@@ -15,6 +15,7 @@ assembly run outside it. For truly parallel inference create one Predictor per t
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,9 @@ import numpy as np
 from ..core.artifact import PRECISION_KEY, WEIGHTS_DIR, read_onnx_metadata, shipped_artifact
 from ..core.device import detect_device
 from ..core.errors import EdgefaceError
-from ..core.limits import check_threads
+from ..core.limits import check_batch, check_threads, short
 from ..core.preprocess import check_boxes, check_crops, check_image, crop_face, to_input
-from ..core.spec import UINT8_NHWC, ModelSpec
+from ..core.spec import PRECISIONS, UINT8_NHWC, ModelSpec
 from ..engines import registry
 from ..engines.descriptor import Engine
 from .bundle import is_bundle, open_bundle, read_manifest
@@ -101,8 +102,14 @@ class Predictor:
         check_threads(threads, "threads")
         self._lock = threading.Lock()
         self._buffer: Optional[np.ndarray] = None
-        if not isinstance(batch, int) or batch < 1:
-            raise EdgefaceError(f"batch must be a positive integer, got {batch!r}")
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise EdgefaceError(f"batch must be a positive integer, got {short(batch)}")
+        if artifact is not None and not isinstance(artifact, (str, os.PathLike)):
+            raise EdgefaceError(f"artifact must be a path (str or Path) or None for the shipped model, got a "
+                                f"{type(artifact).__name__}")
+        if precision is not None and precision not in PRECISIONS:
+            raise EdgefaceError(f"precision must be one of {', '.join(PRECISIONS)} (or None: the artifact's), "
+                                f"got {short(precision)}")
         self._detector = None
         self._closed = True
         self.bundle = None
@@ -221,6 +228,7 @@ class Predictor:
         b = check_boxes(boxes)
         if b.shape[0] == 0:
             return Result.empty()  # no faces in this frame is a normal case, not an error
+        check_batch(b.shape[0], self.spec.input_size, "number of boxes")  # before cropping them all
         crops = np.stack([crop_face(frame, box, self.spec) for box in b])
         return self.predict(crops)
 
@@ -250,11 +258,17 @@ class Predictor:
             raise EdgefaceError(f"frame of shape {frame.shape} is empty")
         if rgb:
             frame = np.ascontiguousarray(frame[..., ::-1])
-        if detector_options:
-            from .detector import FaceDetector
+        from .detector import FaceDetector
 
-            self._detector = FaceDetector(**detector_options)
+        if detector_options:
+            try:
+                self._detector = FaceDetector(**detector_options)
+            except TypeError as e:  # an option FaceDetector does not take
+                raise EdgefaceError(f"predict_frame: {e}; see help(FaceDetector) for its options") from None
         det = detector or self.detector
+        if not all(callable(getattr(det, m, None)) for m in ("detect", "model_boxes")):
+            raise EdgefaceError(f"detector must be a FaceDetector (or have its detect and model_boxes), got a "
+                                f"{type(det).__name__}")
         found = det.detect(frame)
         if not len(found):
             return []

@@ -106,7 +106,11 @@ def sign_manifest(bundle_dir: str | Path, key: KeyLike) -> dict:
 
 def trusted_keys_from_env() -> list[str]:
     value = os.environ.get(TRUSTED_KEYS_ENV, "").strip()
-    return [p for p in value.split(os.pathsep) if p] if value else []
+    keys = [p.strip() for p in value.split(os.pathsep) if p.strip()] if value else []
+    if value and not keys:  # fail closed: a device set up to trust signed bundles only must not run unsigned ones
+        raise EdgefaceError(f"${TRUSTED_KEYS_ENV} is set to {value[:40]!r}, which names no key file; list the public "
+                            f"keys separated by '{os.pathsep}', or unset it")
+    return keys
 
 
 def resolve_trusted_keys(trusted_keys: Sequence[KeyLike] | KeyLike | None) -> list:

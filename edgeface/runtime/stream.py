@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from ..core.errors import EdgefaceError
+from ..core.io import silence_native_stderr
 from ..core.preprocess import read_image
 from .detector import iou, quiet_opencv
 
@@ -23,22 +24,7 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm",
 def _silent_stderr(make):
     """Run ``make`` with OpenCV's log at ERROR and file descriptor 2 on /dev/null: FFmpeg and V4L2 print their
     own lines ("moov atom not found", "can't open camera by index") that the caller turns into one clear error."""
-    import os
-    import sys
-
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        return quiet_opencv(make)
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2)
-        os.close(null)
-        return quiet_opencv(make)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    return silence_native_stderr(lambda: quiet_opencv(make))
 
 
 # -- sources ---------------------------------------------------------------------------------------------------

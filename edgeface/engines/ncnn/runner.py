@@ -14,6 +14,7 @@ import numpy as np
 from ...core.artifact import ncnn_paths, read_ncnn_info
 from ...core.device import parse_cpuinfo
 from ...core.errors import EdgefaceError
+from ...core.io import silence_native_stderr
 from ...core.preprocess import input_affine
 from ...core.spec import FLOAT_NCHW, UINT8_NHWC
 from ..base import Backend
@@ -89,9 +90,9 @@ class NcnnBackend(Backend):
             opt.use_vulkan_compute = True
         else:
             opt.use_vulkan_compute = False
-        if net.load_param(str(param)) != 0:
+        if silence_native_stderr(lambda: net.load_param(str(param))) != 0:
             raise EdgefaceError(f"ncnn cannot parse {param.name} (corrupt or not an ncnn .param); re-export it")
-        if net.load_model(str(binf)) != 0:
+        if silence_native_stderr(lambda: net.load_model(str(binf))) != 0:
             raise EdgefaceError(f"ncnn cannot read the weights {binf.name} (truncated or not matching the .param); "
                                 f"re-export it")
         have = set(net.input_names()) | set(net.output_names())

@@ -149,6 +149,23 @@ class BuildOptions:
         return d
 
 
+MAX_ENGINE_BATCH = 4096        # the profile's largest batch: TensorRT plans its memory for it
+MAX_WORKSPACE_MB = 1 << 20     # 1 TiB: beyond any Jetson or GPU
+
+
+def check_build_numbers(workspace_mb, min_batch, opt_batch, max_batch) -> None:
+    """The numbers of a build, checked before TensorRT is even imported (``edgeface build --max-batch 1e8``)."""
+    from ...core.limits import short
+
+    if not (isinstance(workspace_mb, int) and not isinstance(workspace_mb, bool) and 0 < workspace_mb <= MAX_WORKSPACE_MB):
+        raise EdgefaceError(f"workspace must be from 1 to {MAX_WORKSPACE_MB} MiB, got {short(workspace_mb)}")
+    batches = (min_batch, opt_batch, max_batch)
+    if not all(isinstance(b, int) and not isinstance(b, bool) for b in batches) \
+            or not 1 <= min_batch <= opt_batch <= max_batch <= MAX_ENGINE_BATCH:
+        raise EdgefaceError(f"batch profile must satisfy 1 <= min <= opt <= max <= {MAX_ENGINE_BATCH}, got "
+                            f"{short(min_batch)}/{short(opt_batch)}/{short(max_batch)}")
+
+
 def plan_build(precision: str, input_name: str, input_shape: Sequence, *, has_qdq: bool, trt_version: str,
                workspace_mb: int = 1024, min_batch: int = 1, opt_batch: int = 8, max_batch: int = 64,
                calib_cache: str | Path | None = None, calib_images: bool = False,
@@ -163,10 +180,7 @@ def plan_build(precision: str, input_name: str, input_shape: Sequence, *, has_qd
     if trt_version_tuple(trt_version) < MIN_TRT:
         raise EdgefaceError(f"TensorRT {trt_version} is too old; edgeface needs TensorRT >= 8.5 (JetPack 5)")
     major = trt_version_tuple(trt_version)[0]
-    if not (isinstance(workspace_mb, int) and workspace_mb > 0):
-        raise EdgefaceError(f"workspace must be a positive number of MiB, got {workspace_mb!r}")
-    if not (1 <= min_batch <= opt_batch <= max_batch):
-        raise EdgefaceError(f"batch profile must satisfy 1 <= min <= opt <= max, got {min_batch}/{opt_batch}/{max_batch}")
+    check_build_numbers(workspace_mb, min_batch, opt_batch, max_batch)
     shape = list(input_shape)
     if len(shape) < 2:
         raise EdgefaceError(f"input {input_name!r} has shape {shape}; expected a batch dim then the sample dims")

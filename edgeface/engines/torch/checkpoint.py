@@ -6,6 +6,7 @@ Loaded with ``weights_only=True``: a checkpoint is untrusted input and must not 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,9 @@ def read_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise EdgefaceError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns (several lines) about a foreign pickle before refusing it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or unsafe file
         raise EdgefaceError(f"{path} is not a readable edgeface checkpoint ({type(e).__name__}); "
                             f"re-train or re-download it") from None

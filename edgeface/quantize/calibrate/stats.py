@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -20,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from ...core.errors import EdgefaceError
-from ...core.io import atomic_path, sha256_file
+from ...core.io import atomic_path, check_output_file, npz_shapes, sha256_file
 from ...core.preprocess import to_input
 from ...core.spec import ModelSpec
 
 STATS_VERSION = 1
 BINS = 2048  # per side of zero; entropy folds |x| into 2048 bins -> 128 quantized bins (TensorRT's choice)
+MAX_STATS_TENSORS = 100_000  # activation tensors of one model: a few hundred for edgeface's
 DEFAULT_CACHE_DIR = Path(os.environ.get("EDGEFACE_CACHE", Path.home() / ".cache" / "edgeface")) / "calibration"
 
 
@@ -199,6 +201,13 @@ def load_stats(path: str | Path, keys: dict | None = None) -> ActivationStats:
     """Read a statistics cache; EdgefaceError when it is corrupt or was made for something else."""
     path = Path(path)
     fix = f"delete {path} (it is recomputed) or pass another --stats-cache"
+    shapes = npz_shapes(path) if path.is_file() else None
+    if shapes is not None:  # from the headers, before decompressing: a small file can declare gigabytes of zeros
+        t = (shapes.get("names") or (0,))[0]
+        want = {"names": (t,), "minimum": (t,), "maximum": (t,), "hist": (t, 2 * BINS)}
+        if t > MAX_STATS_TENSORS or any(shapes.get(k, v) != v for k, v in want.items()) \
+                or math.prod(shapes.get("header", ())) > 1:
+            raise EdgefaceError(f"statistics cache {path} is corrupt (array shapes do not agree); {fix}")
     try:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))
@@ -207,7 +216,9 @@ def load_stats(path: str | Path, keys: dict | None = None) -> ActivationStats:
     except FileNotFoundError:
         raise EdgefaceError(f"statistics cache {path} does not exist") from None
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, json.JSONDecodeError) as e:
-        raise EdgefaceError(f"statistics cache {path} is corrupt ({type(e).__name__}); {fix}") from None
+        # Not "delete it": a path that is not a cache at all may be the user's own file (a typo for the model).
+        raise EdgefaceError(f"{path} is corrupt or not an edgeface statistics cache ({type(e).__name__}); pass "
+                            f"--stats-cache a new file name (it is created) or a cache an earlier run wrote") from None
     t = len(names)
     if not isinstance(header, dict) or lo.shape != (t,) or hi.shape != (t,) or hist.shape != (t, 2 * BINS):
         raise EdgefaceError(f"statistics cache {path} is corrupt (array shapes do not agree); {fix}")
@@ -229,6 +240,9 @@ def load_or_collect(model_path: str | Path, calib, spec: ModelSpec, cache_path: 
     path = Path(cache_path) if cache_path else cache_path_for(keys, cache_dir)
     if path.exists():
         return load_stats(path, keys), path, True
+    # Before the minutes of collection, not after: a cache folder that cannot be made (EDGEFACE_CACHE naming a file).
+    check_output_file(path, "--stats-cache" if cache_path else
+                      f"statistics cache (in {'$EDGEFACE_CACHE' if os.environ.get('EDGEFACE_CACHE') else 'the cache folder'})")
     stats = collect_statistics(model_path, calib.crops, spec, progress=progress)
     stats.header = dict(keys, tensors=len(stats.names))
     save_stats(stats, path, keys)

@@ -694,6 +694,11 @@ def test_numeric_options_out_of_range(tmp_path):
     _one_line_error(_cli("quantize", "--calib", tmp_path, "--max-drop", "nan", "--out", tmp_path / "q"), "--max-drop")
     _one_line_error(_cli("predict", "default", img, "--max-frames", "0"), "--max-frames")
     _one_line_error(_cli("deploy", "--target", "x86", "--batch", "100000000", "--out", tmp_path / "b"), "--batch")
+    from edgeface.deploy import deploy
+
+    for batch in (100000000, True, 0):  # the API checks it too, before any export
+        with pytest.raises(EdgefaceError, match="--batch must be an integer from 1 to"):
+            deploy("x86", batch=batch, out=tmp_path / "b")
     assert not (tmp_path / "q").exists() and not (tmp_path / "b").exists()
 
 

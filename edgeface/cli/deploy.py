@@ -6,7 +6,6 @@ from typing import Optional
 
 import typer
 
-from ..core.errors import EdgefaceError
 from ..engines import registry
 from .output import check_output_dir, check_output_file, console, out_console, write_json
 
@@ -55,11 +54,6 @@ def command(target: str = typer.Option(..., "--target", "-t",
     ONNX and build their TensorRT engine there (`edgeface build BUNDLE`).
     """
     check_output_file(json_out, "--json", inputs=[model, calib, verify_data, sign, identity, known_hosts, target])
-    if batch is not None:  # before any work: 1e8 failed after the export, allocating terabytes in numpy
-        from ..deploy.targets import MAX_TARGET_BATCH
-
-        if not 1 <= batch <= MAX_TARGET_BATCH:
-            raise EdgefaceError(f"--batch must be from 1 to {MAX_TARGET_BATCH}, got {batch}")
     check_output_dir(out, "--out")
     from rich.markup import escape
 

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 from ..core.artifact import read_onnx_input_kind
 from ..core.errors import EdgefaceError
+from ..core.limits import short
 from ..core.spec import FLOAT_NCHW, UINT8_NHWC
 from ..engines import registry
 from ..engines.descriptor import resolve
@@ -27,7 +28,7 @@ from ..runtime.predictor import open_model
 from .staging import check_out, clean_stale_partials, make_staging_dir, move_into_place
 from ..core.io import clean_stale_temp
 from .steps import Steps
-from .targets import backend_options, load_target
+from .targets import MAX_TARGET_BATCH, backend_options, load_target
 from .verify import bundle_runner, default_verify_data, load_verify_set, verify_bundle, verify_line
 
 
@@ -211,10 +212,11 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
         from ..runtime.signing import load_private_key
 
         load_private_key(sign)  # a bad key fails before minutes of export
+    if batch is not None:  # before any work: 1e8 failed after the export, allocating terabytes in numpy
+        if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_TARGET_BATCH:
+            raise EdgefaceError(f"--batch must be an integer from 1 to {MAX_TARGET_BATCH}, got {short(batch)}")
     target = load_target(target_name)
     if batch is not None:
-        if not isinstance(batch, int) or batch < 1:
-            raise EdgefaceError(f"--batch must be a positive integer, got {batch!r}")
         target["batch"] = batch
     name = target["name"]
     if backend is not None:

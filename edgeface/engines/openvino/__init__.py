@@ -16,9 +16,9 @@ from ..descriptor import Engine, Int8Form, TargetSection
 
 HINTS = ("latency", "throughput")
 # backend="auto" on x86 (a bare ONNX; a bundle follows deploy's measurement) prefers OpenVINO over
-# onnxruntime from batch AUTO_MIN_BATCH on: always for the INT8 Q/DQ (1.28x onnxruntime's INT8 at batch 8,
-# 1.43x at 64 on an AVX2-only EPYC), and for FP32 only on a CPU with AVX-512 (1.83x at 64 on an AVX-512 VNNI
-# Zen 4; 0.81x on the AVX2 EPYC). docs/engines.md has both runs.
+# onnxruntime from batch AUTO_MIN_BATCH on: always for the INT8 Q/DQ (1.37x onnxruntime's INT8 at batch 8,
+# 1.56x at 64 on an AVX2-only EPYC), and for FP32 only on a CPU with AVX-512 (1.83x at 64 on an AVX-512 VNNI
+# Zen 4; 0.87x on the AVX2 EPYC). docs/engines.md has both runs.
 AUTO_MIN_BATCH = 8
 AUTO_FP32_ISA = ("avx512f",)
 MIN_CHUNK = 8  # a batch is split over async infer requests only into pieces of at least this many crops
@@ -34,8 +34,8 @@ def _check_target(section: dict, where: str) -> None:
 def _measure_variants(section: dict, threads, batch: int) -> list[tuple[str, dict]]:
     """The other performance hint, where it can differ: the throughput hint runs several streams only with
     more than one thread (``threads`` None = all cores), and a batch is split over its requests only into
-    pieces of MIN_CHUNK crops. Measured here: 1.19x the latency hint for the INT8 Q/DQ at batch 64 on 2
-    threads, 0.8x at batch 8 (docs/engines.md), so neither hint wins everywhere."""
+    pieces of MIN_CHUNK crops. Measured on a 2-core AVX2 EPYC: 1.21x the latency hint at batch 64 on 2
+    threads, 0.72-0.74x at batch 8 (docs/engines.md), so neither hint wins everywhere."""
     if (threads is not None and threads < 2) or batch < 2 * MIN_CHUNK:
         return []
     other = "throughput" if section["hint"] == "latency" else "latency"

@@ -93,9 +93,9 @@ def read_mesh_file(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarr
     declared = npz_shapes(path)
     if declared is not None and any(declared.get(k, want[k]) != want[k] for k in want):
         got = ", ".join(f"{k} {declared.get(k)}" for k in want)
-        raise EdgefaceError(f"{path} declares {got[:200]} where {folder / 'labels.csv'} needs "
-                            f"{', '.join(f'{k} {v}' for k, v in want.items())}; use the mesh.npz made for this "
-                            f"labels.csv")
+        raise EdgefaceError(f"{path} does not match {folder / 'labels.csv'}: it declares {got[:200]} where the "
+                            f"labels need {', '.join(f'{k} {v}' for k, v in want.items())}; use the mesh.npz made "
+                            f"for this labels.csv")
     try:
         with np.load(path, allow_pickle=False) as z:
             stored, mesh, ok = z["files"], z["mesh"], z["ok"]

@@ -40,8 +40,9 @@ def load_frames(source: Path, limit: int = 32) -> list[np.ndarray]:
     return frames
 
 
-def tile(frames: list[np.ndarray], k: int, start: int = 0) -> np.ndarray:
-    """k frames (from ``start``, wrapping) in a grid of ceil(sqrt(k)) columns on a grey canvas."""
+def tile_grid(frames: list[np.ndarray], k: int, start: int = 0) -> tuple[list[np.ndarray], int, int, int]:
+    """(picks, columns, cell height, cell width) of ``tile``'s grid; EdgefaceError when its canvas would be over
+    the image size limit (checked from the frames' shapes, nothing allocated)."""
     from ..core.limits import MAX_IMAGE_PIXELS
 
     picks = [frames[(start + i) % len(frames)] for i in range(k)]
@@ -52,6 +53,13 @@ def tile(frames: list[np.ndarray], k: int, start: int = 0) -> np.ndarray:
     if rows * ch * cols * cw > MAX_IMAGE_PIXELS:
         raise EdgefaceError(f"--faces {k} tiles these {cw}x{ch} frames into {cols * cw}x{rows * ch} pixels, more than "
                             f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP; pass fewer faces or smaller frames")
+    return picks, cols, ch, cw
+
+
+def tile(frames: list[np.ndarray], k: int, start: int = 0) -> np.ndarray:
+    """k frames (from ``start``, wrapping) in a grid of ceil(sqrt(k)) columns on a grey canvas."""
+    picks, cols, ch, cw = tile_grid(frames, k, start)
+    rows = int(math.ceil(k / cols))
     canvas = np.full((rows * ch, cols * cw, 3), 100, np.uint8)
     for i, f in enumerate(picks):
         r, c = divmod(i, cols)
@@ -104,7 +112,7 @@ def bench_frames(artifacts: list, source: Path, faces: list[int], threads: Optio
             raise EdgefaceError(f"--faces values must be from 1 to {MAX_TILED_FACES}, got {k}")
     frames = load_frames(source, limit)
     for k in set(faces):
-        tile(frames, k)  # refuses a tiled frame over the image size limit, before any model is loaded
+        tile_grid(frames, k)  # refuses a tiled frame over the image size limit, before any model is loaded
     detector = FaceDetector(threads=threads)
     rows = []
     for art in artifacts:

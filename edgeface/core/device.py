@@ -107,7 +107,7 @@ def x86_int8_without_vnni(cpuinfo: Optional[str] = None, machine: Optional[str] 
     machine = machine if machine is not None else platform.machine()
     if machine.lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False
-    flags = set(parse_cpuinfo(cpuinfo if cpuinfo is not None else (_read("/proc/cpuinfo") or ""))["isa_flags"])
+    flags = set(parse_cpuinfo(cpuinfo)["isa_flags"]) if cpuinfo is not None else cpu_isa_flags()
     return not flags & {"avx512_vnni", "avx_vnni"}
 
 

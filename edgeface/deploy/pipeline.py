@@ -169,14 +169,17 @@ def choose_engine(target: dict, artifact: Path, precision: str, *, backend: Opti
     if not candidates:
         return target["backend"], None
     batch, threads = int(target["batch"]), target["threads"] or None
-    options = {c: {k: v for k, v in backend_options(target, precision, c).items() if k != "threads"}
-               for c in candidates}
+
+    def measured_options(recipe: dict, engine: str) -> dict:  # the manifest's options; threads are measured apart
+        return {k: v for k, v in backend_options(recipe, precision, engine).items() if k != "threads"}
+
+    options = {c: measured_options(target, c) for c in candidates}
     for c in list(candidates):  # an engine's other settings worth measuring here (OpenVINO's other hint)
         section = registry.get(c).target
         if section is not None and section.measure_variants is not None:
             for variant, settings in section.measure_variants(target[c], threads, batch):
                 candidates.append(f"{c}:{variant}")
-                options[f"{c}:{variant}"] = section.runner_options(settings, precision)
+                options[f"{c}:{variant}"] = measured_options({**target, c: settings}, c)
     kwargs = dict(engines=candidates, default=target["backend"], batch=batch, threads=threads, seconds=seconds,
                   options=options)
     if host:

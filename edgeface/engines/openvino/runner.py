@@ -19,7 +19,6 @@ from ..base import Backend
 from . import MIN_CHUNK
 
 
-
 def fold_preprocess(model, spec):
     """(model, folded): uint8 (N, S, S, 3) BGR in, the ModelSpec's channel order, mean and std as
     PrePostProcessor steps (``preprocess.input_affine`` in OpenVINO's terms). A channel order it has no

@@ -69,10 +69,8 @@ def context_crop(image: np.ndarray, box: Sequence[float], spec: ModelSpec, conte
     Training caches these once per face (or rendered view), so augmentation is a cheap warp of the cache
     through ``crop_face`` with the box returned here.
     """
-    from dataclasses import replace
-
     size = int(round(spec.input_size * context))
-    wide = replace(spec, crop=replace(spec.crop, scale=spec.crop.scale * context))
+    wide = _context_spec(spec, context)
     x, y, w, h = (float(v) for v in box)
     crop = crop_face(image, box, wide, size)
     k = size / (wide.crop.scale * max(w, h))  # cache pixels per source pixel; the cache is centred on the box
@@ -80,6 +78,17 @@ def context_crop(image: np.ndarray, box: Sequence[float], spec: ModelSpec, conte
     inner = np.array([c - w * k / 2 - spec.crop.shift_x * w * k, c - h * k / 2 - spec.crop.shift_y * h * k,
                       w * k, h * k], np.float32)
     return crop, inner
+
+
+def _context_spec(spec: ModelSpec, context: float) -> ModelSpec:
+    from dataclasses import replace
+
+    return replace(spec, crop=replace(spec.crop, scale=spec.crop.scale * context))
+
+
+def context_matrix(box: Sequence[float], spec: ModelSpec, context: float) -> np.ndarray:
+    """The 2x3 affine matrix from source pixels to the pixels of ``context_crop(image, box, spec, context)``."""
+    return crop_matrix(box, _context_spec(spec, context), int(round(spec.input_size * context)))
 
 
 def _area_crop(image: np.ndarray, m: np.ndarray, out: int, spec: ModelSpec) -> np.ndarray:

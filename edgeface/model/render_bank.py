@@ -25,15 +25,15 @@ import numpy as np
 
 from ..core.errors import EdgefaceError
 from ..core.io import npz_shapes
-from ..core.preprocess import context_crop, read_image
+from ..core.preprocess import context_crop, context_matrix, read_image
 from ..core.recipe import read_csv_utf8
 from ..core.spec import ModelSpec
 from .data import csv_float
-from .profiling import N_MESH_POINTS, profile_face
+from .profiling import N_MESH_POINTS, landmark_box, profile_face
 
 # Part of every bank's digest: bump it when rendering or view planning changes, so cached banks are rebuilt.
 # (Hashing the code itself would also rebuild on a changed comment or a moved file.)
-BANK_VERSION = 1
+BANK_VERSION = 2  # 2: each render's landmark box
 SPAWN_MIN_VIEWS = 256  # fewer renders than this are not worth a process pool
 
 
@@ -64,6 +64,7 @@ class Bank:
     poses: np.ndarray  # (N, 3) yaw, pitch, roll of each render
     source: np.ndarray  # (N,) index of the source face in the order of ``sources``
     folder: Path | None = None
+    landmark_boxes: np.ndarray | None = None  # (N, 4) each render's landmark box (profiling.landmark_box), crop pixels
 
     def __len__(self):
         return len(self.images)
@@ -187,7 +188,8 @@ def _render_one(j: int):
     img = read_image(s.image)
     view = profile_face(img, s.mesh, s.pose, s.box, d_yaw, d_pitch)
     crop, box = context_crop(view.image, view.box, _W["spec"], _W["context"])
-    return j, crop, box, np.array(view.pose, np.float32)
+    marks = landmark_box(view.mesh, context_matrix(view.box, _W["spec"], _W["context"]))
+    return j, crop, box, np.array(view.pose, np.float32), np.array(marks, np.float32)
 
 
 def build_bank(root: str | Path, cfg: BankConfig, spec: ModelSpec, context: float, split: str = "train",
@@ -206,6 +208,7 @@ def build_bank(root: str | Path, cfg: BankConfig, spec: ModelSpec, context: floa
     images = np.empty((len(plan), size, size, 3), np.uint8)
     boxes = np.empty((len(plan), 4), np.float32)
     poses = np.empty((len(plan), 3), np.float32)
+    marks = np.empty((len(plan), 4), np.float32)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     # Spawning a worker costs about a second (it imports numpy, OpenCV, scipy): small banks render in-process.
@@ -224,25 +227,25 @@ def build_bank(root: str | Path, cfg: BankConfig, spec: ModelSpec, context: floa
             pool = mp.get_context("spawn").Pool(n_workers, _init_worker, args)
             results = pool.imap_unordered(_render_one, range(len(plan)), chunksize=16)
         try:
-            for j, crop, box, pose in results:
-                images[j], boxes[j], poses[j] = crop, box, pose
+            for j, crop, box, pose, mark in results:
+                images[j], boxes[j], poses[j], marks[j] = crop, box, pose, mark
                 progress.advance(task)
         finally:
             if pool is not None:
                 pool.terminate()
     source = np.array([p[0] for p in plan], np.int32)
-    _save(folder, images, boxes, poses, source, {"n": len(plan), "n_sources": len(sources), "config": asdict(cfg),
+    _save(folder, images, boxes, poses, source, marks, {"n": len(plan), "n_sources": len(sources), "config": asdict(cfg),
                                                   "split": split, "context": context})
-    return Bank(images, boxes, poses, source, folder)
+    return Bank(images, boxes, poses, source, folder, marks)
 
 
-def _save(folder: Path, images, boxes, poses, source, info: dict) -> None:
+def _save(folder: Path, images, boxes, poses, source, marks, info: dict) -> None:
     """Write into a temporary sibling, then rename: a killed build leaves no bank that looks complete."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     try:
         np.save(tmp / "images.npy", images)
-        np.savez(tmp / "labels.npz", boxes=boxes, poses=poses, source=source)
+        np.savez(tmp / "labels.npz", boxes=boxes, poses=poses, source=source, landmark_boxes=marks)
         (tmp / "done.json").write_text(json.dumps(info, indent=2) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -256,13 +259,13 @@ def _load(folder: Path) -> Bank:
     try:
         images = np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False)
         with np.load(folder / "labels.npz", allow_pickle=False) as z:
-            boxes, poses, source = z["boxes"], z["poses"], z["source"]
+            boxes, poses, source, marks = z["boxes"], z["poses"], z["source"], z["landmark_boxes"]
     except Exception as e:
         raise EdgefaceError(f"cached render bank {folder} is unreadable ({type(e).__name__}); delete the folder "
                             f"and it is rebuilt") from None
-    if not (len(images) == len(boxes) == len(poses) == len(source)):
+    if not (len(images) == len(boxes) == len(poses) == len(source) == len(marks)):
         raise EdgefaceError(f"cached render bank {folder} is inconsistent; delete the folder and it is rebuilt")
-    return Bank(images, boxes, poses, source, folder)
+    return Bank(images, boxes, poses, source, folder, marks)
 
 
 def preview(bank: Bank, sources_root: str | Path, cfg: BankConfig, split: str, spec: ModelSpec, out: str | Path,

@@ -11,13 +11,14 @@ import cv2
 import numpy as np
 
 from ..core.errors import EdgefaceError
-from ..core.preprocess import context_crop, crop_face, read_image, to_input
+from ..core.preprocess import context_crop, context_matrix, crop_face, read_image, to_input
 from ..core.limits import short
-from ..core.recipe import REQUIRED, load_yaml, validate
+from ..core.recipe import REQUIRED, load_yaml, read_csv_utf8, validate
 from ..core.spec import CropRule, ModelSpec
 from .blur import degrade, random_blur, sharpness
 from .data import Sample, load_samples
 from .pose import rotate_pose
+from .profiling import landmark_box
 
 TRAIN_SCHEMA = {
     "kind": "train",
@@ -31,6 +32,9 @@ TRAIN_SCHEMA = {
         "limit": (int, None),  # per-set cap on samples (smoke runs)
         "centre_people": False,  # remove per-person rig offsets from training labels (data.person_offsets)
         "teacher_max_yaw": (float, None),  # mask teacher yaw/pitch labels wider than this (data.read_labels_csv)
+        # Validation-only sets of real photos with 3D pose ground truth, measured every epoch; the first one
+        # present picks best.pt. Never trained on. Sets missing under the data root are skipped.
+        "dev_sets": ["aflw2000_dev"],
     },
     "train": {
         "epochs": 30, "epoch_size": 12000, "batch_size": 128, "lr": 0.003, "weight_decay": 0.0001,
@@ -41,6 +45,7 @@ TRAIN_SCHEMA = {
         "context": 1.6, "scale": [0.85, 1.2], "shift": 0.07, "rotate_deg": 30.0, "rotate_p": 0.5,
         "flip_p": 0.5, "grey_p": 0.15, "colour": 0.3, "blur_p": 0.65, "sharp_min": 80.0,
         "jpeg_p": 0.4, "noise_p": 0.35,
+        "landmark_box_p": 0.0,  # share of crops framed by the face's landmark box (from its mesh) instead
     },
     # Faces re-rendered at new head rotations from their meshes (render_bank); views 0 = off.
     "render": {
@@ -146,24 +151,34 @@ def spec_from_recipe(recipe: dict) -> ModelSpec:
 class CropCache:
     """Context crops of every face (and rendered view) with their pose labels and sharpness."""
 
-    def __init__(self, samples: list[Sample], spec: ModelSpec, context: float, progress=None, task=None):
+    def __init__(self, samples: list[Sample], spec: ModelSpec, context: float, progress=None, task=None,
+                 meshes: dict | None = None):
         self.spec = spec
         self.context = context
         self.size = int(round(spec.input_size * context))
         self.images = np.empty((len(samples), self.size, self.size, 3), np.uint8)
         self.boxes = np.empty((len(samples), 4), np.float32)
+        # The face's landmark box (profiling.landmark_box) in cache pixels where its mesh is known, else NaN.
+        self.landmark_boxes = np.full((len(samples), 4), np.nan, np.float32)
         for i, s in enumerate(samples):
             self.images[i], self.boxes[i] = context_crop(read_image(s.path), s.box, spec, context)
+            mesh = (meshes or {}).get(s.path)
+            if mesh is not None:
+                self.landmark_boxes[i] = landmark_box(mesh, context_matrix(s.box, spec, context))
             if progress is not None:
                 progress.advance(task)
         self.poses = np.array([s.pose for s in samples], np.float32).reshape(-1, 3)
         self.sharp = np.array([sharpness(self.base_crop(i)) for i in range(len(samples))], np.float32)
         self.rendered = np.zeros(len(samples), bool)
 
-    def add_rendered(self, images: np.ndarray, boxes: np.ndarray, poses: np.ndarray) -> None:
+    def add_rendered(self, images: np.ndarray, boxes: np.ndarray, poses: np.ndarray,
+                     landmark_boxes: np.ndarray | None = None) -> None:
         """Append rendered views. They carry no blur label: resampling softens them by an unknown amount."""
         self.images = np.concatenate([self.images, images])
         self.boxes = np.concatenate([self.boxes, boxes.astype(np.float32)])
+        if landmark_boxes is None:
+            landmark_boxes = np.full((len(images), 4), np.nan, np.float32)
+        self.landmark_boxes = np.concatenate([self.landmark_boxes, landmark_boxes.astype(np.float32)])
         self.poses = np.concatenate([self.poses, poses.astype(np.float32)])
         self.sharp = np.concatenate([self.sharp, np.full(len(images), -np.inf, np.float32)])
         self.rendered = np.concatenate([self.rendered, np.ones(len(images), bool)])
@@ -218,7 +233,11 @@ class AugmentedFaces:
         lo, hi = a["scale"]
         scale = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
         shift = (float(rng.uniform(-a["shift"], a["shift"])), float(rng.uniform(-a["shift"], a["shift"])))
-        img = crop_face(cache.images[i], cache.boxes[i], cache.spec, scale=scale, shift=shift, angle_deg=angle, flip=flip)
+        box = cache.boxes[i]
+        # Landmark boxes (brows to chin) as well as detector boxes: benchmarks and users crop from either.
+        if a["landmark_box_p"] > 0 and rng.random() < a["landmark_box_p"] and np.isfinite(cache.landmark_boxes[i]).all():
+            box = cache.landmark_boxes[i]
+        img = crop_face(cache.images[i], box, cache.spec, scale=scale, shift=shift, angle_deg=angle, flip=flip)
         img = colour_jitter(img, rng, a["colour"], a["grey_p"])
         blur = math.nan
         if cache.sharp[i] >= a["sharp_min"]:  # already-soft faces carry no blur label
@@ -339,15 +358,32 @@ class TrainingData:
     n_sharp: int  # photos sharp enough to carry a blur label
     val_sets: dict[str, list[Sample]]
     rendered_val: tuple[np.ndarray, np.ndarray] | None  # (crops, poses) of the rendered wide-pose val set
+    dev_sets: dict[str, list[Sample]] = None  # real photos for model selection (data.dev_sets), never trained on
 
     def evaluate(self, runner, blur: bool) -> dict[str, dict]:
         from .evaluate import evaluate_crops, evaluate_samples
 
         out = {name: evaluate_samples(runner, s, self.cache.spec, blur=blur, seed=0)
-               for name, s in self.val_sets.items() if s}
+               for name, s in {**self.val_sets, **(self.dev_sets or {})}.items() if s}
         if self.rendered_val is not None:  # renders carry no blur label: pose only
             out["rendered"] = evaluate_crops(runner, *self.rendered_val, blur=False)
         return out
+
+
+def set_meshes(root: Path, names: list[str]) -> dict[Path, np.ndarray]:
+    """{image path: its FaceMesh points} for the named sets that ship a mesh.npz (rows whose mesh failed left out)."""
+    from .render_bank import read_mesh_file
+
+    out = {}
+    for name in names:
+        folder = root / name
+        if not (folder / "mesh.npz").is_file():
+            continue
+        _, rows = read_csv_utf8(folder / "labels.csv", "labels file")
+        files = [r.get("file", "") for r in rows]
+        mesh, ok = read_mesh_file(folder, files)
+        out.update({folder / f: mesh[i] for i, f in enumerate(files) if ok[i]})
+    return out
 
 
 def prepare_training_data(recipe: dict, spec: ModelSpec, root: Path, console=None) -> TrainingData:
@@ -372,15 +408,29 @@ def prepare_training_data(recipe: dict, spec: ModelSpec, root: Path, console=Non
 
         bank = build_bank(root, bank_config(recipe), spec, context, "train", console=console)
         rendered = rendered_val(root, spec, console=console, limit=recipe["data"]["limit"])
+    meshes = set_meshes(root, [s["name"] for s in recipe["data"]["sets"]]) if recipe["augment"]["landmark_box_p"] > 0 else None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False, disable=console is None) as progress:
         task = progress.add_task("caching crops", total=len(all_train))
-        cache = CropCache(all_train, spec, context, progress, task)
+        cache = CropCache(all_train, spec, context, progress, task, meshes)
     n_sharp = int((cache.sharp >= recipe["augment"]["sharp_min"]).sum())
     if bank is not None:
-        cache.add_rendered(np.asarray(bank.images), bank.boxes, bank.poses)
+        cache.add_rendered(np.asarray(bank.images), bank.boxes, bank.poses, bank.landmark_boxes)
         weights = np.concatenate([weights, np.full(len(bank), recipe["render"]["weight"] / len(bank))])
-    return TrainingData(cache, weights, n_sharp, val_sets, rendered)
+    return TrainingData(cache, weights, n_sharp, val_sets, rendered, load_dev_sets(recipe, root))
+
+
+def load_dev_sets(recipe: dict, root: Path) -> dict[str, list[Sample]]:
+    """The recipe's ``data.dev_sets`` found under ``root``, all rows (capped like the sets by ``data.limit``)."""
+    out = {}
+    for name in recipe["data"]["dev_sets"]:
+        if not (root / name / "labels.csv").is_file():
+            continue
+        samples = load_samples(root / name, require_labels=True)
+        if recipe["data"]["limit"]:
+            samples = samples[:recipe["data"]["limit"]]
+        out[name] = samples
+    return out
 
 
 def _init_state(path: str, spec: ModelSpec) -> dict:
@@ -398,6 +448,23 @@ def _init_state(path: str, spec: ModelSpec) -> dict:
                             f"(width {spec.width}, input {spec.input_size}): {first}; pass a checkpoint "
                             f"trained with the same model section") from None
     return state
+
+
+def dev_bins_text(val: dict, data: TrainingData) -> str:
+    """The first dev set's mean MAE by |yaw| bin, for the epoch line."""
+    if not data.dev_sets:
+        return ""
+    name = next(iter(data.dev_sets))
+    return f"  ({name} by |yaw| " + " / ".join(f"{r['mean_mae']:.2f}" for r in val[name]["by_yaw"].values()) + ")"
+
+
+def is_best_epoch(history: list[dict], data: TrainingData) -> bool:
+    """Whether the last epoch has the lowest mean MAE so far on the first dev set (model selection)."""
+    if not data.dev_sets:
+        return False
+    name = next(iter(data.dev_sets))
+    scores = [h["val_mean_mae"].get(name) for h in history]
+    return scores[-1] is not None and all(s is None or scores[-1] <= s for s in scores)
 
 
 def train(recipe_path, out: str | None = None, epochs: int | None = None, limit: int | None = None,
@@ -475,12 +542,16 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
             val = data.evaluate(torch_runner, blur=False)
             summary = {"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch, "blur_loss": sums[1] / steps_per_epoch,
                        "val_mean_mae": {k: v.get("mean_mae") for k, v in val.items()}}
+            if data.dev_sets:
+                summary["dev_by_yaw"] = {k: {b: r["mean_mae"] for b, r in val[k]["by_yaw"].items()} for k in data.dev_sets}
             history.append(summary)
             progress.console.print(f"epoch {epoch + 1}: " + "  ".join(
-                f"{k} {v['mean_mae']:.2f}" for k, v in val.items() if v.get("mean_mae") is not None))
+                f"{k} {v['mean_mae']:.2f}" for k, v in val.items() if v.get("mean_mae") is not None) + dev_bins_text(val, data))
             meta = {"recipe": recipe, "history": history, "n_train": len(cache), "n_sharp": n_sharp,
                     "terms": recipe["model"]["terms"]}
             save_checkpoint(last, model, spec, meta, {"optimizer": opt.state_dict(), "epoch": epoch + 1})
+            if is_best_epoch(history, data):
+                save_checkpoint(out_dir / "best.pt", model, spec, {**meta, "best_epoch": epoch + 1})
     model.eval()
     final = data.evaluate(torch_runner, blur=True)
     meta = {"recipe": recipe, "history": history, "n_train": len(cache), "n_sharp": n_sharp, "val": final,

@@ -156,8 +156,11 @@ def test_smoke_training_and_eval(tmp_path, shared_data):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "model.pt").is_file() and (out / "last.pt").is_file()
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics) == {"pointing04", "qmul", "utkface", "celeba", "rendered"}
-    assert all(metrics[k]["n"] == 48 for k in ("pointing04", "qmul", "utkface", "celeba"))
+    assert set(metrics) == {"pointing04", "qmul", "utkface", "celeba", "rendered", "aflw2000_dev"}
+    assert all(metrics[k]["n"] == 48 for k in ("pointing04", "qmul", "utkface", "celeba", "aflw2000_dev"))
+    # the real-photo dev set is measured every epoch, by |yaw| bin, and picks best.pt
+    assert set(metrics["aflw2000_dev"]["by_yaw"]) == {"0-30", "30-60", "60+"}
+    assert (out / "best.pt").is_file()
     # the rendered wide-pose val set: 48 sources from each in-the-wild set, reported by |yaw| bin
     assert metrics["rendered"]["n"] == 96 and set(metrics["rendered"]["by_yaw"]) == {"0-30", "30-60", "60+"}
     # resume continues from last.pt (no epochs left: it only re-evaluates)

@@ -167,6 +167,10 @@ def test_bank_is_cached_and_rebuilt_when_inputs_change(tmp_path, shared_data, mo
     bank = build_bank(root, cfg, spec, 1.6, "val", cache=tmp_path / "cache", workers=2)
     assert len(bank) == 12 and bank.images.shape == (12, 179, 179, 3)
     assert np.all(np.abs(bank.poses[:, 0]) >= cfg.yaw_min - 1e-3) and np.all(np.abs(bank.poses[:, 0]) <= 90 + 1e-3)
+    # each render's landmark box, in the crop, inside its face box's square
+    lx, ly, lw, lh = bank.landmark_boxes.T
+    assert np.isfinite(bank.landmark_boxes).all() and (lw > 0).all() and (lh > 0).all()
+    assert ((lx >= 0) & (ly >= 0) & (lx + lw <= 179) & (ly + lh <= 179)).all()
     again = build_bank(root, cfg, spec, 1.6, "val", cache=tmp_path / "cache")
     assert again.folder == bank.folder and np.array_equal(np.asarray(again.images), bank.images)
     other = build_bank(root, replace(cfg, seed=1), spec, 1.6, "val", cache=tmp_path / "cache", workers=1)
@@ -188,3 +192,44 @@ def test_pose_metrics_by_yaw_bin():
     assert m["by_yaw"]["0-30"]["n"] == 1 and m["by_yaw"]["0-30"]["yaw_mae"] == pytest.approx(1)
     assert m["by_yaw"]["30-60"]["yaw_mae"] == pytest.approx(2)
     assert m["by_yaw"]["60+"]["n"] == 2 and m["by_yaw"]["60+"]["yaw_mae"] == pytest.approx(4)
+
+
+def test_landmark_box_is_tighter_and_lower_than_the_detector_box(celeba_faces):
+    """The 68-landmark box from the mesh (brows to chin, as AFLW2000-3D's boxes) sits inside the detector
+    box's square, smaller and lower: the framing the benchmark crops from, which training now also sees."""
+    from edgeface.model.profiling import landmark_box
+
+    for s in celeba_faces:
+        x, y, w, h = s.box
+        lx, ly, lw, lh = landmark_box(s.mesh)
+        assert 0.7 < max(lw, lh) / max(w, h) < 1.0
+        assert 0.0 < (ly + lh / 2) - (y + h / 2) < 0.2 * h  # centred lower: no forehead
+        assert abs((lx + lw / 2) - (x + w / 2)) < 0.1 * w
+        # through a crop's matrix it is the same box in the crop's pixels
+        m = np.array([[0.5, 0.0, 10.0], [0.0, 0.5, -4.0]])
+        cx, cy, cw, ch = landmark_box(s.mesh, m)
+        assert np.allclose((cx, cy, cw, ch), (0.5 * lx + 10, 0.5 * ly - 4, 0.5 * lw, 0.5 * lh), atol=1e-6)
+
+
+def test_training_crops_use_the_landmark_box_at_its_rate(shared_data):
+    """augment.landmark_box_p frames that share of crops by the landmark box (where the mesh is known) and
+    the rest by the set's box; 0 leaves training as it was."""
+    from edgeface.core.preprocess import crop_face
+    from edgeface.model.data import load_samples
+    from edgeface.model.train import TRAIN_SCHEMA, AugmentedFaces, CropCache, set_meshes
+
+    spec = ModelSpec(input_size=112)
+    samples = load_samples(shared_data / "celeba", split="val")[:12]
+    cache = CropCache(samples, spec, 1.6, meshes=set_meshes(shared_data, ["celeba"]))
+    assert np.isfinite(cache.landmark_boxes).all()
+    plain = dict(TRAIN_SCHEMA["augment"], scale=[1.0, 1.0], shift=0.0, rotate_p=0.0, flip_p=0.0, grey_p=0.0,
+                 colour=0.0, blur_p=0.0, jpeg_p=0.0, noise_p=0.0, sharp_min=1e9)
+    for p, box_of in ((0.0, cache.boxes), (1.0, cache.landmark_boxes)):
+        faces = AugmentedFaces(cache, dict(plain, landmark_box_p=p), seed=0)
+        for i in range(len(cache)):
+            assert np.array_equal(faces[i][0], crop_face(cache.images[i], box_of[i], spec))
+    # a face without a mesh keeps its own box
+    bare = CropCache(samples[:2], spec, 1.6)
+    assert np.isnan(bare.landmark_boxes).all()
+    faces = AugmentedFaces(bare, dict(plain, landmark_box_p=1.0), seed=0)
+    assert np.array_equal(faces[0][0], crop_face(bare.images[0], bare.boxes[0], spec))

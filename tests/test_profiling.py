@@ -233,3 +233,26 @@ def test_training_crops_use_the_landmark_box_at_its_rate(shared_data):
     assert np.isnan(bare.landmark_boxes).all()
     faces = AugmentedFaces(bare, dict(plain, landmark_box_p=1.0), seed=0)
     assert np.array_equal(faces[0][0], crop_face(bare.images[0], bare.boxes[0], spec))
+
+
+def test_in_the_wild_nuisances_hide_or_shrink_the_face_and_drop_the_blur_label(shared_data):
+    """occlude_p hides a rectangle of the crop; lowres_p shrinks the face and back, and such a crop carries
+    no blur label (its softness is not a blur the model should score)."""
+    from edgeface.model.blur import sharpness
+    from edgeface.model.data import load_samples
+    from edgeface.model.train import TRAIN_SCHEMA, AugmentedFaces, CropCache
+
+    spec = ModelSpec(input_size=112)
+    cache = CropCache(load_samples(shared_data / "celeba", split="val")[:6], spec, 1.6)
+    plain = dict(TRAIN_SCHEMA["augment"], scale=[1.0, 1.0], shift=0.0, rotate_p=0.0, flip_p=0.0, grey_p=0.0,
+                 colour=0.0, blur_p=0.0, jpeg_p=0.0, noise_p=0.0, sharp_min=0.0)
+    base = AugmentedFaces(cache, plain, seed=0)
+    hidden = AugmentedFaces(cache, dict(plain, occlude_p=1.0), seed=0)
+    small = AugmentedFaces(cache, dict(plain, lowres_p=1.0), seed=0)
+    for i in range(len(cache)):
+        img, _, blur = base[i]
+        assert blur == 0.0
+        changed = np.any(hidden[i][0] != img, axis=2)
+        assert 0.02 < changed.mean() < 0.3  # one rectangle of 15-50 % per side
+        shrunk, _, no_label = small[i]
+        assert np.isnan(no_label) and sharpness(shrunk) < sharpness(img)

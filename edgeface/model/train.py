@@ -46,6 +46,8 @@ TRAIN_SCHEMA = {
         "flip_p": 0.5, "grey_p": 0.15, "colour": 0.3, "blur_p": 0.65, "sharp_min": 80.0,
         "jpeg_p": 0.4, "noise_p": 0.35,
         "landmark_box_p": 0.0,  # share of crops framed by the face's landmark box (from its mesh) instead
+        "occlude_p": 0.0,  # share of crops with a random occluding rectangle (train.occlude)
+        "lowres_p": 0.0,  # share of crops shrunk to 20-56 px and back (train.low_resolution); no blur label
     },
     # Faces re-rendered at new head rotations from their meshes (render_bank); views 0 = off.
     "render": {
@@ -207,6 +209,27 @@ def colour_jitter(img: np.ndarray, rng: np.random.Generator, strength: float, gr
     return np.clip(f, 0, 255).astype(np.uint8)
 
 
+def occlude(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random rectangle (15-50 % of each side) of solid colour or noise: hands, hair, microphones, glasses."""
+    size = img.shape[0]
+    h, w = (int(size * rng.uniform(0.15, 0.5)) for _ in range(2))
+    y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+    out = img.copy()
+    if rng.random() < 0.5:
+        out[y:y + h, x:x + w] = rng.integers(0, 256, 3, dtype=np.uint8)
+    else:
+        out[y:y + h, x:x + w] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return out
+
+
+def low_resolution(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The face as a small photo shows it: down to 20-56 px, then back up."""
+    size = img.shape[0]
+    small = int(rng.integers(20, 57))
+    down = cv2.resize(img, (small, small), interpolation=cv2.INTER_AREA)
+    return cv2.resize(down, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
 class AugmentedFaces:
     """torch-style dataset over a CropCache; item i is deterministic given (seed, epoch, i)."""
 
@@ -239,8 +262,15 @@ class AugmentedFaces:
             box = cache.landmark_boxes[i]
         img = crop_face(cache.images[i], box, cache.spec, scale=scale, shift=shift, angle_deg=angle, flip=flip)
         img = colour_jitter(img, rng, a["colour"], a["grey_p"])
+        if a["occlude_p"] > 0 and rng.random() < a["occlude_p"]:
+            img = occlude(img, rng)
+        lowres = a["lowres_p"] > 0 and rng.random() < a["lowres_p"]
+        if lowres:
+            img = low_resolution(img, rng)
         blur = math.nan
-        if cache.sharp[i] >= a["sharp_min"]:  # already-soft faces carry no blur label
+        if lowres:
+            pass  # a shrunk face's softness is not a blur label
+        elif cache.sharp[i] >= a["sharp_min"]:  # already-soft faces carry no blur label
             if rng.random() < a["blur_p"]:
                 img, blur = random_blur(img, rng, p_sharp=0.0)
             else:
@@ -535,12 +565,14 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
                                                  num_workers=t["workers"], collate_fn=collate_batch,
                                                  persistent_workers=False, prefetch_factor=4 if t["workers"] else None)
             model.train()
+            started = time.perf_counter()
             task = progress.add_task(f"epoch {epoch + 1}/{t['epochs']}", total=steps_per_epoch, info="")
             sums, step = run_epoch(lambda x: model(x.contiguous(memory_format=torch.channels_last)), loader, opt,
                                    lr_at, step, recipe["loss"], spec, progress, task)
             model.eval()
             val = data.evaluate(torch_runner, blur=False)
             summary = {"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch, "blur_loss": sums[1] / steps_per_epoch,
+                       "seconds": round(time.perf_counter() - started, 1),
                        "val_mean_mae": {k: v.get("mean_mae") for k, v in val.items()}}
             if data.dev_sets:
                 summary["dev_by_yaw"] = {k: {b: r["mean_mae"] for b, r in val[k]["by_yaw"].items()} for k in data.dev_sets}

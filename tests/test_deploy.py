@@ -266,7 +266,7 @@ def test_int8_without_calib_is_one_line(checkpoint, tmp_path):
     assert lines[0].startswith("error: --precision int8 needs calibration images: pass --calib DIR")
     assert not (tmp_path / "b").exists()
     proc = _cli("deploy", "--target", "x86", "--precision", "fp16", "--model", str(checkpoint), "--out", str(tmp_path / "b"))
-    assert proc.returncode == 2 and "supports --precision fp32|int8, not fp16" in proc.stderr
+    assert proc.returncode == 2 and "supports --precision fp32|bf16|int8|fastest, not fp16" in proc.stderr
 
 
 def test_over_budget_is_refused_and_writes_nothing(checkpoint, tmp_path):

@@ -103,6 +103,12 @@ class Backend(ABC):
     def _run_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run a checked batch."""
 
+    @classmethod
+    def precision_problem(cls, stored: str, wanted: str) -> str | None:
+        """None when this engine can run an artifact holding ``stored`` at ``wanted`` on this machine; else why
+        not, in a few words (deploy asks before it measures a candidate). Most engines run what the artifact holds."""
+        return None if wanted == stored else f"{cls.name} runs a {stored} artifact at {stored} only, not {wanted}"
+
     def _check_precision(self) -> None:
         """After loading: the precision asked for is the one that runs, or an EdgefaceError naming both. An
         engine whose precision follows a setting of its own (ncnn's fp16 policy, a TensorRT engine's record)

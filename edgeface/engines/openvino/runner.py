@@ -16,7 +16,8 @@ from ...core.errors import EdgefaceError
 from ...core.preprocess import input_affine
 from ...core.spec import FLOAT_NCHW, UINT8_NHWC
 from ..base import Backend
-from . import FLOAT_HINTS, MIN_CHUNK, precision_problem
+from . import FLOAT_HINTS, MIN_CHUNK
+from . import precision_problem as _precision_problem
 
 
 def compiled_precision(compiled) -> str:
@@ -85,7 +86,7 @@ class OpenVinoBackend(Backend):
             stored = meta.get(PRECISION_KEY, "fp32")
         # What runs: the precision asked for (a bf16 bundle carries the FP32 ONNX), else the artifact's own.
         wanted = self.requested_precision or stored
-        problem = precision_problem(stored, wanted)
+        problem = _precision_problem(stored, wanted)
         if problem:
             raise EdgefaceError(f"{self.artifact.name}: {problem}")
         self.precision = wanted
@@ -122,6 +123,11 @@ class OpenVinoBackend(Backend):
         self._requests = [self._compiled.create_infer_request() for _ in range(max(1, int(n)))]
         self._outputs = [self._compiled.output(name) for name in self.spec.output_names]
         self._hint = hint
+
+    @classmethod
+    def precision_problem(cls, stored: str, wanted: str) -> str | None:
+        """An FP32 artifact at fp32, or at bf16 on a CPU with avx512_bf16 / amx_bf16; INT8 at int8."""
+        return _precision_problem(stored, wanted)
 
     def _check_precision(self) -> None:
         """The compiled model runs at the float precision asked for (its INFERENCE_PRECISION_HINT property),

@@ -124,9 +124,9 @@ def all_failed(target: str, failed: dict[str, tuple[Candidate, dict]]) -> Edgefa
     if "bf16" in precisions:
         fixes.append("bf16: its 8-bit mantissa strays too far on this model; use --precision fp32 or int8")
     if precisions & {"fp32", "fp16"}:
-        fixes.append("a float precision limit, not calibration: the engine computes differently from the torch "
-                     "reference here (check its precision with `edgeface predict ... --backend` JSON); try "
-                     "--backend onnxruntime or another --precision")
+        fixes.append("a float precision limit, not a calibration matter: the engine's arithmetic on this CPU "
+                     "differs from the torch reference by more than the budget allows; try another --backend or "
+                     "--precision")
     if len(failed) == 1:
         (name, (cand, res)), = failed.items()
         return EdgefaceError(f"the {target} {cand.precision} bundle exceeds the accuracy budget ({'; '.join(res['exceeded'])}; "

@@ -117,6 +117,23 @@ def test_precisions_an_engine_cannot_run_are_one_error(arts):
     if bf16_missing() is not None:  # this CPU: the error names the flags it lacks
         with pytest.raises(EdgefaceError, match=" or ".join(BF16_ISA)):
             Predictor(arts["onnx"], backend="openvino", precision="bf16")
+        with pytest.raises(EdgefaceError, match=" or ".join(BF16_ISA)):
+            Predictor(arts["onnx"], precision="bf16")
+    else:  # backend="auto" with a precision asked for: the engine that runs it
+        with Predictor(arts["onnx"], precision="bf16") as p:
+            assert (p.backend, p.precision) == ("openvino", "bf16")
+
+
+@pytest.mark.slow
+def test_bench_runs_at_the_precision_asked_for(arts, tmp_path):
+    _needs_bf16()
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "edgeface", "bench", str(arts["onnx"]), "--precision", "bf16",
+                           "--batch", "8", "--iters", "5", "--rounds", "1", "--reference", str(arts["onnx"]),
+                           "--json", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())
+    assert (row["backend"], row["precision"]) == ("openvino", "bf16")
 
 
 def test_async_requests_split_a_batch_and_match_one_request(arts, face_crops):

@@ -67,16 +67,6 @@ def engines_for(target: dict, backend: Optional[str]) -> list[str]:
     return list(target["measure"]) or [target["backend"]]
 
 
-def precision_problem(engine: str, precision: str) -> Optional[str]:
-    """Why ``engine`` cannot run ``precision`` from the target's bundle here, or None. What an engine exports
-    (ncnn's fp16, TensorRT's fp16 build) or quantizes is its own; another float precision (bf16) is asked of
-    the engine's runner, which knows its CPU paths."""
-    e = registry.get(engine)
-    if precision in e.precisions or precision == "int8":
-        return None
-    return e.runner_class().precision_problem("fp32", precision)
-
-
 def plan_candidates(target: dict, precisions: list[str], *, backend: Optional[str], measuring: bool,
                     many: bool) -> tuple[dict[str, Candidate], dict[str, str]]:
     """({name: Candidate} in the order they are listed, {name: why it cannot run here}). ``measuring``: add each
@@ -87,7 +77,7 @@ def plan_candidates(target: dict, precisions: list[str], *, backend: Optional[st
     for p in precisions:
         for engine in engines_for(target, backend):
             suffix = f"@{p}" if many else ""
-            problem = precision_problem(engine, p)
+            problem = registry.precision_problem(engine, p)
             if problem:
                 problems[f"{engine}{suffix or '@' + p}"] = problem
                 continue

@@ -20,8 +20,8 @@ from ..descriptor import Engine, Int8Form, TargetSection
 HINTS = ("latency", "throughput")
 # backend="auto" on x86 (a bare ONNX; a bundle follows deploy's measurement) prefers OpenVINO over
 # onnxruntime from batch AUTO_MIN_BATCH on: always for the INT8 Q/DQ (1.37x onnxruntime's INT8 at batch 8,
-# 1.56x at 64 on an AVX2-only EPYC), and for FP32 only on a CPU with AVX-512 (1.83x at 64 on an AVX-512 VNNI
-# Zen 4; 0.87x on the AVX2 EPYC). docs/engines.md has both runs.
+# 1.56x at 64 on an AVX2-only EPYC), and for FP32 only on a CPU with AVX-512 (0.87x on the AVX2 EPYC; 1.17x at
+# f32 on an AMX Xeon; the 1.83x once measured on an AVX-512 Zen 4 ran unpinned, i.e. bf16). docs/engines.md.
 AUTO_MIN_BATCH = 8
 AUTO_FP32_ISA = ("avx512f",)
 MIN_CHUNK = 8  # a batch is split over async infer requests only into pieces of at least this many crops

@@ -48,9 +48,13 @@ def plan_precisions(target: dict, precision: str, *, calib: bool, qat: bool) -> 
     listed = target["precisions"]
     if precision != FASTEST:
         if precision not in listed:
-            raise EdgefaceError(f"target {target['name']} supports --precision {'|'.join(listed + [FASTEST])}, "
+            more = [FASTEST] if target["measure"] else []
+            raise EdgefaceError(f"target {target['name']} supports --precision {'|'.join(listed + more)}, "
                                 f"not {precision}")
         return [precision], {}
+    if not target["measure"]:
+        raise EdgefaceError(f"--precision {FASTEST} measures the candidates where the bundle runs, and target "
+                            f"{target['name']} measures no engines (no 'measure:'); pick --precision {'|'.join(listed)}")
     chosen, left_out = [], {}
     for p in sorted(listed, key=lambda q: ORDER.index(q) if q in ORDER else len(ORDER)):
         if p == "int8" and not (calib or qat):

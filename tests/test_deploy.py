@@ -266,7 +266,7 @@ def test_int8_without_calib_is_one_line(checkpoint, tmp_path):
     assert lines[0].startswith("error: --precision int8 needs calibration images: pass --calib DIR")
     assert not (tmp_path / "b").exists()
     proc = _cli("deploy", "--target", "x86", "--precision", "fp16", "--model", str(checkpoint), "--out", str(tmp_path / "b"))
-    assert proc.returncode == 2 and "supports --precision fp32|int8, not fp16" in proc.stderr
+    assert proc.returncode == 2 and "supports --precision fp32|bf16|int8|fastest, not fp16" in proc.stderr
 
 
 def test_over_budget_is_refused_and_writes_nothing(checkpoint, tmp_path):
@@ -276,8 +276,10 @@ def test_over_budget_is_refused_and_writes_nothing(checkpoint, tmp_path):
     text = (REPO / "recipes/targets/x86.yaml").read_text().replace("name: x86", "name: strict-x86")
     strict.write_text(text.replace("fp32: {pose_max_abs: 0.05", "fp32: {pose_max_abs: 0.0"))
     out = tmp_path / "b"
-    with pytest.raises(EdgefaceError, match=r"exceeds the accuracy budget \(pose_max_abs .* > 0\b.*--no-verify"):
+    with pytest.raises(EdgefaceError, match=r"exceeds the accuracy budget .*\(pose_max_abs .* > 0\b.*float precision "
+                                            r"limit.*--no-verify") as err:
         deploy(str(strict), str(checkpoint), out=out)
+    assert "--calib" not in str(err.value)  # FP32 has nothing to calibrate
     assert not out.exists() and not list(tmp_path.glob(".b.*"))
 
 

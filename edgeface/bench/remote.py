@@ -119,6 +119,8 @@ def bench_remote(cfg: BenchConfig, target: SshTarget, *, remote_python: str = "p
                 "--warmup", str(cfg.warmup), "--rounds", str(cfg.rounds), "--backend", cfg.backend,
                 "--reference", ref, "--json", "out/bench.json"]
         args += ["--iters", str(cfg.iters)] if cfg.iters is not None else ["--duration", str(cfg.duration)]
+        if cfg.precision:
+            args += ["--precision", cfg.precision]
         if data:
             args += ["--data", data, "--split", ""]
         if want_report:

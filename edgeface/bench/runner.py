@@ -25,7 +25,7 @@ from ..core.device import device_info, is_throttled, pitfall_warnings
 from ..core.errors import EdgefaceError
 from ..core.limits import check_batch, check_threads, finite, short
 from ..core.io import atomic_path
-from ..core.spec import ModelSpec
+from ..core.spec import PRECISIONS, ModelSpec
 from ..engines import registry
 from ..runtime.predictor import artifact_engine
 from . import stats
@@ -54,6 +54,7 @@ class BenchConfig:
     split: Optional[str] = "val"
     limit: Optional[int] = None
     reference: str = "auto"   # "auto" (first FP32 artifact), "none", or a path to an artifact / checkpoint
+    precision: Optional[str] = None  # run every artifact at this precision (bf16: the FP32 ONNX on OpenVINO)
 
     def check(self) -> None:
         if not self.artifacts:
@@ -78,6 +79,8 @@ class BenchConfig:
             raise EdgefaceError(f"--warmup must be ≥ 0, got {self.warmup}")
         if self.rounds < 1:
             raise EdgefaceError(f"--rounds must be ≥ 1, got {self.rounds}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise EdgefaceError(f"--precision must be one of {', '.join(PRECISIONS)}, got {short(self.precision)}")
 
 
 def artifact_files(path: str | Path) -> list[Path]:
@@ -205,7 +208,7 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) ->
         probe = Worker(labels[0])
         try:
             spec = _spec_from_dict(probe.call("load", artifact=str(cfg.artifacts[0]), backend=cfg.backend,
-                                              threads=1, inputs=None)["spec"])
+                                              threads=1, inputs=None, precision=cfg.precision)["spec"])
         finally:
             probe.close()
         check_batch(max(cfg.batches), spec.input_size)
@@ -215,7 +218,8 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) ->
             workers = [Worker(lb) for lb in labels]
             try:
                 loaded = [w.call("load", artifact=str(a), backend=cfg.backend, threads=threads,
-                                 inputs=str(inputs_path)) for a, w in zip(cfg.artifacts, workers)]
+                                 inputs=str(inputs_path), precision=cfg.precision)
+                          for a, w in zip(cfg.artifacts, workers)]
                 for i, d in enumerate(loaded):
                     info.setdefault(i, d)
                 firsts = [w.call("first", batch=batch)["first_inference_ms"] for w in workers]

@@ -41,7 +41,7 @@ class Subject:
         self.predictor = None
         self.inputs = None
 
-    def load(self, artifact, backend, threads, inputs):
+    def load(self, artifact, backend, threads, inputs, precision=None):
         self.inputs = dict(np.load(inputs)) if inputs else None
         # Importing the engine's Python package is timed apart from creating the session: it is paid once
         # per process, however many models it loads.
@@ -50,10 +50,11 @@ class Subject:
         import_ms = (time.perf_counter_ns() - t0) / 1e6 if package else None
         rss_before = stats.rss_mb()
         t0 = time.perf_counter_ns()
-        self.predictor = Predictor(artifact, backend=backend, threads=threads)  # loads the session
+        self.predictor = Predictor(artifact, backend=backend, threads=threads, precision=precision)  # loads it
         load_ms = (time.perf_counter_ns() - t0) / 1e6
         return {"load_ms": load_ms, "import_ms": import_ms, "engine_package": package,
                 "backend": self.predictor.backend, "precision": self.predictor.precision,
+                "inference_precision": self.predictor.info().get("inference_precision"),
                 "spec": self.predictor.spec.to_dict(), "rss_before_load_mb": rss_before}
 
     def _batch(self, batch):

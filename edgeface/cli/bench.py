@@ -50,6 +50,9 @@ def command(
     rounds: int = typer.Option(10, "--rounds", help="Interleaving: timed calls are split into this many "
                                "round-robin blocks across the artifacts."),
     backend: str = typer.Option("auto", "--backend", help=" | ".join(["auto", *registry.names()]) + "."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Run the artifacts at this precision "
+                                            "(bf16: an FP32 ONNX on OpenVINO, on CPUs with avx512_bf16 / amx_bf16); "
+                                            "default: each artifact's own."),
     reference: str = typer.Option("auto", "--reference", help="FP32 reference for the deviation check: 'auto' (the "
                                   "first FP32 artifact), 'none', or a path (artifact or checkpoint .pt)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results (a list, one object per "
@@ -90,7 +93,7 @@ def command(
                       threads=parse_int_list(threads, "--threads", allow_auto=True), warmup=warmup, iters=iters,
                       duration=None if iters is not None else (duration if duration is not None else 2.0),
                       rounds=rounds, backend=backend, data=str(data) if data else None, split=split or None,
-                      limit=limit, reference=reference)
+                      limit=limit, reference=reference, precision=precision)
     cfg.check()
     if reference not in ("auto", "none") and not Path(reference).exists():
         raise EdgefaceError(f"--reference {reference} does not exist (use auto, none or a path)")

@@ -23,7 +23,9 @@ def command(target: str = typer.Option(..., "--target", "-t",
            model: Optional[Path] = typer.Option(None, "--model", "-m",
                                                 help="Checkpoint (.pt, FP32 or QAT); default: the shipped model."),
            precision: Optional[str] = typer.Option(None, "--precision", "-p",
-                                                   help="fp32|fp16|int8; default: the target's default_precision."),
+                                                   help="fp32|fp16|bf16|int8 (those the target lists), or fastest: the "
+                                                        "fastest of them within each one's verify budget (int8 with "
+                                                        "--calib); default: the target's default_precision."),
            calib: Optional[Path] = typer.Option(None, "--calib",
                                                 help="Calibration images for int8 (face crops, or images + labels.csv)."),
            out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder (default: bundles/TARGET-PRECISION)."),
@@ -69,7 +71,7 @@ def command(target: str = typer.Option(..., "--target", "-t",
                       f"precision={result.precision}  ({escape(files)})  {result.seconds:.1f} s", highlight=False)
     choice = result.manifest.get("engine_choice")
     if choice and not choice.get("forced"):
-        out_console.print(f"engine {result.backend}: {escape(choice['reason'])}", highlight=False)
+        out_console.print(f"engine {result.backend} {result.precision}: {escape(choice['reason'])}", highlight=False)
     if result.verify is None:
         out_console.print("[yellow]not verified (--no-verify)[/yellow]")
     if registry.get(result.backend).builds_on_device:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..core import __version__
-from ..core.device import device_info
+from ..core.device import X86_MACHINES, device_info
 from ..engines.registry import available_backends
 from .output import check_output_file, out_console, write_json
 
@@ -38,6 +38,13 @@ def collect_info() -> dict:
               "packages": {m: _version(m) for m in ("numpy", "cv2", "torch", "onnx", "onnxruntime", "ncnn", "tensorrt")}}
     report["device"] = device_info()
     report["backends"] = available_backends()
+    if platform.machine().lower() in X86_MACHINES:
+        from ..engines.openvino import bf16_missing
+
+        # What `--precision` can ask for here: OpenVINO runs FP32 pinned at f32, and bf16 only where it is native.
+        missing = bf16_missing()
+        report["precisions"] = {"fp32": "onnxruntime, openvino (f32 pinned)", "int8": "onnxruntime, openvino",
+                                "bf16": "openvino" if missing is None else missing.split(";")[0]}
     report["default_model"] = default_model_card()
     return report
 
@@ -77,6 +84,8 @@ def print_info(report: dict, console) -> None:
         row(k, v or "not installed")
     for k, v in (report.get("backends") or {}).items():
         row(f"backend {k}", v)
+    for k, v in (report.get("precisions") or {}).items():
+        row(f"precision {k}", v)
     for k, v in (report.get("device") or {}).items():
         row(f"device {k}", v)
     card = report["default_model"]

@@ -17,7 +17,9 @@ SPEC_KEY = "edgeface.spec"  # key in ONNX metadata_props / manifest
 SPEC_VERSION = 1
 
 # Numeric precisions an artifact, a bundle or a TensorRT engine can have (export, quantize, deploy, build).
-PRECISIONS = ("fp32", "fp16", "int8")
+# bf16 is a precision an engine runs an FP32 artifact at (OpenVINO on x86 CPUs with avx512_bf16 / amx_bf16),
+# not one an artifact stores: a bf16 bundle carries the FP32 ONNX.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 # What an artifact's input takes: the float32 NCHW batch normalised as the ModelSpec says, or the uint8
 # NHWC BGR crops themselves (preprocessing folded into the graph, or done inside the engine as ncnn does).

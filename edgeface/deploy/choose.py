@@ -6,9 +6,15 @@ run on, interleaved, at the target's batch size and thread count, and keep the f
         -> {"engines": {"onnxruntime": {"images_per_s": ..., "rounds_ips": [...]}, "openvino": {...}, ...}}
     choose(measurement, default="onnxruntime") -> (candidate, reason)
 
-A candidate is an engine, or "engine:variant" for the same engine with other options (an engine's target
-section names its variants: OpenVINO's other performance hint), so the choice covers how an engine runs as
-well as which one.
+A candidate is an (engine, precision, hint) triple, named "engine", "engine:variant" for the same engine with
+other options (an engine's target section names its variants: OpenVINO's other performance hint), and
+"...@precision" where one deploy measures several precisions (``--precision fastest``), so the choice covers
+how an engine runs as well as which one. Each candidate may run its own artifact (``artifacts``: the FP32 and
+the INT8 ONNX) at its own precision (``precisions``: bf16 runs the FP32 ONNX).
+
+A switch away from the default candidate must win by more than the measurement's own noise: the median of
+the paired per-round ratios (both ran in the same round, seconds apart) must exceed 1 + margin, where the
+margin is the interquartile spread of those ratios, and at least MIN_MARGIN. The result records both.
 
 Each engine runs the bundle's artifact through ``Predictor`` exactly as the device will (uint8 crops in,
 the target's options), so the figure includes what a user pays. The engines take turns in short slices
@@ -33,14 +39,20 @@ from ..runtime.predictor import Predictor
 
 DEFAULT_SECONDS = 4.0   # the whole measurement, all engines together (after a warm-up)
 SLICE_S = 0.25          # one engine's turn
-MIN_MARGIN = 0.03       # a win smaller than this (relative) is within noise: the default engine stays
+MIN_ROUNDS = 5          # slices per candidate at least, however many candidates share the time: the switch
+                        # margin is the spread of paired per-round ratios, which 3 rounds hardly estimate
+MIN_MARGIN = 0.03       # the smallest margin a switch needs (relative), however steady the rounds were
 
 
 def measure_engines(artifact: str | Path, engines: list[str], *, batch: int, threads: Optional[int],
-                    options: Optional[dict] = None, seconds: float = DEFAULT_SECONDS, seed: int = 0) -> dict:
+                    options: Optional[dict] = None, seconds: float = DEFAULT_SECONDS, seed: int = 0,
+                    artifacts: Optional[dict] = None, precisions: Optional[dict] = None) -> dict:
     """Images/s of each candidate (an engine, or "engine:variant") on ``artifact`` at ``batch`` and ``threads``;
-    see the module docstring. ``options``: {candidate: runner options} (as the manifest will hold them)."""
+    see the module docstring. ``options``: {candidate: runner options} (as the manifest will hold them);
+    ``artifacts`` / ``precisions``: {candidate: its own artifact / the precision it runs at}."""
     options = options or {}
+    artifacts = artifacts or {}
+    precisions = precisions or {}
     out: dict = {"batch": batch, "threads": threads, "seconds": seconds, "slice_s": SLICE_S,
                  "machine": platform.node(), "cpu": platform.processor() or platform.machine(),
                  "method": "Predictor.predict on uint8 crops, engines interleaved in slices, median of slices",
@@ -53,7 +65,8 @@ def measure_engines(artifact: str | Path, engines: list[str], *, batch: int, thr
                 out["engines"][name] = {"skipped": f"not installed (pip install 'edgeface[{registry.get(engine).extra}]')"}
                 continue
             try:
-                preds[name] = Predictor(str(artifact), backend=engine, threads=threads, **options.get(name, {}))
+                preds[name] = Predictor(str(artifacts.get(name, artifact)), backend=engine, threads=threads,
+                                        precision=precisions.get(name), **options.get(name, {}))
             except EdgefaceError as e:
                 out["engines"][name] = {"skipped": f"failed to load: {e}"}
         if not preds:
@@ -68,7 +81,7 @@ def measure_engines(artifact: str | Path, engines: list[str], *, batch: int, thr
         names = list(preds)
         deadline = time.perf_counter() + seconds
         turn = 0
-        while time.perf_counter() < deadline or min(len(v) for v in rounds.values()) < 3:
+        while time.perf_counter() < deadline or min(len(v) for v in rounds.values()) < MIN_ROUNDS:
             order = names if turn % 2 == 0 else names[::-1]
             for n in order:
                 p, done, t0 = preds[n], 0, time.perf_counter()
@@ -82,11 +95,12 @@ def measure_engines(artifact: str | Path, engines: list[str], *, batch: int, thr
             turn += 1
         for n in names:
             ips = statistics.median(rounds[n])
-            out["engines"][n] = {"engine": engine_of(n), "options": options.get(n, {}),
+            out["engines"][n] = {"engine": engine_of(n), "precision": preds[n].precision, "options": options.get(n, {}),
                                  "images_per_s": round(ips, 1), "ms_per_batch": round(1000 * batch / ips, 4),
                                  "rounds_ips": [round(v, 1) for v in rounds[n]],
                                  "info": {k: v for k, v in preds[n].info().items()
-                                          if k in ("version", "hint", "requests", "providers", "precision")}}
+                                          if k in ("version", "hint", "requests", "providers", "precision",
+                                                   "inference_precision")}}
     finally:
         for p in preds.values():
             p.close()
@@ -94,13 +108,35 @@ def measure_engines(artifact: str | Path, engines: list[str], *, batch: int, thr
 
 
 def engine_of(candidate: str) -> str:
-    """The engine a measured candidate runs on ("openvino:throughput" -> "openvino")."""
-    return candidate.partition(":")[0]
+    """The engine a measured candidate runs on ("openvino:throughput@bf16" -> "openvino")."""
+    return candidate.partition("@")[0].partition(":")[0]
+
+
+def switch_margin(rounds: list[float], default_rounds: list[float]) -> dict:
+    """How ``rounds`` compare with ``default_rounds`` slice by slice (same round, seconds apart): the median of
+    the paired ratios, their interquartile spread, and the margin a switch needs (that spread, at least
+    MIN_MARGIN)."""
+    ratios = sorted(a / b for a, b in zip(rounds, default_rounds) if b > 0)
+    if not ratios:
+        return {"paired_ratio": None, "spread_iqr": None, "margin": MIN_MARGIN, "rounds": 0}
+    if len(ratios) >= 2:
+        q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    else:
+        q1 = q3 = ratios[0]
+    spread = q3 - q1
+    return {"paired_ratio": round(statistics.median(ratios), 4), "spread_iqr": round(spread, 4),
+            "margin": round(max(MIN_MARGIN, spread), 4), "rounds": len(ratios)}
+
+
+def ranked(measurement: dict) -> list[str]:
+    """The measured candidates, fastest first (skipped ones left out)."""
+    measured = {n: r["images_per_s"] for n, r in measurement["engines"].items() if "images_per_s" in r}
+    return sorted(measured, key=lambda n: -measured[n])
 
 
 def choose(measurement: dict, default: str) -> tuple[str, str]:
-    """(candidate, why): the fastest measured candidate; ``default`` when it is within MIN_MARGIN of the fastest
-    or nothing else was measured."""
+    """(candidate, why): the fastest measured candidate; ``default`` when the fastest beats it by no more than
+    the switch margin (``switch_margin``, recorded in ``measurement["switch"]``) or nothing else was measured."""
     measured = {n: r["images_per_s"] for n, r in measurement["engines"].items() if "images_per_s" in r}
     skipped = {n: r["skipped"] for n, r in measurement["engines"].items() if "skipped" in r}
     where = f"batch {measurement['batch']}, threads {measurement['threads'] or 'all'}"
@@ -113,9 +149,18 @@ def choose(measurement: dict, default: str) -> tuple[str, str]:
         return best, f"only {best} could be measured ({measured[best]:.0f} img/s at {where}){note}"
     ranked = sorted(measured.items(), key=lambda kv: -kv[1])
     figures = ", ".join(f"{n} {v:.0f}" for n, v in ranked)
-    if default in measured and best != default and measured[best] < measured[default] * (1 + MIN_MARGIN):
-        return default, (f"{best} was {measured[best] / measured[default]:.3f}x {default}, within the "
-                         f"{MIN_MARGIN:.0%} noise margin, so the target's backend stays ({figures} img/s at {where}){note}")
+    if default in measured and best != default:
+        switch = switch_margin(measurement["engines"][best].get("rounds_ips") or [],
+                               measurement["engines"][default].get("rounds_ips") or [])
+        switch.update({"from": default, "to": best})
+        measurement["switch"] = switch
+        ratio = switch["paired_ratio"] if switch["paired_ratio"] is not None else measured[best] / measured[default]
+        if ratio <= 1 + switch["margin"]:
+            return default, (f"{best} was {ratio:.3f}x {default} (median of paired rounds), within the margin of "
+                             f"{switch['margin']:.1%} (the rounds' interquartile spread {switch['spread_iqr'] or 0:.1%}, "
+                             f"at least {MIN_MARGIN:.0%}), so the default stays ({figures} img/s at {where}){note}")
+        return best, (f"{best} measured {ratio:.2f}x {default} here (median of paired rounds; margin "
+                      f"{switch['margin']:.1%}) ({figures} img/s at {where}){note}")
     second = ranked[1]
     return best, (f"{best} measured {measured[best] / second[1]:.2f}x {second[0]} here "
                   f"({figures} img/s at {where}){note}")
@@ -127,4 +172,4 @@ def measure_and_choose(artifact: str | Path, engines: list[str], default: str, *
     m = measure_engines(artifact, engines, **kwargs)
     candidate, reason = choose(m, default)
     return {**m, "chosen": engine_of(candidate), "candidate": candidate,
-            "options": (kwargs.get("options") or {}).get(candidate, {}), "reason": reason}
+            "options": (kwargs.get("options") or {}).get(candidate, {}), "reason": reason, "ranked": ranked(m)}

@@ -157,43 +157,58 @@ def chosen_options(target: dict, precision: str, engine: str, choice: Optional[d
     return options
 
 
-def choose_engine(target: dict, artifact: Path, precision: str, *, backend: Optional[str], host: Optional[str],
-                  ssh_options: dict, seconds: float) -> tuple[str, Optional[dict]]:
-    """(engine, how it was chosen) for the bundle: ``backend`` when given (--backend), else the faster of the
-    target's ``measure`` engines on the machine the bundle runs on (``host``, or here), else its backend."""
-    candidates = list(target["measure"])
-    if backend is not None:
-        check_forced_backend(target, backend)
-        return backend, ({"forced": True, "reason": f"--backend {backend}"} if candidates or
-                         backend != target["backend"] else None)
-    if not candidates:
-        return target["backend"], None
+def measure_candidates(target: dict, candidates: dict, artifacts: dict, *, default: str, host: Optional[str],
+                       ssh_options: dict, seconds: float) -> dict:
+    """Measure ``candidates`` ({name: Candidate}) on the machine the bundle runs on (``host``, or here), each on
+    its artifact (``artifacts``: {kind: path}) at its precision; the choice, its reason and the ranking."""
     batch, threads = int(target["batch"]), target["threads"] or None
-
-    def measured_options(recipe: dict, engine: str) -> dict:  # the manifest's options; threads are measured apart
-        return {k: v for k, v in backend_options(recipe, precision, engine).items() if k != "threads"}
-
-    options = {c: measured_options(target, c) for c in candidates}
-    for c in list(candidates):  # an engine's other settings worth measuring here (OpenVINO's other hint)
-        section = registry.get(c).target
-        if section is not None and section.measure_variants is not None:
-            for variant, settings in section.measure_variants(target[c], threads, batch):
-                candidates.append(f"{c}:{variant}")
-                options[f"{c}:{variant}"] = measured_options({**target, c: settings}, c)
-    kwargs = dict(engines=candidates, default=target["backend"], batch=batch, threads=threads, seconds=seconds,
-                  options=options)
+    names = list(candidates)
+    kwargs = dict(engines=names, default=default, batch=batch, threads=threads, seconds=seconds,
+                  options={n: c.options for n, c in candidates.items()},
+                  precisions={n: c.precision for n, c in candidates.items()})
+    paths = {n: artifacts[c.artifact_kind] for n, c in candidates.items()}
     if host:
         from .remote import measure_remote
 
+        if len(set(paths.values())) > 1:
+            raise EdgefaceError("--host measures one artifact on the device: --precision fastest with INT8 runs "
+                                "here only; pick --precision fp32, bf16 or int8 for --host")
+        artifact = next(iter(paths.values()))
         files = registry.engine_of_artifact(artifact).files_of(artifact)
         ssh = {k: v for k, v in ssh_options.items() if v is not None}
-        result = measure_remote(files, host, remote_python=ssh.pop("remote_python", "python3"), **ssh, **kwargs)
-    else:
-        from .choose import measure_and_choose
+        return measure_remote(files, host, remote_python=ssh.pop("remote_python", "python3"), **ssh, **kwargs)
+    from .choose import measure_and_choose
 
-        result = measure_and_choose(artifact, **kwargs)
-        result["host"] = None
+    result = measure_and_choose(next(iter(paths.values())), artifacts=paths, **kwargs)
+    result["host"] = None
+    return result
+
+
+def choose_engine(target: dict, artifact: Path, precision: str, *, backend: Optional[str], host: Optional[str],
+                  ssh_options: dict, seconds: float) -> tuple[str, Optional[dict]]:
+    """(engine, how it was chosen) for a bundle of one artifact at ``precision``: ``backend`` when given
+    (--backend), else the faster of the target's ``measure`` candidates on the machine the bundle runs on
+    (``host``, or here), else its backend."""
+    from .candidates import plan_candidates
+
+    if backend is not None:
+        check_forced_backend(target, backend)
+        return backend, ({"forced": True, "reason": f"--backend {backend}"} if target["measure"] or
+                         backend != target["backend"] else None)
+    if not target["measure"]:
+        return target["backend"], None
+    candidates, _ = plan_candidates(target, [precision], backend=None, measuring=True, many=False)
+    kind = "int8" if precision == "int8" else "float"
+    result = measure_candidates(target, candidates, {kind: artifact}, default=_default_candidate(target, candidates),
+                                host=host, ssh_options=ssh_options, seconds=seconds)
     return result["chosen"], result
+
+
+def _default_candidate(target: dict, candidates: dict) -> str:
+    """The candidate a switch must beat by more than the noise: the target's own engine at the first precision
+    tried, else the first candidate (bf16 runs on OpenVINO only)."""
+    own = [n for n, c in candidates.items() if c.engine == target["backend"] and c.hint is None]
+    return own[0] if own else next(iter(candidates))
 
 
 def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: Optional[str] = None,
@@ -205,9 +220,13 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
     """Export, quantize, verify and write a bundle for ``target_name``; see the module docstring.
 
     ``backend`` forces the engine (one the target can run its bundle on); otherwise a target that lists
-    ``measure`` engines gets the faster of them on the machine the bundle runs on (``host``, or this one),
-    at its ``batch`` (``batch`` overrides it) and thread count; the manifest records the measurement.
+    ``measure`` engines measures every candidate, an (engine, precision, hint) triple, on the machine the
+    bundle runs on (``host``, or this one) at its ``batch`` (``batch`` overrides it) and thread count, then
+    verifies them fastest first and keeps the first within its precision's budget; the manifest's
+    ``engine_choice`` records every candidate with its figures. ``precision="fastest"``: the candidates of
+    every precision the target lists (INT8 with ``calib``, bf16 where the CPU computes it).
     ``sign``: an Ed25519 private key that signs the manifest (docs/security.md)."""
+    from .candidates import FASTEST, all_failed, plan_candidates, plan_precisions, verify_summary
     from .choose import DEFAULT_SECONDS
 
     t_start = time.perf_counter()
@@ -225,16 +244,21 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
     if backend is not None:
         check_forced_backend(target, backend)
     precision = precision or target["default_precision"]
-    if precision not in target["precisions"]:
-        raise EdgefaceError(f"target {name} supports --precision {'|'.join(target['precisions'])}, not {precision}")
-    source = resolve_source(model)
+    source = resolve_source(model) if precision in target["precisions"] or precision == FASTEST else None
     calib_path = Path(calib) if calib is not None else None
+    precisions, left_out = plan_precisions(target, precision, calib=calib_path is not None,
+                                           qat=bool(source and source.qat))
     if precision == "int8" and calib_path is None and not source.qat:
         raise EdgefaceError("--precision int8 needs calibration images: pass --calib DIR (face crops, or images "
                             "with labels.csv), or deploy a quantization-aware checkpoint (edgeface train --recipe "
                             "recipes/qat/...)")
     if calib_path is not None and not calib_path.is_dir():
         raise EdgefaceError(f"--calib {calib_path} is not a folder of calibration images")
+    measuring = bool(target["measure"]) and backend is None
+    many = precision == FASTEST
+    candidates, problems = plan_candidates(target, precisions, backend=backend, measuring=measuring or many, many=many)
+    if not candidates:  # before any work: e.g. bf16 on a CPU without it names the missing flag
+        raise EdgefaceError(f"--precision {precision} cannot run here: " + "; ".join(f"{n}: {w}" for n, w in problems.items()))
     vdata = Path(verify_data) if verify_data is not None else default_verify_data()
     if vdata is not None and not vdata.is_dir():
         raise EdgefaceError(f"--verify-data {vdata} is not a folder")
@@ -246,61 +270,117 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
     clean_stale_temp()
 
     staged = make_staging_dir(out)
-    verify_result = None
+    work = make_staging_dir(out)  # each artifact a candidate runs, in a folder of its own
+    verify_result = reference = None
     try:
         with Steps(console) as steps:
-            calibration = None
-            if precision != "int8":
+            made: dict[str, tuple[str, str, Optional[str], Optional[dict]]] = {}  # kind -> artifact, input kind, cache, calibration
+            if any(c.artifact_kind == "float" for c in candidates.values()):
+                float_precision = next(p for p in precisions if p != "int8")
+                (work / "float").mkdir()
                 artifact, input_kind, calib_cache = steps.run(
-                    f"export {target['backend']} ({precision}) from {source.label}",
-                    export_artifact, target, source, precision, staged)
-            else:
+                    f"export {target['backend']} ({float_precision if float_precision != 'bf16' else 'fp32, run at bf16'}) "
+                    f"from {source.label}", export_artifact, target, source, float_precision, work / "float")
+                made["float"] = (artifact, input_kind, calib_cache, None)
+            if any(c.artifact_kind == "int8" for c in candidates.values()):
+                (work / "int8").mkdir()
                 artifact, calib_cache, calibration = steps.run(
                     f"export + quantize int8 for {target['backend']}"
                     + (" (quantization-aware checkpoint)" if source.qat and calib_path is None else f" from {calib_path}"),
-                    quantize_artifact, target, source, calib_path, staged, steps.note)
-                check_bundle_artifact(registry.get(target["backend"]), staged / artifact, int(target["onnx"]["opset"]))
-                _drop_unused(staged, keep={artifact, calib_cache, *_companions(staged / artifact)})
-                input_kind = _input_kind(staged / artifact)
-            choose_args = (target, staged / artifact, precision)
-            choose_kwargs = dict(backend=backend, host=host, ssh_options=dict(ssh_options or {}),
-                                 seconds=measure_seconds or DEFAULT_SECONDS)
-            if target["measure"] and backend is None:
-                engine, choice = steps.run(
-                    f"measure {' vs '.join(target['measure'])} on {host or 'this machine'} (batch {target['batch']}, "
-                    f"threads {target['threads'] or 'all'})", choose_engine, *choose_args, **choose_kwargs)
-            else:  # the target's engine, or the one --backend forces (checked against what the target runs)
-                engine, choice = choose_engine(*choose_args, **choose_kwargs)
-            if choice is not None and not choice.get("forced"):
-                steps.note(f"engine: {engine} ({choice['reason']})")
-            manifest_args = dict(
-                target=name, backend=engine, precision=precision, artifact=artifact, engine_choice=choice,
-                target_recipe=target, options=chosen_options(target, precision, engine, choice), input_kind=input_kind,
-                calibration=calibration, calib_cache=calib_cache,
-                source={"model": source.label, "qat": source.qat, "model_version": source.meta.get("version")},
-                weights_terms=source.terms)
-            spec = _artifact_spec(staged / artifact)
-            steps.run("write manifest", write_manifest, staged, spec=spec, **manifest_args)
-            if verify:
-                def _verify():
-                    reference, _ = open_model(source.checkpoint)  # the FP32 torch model
-                    crops, poses, desc = load_verify_set(vdata, spec)
-                    runner, pred, how = bundle_runner(staged, dict(target, backend=engine))
-                    try:
-                        res = verify_bundle(runner, reference.blur_and_pose, crops, poses, target["verify"][precision])
-                    finally:
-                        pred.close()
-                        reference.close()
-                    res.update(data=desc, runtime=how, reference_model=f"{source.label} (FP32 torch)")
-                    return res
+                    quantize_artifact, target, source, calib_path, work / "int8", steps.note)
+                check_bundle_artifact(registry.get(target["backend"]), work / "int8" / artifact, int(target["onnx"]["opset"]))
+                _drop_unused(work / "int8", keep={artifact, calib_cache, *_companions(work / "int8" / artifact)})
+                made["int8"] = (artifact, _input_kind(work / "int8" / artifact), calib_cache, calibration)
+            artifacts = {kind: work / kind / entry[0] for kind, entry in made.items()}
+            measure_args = dict(host=host, ssh_options=dict(ssh_options or {}),
+                                seconds=measure_seconds or DEFAULT_SECONDS)
+            if measuring or len(candidates) > 1:
+                default = _default_candidate(target, candidates)
+                choice = steps.run(
+                    f"measure {', '.join(candidates)} on {host or 'this machine'} (batch {target['batch']}, "
+                    f"threads {target['threads'] or 'all'})", measure_candidates, target, candidates, artifacts,
+                    default=default, **measure_args)
+                order = [choice["candidate"]] + [n for n in choice.get("ranked", []) if n != choice["candidate"]]
+                order = [n for n in order if n in candidates]
+                steps.note(f"measured: {choice['reason']}")
+            else:  # the target's engine, or the one --backend forces
+                (only,) = candidates
+                choice = ({"forced": True, "reason": f"--backend {backend}"} if backend is not None and
+                          (target["measure"] or backend != target["backend"]) else None)
+                order = [only]
+            if choice is not None:
+                choice["precision_requested"] = precision
+                choice["candidates"] = {n: c.to_json() for n, c in candidates.items()}
+                if problems or left_out:
+                    choice["not_run_here"] = {**problems, **left_out}
+            spec = crops = poses = desc = None
+            results: dict[str, dict] = {}   # candidate -> its verification
+            placed = None
 
-                verify_result = steps.run("verify against the FP32 reference", _verify)
-                steps.note(verify_line(verify_result))
-                if not verify_result["passed"]:
-                    raise EdgefaceError(
-                        f"the {name} {precision} bundle exceeds the accuracy budget ({'; '.join(verify_result['exceeded'])}; "
-                        f"recipes/targets/{name}.yaml verify.{precision}); use more --calib images, another --precision, "
-                        f"or --no-verify to write it anyway")
+            def place(cand) -> dict:
+                """The candidate's artifact in the bundle folder, and a manifest naming it (for Predictor(bundle))."""
+                nonlocal placed, spec
+                artifact, input_kind, calib_cache, calibration = made[cand.artifact_kind]
+                if placed != cand.artifact_kind:
+                    _place(work / cand.artifact_kind, staged)
+                    placed = cand.artifact_kind
+                if choice is not None and not choice.get("forced"):
+                    choice.update(chosen=cand.engine, candidate=cand.name, options=cand.options,
+                                  precision=cand.precision)
+                args = dict(
+                    target=name, backend=cand.engine, precision=cand.precision, artifact=artifact, engine_choice=choice,
+                    target_recipe=target, options=chosen_options(target, cand.precision, cand.engine, choice),
+                    input_kind=input_kind, calibration=calibration, calib_cache=calib_cache,
+                    source={"model": source.label, "qat": source.qat, "model_version": source.meta.get("version")},
+                    weights_terms=source.terms)
+                spec = _artifact_spec(staged / artifact)
+                write_manifest(staged, spec=spec, **args)
+                return args
+
+            def check(cand) -> dict:
+                nonlocal reference, crops, poses, desc
+                place(cand)
+                if reference is None:
+                    reference = _Remembered(open_model(source.checkpoint)[0])  # the FP32 torch model, run once
+                    crops, poses, desc = load_verify_set(vdata, spec)
+                runner, pred, how = bundle_runner(staged, dict(target, backend=cand.engine))
+                try:
+                    res = verify_bundle(runner, reference, crops, poses, target["verify"][cand.precision])
+                finally:
+                    pred.close()
+                res.update(data=desc, runtime=how, reference_model=f"{source.label} (FP32 torch)")
+                return res
+
+            # Fastest first; every measured candidate is verified (the manifest records each one's figures), and
+            # the first within its precision's budget is the bundle.
+            winner = None
+            for cand_name in order if verify else order[:1]:
+                cand = candidates[cand_name]
+                if not verify:
+                    winner = cand
+                    break
+                res = steps.run(f"verify {cand_name} ({cand.precision}) against the FP32 reference"
+                                if len(order) > 1 else "verify against the FP32 reference", check, cand)
+                results[cand_name] = res
+                steps.note((f"{cand_name}: " if len(order) > 1 else "") + verify_line(res))
+                if choice is not None:
+                    choice.setdefault("verification", {})[cand_name] = verify_summary(res)
+                if res["passed"] and winner is None:
+                    winner = cand
+                    if choice is None:
+                        break
+            if winner is None:
+                raise all_failed(name, {n: (candidates[n], r) for n, r in results.items()})
+            verify_result = results.get(winner.name)
+            failed = [n for n in order[:order.index(winner.name)] if not results[n]["passed"]]
+            if choice is not None and not choice.get("forced") and failed:
+                why_not = ", ".join(f"{n} failed verification ({'; '.join(results[n]['exceeded'])})" for n in failed)
+                choice["reason"] = (f"{winner.name} ({winner.precision}) is the fastest within its budget: {why_not}; "
+                                    f"measured: {choice['reason']}")
+            manifest_args = place(winner)
+            engine = winner.engine
+            if choice is not None and not choice.get("forced"):
+                steps.note(f"engine: {engine} {winner.precision} ({choice['reason']})")
             manifest = steps.run("seal bundle", write_manifest, staged, spec=spec,
                                  accuracy=verify_result or {"verified": False, "reason": "--no-verify"},
                                  tools=tool_versions(), **manifest_args)
@@ -314,10 +394,13 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
             open_bundle(staged, device=ANY_DEVICE, trusted_keys=own_key)
             move_into_place(staged, out, force)
     finally:
-        if staged.exists():
-            shutil.rmtree(staged, ignore_errors=True)
+        if reference is not None:
+            reference.close()
+        for folder in (staged, work):
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
 
-    result = DeployResult(bundle=out, target=name, backend=engine, precision=precision, manifest=manifest,
+    result = DeployResult(bundle=out, target=name, backend=engine, precision=winner.precision, manifest=manifest,
                           verify=verify_result, seconds=time.perf_counter() - t_start, steps=dict(steps.times))
     if host:
         from .remote import deploy_remote
@@ -326,6 +409,36 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
         result.remote = deploy_remote(out, host, dict(target, backend=engine), console,
                                       remote_python=ssh_options.pop("remote_python", None) or "python3", **ssh_options)
     return result
+
+
+class _Remembered:
+    """The FP32 reference as a runner that computes each batch once: every candidate is verified on the same
+    faces, so the torch model runs them once for all."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+        self.seen: dict = {}
+
+    def __call__(self, crops):
+        key = (crops.shape, hash(crops.tobytes()))
+        if key not in self.seen:
+            self.seen[key] = self.predictor.blur_and_pose(crops)
+        return self.seen[key]
+
+    def close(self) -> None:
+        self.predictor.close()
+
+
+def _place(source: Path, staged: Path) -> None:
+    """The bundle folder holds exactly the files of ``source`` (the artifact of the candidate being tried)."""
+    for p in list(staged.iterdir()):
+        if p.is_file():
+            p.unlink()
+        else:
+            shutil.rmtree(p)
+    for p in source.iterdir():
+        if p.is_file():
+            shutil.copy2(p, staged / p.name)
 
 
 def _companions(artifact: Path) -> set[str]:

@@ -37,7 +37,8 @@ def _measure_code(remote_artifact: str, kwargs: dict) -> str:
 
 
 def measure_remote(files: list[Path], host: str, *, engines: list[str], default: str, batch: int,
-                   threads: Optional[int], options: dict, seconds: float, remote_python: str = "python3",
+                   threads: Optional[int], options: dict, seconds: float, precisions: Optional[dict] = None,
+                   remote_python: str = "python3",
                    port: Optional[int] = None, identity: Optional[Path] = None,
                    known_hosts: Optional[Path] = None) -> dict:
     """Deploy's engine choice measured on ``host``: copy the artifact (``files[0]`` and its companions) to a
@@ -52,7 +53,7 @@ def measure_remote(files: list[Path], host: str, *, engines: list[str], default:
               "copying the artifact to measure")
     scratch = f"{REMOTE_DIR}/{name}"
     kwargs = {"engines": engines, "default": default, "batch": batch, "threads": threads, "options": options,
-              "seconds": seconds}
+              "seconds": seconds, **({"precisions": precisions} if precisions else {})}
     try:
         out = ssh.check(ssh.run(f"{shlex.quote(remote_python)} -c "
                                 f"{shlex.quote(_measure_code(f'{scratch}/{files[0].name}', kwargs))}",

@@ -40,7 +40,8 @@ TARGET_SCHEMA: dict[str, Any] = {
     # one section per engine that reads one: "ncnn", "tensorrt", ... (from the registry)
     **{e.name: dict(e.target.defaults) for e in registry.ENGINES if e.target is not None},
     "quantization": {"format": ""},
-    "verify": {p: dict(_BUDGET) for p in PRECISIONS},
+    # {precision: budget}: one for each precision the target lists (checked in load_target)
+    "verify": (dict, REQUIRED),
 }
 
 
@@ -88,6 +89,7 @@ def load_target(name_or_path: str | Path) -> dict[str, Any]:
     if not isinstance(t["batch"], int) or isinstance(t["batch"], bool) or not 1 <= t["batch"] <= MAX_TARGET_BATCH:
         raise EdgefaceError(f"{where}: field 'batch' must be an integer from 1 to {MAX_TARGET_BATCH}")
     check_candidates(t, t["measure"], where)
+    t["verify"] = check_budgets(t["verify"], t["precisions"], where)
     for prec, budget in t["verify"].items():
         for k, v in budget.items():
             if not finite(v) or v < 0:  # a NaN budget would pass every verification (x > NaN is False)
@@ -96,6 +98,22 @@ def load_target(name_or_path: str | Path) -> dict[str, Any]:
         if engine.target is not None:
             engine.target.check(t[engine.name], where)
     return t
+
+
+def check_budgets(verify: dict, precisions: list, where: str) -> dict:
+    """``verify:``: a budget (every field of ``_BUDGET``) for each precision the target lists; one for a
+    precision it does not list is allowed (a budget kept for later), an unknown precision is not."""
+    out = {}
+    for prec, budget in verify.items():
+        if prec not in PRECISIONS:
+            raise EdgefaceError(f"{where}: unknown field 'verify.{short(prec)}' (known fields: {', '.join(PRECISIONS)})")
+        if not isinstance(budget, dict):
+            raise EdgefaceError(f"{where}: field 'verify.{prec}' must be a mapping, got {type(budget).__name__}")
+        out[prec] = validate(budget, _BUDGET, where, f"verify.{prec}.")
+    for prec in precisions:
+        if prec not in out:
+            raise EdgefaceError(f"{where}: missing required field 'verify.{prec}' (a budget for each of precisions)")
+    return out
 
 
 def check_candidates(target: dict, names, where: str) -> None:

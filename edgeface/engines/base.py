@@ -45,6 +45,9 @@ class Backend(ABC):
         self.artifact = Path(artifact)
         self.spec = spec
         self.threads = threads
+        # What the caller (a bundle's manifest, Predictor(precision=...)) asked this engine to run at; None:
+        # whatever the artifact holds. ``precision`` becomes what actually runs, once loaded.
+        self.requested_precision = precision
         self.precision = precision or "fp32"
         self.options = options
         self.input_kind = FLOAT_NCHW
@@ -61,6 +64,7 @@ class Backend(ABC):
             return
         try:
             self._load_impl()
+            self._check_precision()
         except BaseException:
             self._close_impl()
             raise
@@ -98,6 +102,22 @@ class Backend(ABC):
     @abstractmethod
     def _run_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run a checked batch."""
+
+    @classmethod
+    def precision_problem(cls, stored: str, wanted: str) -> str | None:
+        """None when this engine can run an artifact holding ``stored`` at ``wanted`` on this machine; else why
+        not, in a few words (deploy asks before it measures a candidate). Most engines run what the artifact holds."""
+        return None if wanted == stored else f"{cls.name} runs a {stored} artifact at {stored} only, not {wanted}"
+
+    def _check_precision(self) -> None:
+        """After loading: the precision asked for is the one that runs, or an EdgefaceError naming both. An
+        engine whose precision follows a setting of its own (ncnn's fp16 policy, a TensorRT engine's record)
+        overrides this; OpenVINO reads back what its compiled model runs (runner.py)."""
+        asked = self.requested_precision
+        if asked is not None and asked != self.precision:
+            raise EdgefaceError(f"the {self.name} engine runs {self.artifact.name} in {self.precision}, not the {asked} "
+                                f"asked for; ask for {self.precision} (or no precision), or use an engine that runs "
+                                f"{asked}")
 
     def _info_impl(self) -> dict:
         """Engine-specific facts for ``info()`` (versions, providers, ...). Called loaded or not."""

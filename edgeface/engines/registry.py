@@ -114,6 +114,16 @@ def with_int8() -> list[Engine]:
     return [e for e in ENGINES if e.int8 is not None]
 
 
+def precision_problem(name: str, precision: str, stored: str = "fp32") -> str | None:
+    """Why engine ``name`` cannot run an artifact holding ``stored`` at ``precision`` here, or None. What an
+    engine exports (ncnn's fp16, TensorRT's fp16 build) or quantizes is its own; another float precision (bf16)
+    is asked of its runner, which knows its CPU paths (``Backend.precision_problem``)."""
+    e = get(name)
+    if precision == stored or precision in e.precisions or (precision == "int8" and e.int8 is not None):
+        return None
+    return e.runner_class().precision_problem(stored, precision)
+
+
 def auto_order(engines, device: str, batch: int = 1, precision: str | None = None,
                isa_flags=None) -> list[Engine]:
     """``engines`` in the order backend="auto" tries them on ``device`` for batches of ``batch`` (stable

@@ -138,7 +138,7 @@ class Predictor:
         if backend == "auto" and self.bundle is not None and _installed(registry.get(self.bundle.backend)) \
                 and self.bundle.backend in [e.name for e in registry.engines_running(kind.format)]:
             backend = self.bundle.backend  # the engine deploy chose for this bundle
-        name = _choose_engine(kind, backend, path, batch)
+        name = _choose_engine(kind, backend, path, batch, precision)
         for k, v in bundle_options.items():  # the target's tuned options; explicit arguments win
             if k == "threads":
                 threads = threads or check_threads(v, f"{path} manifest options.threads")
@@ -358,10 +358,18 @@ def _shipped_default(backend: str, batch: int = 1) -> tuple[Path, Engine]:
                         f"here; install a fitting backend, e.g. pip install 'edgeface[ort]'")
 
 
-def _choose_engine(kind: Engine, backend: str, path: Path, batch: int = 1) -> str:
+def _choose_engine(kind: Engine, backend: str, path: Path, batch: int = 1, precision: Optional[str] = None) -> str:
     """The engine that runs an artifact of ``kind``: ``backend`` when it can, else (auto) the first installed
-    of those that can, preferring the engines of this device kind (and batch size: ``registry.auto_order``)."""
+    of those that can, preferring the engines of this device kind (and batch size: ``registry.auto_order``);
+    with a ``precision`` asked for, only engines that run it (bf16: OpenVINO, on a CPU that computes it)."""
     fits = registry.engines_running(kind.format)
+    if backend == "auto" and precision is not None:
+        stored = _artifact_precision(path, kind) or "fp32"
+        running = [e for e in fits if registry.precision_problem(e.name, precision, stored) is None]
+        if not running:
+            why = "; ".join(f"{e.name}: {registry.precision_problem(e.name, precision, stored)}" for e in fits)
+            raise EdgefaceError(f"no engine runs {path.name} at {precision} here ({why})")
+        fits = running
     if backend != "auto":
         if backend not in [e.name for e in fits]:
             hint = ("the torch backend runs .pt checkpoints" if backend == "torch" else

@@ -137,6 +137,12 @@ class NcnnBackend(Backend):
                     outs[k][i] = a
         return dict(zip(self.spec.output_names, outs))
 
+    def _check_precision(self) -> None:
+        """fp32 and fp16 follow the ``fp16`` policy (a Pi 5 may run an fp32 bundle's layers in fp16 when its
+        target says "auto"): only a precision ncnn has no path for here (bf16, int8 on an FP32 model) is refused."""
+        if self.requested_precision not in (None, "fp32", "fp16"):
+            super()._check_precision()
+
     def _info_impl(self) -> dict:
         d = {}
         try:

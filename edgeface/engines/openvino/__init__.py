@@ -11,17 +11,56 @@ on the machine the bundle runs on and records its choice in the manifest.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+from ...core.device import cpu_isa_flags
 from ...core.errors import EdgefaceError
 from ..descriptor import Engine, Int8Form, TargetSection
 
 HINTS = ("latency", "throughput")
 # backend="auto" on x86 (a bare ONNX; a bundle follows deploy's measurement) prefers OpenVINO over
 # onnxruntime from batch AUTO_MIN_BATCH on: always for the INT8 Q/DQ (1.37x onnxruntime's INT8 at batch 8,
-# 1.56x at 64 on an AVX2-only EPYC), and for FP32 only on a CPU with AVX-512 (1.83x at 64 on an AVX-512 VNNI
-# Zen 4; 0.87x on the AVX2 EPYC). docs/engines.md has both runs.
+# 1.56x at 64 on an AVX2-only EPYC), and for FP32 only on a CPU with AVX-512 (0.87x on the AVX2 EPYC; 1.17x at
+# f32 on an AMX Xeon; the 1.83x once measured on an AVX-512 Zen 4 ran unpinned, i.e. bf16). docs/engines.md.
 AUTO_MIN_BATCH = 8
 AUTO_FP32_ISA = ("avx512f",)
 MIN_CHUNK = 8  # a batch is split over async infer requests only into pieces of at least this many crops
+
+# Float precisions OpenVINO runs an FP32 model at, by INFERENCE_PRECISION_HINT (our name -> OpenVINO's). Its CPU
+# plugin defaults the hint to bf16 on CPUs that compute bf16 natively (avx512_bf16, AMX), so every FP32 model
+# is compiled with the hint pinned: f32 unless bf16 was asked for. Measured on an AMX Xeon (batch 64, 1 thread,
+# docs/engines.md): f32 1.17x onnxruntime FP32 with 1e-4 deg from torch; bf16 1.68x, 0.77 deg per face.
+FLOAT_HINTS = {"fp32": "f32", "bf16": "bf16"}
+# CPU features that give OpenVINO a native bf16 path. fp16 is not offered: on x86 only AMX-FP16 (Granite
+# Rapids) computes it, and OpenVINO's CPU plugin answers an f16 hint with bf16 on the CPUs we have.
+BF16_ISA = ("avx512_bf16", "amx_bf16")
+
+
+def bf16_missing(isa_flags=None) -> Optional[str]:
+    """None where this CPU (or ``isa_flags``) computes bf16 natively; else why bf16 cannot run here."""
+    flags = set(cpu_isa_flags() if isa_flags is None else isa_flags)
+    if flags & set(BF16_ISA):
+        return None
+    return (f"bf16 needs a CPU with {' or '.join(BF16_ISA)} (AVX-512 BF16 or AMX); this CPU has neither, so "
+            f"OpenVINO would emulate it or run f32: use --precision fp32 or int8")
+
+
+def precision_problem(stored: str, wanted: str, isa_flags=None) -> Optional[str]:
+    """None when OpenVINO can run an artifact holding ``stored`` at ``wanted`` on this CPU; else why not.
+    An FP32 artifact runs at fp32 or bf16; an INT8 Q/DQ one at int8 (its float layers at OpenVINO's default)."""
+    if wanted == stored and stored in ("fp32", "int8"):
+        return None
+    if stored == "fp32" and wanted == "bf16":
+        return bf16_missing(isa_flags)
+    if wanted == "fp16":
+        return ("OpenVINO has no fp16 CPU path on x86 worth using (only AMX-FP16 computes fp16; the CPU plugin turns "
+                "an f16 hint into bf16): use fp32, or bf16 on a CPU with avx512_bf16 / amx_bf16")
+    return f"OpenVINO runs a {stored} artifact at {stored}{' or bf16' if stored == 'fp32' else ''}, not {wanted}"
+
+
+def precisions_for(stored: str, isa_flags=None) -> list[str]:
+    """The precisions OpenVINO can run an artifact holding ``stored`` at on this CPU (deploy's candidates)."""
+    return [p for p in ("fp32", "bf16", "int8") if precision_problem(stored, p, isa_flags) is None]
 
 
 def _check_target(section: dict, where: str) -> None:

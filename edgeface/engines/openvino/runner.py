@@ -16,7 +16,16 @@ from ...core.errors import EdgefaceError
 from ...core.preprocess import input_affine
 from ...core.spec import FLOAT_NCHW, UINT8_NHWC
 from ..base import Backend
-from . import MIN_CHUNK
+from . import FLOAT_HINTS, MIN_CHUNK
+from . import precision_problem as _precision_problem
+
+
+def compiled_precision(compiled) -> str:
+    """The float precision a compiled model runs at, in OpenVINO's words ("f32", "bf16", "f16"): its
+    INFERENCE_PRECISION_HINT property, which holds what the plugin actually chose, default or not."""
+    value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    name = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(name, name)
 
 
 def fold_preprocess(model, spec):
@@ -70,11 +79,17 @@ class OpenVinoBackend(Backend):
         if self.artifact.suffix == ".xml":
             info = read_info(self.artifact)
             self.input_kind = info.get("input_kind", FLOAT_NCHW)
-            self.precision = info.get("precision", self.precision)
+            stored = info.get("precision", "fp32")
         else:
             meta = onnx_metadata(load_onnx(self.artifact))  # clear errors for a missing / truncated file
             self.input_kind = meta.get(INPUT_KIND_KEY, FLOAT_NCHW)
-            self.precision = meta.get(PRECISION_KEY, self.precision)
+            stored = meta.get(PRECISION_KEY, "fp32")
+        # What runs: the precision asked for (a bf16 bundle carries the FP32 ONNX), else the artifact's own.
+        wanted = self.requested_precision or stored
+        problem = _precision_problem(stored, wanted)
+        if problem:
+            raise EdgefaceError(f"{self.artifact.name}: {problem}")
+        self.precision = wanted
         self._core = ov.Core()
         try:
             model = self._core.read_model(str(self.artifact))
@@ -92,6 +107,8 @@ class OpenVinoBackend(Backend):
             if self.folded_at_load:
                 self.input_kind = UINT8_NHWC
         config = {"PERFORMANCE_HINT": hint.upper()}
+        if wanted in FLOAT_HINTS:  # pinned: left alone, the CPU plugin picks bf16 wherever the CPU has it
+            config["INFERENCE_PRECISION_HINT"] = FLOAT_HINTS[wanted]
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         try:
@@ -99,12 +116,30 @@ class OpenVinoBackend(Backend):
         except Exception as e:  # noqa: BLE001
             raise EdgefaceError(f"OpenVINO cannot compile {self.artifact.name} "
                                 f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
+        self.inference_precision = compiled_precision(self._compiled)
         n = self.options.get("requests") or 0
         if not n:
             n = 1 if hint == "latency" else int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._requests = [self._compiled.create_infer_request() for _ in range(max(1, int(n)))]
         self._outputs = [self._compiled.output(name) for name in self.spec.output_names]
         self._hint = hint
+
+    @classmethod
+    def precision_problem(cls, stored: str, wanted: str) -> str | None:
+        """An FP32 artifact at fp32, or at bf16 on a CPU with avx512_bf16 / amx_bf16; INT8 at int8."""
+        return _precision_problem(stored, wanted)
+
+    def _check_precision(self) -> None:
+        """The compiled model runs at the float precision asked for (its INFERENCE_PRECISION_HINT property),
+        or this is an error naming both: never an "fp32" model silently computing in bf16. An INT8 Q/DQ
+        model's float layers run at OpenVINO's default, reported as ``inference_precision``."""
+        want = FLOAT_HINTS.get(self.precision)
+        if want is None or self.inference_precision == want:
+            return
+        fix = ("run it on onnxruntime, or report this OpenVINO version" if self.precision == "fp32" else
+               "this CPU has no native path for it; use --precision fp32")
+        raise EdgefaceError(f"OpenVINO compiled {self.artifact.name} to run in {self.inference_precision}, not the "
+                            f"{want} asked for (INFERENCE_PRECISION_HINT={want}); {fix}")
 
     def _run_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         n = x.shape[0]
@@ -134,7 +169,8 @@ class OpenVinoBackend(Backend):
 
         return {"version": ov.__version__, "hint": getattr(self, "_hint", self.options.get("hint", "latency")),
                 "requests": len(getattr(self, "_requests", []) or []) or self.options.get("requests"),
-                "preprocess_folded_at_load": getattr(self, "folded_at_load", False)}
+                "preprocess_folded_at_load": getattr(self, "folded_at_load", False),
+                "inference_precision": getattr(self, "inference_precision", None)}
 
     def _close_impl(self) -> None:
         self._requests = []

@@ -21,7 +21,8 @@ from ...core import __version__
 from ...core.artifact import INPUT_KIND_KEY, read_onnx_metadata, spec_beside
 from ...core.errors import EdgefaceError
 from ...core.io import atomic_write_bytes, sha256_file
-from ...core.spec import FLOAT_NCHW, PRECISIONS, SPEC_KEY, ModelSpec
+from ...core.spec import FLOAT_NCHW, SPEC_KEY, ModelSpec
+from .cache import PRECISIONS
 from .cache import (DeviceFacts, current_device_facts, default_cache_dir, engine_cache_key, engine_paths,
                     expected_record, normalize_cc, stale_reason, timing_cache_path, write_engine)
 from .library import MIN_TRT, import_tensorrt, trt_version_tuple

@@ -23,10 +23,12 @@ from typing import Callable, NamedTuple, Optional
 from ...core.artifact import ENGINE_RECORD_FORMAT, engine_record_path, read_engine_record
 from ...core.errors import EdgefaceError
 from ...core.io import atomic_write_bytes
-from ...core.spec import PRECISIONS
 from .library import import_tensorrt
 
 RECORD_VERSION = 1
+
+# What TensorRT builds an engine for (bf16, an x86 CPU precision of OpenVINO's, is not one of them).
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class DeviceFacts(NamedTuple):

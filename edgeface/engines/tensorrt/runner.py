@@ -20,7 +20,8 @@ import numpy as np
 
 from ...core.artifact import read_engine_record
 from ...core.errors import EdgefaceError
-from ...core.spec import FLOAT_NCHW, PRECISIONS, UINT8_NHWC
+from ...core.spec import FLOAT_NCHW, UINT8_NHWC
+from .cache import PRECISIONS
 from ..base import Backend
 from .library import import_tensorrt, require_version_in_range, trt_version_tuple
 
@@ -97,6 +98,8 @@ class TensorRTBackend(Backend):
     def _load_impl(self) -> None:
         from .cuda_memory import open_cuda
 
+        if self.requested_precision is not None and self.requested_precision not in PRECISIONS:
+            raise EdgefaceError(f"TensorRT builds {', '.join(PRECISIONS)} engines, not {self.requested_precision}")
         trt = import_tensorrt()
         require_version_in_range(str(trt.__version__), self.options.get("tensorrt_min_version"),
                                  self.options.get("tensorrt_max_version"))
@@ -202,6 +205,10 @@ class TensorRTBackend(Backend):
                 self._cuda.deactivate()
 
     # -- info / close -----------------------------------------------------------------------------------------
+    def _check_precision(self) -> None:
+        """The engine's record is its precision (a prebuilt .engine runs as it was built); a precision TensorRT
+        does not build (bf16) was refused before the build (``_load_impl``)."""
+
     def _info_impl(self) -> dict:
         rec = getattr(self, "_record", {}) or {}
         return {"version": getattr(self, "_trt_version", None), "gpu": rec.get("gpu_name"),

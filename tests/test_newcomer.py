@@ -1,0 +1,141 @@
+"""A newcomer's first hour, scripted: each verb as a user types it, on the shared data pack (../shared/data).
+
+What is checked is what a person sees: the shipped model runs without being named, every input appears in the
+output, long work shows progress on a terminal (a pseudo-terminal here) and ends with a summary, and the
+numbers say what they are. Counts are small: CI has 2 cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=None, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "edgeface", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or REPO, env=env)
+
+
+def run_cli_tty(*args, cwd=None, timeout=600) -> tuple[int, str, str]:
+    """(exit code, stdout, what stderr showed) with stderr on a pseudo-terminal, as in a user's shell: rich draws
+    its progress bars only there."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120", "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "edgeface", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=slave, cwd=cwd or REPO, env=env)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def read():
+        while True:
+            try:
+                b = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its end
+                return
+            if not b:
+                return
+            chunks.append(b)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    out, _ = proc.communicate(timeout=timeout)
+    reader.join(10)
+    os.close(master)
+    return proc.returncode, out.decode(), b"".join(chunks).decode(errors="replace")
+
+
+def rows(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip().startswith("{")]
+
+
+def one_line_error(proc, *needles) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def frames_dir(shared_data, tmp_path_factory) -> Path:
+    """Six full frames from Pointing'04 (384x288, one face each, the face well under half the frame)."""
+    d = tmp_path_factory.mktemp("frames")
+    for f in sorted((shared_data / "pointing04" / "images").glob("*.jpg"))[:6]:
+        shutil.copy(f, d / f.name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def video(frames_dir, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (384, 288))
+    assert wr.isOpened()
+    for f in sorted(frames_dir.glob("*.jpg")) * 2:
+        wr.write(cv2.imread(str(f)))
+    wr.release()
+    return path
+
+
+# -- predict ---------------------------------------------------------------------------------------------------
+def test_predict_photo_without_a_model_argument(frames_dir, tmp_path):
+    """`edgeface predict photo.jpg` runs the shipped model; it used to take the photo for the model."""
+    shutil.copy(sorted(frames_dir.glob("*.jpg"))[0], tmp_path / "photo.jpg")
+    proc = run_cli("predict", "photo.jpg", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (r,) = rows(proc.stdout)
+    assert r["image"] == "photo.jpg" and r["face"] == 0 and -90 <= r["yaw"] <= 90 and 0 <= r["blur"] <= 1
+    assert re.search(r"predict: 1 image\(s\), 0 video/camera source\(s\), 1 face record\(s\)", proc.stderr)
+    # the same with the model named, first or with --model: the same record
+    for args in (("default", "photo.jpg"), ("photo.jpg", "--model", "default"),
+                 (REPO / "edgeface" / "weights" / "default.onnx", "photo.jpg")):
+        again = run_cli("predict", *args, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert rows(again.stdout) == [r]
+
+
+def test_predict_image_without_a_face_yields_a_no_face_record(tmp_path):
+    cv2.imwrite(str(tmp_path / "wall.png"), np.full((240, 320, 3), 128, np.uint8))
+    proc = run_cli("predict", "wall.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert rows(proc.stdout) == [{"image": "wall.png", "faces": 0, "backend": "onnxruntime", "precision": "fp32"}]
+    assert "1 image(s) without a face" in proc.stderr
+
+
+def test_predict_names_the_real_mistake(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 64, 3), 128, np.uint8))
+    one_line_error(run_cli("predict", "notes.txt", cwd=tmp_path), "notes.txt is not an image or video (.txt)",
+                   "predict takes a model")
+    one_line_error(run_cli("predict", "missing.jpg", cwd=tmp_path), "image missing.jpg does not exist")
+    one_line_error(run_cli("predict", "missing.onnx", "a.png", cwd=tmp_path), "model missing.onnx does not exist")
+    one_line_error(run_cli("predict", "a.png", "model.onnx", cwd=tmp_path), "model.onnx is a model",
+                   "give it first or with --model")
+    one_line_error(run_cli("predict", "typo", cwd=tmp_path), "typo does not exist")
+
+
+def test_predict_video_shows_progress_and_ends_with_a_summary(video):
+    code, out, err = run_cli_tty("predict", video)
+    assert code == 0, err
+    recs = rows(out)
+    assert sorted({r["frame"] for r in recs}) == list(range(12))
+    summary = re.search(r"clip\.mp4: 12 frames, (\d+) faces, (\d+) tracks, ([0-9.]+) FPS", err)
+    assert summary, err
+    assert int(summary.group(1)) == sum(1 for r in recs if "face" in r) >= 10
+    assert int(summary.group(2)) == len({r["track"] for r in recs if "track" in r})
+    # the progress bar, drawn on the terminal: the frames task reaches 12/12
+    assert "clip.mp4 frames" in err and "12/12" in err, err

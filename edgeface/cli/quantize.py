@@ -57,5 +57,5 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint (.pt) o
         out_console.print("most sensitive layers: " + ", ".join(
             f"{r['layer']} ({r['pose_gain']:+.3f} deg)" for r in rep["sensitivity"]["ranking"][:5]))
     console.print(f"[green]wrote[/green] {rep['out']} (statistics {'reused' if rep['calibration']['stats_reused'] else 'collected'}: "
-                  f"{rep['calibration']['stats_cache']})")
+                  f"{rep['stats_cache_path']})")
     write_json(json_out, rep)

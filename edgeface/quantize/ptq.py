@@ -20,7 +20,8 @@ import numpy as np
 
 from ..core.artifact import read_onnx_spec
 from ..core.errors import EdgefaceError
-from ..core.io import OLD_TAG, atomic_write_json, clean_stale_partials, clean_stale_temp, make_staging_dir, temp_dir
+from ..core.io import (OLD_TAG, atomic_write_json, clean_stale_partials, clean_stale_temp, make_staging_dir, sha256_file,
+                       temp_dir)
 from ..core.spec import ModelSpec
 from ..engines import registry
 from .calibrate.calibrators import CALIBRATORS
@@ -139,6 +140,10 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
             work = Path(work)
             # Read the calibration images before exporting: a bad image fails in seconds, not after pnnx.
             calib_set = load_calibration_set(calib, model_spec(model), num=num, progress=progress)
+            if console is not None:
+                console.print(calib_set.describe(), highlight=False, soft_wrap=True)
+                for w in calib_set.warnings:
+                    console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
             sources, spec = prepare_fp32(model, work, backends, opset=opset)
             if spec != model_spec(model):
                 calib_set = load_calibration_set(calib, spec, num=num, progress=progress)
@@ -148,8 +153,10 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
             plan = make_plan(onnx_model, stats, method)
             eval_sets = load_eval_sets(eval_data, spec, per_set=eval_per_set, progress=progress) if eval_data else {}
             reference = artifact_runner(sources.onnx, registry.by_format("onnx").name)
-            report = {"model": str(model or "default model"), "method": method, "backends": backends,
-                      "calibration": {**calib_set.summary(), "stats_cache": str(cache_file),
+            # Names and digests, never this host's paths: the report travels with the artifacts.
+            report = {"model": model_record(model), "method": method, "backends": backends,
+                      "calibration": {**calib_set.summary(), "warnings": calib_set.warnings,
+                                      "stats_cache": Path(cache_file).name, "stats_sha256": sha256_file(cache_file),
                                       "stats_reused": reused, "tensors": len(stats.names)},
                       "policy": plan.summary(), "artifacts": {}}
 
@@ -211,7 +218,15 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     report["out"] = str(out)
+    report["stats_cache_path"] = str(cache_file)  # for the caller on this host; not in quantize.json
     return report
+
+
+def model_record(model) -> dict:
+    """What a report says about the model it started from: its file name and sha256, or the shipped default."""
+    if model is None:
+        return {"name": "default"}
+    return {"name": Path(model).name, "sha256": sha256_file(model)}
 
 
 REPORT_NAME = "quantize.json"   # what marks a folder as one quantize wrote

@@ -11,7 +11,7 @@ import typer
 
 from ..core.errors import EdgefaceError
 from ..engines import registry
-from .output import check_output_dir, check_output_file, console, out_console, write_json
+from .output import check_output_dir, check_output_file, console, out_console, table_console, write_json
 
 NAME = "bench"
 
@@ -129,13 +129,7 @@ def command(
 
     from ..bench.report import make_tables
 
-    # Piped output (logs, CI) has no terminal width to respect: do not squeeze the columns to 80.
-    if out_console.is_terminal:
-        tables_console = out_console
-    else:
-        from rich.console import Console
-
-        tables_console = Console(width=160, file=out_console.file)
+    tables_console = table_console()
     for table in make_tables(rows, title=f"edgeface bench{' on ' + host if host else ''}"):
         tables_console.print(table)
     for w in warnings:

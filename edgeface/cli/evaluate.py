@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..engines import registry
-from .output import check_output_file, console, out_console, write_json
+from .output import check_output_file, console, table_console, write_json
 
 NAME = "eval"
 
@@ -52,7 +52,7 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint or arti
                     console.print(f"evaluating {label} on the rendered wide-pose val set of {d} ({len(views[0])} views)")
                     results["rendered"] = evaluate_crops(pred.blur_and_pose, *views, blur=False)
                     break
-    out_console.print(format_table(results, title=f"{label} on split '{split}'"))
+    table_console().print(format_table(results, title=f"{label} on split '{split}'"))
     write_json(json_out, {"model": label, "split": split, "sets": results})
 
 
@@ -84,5 +84,5 @@ def _detect(pred, label, sets, split, json_out) -> None:
         table.add_row(name, rate(r, "yaw<=60"), rate(r, "yaw>60"), num(r["mean_iou"]),
                       num(r.get("labelled_boxes", {}).get("mean_mae")), num(r.get("detector_boxes", {}).get("mean_mae")),
                       num(r.get("mean_mae_delta"), "{:+.2f}"), num(r.get("blur_detector_vs_labelled_mae"), "{:.3f}"))
-    out_console.print(table)
+    table_console().print(table)
     write_json(json_out, {"model": label, "split": split, "detector": det.info(), "sets": results})

@@ -244,3 +244,57 @@ def evaluate_detected(runner: Runner, detector, samples: list[Sample], spec: Mod
         d, lab = res["detector_boxes"]["mean_mae"], res["labelled_boxes"]["mean_mae"]
         res["mean_mae_delta"] = (d - lab) if d is not None and lab is not None else None
     return res
+
+
+# -- INT8 (or any artifact) against FP32: the one computation quantize, deploy and bench print ---------------------
+COMPARISON_FACES_PER_SET = 64  # held-out faces per labelled set, a fixed-seed choice (deploy's verify set)
+
+
+def comparison_faces(data, spec: ModelSpec, per_set: int | None = COMPARISON_FACES_PER_SET,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """(crops, poses with NaN where unknown, name) of the faces an artifact is compared with FP32 on: the val
+    split of each labelled set in ``data`` (a set, or a folder of sets as `eval` takes), ``per_set`` of each by a
+    fixed seed (None: all). The name counts the faces per set and holds no path of this host."""
+    from pathlib import Path
+
+    from ..core.errors import EdgefaceError
+    from .data import find_sets, load_samples
+
+    samples, used = [], []
+    for folder in find_sets(data):
+        try:
+            rows = load_samples(folder, split="val")
+        except EdgefaceError:
+            rows = load_samples(folder)  # a plain folder (no split column): all of it
+        n = len(rows) if per_set is None else min(per_set, len(rows))
+        rng = np.random.default_rng(seed)
+        pick = sorted(rng.choice(len(rows), size=n, replace=False).tolist())
+        samples += [rows[i] for i in pick]
+        used.append(f"{folder.name}:{len(pick)}")
+    crops = load_crops(samples, spec)
+    poses = np.array([s.pose for s in samples], np.float32)
+    return crops, poses, f"{Path(data).name} val split ({', '.join(used)})"
+
+
+def vs_fp32(blur, pose, ref_blur, ref_pose, truth=None) -> dict:
+    """An artifact's outputs against the FP32 reference's on the same faces: the deviation (degrees; blur in
+    score units) and, where ``truth`` has labels, the pose mean MAE of both. Every tool prints this dict with
+    ``format_vs_fp32``, so the same artifact on the same faces reads the same everywhere."""
+    from ..core.compare import deviation
+
+    d = deviation(blur, pose, ref_blur, ref_pose)
+    out = {"n_faces": int(len(pose)), **d, "pose_mae": None, "fp32_pose_mae": None}
+    if truth is not None and len(truth) and not np.isnan(np.asarray(truth, np.float64)).all():
+        out["pose_mae"] = _axis_maes(np.asarray(pose, np.float64), np.asarray(truth, np.float64))["mean_mae"]
+        out["fp32_pose_mae"] = _axis_maes(np.asarray(ref_pose, np.float64), np.asarray(truth, np.float64))["mean_mae"]
+    return out
+
+
+def format_vs_fp32(v: dict, faces: str) -> str:
+    """One line: what was compared, on how many faces, in which units, with the FP32 baseline beside it."""
+    line = (f"vs FP32 on {v['n_faces']} faces ({faces}): pose |Δ| max {v['pose_max_abs']:.2f}°, "
+            f"p99 {v['pose_p99_abs']:.2f}°, mean {v['pose_mean_abs']:.3f}°; blur |Δ| max {v['blur_max_abs']:.4f}")
+    if v.get("pose_mae") is not None:
+        line += (f"; pose mean MAE {v['pose_mae']:.2f}° (FP32 {v['fp32_pose_mae']:.2f}°, "
+                 f"{v['pose_mae'] - v['fp32_pose_mae']:+.2f}°)")
+    return line

@@ -56,9 +56,11 @@ def make_tables(rows: list[dict], title: str = "edgeface bench"):
         speed.add_row(r["artifact"], f"{r['backend']} {r['precision']}", str(r["batch"]), str(r["threads"] or "auto"),
                       _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(r["throughput_ips"], "{:.0f}"),
                       _f(r["load_ms"], "{:.1f}"), _f(r["first_inference_ms"], "{:.2f}"), _f(r["peak_rss_mb"], "{:.1f}"))
-    acc = Table(title="accuracy (pose MAE in degrees) and deviation from the FP32 reference")
-    for col in ("artifact", "engine", "size MB", "yaw", "pitch", "roll", "mean", "blur MAE", "blur ρ", "Δpose max",
-                "Δpose mean", "Δblur max"):
+    faces = next((r.get("faces") for r in rows if r.get("faces")), None)
+    acc = Table(title="accuracy (pose MAE, degrees) and deviation from the FP32 reference (|Δ|)"
+                + (f"\non {faces}" if faces else ""))
+    for col in ("artifact", "engine", "size MB", "yaw °", "pitch °", "roll °", "mean °", "blur MAE", "blur ρ",
+                "pose |Δ| max °", "p99 °", "mean °", "blur |Δ| max"):
         acc.add_column(col, justify="left" if col in ("artifact", "engine") else "right",
                        no_wrap=col != "artifact", overflow="fold")
     seen = set()
@@ -70,15 +72,15 @@ def make_tables(rows: list[dict], title: str = "edgeface bench"):
         acc.add_row(r["artifact"], f"{r['backend']} {r['precision']}", _f(r["size_mb"], "{:.3f}"),
                     _f(a.get("yaw_mae"), "{:.2f}"), _f(a.get("pitch_mae"), "{:.2f}"), _f(a.get("roll_mae"), "{:.2f}"),
                     _f(a.get("mean_mae"), "{:.2f}"), _f(a.get("blur_mae"), "{:.4f}"), _f(a.get("blur_spearman"), "{:.3f}"),
-                    _f(d.get("pose_max_abs"), "{:.2g}"), _f(d.get("pose_mean_abs"), "{:.2g}"),
-                    _f(d.get("blur_max_abs"), "{:.2g}"))
+                    _f(d.get("pose_max_abs"), "{:.2f}"), _f(d.get("pose_p99_abs"), "{:.2f}"),
+                    _f(d.get("pose_mean_abs"), "{:.3f}"), _f(d.get("blur_max_abs"), "{:.4f}"))
     return speed, acc
 
 
 def markdown_table(rows: list[dict]) -> str:
     head = ("| artifact | backend | precision | batch | threads | p50 ms | p90 ms | p99 ms | img/s | load ms | "
-            "first ms | peak RSS MB | size MB | yaw MAE° | pitch MAE° | mean MAE° | blur MAE | blur ρ | "
-            "Δpose max° | Δblur max |")
+            "first ms | peak RSS MB | size MB | yaw MAE° | pitch MAE° | roll MAE° | mean MAE° | blur MAE | blur ρ | "
+            "pose Δ max° | pose Δ p99° | blur Δ max |")
     lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in rows:
         lat, acc, dev = r["latency_ms"], r.get("accuracy") or {}, r.get("vs_reference") or {}
@@ -86,9 +88,10 @@ def markdown_table(rows: list[dict]) -> str:
                  _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(r["throughput_ips"], "{:.0f}"),
                  _f(r["load_ms"], "{:.1f}"), _f(r["first_inference_ms"], "{:.2f}"), _f(r["peak_rss_mb"], "{:.1f}"),
                  _f(r["size_mb"], "{:.3f}"), _f(acc.get("yaw_mae"), "{:.2f}"), _f(acc.get("pitch_mae"), "{:.2f}"),
+                 _f(acc.get("roll_mae"), "{:.2f}"),  # the mean is over the three: all three are shown
                  _f(acc.get("mean_mae"), "{:.2f}"), _f(acc.get("blur_mae"), "{:.4f}"),
-                 _f(acc.get("blur_spearman"), "{:.3f}"), _f(dev.get("pose_max_abs"), "{:.2g}"),
-                 _f(dev.get("blur_max_abs"), "{:.2g}")]
+                 _f(acc.get("blur_spearman"), "{:.3f}"), _f(dev.get("pose_max_abs"), "{:.2f}"),
+                 _f(dev.get("pose_p99_abs"), "{:.2f}"), _f(dev.get("blur_max_abs"), "{:.4f}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -288,8 +291,9 @@ def markdown_summary(rows: list[dict], warnings: list[str], *, command: str = ""
               "model + buffers; MB = 10⁶ bytes) belong to it alone.",
               "- Throughput = images per second of timed call time (batch × calls / Σ latency).",
               f"- Accuracy: pose MAE against labels and blur on synthetic blur of the same faces"
-              f"{f' from `{data}`' if data else ''}; deviation (Δ) from the FP32 reference "
-              f"`{r0.get('reference')}` on the same inputs.", ""]
+              f"{f' from `{data}`' if data else ''}; deviation Δ = |output − FP32 output| "
+              f"from the FP32 reference `{r0.get('reference')}` on the same faces ({r0.get('faces') or '-'}); the "
+              f"mean MAE is the mean of the yaw, pitch and roll columns.", ""]
     if warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     lines += ["## Plots", "", "![latency](latency.png)", "", "![throughput](throughput.png)", "",

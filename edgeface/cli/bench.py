@@ -95,9 +95,9 @@ def command(
     if reference not in ("auto", "none") and not Path(reference).exists():
         raise EdgefaceError(f"--reference {reference} does not exist (use auto, none or a path)")
     if data is not None:  # refuse a folder without labels before any work (and before connecting)
-        from ..bench.runner import labelled_samples
+        from ..bench.runner import check_labelled
 
-        labelled_samples(str(data), cfg.split, limit)
+        check_labelled(str(data), cfg.split)
     command_line = "edgeface bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -132,11 +132,30 @@ def command(
     tables_console = table_console()
     for table in make_tables(rows, title=f"edgeface bench{' on ' + host if host else ''}"):
         tables_console.print(table)
+    for line in vs_fp32_lines(rows):
+        out_console.print(line, highlight=False, soft_wrap=True)
     for w in warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     write_json(json_out, rows)
     if report is not None:
         console.print(f"report: {report}/README.md")
+    console.print(f"bench: {len(artifacts)} artifact(s) x {len(cfg.batches)} batch size(s) x {len(cfg.threads)} "
+                  f"thread count(s), {len(rows)} rows; accuracy on {rows[0].get('faces') if rows else '-'}",
+                  highlight=False, soft_wrap=True)
+
+
+def vs_fp32_lines(rows: list[dict]) -> list[str]:
+    """Per artifact (not the reference itself), the line quantize and deploy print for the same faces."""
+    from ..model.evaluate import format_vs_fp32
+
+    out, seen = [], set()
+    for r in rows:
+        v = r.get("vs_reference")
+        if not v or r["artifact"] in seen or r.get("reference") == r["artifact"] or v.get("n_faces") is None:
+            continue
+        seen.add(r["artifact"])
+        out.append(f"{r['artifact']} {r['precision']} {format_vs_fp32(v, r.get('faces') or 'the bench inputs')}")
+    return out
 
 
 def _place_folder(src: Path, dest: Path) -> None:

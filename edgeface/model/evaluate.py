@@ -250,8 +250,8 @@ def evaluate_detected(runner: Runner, detector, samples: list[Sample], spec: Mod
 COMPARISON_FACES_PER_SET = 64  # held-out faces per labelled set, a fixed-seed choice (deploy's verify set)
 
 
-def comparison_faces(data, spec: ModelSpec, per_set: int | None = COMPARISON_FACES_PER_SET,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+def comparison_faces(data, spec: ModelSpec, per_set: int | None = COMPARISON_FACES_PER_SET, seed: int = 0,
+                     split: str | None = "val") -> tuple[np.ndarray, np.ndarray, str]:
     """(crops, poses with NaN where unknown, name) of the faces an artifact is compared with FP32 on: the val
     split of each labelled set in ``data`` (a set, or a folder of sets as `eval` takes), ``per_set`` of each by a
     fixed seed (None: all). The name counts the faces per set and holds no path of this host."""
@@ -263,8 +263,10 @@ def comparison_faces(data, spec: ModelSpec, per_set: int | None = COMPARISON_FAC
     samples, used = [], []
     for folder in find_sets(data):
         try:
-            rows = load_samples(folder, split="val")
+            rows = load_samples(folder, split=split)
         except EdgefaceError:
+            if not split:
+                raise
             rows = load_samples(folder)  # a plain folder (no split column): all of it
         n = len(rows) if per_set is None else min(per_set, len(rows))
         rng = np.random.default_rng(seed)
@@ -273,7 +275,7 @@ def comparison_faces(data, spec: ModelSpec, per_set: int | None = COMPARISON_FAC
         used.append(f"{folder.name}:{len(pick)}")
     crops = load_crops(samples, spec)
     poses = np.array([s.pose for s in samples], np.float32)
-    return crops, poses, f"{Path(data).name} val split ({', '.join(used)})"
+    return crops, poses, f"{Path(data).name} {split + ' split' if split else 'all rows'} ({', '.join(used)})"
 
 
 def vs_fp32(blur, pose, ref_blur, ref_pose, truth=None) -> dict:

@@ -225,7 +225,7 @@ def plot_accuracy_latency(rows: list[dict], path: Path) -> None:
             ax.set_title(f"Accuracy against latency (n = {n} labelled faces)")
 
 
-REPORT_FILES = ("README.md", "latency.png", "throughput.png", "accuracy_latency.png")
+REPORT_FILES = ("README.md", "latency.png", "throughput.png", "accuracy_latency.png", "stages.png")
 REPORT_TITLE = "# edgeface bench"
 
 

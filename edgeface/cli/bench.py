@@ -40,7 +40,8 @@ def command(
     data: Optional[Path] = typer.Option(None, "--data", help="Labelled folder (labels.csv with yaw,pitch,...) for "
                                         "accuracy; left out = speed only."),
     split: str = typer.Option("val", "--split", help="Rows of this split of --data ('' for all)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use at most N labelled faces."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use at most N labelled faces of each set (default: "
+                                        "all of --data's, 64 of each default set)."),
     batch: str = typer.Option("1,8,32", "--batch", help="Batch sizes, comma-separated."),
     threads: str = typer.Option("1", "--threads", help="Engine thread counts, comma-separated ('auto' = engine default)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed calls per artifact before timing."),
@@ -66,6 +67,8 @@ def command(
                                           "per-stage decode/detect/crop/model/total per frame and FPS instead."),
     faces: str = typer.Option("1,4", "--faces", help="With --frames: faces per frame (frames are tiled), "
                                                      "comma-separated."),
+    frame_count: int = typer.Option(16, "--frame-count", help="With --frames: use the first N frames of the "
+                                    "folder or video."),
     keep_remote: bool = typer.Option(False, "--keep-remote", help="Leave the temporary folder on the device."),
 ):
     """Latency (p50/p90/p99), throughput, load time, peak memory, size and accuracy, side by side.
@@ -83,7 +86,7 @@ def command(
     from ..bench.runner import BenchConfig
 
     if frames is not None:
-        return _frames(artifacts, frames, faces, threads, limit, backend, json_out)
+        return _frames(artifacts, frames, faces, threads, limit or frame_count, backend, json_out, report)
     if iters is not None and duration is not None:
         raise EdgefaceError("pass --iters N or --duration S, not both")
     cfg = BenchConfig(artifacts=[str(a) for a in artifacts], batches=parse_int_list(batch, "--batch"),
@@ -170,13 +173,30 @@ def _place_folder(src: Path, dest: Path) -> None:
         os.replace(f, target)
 
 
-def _frames(artifacts, frames, faces, threads, limit, backend, json_out) -> None:
-    from ..bench.frames import bench_frames, format_rows
+def _frames(artifacts, frames, faces, threads, count, backend, json_out, report) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..bench.frames import bench_frames, format_rows, write_frames_report
+
+    if count < 1:
+        raise EdgefaceError(f"--frame-count must be >= 1, got {count}")
     thr = parse_int_list(threads, "--threads", allow_auto=True)
     rows = []
-    for t in thr:
-        rows += bench_frames(list(artifacts), frames, parse_int_list(faces, "--faces"), threads=t, limit=limit or 16,
-                             backend=backend, console=console)
-    out_console.print(format_rows(rows))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        for t in thr:
+            rows += bench_frames(list(artifacts), frames, parse_int_list(faces, "--faces"), threads=t, limit=count,
+                                 backend=backend, console=None, progress=progress)
+    table_console().print(format_rows(rows))
     write_json(json_out, rows)
+    if report is not None:
+        from ..core.device import device_info
+
+        dev = device_info()
+        for r in rows:
+            r.setdefault("device", dev)
+        command_line = "edgeface bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
+        write_frames_report(rows, report, command=command_line)
+        console.print(f"report: {report}/README.md")
+    console.print(f"bench --frames: {len(artifacts)} artifact(s), {rows[0]['frames'] if rows else 0} frames of "
+                  f"{Path(frames).name}, faces per frame {faces}; {len(rows)} rows", highlight=False, soft_wrap=True)

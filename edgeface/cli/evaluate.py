@@ -2,6 +2,7 @@
 per set, and the rendered wide-pose val set where the data pack's meshes are there."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -41,10 +42,12 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint or arti
     if detect:
         return _detect(pred, label, sets, split, json_out)
     results = {}
-    with pred:
+    with pred, set_progress(len(sets)) as (progress, task):
         for folder, samples in sets:
-            console.print(f"evaluating {label} on {folder} ({len(samples)} images)")
+            progress.update(task, description=f"{folder.name} ({len(samples)} faces)")
+            console.print(f"evaluating {label} on {folder.name} ({len(samples)} images)")
             results[folder.name] = evaluate_samples(pred.blur_and_pose, samples, pred.spec)
+            progress.advance(task)
         if rendered and split == "val":
             for d in data:
                 views = rendered_val(d, pred.spec, console=console)
@@ -54,6 +57,18 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint or arti
                     break
     table_console().print(format_table(results, title=f"{label} on split '{split}'"))
     write_json(json_out, {"model": label, "split": split, "sets": results})
+    console.print(f"eval: {label} on {len(results)} set(s), {sum(r.get('n', 0) for r in results.values())} faces",
+                  highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def set_progress(n_sets: int):
+    """(progress, task): one step per set, drawn on a terminal (the sets take seconds each)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("eval {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        yield progress, progress.add_task("sets", total=n_sets)
 
 
 def _detect(pred, label, sets, split, json_out) -> None:
@@ -64,10 +79,12 @@ def _detect(pred, label, sets, split, json_out) -> None:
 
     det = FaceDetector()
     results = {}
-    with pred:
+    with pred, set_progress(len(sets)) as (progress, task):
         for folder, samples in sets:
-            console.print(f"detect -> crop -> {label} on {folder} ({len(samples)} images)")
+            progress.update(task, description=f"{folder.name} ({len(samples)} frames)")
+            console.print(f"detect -> crop -> {label} on {folder.name} ({len(samples)} images)")
             results[folder.name] = evaluate_detected(pred.blur_and_pose, det, samples, pred.spec)
+            progress.advance(task)
     table = Table(title=f"{label} end to end on split '{split}' (YuNet, mapped boxes)")
     for col in ("set", "detected |yaw|<=60", "detected |yaw|>60", "mean IoU", "MAE labelled boxes",
                 "MAE detector boxes", "delta", "blur |det-lab|"):

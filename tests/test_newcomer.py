@@ -139,3 +139,53 @@ def test_predict_video_shows_progress_and_ends_with_a_summary(video):
     assert int(summary.group(2)) == len({r["track"] for r in recs if "track" in r})
     # the progress bar, drawn on the terminal: the frames task reaches 12/12
     assert "clip.mp4 frames" in err and "12/12" in err, err
+
+
+# -- quantize, deploy and bench: full-frame calibration, one set of INT8 figures, no host paths ------------------
+@pytest.fixture(scope="module")
+def calib_frames(shared_data, tmp_path_factory) -> Path:
+    """48 full frames from a user's 'camera' (Pointing'04, 384x288, varied poses): no labels, no crops."""
+    d = tmp_path_factory.mktemp("camera-frames")
+    for f in sorted((shared_data / "pointing04" / "images").glob("*.jpg"))[::50][:48]:
+        shutil.copy(f, d / f.name)
+    return d
+
+
+VS_FP32 = re.compile(r"vs FP32 on \d+ faces \(.*?\): pose \|Δ\| max [0-9.]+°, p99 [0-9.]+°, mean [0-9.]+°; "
+                     r"blur \|Δ\| max [0-9.]+; pose mean MAE [0-9.]+° \(FP32 [0-9.]+°, [+-][0-9.]+°\)")
+
+
+def test_int8_figures_agree_across_quantize_deploy_bench_and_manifests_hold_no_host_path(calib_frames, tmp_path):
+    """The same INT8 artifact on the same faces reads the same in all three tools (one computation, one line), and
+    neither deploy's manifest.json nor quantize's quantize.json carries a path of the host that built them."""
+    ckpt = tmp_path / "mine.pt"
+    shutil.copy(REPO / "edgeface" / "weights" / "default.pt", ckpt)
+    bundle, qout = tmp_path / "bundle", tmp_path / "quantized"
+    dep = run_cli("deploy", "--target", "x86", "--precision", "int8", "--calib", calib_frames, "--model", ckpt,
+                  "--backend", "onnxruntime", "--out", bundle, cwd=tmp_path)
+    assert dep.returncode == 0, dep.stderr
+    q = run_cli("quantize", ckpt, "--calib", calib_frames, "--backend", "onnxruntime", "--out", qout, cwd=tmp_path)
+    assert q.returncode == 0, q.stderr
+    # full frames: the shipped detector found and cropped the faces, and the count is reported, with a warning
+    assert "calibration: 48 full frames in camera-frames0/, 48 faces found and cropped by the shipped detector" \
+        in q.stderr, q.stderr
+    assert "warning: only 48 faces for calibration (at least 100 recommended)" in q.stderr
+    b = run_cli("bench", bundle, "--reference", ckpt, "--batch", "1", "--iters", "10", "--rounds", "1",
+                "--warmup", "1", cwd=tmp_path)
+    assert b.returncode == 0, b.stderr
+    lines = [VS_FP32.findall(text) for text in (dep.stderr, q.stdout, b.stdout)]
+    assert all(len(found) == 1 for found in lines), (dep.stderr, q.stdout, b.stdout)
+    assert lines[0] == lines[1] == lines[2]
+    assert "on 320 faces (data val split (aflw2000_dev:64, celeba:64, pointing04:64, qmul:64, utkface:64))" \
+        in lines[0][0]
+    # no path of this host in what travels: the tmp dir, the cwd, $HOME, the repository, the calibration folder
+    host_paths = {str(tmp_path), os.getcwd(), os.path.expanduser("~"), str(REPO), str(calib_frames),
+                  os.environ["EDGEFACE_CACHE"]}
+    for written in (bundle / "manifest.json", qout / "quantize.json"):
+        text = written.read_text()
+        for p in host_paths:
+            assert p not in text, (written, p)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["source"]["model"] == "mine.pt" and len(manifest["source"]["sha256"]) == 64
+    assert manifest["calibration"]["folder"] == calib_frames.name
+    assert manifest["calibration"]["faces"] == 48 and manifest["calibration"]["kind"] == "full frames"

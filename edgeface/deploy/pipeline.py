@@ -66,6 +66,16 @@ class Source:
     def label(self) -> str:
         return str(self.checkpoint) if self.checkpoint else "shipped default model"
 
+    @property
+    def record(self) -> dict:
+        """What the manifest says of the model: its file name and sha256 (a bundle copied to a device carries no
+        path of the host that built it)."""
+        if not self.checkpoint:
+            return {"model": "shipped default model"}
+        from ..core.io import sha256_file
+
+        return {"model": Path(self.checkpoint).name, "sha256": sha256_file(self.checkpoint)}
+
 
 def resolve_source(model: Optional[str | Path]) -> Source:
     from ..engines.torch.checkpoint import DEFAULT_WEIGHTS, SUFFIX, read_checkpoint, weights_terms
@@ -277,7 +287,7 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                 target=name, backend=engine, precision=precision, artifact=artifact, engine_choice=choice,
                 target_recipe=target, options=chosen_options(target, precision, engine, choice), input_kind=input_kind,
                 calibration=calibration, calib_cache=calib_cache,
-                source={"model": source.label, "qat": source.qat, "model_version": source.meta.get("version")},
+                source={**source.record, "qat": source.qat, "model_version": source.meta.get("version")},
                 weights_terms=source.terms)
             spec = _artifact_spec(staged / artifact)
             steps.run("write manifest", write_manifest, staged, spec=spec, **manifest_args)
@@ -291,7 +301,7 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                     finally:
                         pred.close()
                         reference.close()
-                    res.update(data=desc, runtime=how, reference_model=f"{source.label} (FP32 torch)")
+                    res.update(data=desc, runtime=how, reference_model=f"{source.record['model']} (FP32 torch)")
                     return res
 
                 verify_result = steps.run("verify against the FP32 reference", _verify)

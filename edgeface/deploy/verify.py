@@ -106,7 +106,7 @@ def verify_line(v: dict) -> str:
     from ..model.evaluate import format_vs_fp32
 
     b = v["budget"]
-    limits = ", ".join(f"{k.replace('_abs', '').replace('_', ' ')} {v[k]:.2f} ≤ {b[k]:g}"
+    limits = ", ".join(f"{k.replace('_abs', '').replace('_', ' ')} {v[k]:.2f} {'≤' if v[k] <= b[k] else '>'} {b[k]:g}"
                        for k in ("pose_max_abs", "pose_p99_abs", "pose_mean_abs", "blur_max_abs")
                        if v.get(k) is not None and b.get(k) is not None)
     verdict = "[green]within budget[/green]" if v["passed"] else "[red]over budget[/red]"

@@ -189,3 +189,36 @@ def test_int8_figures_agree_across_quantize_deploy_bench_and_manifests_hold_no_h
     assert manifest["source"]["model"] == "mine.pt" and len(manifest["source"]["sha256"]) == 64
     assert manifest["calibration"]["folder"] == calib_frames.name
     assert manifest["calibration"]["faces"] == 48 and manifest["calibration"]["kind"] == "full frames"
+
+
+# -- bench ------------------------------------------------------------------------------------------------------
+def test_bench_frames_report_progress_and_frame_count(video, tmp_path):
+    """--report with --frames writes its report (it was silently ignored); the frame count is in --help and in
+    the output; the faces columns say what they count; progress is drawn per artifact x faces."""
+    code, out, err = run_cli_tty("bench", "default", "--frames", video, "--faces", "1,2", "--frame-count", "3",
+                                 "--report", tmp_path / "report", cwd=tmp_path)
+    assert code == 0, err
+    assert "the first 3 of 12 frames of clip.mp4" in out
+    assert "faces put in each frame" in out and "faces detected per frame" in out
+    md = (tmp_path / "report" / "README.md").read_text()
+    assert md.startswith("# edgeface bench (full frames)") and "| default | onnxruntime fp32 | 2 |" in md
+    assert (tmp_path / "report" / "stages.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "frames bench (3 frames)" in err and "2/2" in err, err  # the progress bar reached its end
+    assert "bench --frames: 1 artifact(s), 3 frames of clip.mp4" in err
+    help_text = run_cli("bench", "--help", cwd=tmp_path).stdout
+    assert "--frame-count" in help_text and "default: 16" in help_text
+
+
+def test_bench_takes_the_data_pack_folder_and_shows_progress(shared_data, tmp_path):
+    """`bench ... --data ../shared/data` (a folder of sets, as eval takes it) measures accuracy on each set's val
+    split; it was refused for having no labels.csv. Progress is drawn per artifact and batch block."""
+    code, out, err = run_cli_tty("bench", "default", "--data", shared_data, "--limit", "4", "--batch", "1,2",
+                                 "--iters", "4", "--rounds", "2", "--warmup", "1", "--json", tmp_path / "b.json",
+                                 cwd=tmp_path)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "b.json").read_text())
+    n_sets = len([p for p in shared_data.iterdir() if (p / "labels.csv").is_file()])
+    assert len(rows) == 2 and all(r["accuracy"]["n"] == 4 * n_sets for r in rows)
+    assert rows[0]["faces"].startswith("data val split (aflw2000_dev:4, celeba:4, pointing04:4")
+    assert "benchmark" in err and "4/4 blocks" in err, err  # 2 batch sizes x 2 rounds, drawn on the terminal
+    assert "bench: 1 artifact(s) x 2 batch size(s) x 1 thread count(s), 2 rows" in err

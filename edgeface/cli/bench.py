@@ -36,7 +36,8 @@ def parse_int_list(text: str, flag: str, allow_auto: bool = False) -> list:
 
 def command(
     artifacts: list[Path] = typer.Argument(..., help="Artifacts to compare: model.onnx, model.ncnn.param, "
-                                           "model.engine, a bundle folder, or a checkpoint .pt."),
+                                           "model.engine, a bundle folder, a checkpoint .pt, or 'default' (the "
+                                           "shipped model's ONNX)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Labelled folder (labels.csv with yaw,pitch,...) for "
                                         "accuracy; left out = speed only."),
     split: str = typer.Option("val", "--split", help="Rows of this split of --data ('' for all)."),
@@ -76,6 +77,7 @@ def command(
     Artifacts are interleaved in round-robin blocks and each runs in its own process, so machine drift hits
     all alike and memory is attributable. With --host the device's own edgeface does the measuring.
     """
+    artifacts = [_shipped_onnx() if str(a) == "default" else a for a in artifacts]
     check_output_file(json_out, "--json", inputs=[*artifacts, data, frames, identity, known_hosts,
                                                   None if reference in ("auto", "none") else reference])
     check_output_dir(report, "--report")
@@ -159,6 +161,12 @@ def vs_fp32_lines(rows: list[dict]) -> list[str]:
         seen.add(r["artifact"])
         out.append(f"{r['artifact']} {r['precision']} {format_vs_fp32(v, r.get('faces') or 'the bench inputs')}")
     return out
+
+
+def _shipped_onnx() -> Path:
+    from ..core.artifact import WEIGHTS_DIR, shipped_artifact
+
+    return shipped_artifact(".onnx", WEIGHTS_DIR)
 
 
 def _place_folder(src: Path, dest: Path) -> None:

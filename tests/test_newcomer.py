@@ -222,3 +222,40 @@ def test_bench_takes_the_data_pack_folder_and_shows_progress(shared_data, tmp_pa
     assert rows[0]["faces"].startswith("data val split (aflw2000_dev:4, celeba:4, pointing04:4")
     assert "benchmark" in err and "4/4 blocks" in err, err  # 2 batch sizes x 2 rounds, drawn on the terminal
     assert "bench: 1 artifact(s) x 2 batch size(s) x 1 thread count(s), 2 rows" in err
+
+
+# -- pictures ---------------------------------------------------------------------------------------------------
+def test_draw_keeps_the_label_inside_and_the_blur_bar_visible():
+    """A face touching the top edge had its pose label cut off; the blur bar was a 6 px sliver."""
+    from edgeface.runtime.predictor import Face
+    from edgeface.runtime.stream import draw_faces
+
+    frame = np.zeros((240, 320, 3), np.uint8)
+    face = Face((20.0, 0.0, 100.0, 110.0), [(50, 40), (90, 40), (70, 60), (55, 85), (85, 85)], 0.9,
+                (15.0, 0.0, 110.0, 110.0), 0.75, 10.0, -5.0, 2.0)
+    drawn = draw_faces(frame, [face])
+    white = (drawn == 255).all(axis=2)
+    assert white[0:18, 20:200].sum() > 30  # the label's text, inside the image at its top edge
+    # the bar under the box: an outlined strip at least 8 px high, 75 % filled with a red-leaning colour
+    rows = np.flatnonzero(white[112:150, 20])
+    assert len(rows) >= 2 and rows[-1] - rows[0] >= 8
+    mid = 112 + (rows[0] + rows[-1]) // 2
+    filled = drawn[mid, 22:118]
+    assert (filled[:, 2] > filled[:, 1]).mean() > 0.6  # red > green over ~75 % of the width
+    # a face at the bottom edge: the bar moves inside the image
+    low = Face((20.0, 180.0, 60.0, 60.0), [(40, 200), (60, 200), (50, 210), (42, 225), (58, 225)], 0.9,
+               (20.0, 180.0, 60.0, 60.0), 0.2, 0.0, 0.0, 0.0)
+    assert (draw_faces(frame, [low])[225:240, 20:80] == 255).all(axis=2).any()
+
+
+def test_accuracy_axis_starts_at_zero(tmp_path):
+    """accuracy_latency.png zoomed to 7.2-7.5 deg, so 0.09 deg looked large: the axis starts at zero now."""
+    from edgeface.bench.report import plot_accuracy_latency
+
+    def row(name, p50, mae):
+        return {"artifact": name, "backend": "onnxruntime", "precision": "fp32", "batch": 1, "threads": 1,
+                "latency_ms": {"p50": p50, "min": p50 * 0.9, "p90": p50 * 1.2}, "accuracy": {"mean_mae": mae, "n": 9}}
+
+    ylim = plot_accuracy_latency([row("a", 1.0, 7.36), row("b", 0.8, 7.45)], tmp_path / "acc.png")
+    assert ylim[0] == 0 and ylim[1] > 7.45
+    assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"

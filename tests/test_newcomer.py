@@ -171,8 +171,13 @@ def test_int8_figures_agree_across_quantize_deploy_bench_and_manifests_hold_no_h
         in q.stderr, q.stderr
     assert "warning: only 48 faces for calibration (at least 100 recommended)" in q.stderr
     b = run_cli("bench", bundle, "--reference", ckpt, "--batch", "1", "--iters", "10", "--rounds", "1",
-                "--warmup", "1", cwd=tmp_path)
+                "--warmup", "1", "--report", tmp_path / "report", cwd=tmp_path)
     assert b.returncode == 0, b.stderr
+    # "where INT8 disagrees most": a picture in both reports, the faces of largest |INT8 - FP32| pose
+    for png in (tmp_path / "report" / "int8_disagreement_0.png", qout / "onnxruntime" / "int8_disagreement.png"):
+        sheet = cv2.imread(str(png))
+        assert sheet is not None and sheet.shape[1] >= 3 * 2 * 192, png
+    assert "Where INT8 disagrees most" in (tmp_path / "report" / "README.md").read_text()
     lines = [VS_FP32.findall(text) for text in (dep.stderr, q.stdout, b.stdout)]
     assert all(len(found) == 1 for found in lines), (dep.stderr, q.stdout, b.stdout)
     assert lines[0] == lines[1] == lines[2]

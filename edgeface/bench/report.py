@@ -258,8 +258,9 @@ def check_report_dir(out_dir: str | Path) -> None:
 
 
 def write_report(rows: list[dict], warnings: list[str], out_dir: str | Path, *, command: str = "",
-                 data: Optional[str] = None) -> Path:
-    """PNG plots + README.md into ``out_dir`` (built in a temp folder, then moved into place)."""
+                 data: Optional[str] = None, faces: Optional[dict] = None) -> Path:
+    """PNG plots + README.md into ``out_dir`` (built in a temp folder, then moved into place). ``faces`` (from
+    run_bench's ``faces_out``): one "where INT8 disagrees most" picture per INT8 artifact."""
     out_dir = Path(out_dir)
     check_report_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +269,16 @@ def write_report(rows: list[dict], warnings: list[str], out_dir: str | Path, *, 
         plot_latency(rows, tmp / "latency.png")
         plot_throughput(rows, tmp / "throughput.png")
         plot_accuracy_latency(rows, tmp / "accuracy_latency.png")
-        (tmp / "README.md").write_text(markdown_summary(rows, warnings, command=command, data=data))
+        pictures = []
+        if faces and faces.get("poses"):
+            from ..runtime.stream import write_disagreement
+
+            for k, (label, pose) in enumerate(faces["poses"].items()):
+                name = f"int8_disagreement_{k}.png"
+                write_disagreement(tmp / name, faces["crops"], pose, faces["reference_pose"])
+                pictures.append((label, name))
+        (tmp / "README.md").write_text(markdown_summary(rows, warnings, command=command, data=data,
+                                                        pictures=pictures))
         out_dir.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
             os.replace(f, out_dir / f.name)
@@ -277,7 +287,8 @@ def write_report(rows: list[dict], warnings: list[str], out_dir: str | Path, *, 
     return out_dir
 
 
-def markdown_summary(rows: list[dict], warnings: list[str], *, command: str = "", data: Optional[str] = None) -> str:
+def markdown_summary(rows: list[dict], warnings: list[str], *, command: str = "", data: Optional[str] = None,
+                     pictures: tuple = ()) -> str:
     dev = rows[0]["device"] if rows else {}
     r0 = rows[0] if rows else {}
     how = (f"{r0.get('iterations')} timed calls" if r0 else "")
@@ -306,4 +317,8 @@ def markdown_summary(rows: list[dict], warnings: list[str], *, command: str = ""
         lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     lines += ["## Plots", "", "![latency](latency.png)", "", "![throughput](throughput.png)", "",
               "![accuracy vs latency](accuracy_latency.png)", ""]
+    for label, name in pictures:
+        lines += [f"### Where INT8 disagrees most: `{label}`", "",
+                  f"The faces of {r0.get('faces') or 'the bench inputs'} whose pose differs most from the FP32 "
+                  f"reference's, FP32 left, INT8 right.", "", f"![where INT8 disagrees most]({name})", ""]
     return "\n".join(lines)

@@ -176,8 +176,10 @@ def vs_reference(out: dict, ref: dict, truth=None) -> dict:
     return vs_fp32(out["blur"], out["pose"], ref["blur"], ref["pose"], truth)
 
 
-def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) -> tuple[list[dict], list[str]]:
-    """Benchmark every artifact x batch x threads. Returns (rows in the contract's shape, warnings)."""
+def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None,
+              faces_out: Optional[dict] = None) -> tuple[list[dict], list[str]]:
+    """Benchmark every artifact x batch x threads. Returns (rows in the contract's shape, warnings).
+    ``faces_out``: filled with {"crops", "reference_pose", "poses": {label: pose}} for the report's pictures."""
     cfg.check()
     device = device if device is not None else device_info()
     labels = [artifact_label(a) for a in cfg.artifacts]
@@ -268,6 +270,10 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) ->
                 row["vs_reference"] = vs_reference(outputs[i], outputs[ref_index], truth)
                 row["reference"] = ref_label
             row["faces"] = faces_name
+        if faces_out is not None and ref_index is not None and ref_index in outputs:
+            faces_out.update(crops=np.load(inputs_path)["reference"], reference_pose=outputs[ref_index]["pose"],
+                             poses={labels[i]: outputs[i]["pose"] for i in outputs
+                                    if i >= 0 and i != ref_index and info[i].get("precision") == "int8"})
         end = device_info()
         if is_throttled(end) and not is_throttled(device):
             warnings.append(f"throttling began during the run: {is_throttled(end)}")

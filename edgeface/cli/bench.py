@@ -126,11 +126,12 @@ def command(
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} blocks"), TimeElapsedColumn(),
                       console=console, transient=True) as progress:
-            rows, warnings = run_bench(cfg, progress=progress)
+            faces: dict = {}
+            rows, warnings = run_bench(cfg, progress=progress, faces_out=faces)
         if report is not None:
             from ..bench.report import write_report
 
-            write_report(rows, warnings, report, command=command_line, data=cfg.data)
+            write_report(rows, warnings, report, command=command_line, data=cfg.data, faces=faces)
 
     from ..bench.report import make_tables
 

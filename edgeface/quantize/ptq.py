@@ -202,7 +202,8 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
                 runners[b] = check_runner(staging / int8_artifact(b), b)
             for b, r in runners.items():
                 report["artifacts"][b]["vs_fp32_on_calib"] = deviation(r, reference, calib_set.crops)
-            report["vs_fp32_faces"], compare = compare_with_fp32(model, spec, runners, eval_data, calib_set)
+            report["vs_fp32_faces"], compare = compare_with_fp32(model, spec, runners, eval_data, calib_set,
+                                                                 staging)
             for b, v in compare.items():
                 report["artifacts"][b]["vs_fp32"] = v
             if eval_sets:
@@ -225,10 +226,13 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
     return report
 
 
-def compare_with_fp32(model, spec, runners: dict, eval_data, calib_set) -> tuple[str, dict]:
+def compare_with_fp32(model, spec, runners: dict, eval_data, calib_set, out: Optional[Path] = None
+                      ) -> tuple[str, dict]:
     """(faces' name, {backend: vs_fp32}) on the faces deploy verifies on and bench measures by default: the val
     split of --eval-data, else of the shared data pack, else (no labelled faces here) the calibration crops;
-    against the FP32 checkpoint in torch (deploy's reference), or the FP32 ONNX when that is the model given."""
+    against the FP32 checkpoint in torch (deploy's reference), or the FP32 ONNX when that is the model given.
+    ``out``: each backend's folder there gets int8_disagreement.png, the faces where INT8 disagrees most."""
+    from ..runtime.stream import DISAGREEMENT_PNG, write_disagreement
     from ..model.data import default_verify_data
     from ..model.evaluate import comparison_faces, run_batched, vs_fp32
     from ..runtime.predictor import open_model
@@ -244,7 +248,13 @@ def compare_with_fp32(model, spec, runners: dict, eval_data, calib_set) -> tuple
         ref_b, ref_p = run_batched(ref.blur_and_pose, crops)
     finally:
         ref.close()
-    return name, {b: vs_fp32(*run_batched(r, crops), ref_b, ref_p, poses) for b, r in runners.items()}
+    result = {}
+    for b, r in runners.items():
+        blur, pose = run_batched(r, crops)
+        result[b] = vs_fp32(blur, pose, ref_b, ref_p, poses)
+        if out is not None and (out / b).is_dir():
+            write_disagreement(out / b / DISAGREEMENT_PNG, crops, pose, ref_p)
+    return name, result
 
 
 def model_record(model) -> dict:

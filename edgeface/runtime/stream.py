@@ -223,6 +223,53 @@ def _blur_bar(img: np.ndarray, x: float, y: float, w: float, h: float, blur: flo
     cv2.rectangle(img, (bx0, by), (bx1, by + bh), (255, 255, 255), max(1, int(scale)))
 
 
+DISAGREEMENT_PNG = "int8_disagreement.png"
+
+
+def disagreement_sheet(crops: np.ndarray, pose: np.ndarray, ref_pose: np.ndarray, k: int = 6,
+                       names: tuple[str, str] = ("INT8", "FP32"), tile: int = 192) -> tuple[np.ndarray, list[int]]:
+    """"Where INT8 disagrees most": the ``k`` faces whose pose differs most from the reference's (largest
+    |Δ| over yaw, pitch and roll), each shown twice side by side, reference then artifact, with its pose axes
+    and angles drawn. Returns (BGR image, the faces' indices, largest difference first)."""
+    d = np.abs(np.asarray(pose, np.float64) - np.asarray(ref_pose, np.float64)).max(axis=1)
+    idx = [int(i) for i in np.argsort(-d, kind="stable")[:k]]
+    cap = 40
+    cells = []
+    for i in idx:
+        pair = []
+        for name, pz in ((names[1], ref_pose[i]), (names[0], pose[i])):
+            img = cv2.resize(crops[i], (tile, tile), interpolation=cv2.INTER_CUBIC)
+            c = tile / 2
+            for (dx, dy), col in zip(pose_axes(*(float(v) for v in pz), 0.4 * tile),
+                                     [(0, 0, 255), (0, 200, 0), (255, 0, 0)]):
+                cv2.line(img, (int(c), int(c)), (int(c + dx), int(c + dy)), col, 3, cv2.LINE_AA)
+            strip = np.full((cap, tile, 3), 255, np.uint8)
+            cv2.putText(strip, name, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+            cv2.putText(strip, f"y{pz[0]:+.1f} p{pz[1]:+.1f} r{pz[2]:+.1f}", (4, 33), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.45, (0, 0, 0), 1, cv2.LINE_AA)
+            pair.append(np.vstack([img, strip]))
+        head = np.full((22, 2 * tile, 3), 235, np.uint8)
+        cv2.putText(head, f"face {i}: max |d| {d[i]:.1f} deg", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 160), 1,
+                    cv2.LINE_AA)
+        cells.append(cv2.copyMakeBorder(np.vstack([head, np.hstack(pair)]), 4, 4, 4, 4, cv2.BORDER_CONSTANT,
+                                        value=(255, 255, 255)))
+    cols = 3 if len(cells) > 4 else max(1, len(cells))
+    while len(cells) % cols:
+        cells.append(np.full_like(cells[0], 255))
+    grid = np.vstack([np.hstack(cells[r:r + cols]) for r in range(0, len(cells), cols)])
+    title = np.full((30, grid.shape[1], 3), 255, np.uint8)
+    cv2.putText(title, f"Where {names[0]} disagrees most with {names[1]} ({len(idx)} of {len(d)} faces; axes: "
+                f"red x, green y, blue facing)", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([title, grid]), idx
+
+
+def write_disagreement(path, crops: np.ndarray, pose: np.ndarray, ref_pose: np.ndarray, **kw) -> list[int]:
+    sheet, idx = disagreement_sheet(crops, pose, ref_pose, **kw)
+    if not cv2.imwrite(str(path), sheet):
+        raise EdgefaceError(f"cannot write {path}")
+    return idx
+
+
 def read_frames(paths: list[Path]) -> Iterator[tuple[Path, np.ndarray]]:
     for p in paths:
         yield p, read_image(p)

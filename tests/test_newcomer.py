@@ -29,14 +29,14 @@ def run_cli(*args, cwd=None, timeout=600):
                           timeout=timeout, cwd=cwd or REPO, env=env)
 
 
-def run_cli_tty(*args, cwd=None, timeout=600) -> tuple[int, str, str]:
+def run_cli_tty(*args, cwd=None, timeout=600, columns=120, stdout_too=False) -> tuple[int, str, str]:
     """(exit code, stdout, what stderr showed) with stderr on a pseudo-terminal, as in a user's shell: rich draws
-    its progress bars only there."""
+    its progress bars only there. ``stdout_too``: stdout on the same terminal (its text is then in the third)."""
     master, slave = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120", "TERM": "xterm"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": str(columns), "TERM": "xterm"}
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "edgeface", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=slave, cwd=cwd or REPO, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "edgeface", *map(str, args)],
+                            stdout=slave if stdout_too else subprocess.PIPE, stderr=slave, cwd=cwd or REPO, env=env)
     os.close(slave)
     chunks: list[bytes] = []
 
@@ -55,7 +55,7 @@ def run_cli_tty(*args, cwd=None, timeout=600) -> tuple[int, str, str]:
     out, _ = proc.communicate(timeout=timeout)
     reader.join(10)
     os.close(master)
-    return proc.returncode, out.decode(), b"".join(chunks).decode(errors="replace")
+    return proc.returncode, (out or b"").decode(), b"".join(chunks).decode(errors="replace")
 
 
 def rows(stdout: str) -> list[dict]:
@@ -99,6 +99,9 @@ def test_predict_photo_without_a_model_argument(frames_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (r,) = rows(proc.stdout)
     assert r["image"] == "photo.jpg" and r["face"] == 0 and -90 <= r["yaw"] <= 90 and 0 <= r["blur"] <= 1
+    # one number format in the record: at most 3 decimals everywhere (it mixed 3 and 5)
+    numbers = re.findall(r"-?\d+\.(\d+)", json.dumps(r))
+    assert numbers and max(len(d) for d in numbers) <= 3
     assert re.search(r"predict: 1 image\(s\), 0 video/camera source\(s\), 1 face record\(s\)", proc.stderr)
     # the same with the model named, first or with --model: the same record
     for args in (("default", "photo.jpg"), ("photo.jpg", "--model", "default"),
@@ -264,3 +267,31 @@ def test_accuracy_axis_starts_at_zero(tmp_path):
     ylim = plot_accuracy_latency([row("a", 1.0, 7.36), row("b", 0.8, 7.45)], tmp_path / "acc.png")
     assert ylim[0] == 0 and ylim[1] > 7.45
     assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_default_output_folders_are_ignored_by_git():
+    ignored = {line.strip() for line in (REPO / ".gitignore").read_text().splitlines()}
+    assert {"/bundles/", "/quantized/"} <= ignored
+
+
+def _small_set(shared_data: Path, name: str, dest: Path, n: int = 12) -> Path:
+    """The first ``n`` val rows of a data-pack set, with their images: an eval that takes seconds."""
+    lines = (shared_data / name / "labels.csv").read_text().splitlines()
+    split = lines[0].split(",").index("split")
+    rows = [ln for ln in lines[1:] if ln.split(",")[split] == "val"][:n]
+    (dest / "images").mkdir(parents=True)
+    for ln in rows:
+        shutil.copy(shared_data / name / ln.split(",")[0], dest / ln.split(",")[0])
+    (dest / "labels.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    return dest
+
+
+def test_eval_shows_progress_per_set_and_full_headers_at_140_columns(shared_data, tmp_path):
+    a = _small_set(shared_data, "pointing04", tmp_path / "p04")
+    b = _small_set(shared_data, "qmul", tmp_path / "qmul")
+    code, _, screen = run_cli_tty("eval", "--data", a, "--data", b, "--no-rendered", columns=140, stdout_too=True)
+    assert code == 0, screen
+    assert "eval p04 (12 faces)" in screen and "2/2" in screen, screen  # the per-set progress bar
+    assert "…" not in screen, screen  # no header cut short ("blur_spea…"): they fold onto two lines instead
+    assert "spearman" in screen and "blur sharp" in screen
+    assert re.search(r"eval: default model \(torch\) on 2 set\(s\), 24 faces", screen)

@@ -202,8 +202,8 @@ def command(paths: Optional[list[str]] = typer.Argument(None, metavar="[MODEL] I
 
 
 def _rounded(d: dict) -> dict:
-    """Model outputs as every predict record writes them: 3 decimals for angles, 5 for the blur score."""
-    return {k: round(v, 5 if k == "blur" else 3) for k, v in d.items()}
+    """Model outputs as every predict record writes them: 3 decimals, like Face.as_dict (blur, angles, pixels)."""
+    return {k: round(v, 3) for k, v in d.items()}
 
 
 def _draw_path(draw: Path, src, is_image: bool, n_out: int) -> Path:

@@ -157,11 +157,12 @@ def format_table(results: dict[str, dict], title: str = "accuracy"):
     table = Table(title=title)
     cols = ("n", "yaw_mae", "pitch_mae", "roll_mae", "mean_mae", "blur_mae", "blur_spearman", "blur_sharp_mean")
     bins = [yaw_bin_name(lo, hi) for lo, hi in YAW_BINS]
-    table.add_column("set")
+    # Headers fold onto two lines rather than end in "…" on a narrow terminal (140 columns cut "blur_spea…").
+    table.add_column("set", overflow="fold")
     for c in cols:
-        table.add_column(c, justify="right")
+        table.add_column(c.replace("_", " "), justify="right", overflow="fold")
     for b in bins:
-        table.add_column(f"mean |yaw| {b}", justify="right")
+        table.add_column(f"mean |yaw| {b}", justify="right", overflow="fold")
 
     def cell(v):
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))

@@ -78,7 +78,7 @@ class Face:
     def as_dict(self, digits: int = 3) -> dict:
         r = lambda v: round(float(v), digits)  # noqa: E731
         return {"box": [r(v) for v in self.box], "landmarks": [[r(x), r(y)] for x, y in self.landmarks],
-                "score": r(self.score), "crop_box": [r(v) for v in self.crop_box], "blur": round(self.blur, 5),
+                "score": r(self.score), "crop_box": [r(v) for v in self.crop_box], "blur": r(self.blur),
                 "yaw": r(self.yaw), "pitch": r(self.pitch), "roll": r(self.roll)}
 
 

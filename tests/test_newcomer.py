@@ -295,3 +295,27 @@ def test_eval_shows_progress_per_set_and_full_headers_at_140_columns(shared_data
     assert "…" not in screen, screen  # no header cut short ("blur_spea…"): they fold onto two lines instead
     assert "spearman" in screen and "blur sharp" in screen
     assert re.search(r"eval: default model \(torch\) on 2 set\(s\), 24 faces", screen)
+
+
+def test_bench_over_ssh_sends_the_faces_bench_measures_here(shared_data, tmp_path):
+    """bench --host with --data on a folder of sets: the device gets each set's chosen rows (the same rule as a
+    local bench: the split, --limit of each set by the same seed) and only their images."""
+    import io
+    import tarfile
+
+    from edgeface.bench.remote import _add_data
+    from edgeface.model.evaluate import comparison_samples
+
+    a = _small_set(shared_data, "pointing04", tmp_path / "sets" / "p04", n=10)
+    _small_set(shared_data, "qmul", tmp_path / "sets" / "qmul", n=10)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        assert _add_data(tar, str(tmp_path / "sets"), "val", 4) == "data"
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        names = tar.getnames()
+        p04_rows = tar.extractfile("data/p04/labels.csv").read().decode().splitlines()[1:]
+    assert sorted(n.split("/")[1] for n in names if n.endswith("labels.csv")) == ["p04", "qmul"]
+    assert len([n for n in names if n.endswith(".jpg")]) == 8
+    want = {s.path.name for s in dict(comparison_samples(tmp_path / "sets", per_set=4))[a]}
+    assert {Path(r.split(",")[0]).name for r in p04_rows} == want

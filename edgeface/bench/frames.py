@@ -190,14 +190,14 @@ def write_frames_report(rows: list[dict], out_dir: Path, command: str = "") -> P
     import shutil
     import tempfile
 
-    from .report import REPORT_TITLE, _figure, check_report_dir, device_line
+    from .report import REPORT_TITLE, figure, check_report_dir, device_line
 
     check_report_dir(out_dir)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bench-report-", dir=out_dir.parent))
     try:
-        with _figure(tmp / "stages.png", 1, (max(6.0, 1.4 * len(rows) + 3), 4.8)) as (_, (ax,)):
+        with figure(tmp / "stages.png", 1, (max(6.0, 1.4 * len(rows) + 3), 4.8)) as (_, (ax,)):
             labels = [f"{Path(r['artifact']).name}\n{r['backend']} {r['precision']}\n{r['faces']} face(s)" for r in rows]
             bottom = np.zeros(len(rows))
             for s in STAGES[:-1]:

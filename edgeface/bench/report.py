@@ -114,7 +114,7 @@ def _artifact_colors(rows) -> dict:
 
 
 @contextmanager
-def _figure(path: Path, panels: int = 1, size: tuple[float, float] = (7.5, 4.8)):
+def figure(path: Path, panels: int = 1, size: tuple[float, float] = (7.5, 4.8)):
     """A figure with ``panels`` axes side by side, saved to ``path`` when the block succeeds, closed always."""
     plt = _plt()
     fig, axes = plt.subplots(1, panels, figsize=size, squeeze=False)
@@ -132,7 +132,7 @@ def plot_latency(rows: list[dict], path: Path) -> None:
     threads0 = rows[0]["threads"]
     batches = sorted({r["batch"] for r in rows})
     width = max(6.0, 1.6 + 2.8 * len(colors))
-    with _figure(path, len(batches), (width * min(len(batches), 3) / 1.4 if len(batches) > 1 else width, 4.8)) \
+    with figure(path, len(batches), (width * min(len(batches), 3) / 1.4 if len(batches) > 1 else width, 4.8)) \
             as (fig, axes):
         for ax, b in zip(axes, batches):
             sel = [r for r in rows if r["batch"] == b and r["threads"] == threads0 and r.get("latencies_ms")]
@@ -176,7 +176,7 @@ def plot_throughput(rows: list[dict], path: Path) -> None:
     colors = _artifact_colors(rows)
     thread_values = sorted({r["threads"] or 0 for r in rows})
     styles = ["-", "--", ":", "-."]
-    with _figure(path) as (_, (ax,)):
+    with figure(path) as (_, (ax,)):
         for n in colors:
             for k, t in enumerate(thread_values):
                 sel = sorted((r for r in rows if row_name(r) == n and (r["threads"] or 0) == t), key=lambda r: r["batch"])
@@ -205,7 +205,7 @@ def plot_accuracy_latency(rows: list[dict], path: Path) -> Optional[tuple[float,
     colors = _artifact_colors(rows)
     b0, t0 = min(r["batch"] for r in rows), rows[0]["threads"]
     sel = [r for r in rows if r["batch"] == b0 and r["threads"] == t0]
-    with _figure(path) as (_, (ax,)):
+    with figure(path) as (_, (ax,)):
         have = [r for r in sel if (r.get("accuracy") or {}).get("mean_mae") is not None]
         if not have:
             ax.text(0.5, 0.5, "no accuracy measured\n(run with --data DIR holding labels.csv)", ha="center", va="center",

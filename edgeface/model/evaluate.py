@@ -6,6 +6,7 @@ or any backend through the Predictor, so every artifact is measured by the same 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -251,17 +252,14 @@ def evaluate_detected(runner: Runner, detector, samples: list[Sample], spec: Mod
 COMPARISON_FACES_PER_SET = 64  # held-out faces per labelled set, a fixed-seed choice (deploy's verify set)
 
 
-def comparison_faces(data, spec: ModelSpec, per_set: int | None = COMPARISON_FACES_PER_SET, seed: int = 0,
-                     split: str | None = "val") -> tuple[np.ndarray, np.ndarray, str]:
-    """(crops, poses with NaN where unknown, name) of the faces an artifact is compared with FP32 on: the val
-    split of each labelled set in ``data`` (a set, or a folder of sets as `eval` takes), ``per_set`` of each by a
-    fixed seed (None: all). The name counts the faces per set and holds no path of this host."""
-    from pathlib import Path
-
+def comparison_samples(data, per_set: int | None = COMPARISON_FACES_PER_SET, seed: int = 0,
+                       split: str | None = "val") -> list[tuple[Path, list[Sample]]]:
+    """[(set folder, its chosen samples)]: the rule behind ``comparison_faces`` (bench --host sends the same rows
+    to the device)."""
     from ..core.errors import EdgefaceError
     from .data import find_sets, load_samples
 
-    samples, used = [], []
+    out = []
     for folder in find_sets(data):
         try:
             rows = load_samples(folder, split=split)
@@ -272,8 +270,18 @@ def comparison_faces(data, spec: ModelSpec, per_set: int | None = COMPARISON_FAC
         n = len(rows) if per_set is None else min(per_set, len(rows))
         rng = np.random.default_rng(seed)
         pick = sorted(rng.choice(len(rows), size=n, replace=False).tolist())
-        samples += [rows[i] for i in pick]
-        used.append(f"{folder.name}:{len(pick)}")
+        out.append((folder, [rows[i] for i in pick]))
+    return out
+
+
+def comparison_faces(data, spec: ModelSpec, per_set: int | None = COMPARISON_FACES_PER_SET, seed: int = 0,
+                     split: str | None = "val") -> tuple[np.ndarray, np.ndarray, str]:
+    """(crops, poses with NaN where unknown, name) of the faces an artifact is compared with FP32 on: the val
+    split of each labelled set in ``data`` (a set, or a folder of sets as `eval` takes), ``per_set`` of each by a
+    fixed seed (None: all). The name counts the faces per set and holds no path of this host."""
+    chosen = comparison_samples(data, per_set, seed, split)
+    samples = [s for _, rows in chosen for s in rows]
+    used = [f"{folder.name}:{len(rows)}" for folder, rows in chosen]
     crops = load_crops(samples, spec)
     poses = np.array([s.pose for s in samples], np.float32)
     return crops, poses, f"{Path(data).name} {split + ' split' if split else 'all rows'} ({', '.join(used)})"

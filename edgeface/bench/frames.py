@@ -186,17 +186,9 @@ def format_rows(rows: list[dict]):
 def write_frames_report(rows: list[dict], out_dir: Path, command: str = "") -> Path:
     """--report with --frames: README.md (the table, how it was measured) and stages.png (median ms per stage,
     stacked, per artifact x faces), moved into ``out_dir`` when complete."""
-    import os
-    import shutil
-    import tempfile
+    from .report import REPORT_TITLE, device_line, figure, report_folder
 
-    from .report import REPORT_TITLE, figure, check_report_dir, device_line
-
-    check_report_dir(out_dir)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bench-report-", dir=out_dir.parent))
-    try:
+    with report_folder(out_dir) as tmp:
         with figure(tmp / "stages.png", 1, (max(6.0, 1.4 * len(rows) + 3), 4.8)) as (_, (ax,)):
             labels = [f"{Path(r['artifact']).name}\n{r['backend']} {r['precision']}\n{r['faces']} face(s)" for r in rows]
             bottom = np.zeros(len(rows))
@@ -224,9 +216,4 @@ def write_frames_report(rows: list[dict], out_dir: Path, command: str = "") -> P
                   "frame\" tiles that many source frames into one; \"faces detected\" is what the detector found.",
                   "", "![stages](stages.png)", ""]
         (tmp / "README.md").write_text("\n".join(lines))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, out_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Path(out_dir)

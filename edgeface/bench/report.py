@@ -261,11 +261,7 @@ def write_report(rows: list[dict], warnings: list[str], out_dir: str | Path, *, 
                  data: Optional[str] = None, faces: Optional[dict] = None) -> Path:
     """PNG plots + README.md into ``out_dir`` (built in a temp folder, then moved into place). ``faces`` (from
     run_bench's ``faces_out``): one "where INT8 disagrees most" picture per INT8 artifact."""
-    out_dir = Path(out_dir)
-    check_report_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bench-report-", dir=out_dir.parent))
-    try:
+    with report_folder(out_dir) as tmp:
         plot_latency(rows, tmp / "latency.png")
         plot_throughput(rows, tmp / "throughput.png")
         plot_accuracy_latency(rows, tmp / "accuracy_latency.png")
@@ -279,12 +275,24 @@ def write_report(rows: list[dict], warnings: list[str], out_dir: str | Path, *, 
                 pictures.append((label, name))
         (tmp / "README.md").write_text(markdown_summary(rows, warnings, command=command, data=data,
                                                         pictures=pictures))
+    return Path(out_dir)
+
+
+@contextmanager
+def report_folder(out_dir: str | Path):
+    """A temporary folder beside ``out_dir`` to build a report in; its files move into ``out_dir`` when the
+    block succeeds (an earlier report's files of the same names are replaced), and it is removed always."""
+    out_dir = Path(out_dir)
+    check_report_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".bench-report-", dir=out_dir.parent))
+    try:
+        yield tmp
         out_dir.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
             os.replace(f, out_dir / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
 
 
 def markdown_summary(rows: list[dict], warnings: list[str], *, command: str = "", data: Optional[str] = None,

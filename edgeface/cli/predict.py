@@ -232,15 +232,23 @@ def _chain_first(first, rest):
     yield from rest
 
 
-def _fps(src) -> float:
+def _video_property(src, prop: int, default: float) -> float:
+    """A property the video's container states (``cv2.CAP_PROP_*``); ``default`` for a camera or when it does
+    not say."""
     import cv2
 
     if isinstance(src, int):
-        return 25.0
+        return default
     cap = cv2.VideoCapture(str(src))
-    fps = cap.get(cv2.CAP_PROP_FPS)
+    value = cap.get(prop)
     cap.release()
-    return float(fps) if fps and fps > 0 else 25.0
+    return float(value) if value and value > 0 else default
+
+
+def _fps(src) -> float:
+    import cv2
+
+    return _video_property(src, cv2.CAP_PROP_FPS, 25.0)
 
 
 def _write_image(path: Path, frame, faces) -> None:
@@ -303,9 +311,4 @@ def _frame_count(src) -> int:
     """Frames a video file says it holds (0 for a camera, or when the container does not say)."""
     import cv2
 
-    if isinstance(src, int):
-        return 0
-    cap = cv2.VideoCapture(str(src))
-    n = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-    cap.release()
-    return int(n) if n and n > 0 else 0
+    return int(_video_property(src, cv2.CAP_PROP_FRAME_COUNT, 0))

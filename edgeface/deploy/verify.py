@@ -14,7 +14,6 @@ from typing import Optional
 import numpy as np
 
 from ..core.compare import abs_deviation, deviation
-from ..core.errors import EdgefaceError
 from ..engines import registry
 from ..model.data import default_verify_data, synthetic_faces  # noqa: F401 - deploy's API
 from ..runtime.bundle import ANY_DEVICE, open_bundle

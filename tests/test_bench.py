@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from edgeface.bench import stats
-from edgeface.bench.runner import ACCURACY_KEYS, CONTRACT_KEYS, VS_REFERENCE_KEYS
+from edgeface.model.data import default_verify_data, find_sets
+from edgeface.bench.runner import ACCURACY_KEYS, CONTRACT_KEYS, VS_FP32_KEYS, VS_REFERENCE_KEYS
 
 LATENCY_KEYS = ("p50", "p90", "p99", "mean", "min", "max")
 
@@ -111,8 +112,13 @@ def test_bench_cli_json_contract_and_report(onnx_model, tmp_path):
         # whole-process peak RSS: more than the interpreter before loading, less than a runaway
         assert row["rss_before_load_mb"] < row["peak_rss_mb"] < 2000
         assert row["size_mb"] == pytest.approx(os.path.getsize(onnx_model) / 1e6)
-        assert row["accuracy"] is None  # no --data: not measured, so null
-        assert set(row["vs_reference"]) == set(VS_REFERENCE_KEYS)
+        if default_verify_data() is None:
+            assert row["accuracy"] is None  # no --data and no data pack here: not measured, so null
+        else:  # no --data: the val splits of the data pack, 64 faces of each set (what deploy verifies on)
+            n_sets = len(find_sets(default_verify_data()))
+            assert row["accuracy"]["n"] == row["vs_reference"]["n_faces"] == 64 * n_sets
+            assert row["faces"].startswith("data val split (") and row["faces"].count(":64") == n_sets
+        assert set(VS_REFERENCE_KEYS) <= set(row["vs_reference"]) == set(VS_FP32_KEYS)
         assert row["vs_reference"]["pose_max_abs"] == 0.0  # identical models, identical inputs
         assert row["device"]["cpu_model"] and row["device"]["cores"] >= 1
     report = tmp_path / "report"
@@ -129,15 +135,15 @@ def test_bench_accuracy_on_labelled_data(onnx_model, shared_data, tmp_path):
     assert r.returncode == 0, r.stderr
     row = json.loads((tmp_path / "b.json").read_text())[0]
     assert set(row["accuracy"]) == set(ACCURACY_KEYS) and row["accuracy"]["n"] == 24
+    assert row["faces"] == "pointing04 val split (pointing04:24)"
     # the same numbers edgeface.evaluate gives for the same faces and model
-    from edgeface.model.data import load_samples
-    from edgeface.model.evaluate import evaluate_samples
+    from edgeface.model.evaluate import comparison_faces, evaluate_crops
     from edgeface.runtime.predictor import open_model
 
     pred, _ = open_model(str(onnx_model), "onnxruntime")
     with pred:
-        want = evaluate_samples(pred.blur_and_pose, load_samples(shared_data / "pointing04", split="val")[:24],
-                                pred.spec)
+        crops, poses, _ = comparison_faces(shared_data / "pointing04", pred.spec, per_set=24)
+        want = evaluate_crops(pred.blur_and_pose, crops, poses)
     for k in ("yaw_mae", "pitch_mae", "mean_mae", "blur_mae"):
         assert row["accuracy"][k] == pytest.approx(want[k], rel=1e-5), k
     assert "too short" in r.stderr or "timed calls" in r.stderr  # 20 calls: the bench says it is too few

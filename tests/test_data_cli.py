@@ -106,7 +106,12 @@ def test_image_folder_and_find_sets(tmp_path, shared_data):
     d.mkdir()
     cv2.imwrite(str(d / "x.png"), np.zeros((60, 60, 3), np.uint8))
     assert len(load_samples(d)) == 1
-    assert [p.name for p in find_sets(shared_data)] == ["celeba", "pointing04", "qmul", "utkface"]
+    # The data pack's five sets, sorted by name: four training sets and aflw2000_dev, validation only (every row
+    # of it is split 'val', so nothing in it can reach a training split).
+    assert [p.name for p in find_sets(shared_data)] == ["aflw2000_dev", "celeba", "pointing04", "qmul", "utkface"]
+    with pytest.raises(EdgefaceError, match="no usable images with split 'train'"):
+        load_samples(shared_data / "aflw2000_dev", split="train")
+    assert len(load_samples(shared_data / "aflw2000_dev", split="val")) == 950
 
 
 def test_cli_bad_inputs(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -221,6 +222,8 @@ def test_cli_video_one_record_per_face_per_frame(video, tmp_path):
     # stable ids: the left face keeps one id, the right face the other
     ids = [tuple(r["track"] for r in sorted(v, key=lambda r: r["box"][0])) for _, v in sorted(per_frame.items())]
     assert len(set(ids)) == 1 and len(set(ids[0])) == 2
+    # the run ends with a summary on stderr: frames, faces, tracks, FPS
+    assert re.search(rf"{re.escape(str(video))}: 8 frames, 16 faces, 2 tracks, [0-9.]+ FPS", proc.stderr), proc.stderr
     cap = cv2.VideoCapture(str(out))
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
     cap.release()
@@ -237,8 +240,9 @@ def test_cli_image_detects_and_draws(two_faces, tmp_path):
     assert cv2.imread(str(drawn)).shape == two_faces.shape
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.zeros((100, 100, 3), np.uint8))
-    proc = _cli("predict", "default", blank)
-    assert proc.returncode == 0 and _rows(proc) == []
+    proc = _cli("predict", "default", blank)  # every input appears in the output: an explicit no-face record
+    assert proc.returncode == 0 and _rows(proc) == [{"image": str(blank), "faces": 0, "backend": "onnxruntime",
+                                                     "precision": "fp32"}]
 
 
 def test_cli_bad_inputs(tmp_path):

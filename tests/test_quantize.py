@@ -91,7 +91,8 @@ def test_one_statistics_pass_feeds_all_backends(run):
     rep, rep2 = run["rep"], run["rep2"]
     assert len(run["calls"]) == 1  # collected once, for three backends and a second run
     assert not rep["calibration"]["stats_reused"] and rep2["calibration"]["stats_reused"]
-    assert rep["calibration"]["stats_cache"] == rep2["calibration"]["stats_cache"]
+    assert rep["stats_cache_path"] == rep2["stats_cache_path"]
+    assert rep["calibration"]["stats_cache"] == Path(rep["stats_cache_path"]).name  # a name, not this host's path
     out = Path(rep["out"])
     for rel in ("onnxruntime/model.onnx", "tensorrt/model.onnx", "tensorrt/calib.cache",
                 "ncnn/model.ncnn.param", "ncnn/model.ncnn.bin", "ncnn/model.spec.json", "quantize.json"):
@@ -102,7 +103,7 @@ def test_one_statistics_pass_feeds_all_backends(run):
 
 
 def test_statistics_cache_corrupt_or_mismatched(run, tmp_path):
-    path = Path(run["rep"]["calibration"]["stats_cache"])
+    path = Path(run["rep"]["stats_cache_path"])
     st = load_stats(path)
     keys = {k: st.header[k] for k in cache_keys("x", ModelSpec(), "y")}
     assert load_stats(path, keys).names == st.names
@@ -130,7 +131,7 @@ def test_tensorrt_qdq_symmetric_runs_in_ort_and_cache_round_trips(run):
     assert len(qdq) > 50 and check_symmetric_qdq(out / "model.onnx") == []
     assert m.opset_import[0].version == 17
     scales = read_calibration_cache(out / "calib.cache")
-    st = load_stats(run["rep"]["calibration"]["stats_cache"])
+    st = load_stats(run["rep"]["stats_cache_path"])
     assert set(scales) == set(st.names)
     i = st.index("input")
     assert scales["input"] == pytest.approx(st.absmax(i) / 127, rel=1e-6)  # input is minmax-protected? no: any
@@ -194,7 +195,7 @@ def test_u8s8_weights_fit_int16_pairs_without_vnni(run, tmp_path):
         return min(int(a.min()) for a in q), max(int(a.max()) for a in q)
 
     fp32 = _fp32_onnx(run)
-    plan = make_plan(onnx.load(str(fp32)), load_stats(run["rep"]["calibration"]["stats_cache"]), "minmax")
+    plan = make_plan(onnx.load(str(fp32)), load_stats(run["rep"]["stats_cache_path"]), "minmax")
     lo, hi = weight_extremes(emit_onnxruntime(fp32, tmp_path / "rr.onnx", plan.ranges_asym, plan.float_nodes,
                                               reduce_range=True))
     assert -64 <= lo and hi <= 64 and hi - lo > 100  # 7 bits (ORT: [-64, 64]; 255 * 64 * 2 < 32767), and used
@@ -212,7 +213,7 @@ def test_ranges_read_back_from_qdq_graph(run):
     trt = Path(run["rep"]["out"]) / "tensorrt" / "model.onnx"
     float_model, sym, asym = ranges_from_qdq(trt)
     assert not [n for n in float_model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    st = load_stats(run["rep"]["calibration"]["stats_cache"])
+    st = load_stats(run["rep"]["stats_cache_path"])
     name = next(n for n in sym if n in st)
     assert sym[name][1] == pytest.approx(st.absmax(st.index(name)), rel=0.02)
 

@@ -22,6 +22,22 @@ STAGES = ("decode", "detect", "crop", "model", "total")
 MAX_TILED_FACES = 64  # faces per tiled frame: 100000 made a 63000 x 63000 canvas
 
 
+DEFAULT_FRAME_COUNT = 16  # frames of the source a frames bench uses (the first ones): `--frame-count`
+
+
+def available_frames(source: Path) -> int:
+    """Frames the source holds: images in the folder, or what the video's container says (0: it does not say)."""
+    from ..runtime.stream import IMAGE_EXTS
+
+    source = Path(source)
+    if source.is_dir():
+        return sum(1 for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    cap = cv2.VideoCapture(str(source))
+    n = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    cap.release()
+    return int(n) if n and n > 0 else 0
+
+
 def load_frames(source: Path, limit: int = 32) -> list[np.ndarray]:
     """Up to ``limit`` BGR frames from a folder of images (sorted) or a video file."""
     from ..runtime.stream import IMAGE_EXTS, video_frames
@@ -80,7 +96,7 @@ def bench_stages(pred, detector, encoded: list[bytes], repeats: int = 3) -> dict
             det = detector.detect(frame)
             t2 = time.perf_counter()
             crops = None
-            if len(det):
+            if len(det):  # detect and crop timed apart: the steps of FaceDetector.crop_faces, one by one
                 crops = np.stack([crop_face(frame, b, pred.spec) for b in detector.model_boxes(det)])
             t3 = time.perf_counter()
             if crops is not None:
@@ -101,9 +117,10 @@ def bench_stages(pred, detector, encoded: list[bytes], repeats: int = 3) -> dict
     return out
 
 
-def bench_frames(artifacts: list, source: Path, faces: list[int], threads: Optional[int] = 1, limit: int = 16,
-                 repeats: int = 3, backend: str = "auto", console=None) -> list[dict]:
-    """One row per artifact x faces-per-frame."""
+def bench_frames(artifacts: list, source: Path, faces: list[int], threads: Optional[int] = 1,
+                 limit: int = DEFAULT_FRAME_COUNT, repeats: int = 3, backend: str = "auto", console=None,
+                 progress=None) -> list[dict]:
+    """One row per artifact x faces-per-frame; ``progress`` (rich) gets one step per artifact x faces."""
     from ..runtime.detector import FaceDetector
     from ..runtime.predictor import Predictor
 
@@ -114,7 +131,10 @@ def bench_frames(artifacts: list, source: Path, faces: list[int], threads: Optio
     for k in set(faces):
         tile_grid(frames, k)  # refuses a tiled frame over the image size limit, before any model is loaded
     detector = FaceDetector(threads=threads)
+    available = available_frames(source)
     rows = []
+    task = progress.add_task(f"frames bench ({len(frames)} frames)", total=len(artifacts) * len(faces)) \
+        if progress is not None else None
     for art in artifacts:
         with Predictor(None if str(art) == "default" else art, backend=backend, threads=threads) as pred:
             for k in faces:
@@ -125,17 +145,75 @@ def bench_frames(artifacts: list, source: Path, faces: list[int], threads: Optio
                 r = bench_stages(pred, detector, encoded, repeats)
                 shape = cv2.imdecode(np.frombuffer(encoded[0], np.uint8), cv2.IMREAD_COLOR).shape
                 rows.append({"artifact": str(art), "backend": pred.backend, "precision": pred.precision,
-                             "threads": threads, "faces": k, "frame": f"{shape[1]}x{shape[0]}", **r})
+                             "threads": threads, "faces": k, "frame": f"{shape[1]}x{shape[0]}",
+                             "source": Path(source).name, "frames_available": available, **r})
+                if task is not None:
+                    progress.advance(task)
     return rows
+
+
+def frames_title(rows: list[dict]) -> str:
+    r = rows[0] if rows else {}
+    avail = f" of {r['frames_available']}" if r.get("frames_available") else ""
+    return (f"per-stage latency per frame (median ms): the first {r.get('frames', 0)}{avail} frames of "
+            f"{r.get('source', '?')}, each pass repeated")
+
+
+FRAME_COLUMNS = ("artifact", "engine", "faces put in each frame", "faces detected per frame", "frame px", *STAGES,
+                 "FPS")
+
+
+def frame_cells(r: dict) -> list[str]:
+    """A row as the table and the report show it: how many faces each (tiled) frame holds, and how many the
+    detector found on average, side by side."""
+    return [Path(r["artifact"]).name, f"{r['backend']} {r['precision']}", str(r["faces"]),
+            f"{r['faces_per_frame']:.2f}", r["frame"], *(f"{r[s]['median_ms']:.2f}" for s in STAGES), f"{r['fps']:.1f}"]
 
 
 def format_rows(rows: list[dict]):
     from rich.table import Table
 
-    table = Table(title="per-stage latency per frame (median ms)")
-    for c in ("artifact", "backend", "faces", "found", "frame", *STAGES, "FPS"):
+    table = Table(title=frames_title(rows),
+                  caption="faces put in each frame: source frames tiled into one (--faces); detected: YuNet's "
+                          "average over the frames")
+    for c in FRAME_COLUMNS:
         table.add_column(c)
     for r in rows:
-        table.add_row(Path(r["artifact"]).name, r["backend"], str(r["faces"]), f"{r['faces_per_frame']:.2f}",
-                      r["frame"], *(f"{r[s]['median_ms']:.2f}" for s in STAGES), f"{r['fps']:.1f}")
+        table.add_row(*frame_cells(r))
     return table
+
+
+def write_frames_report(rows: list[dict], out_dir: Path, command: str = "") -> Path:
+    """--report with --frames: README.md (the table, how it was measured) and stages.png (median ms per stage,
+    stacked, per artifact x faces), moved into ``out_dir`` when complete."""
+    from .report import REPORT_TITLE, device_line, figure, report_folder
+
+    with report_folder(out_dir) as tmp:
+        with figure(tmp / "stages.png", 1, (max(6.0, 1.4 * len(rows) + 3), 4.8)) as (_, (ax,)):
+            labels = [f"{Path(r['artifact']).name}\n{r['backend']} {r['precision']}\n{r['faces']} face(s)" for r in rows]
+            bottom = np.zeros(len(rows))
+            for s in STAGES[:-1]:
+                v = np.array([r[s]["median_ms"] for r in rows])
+                ax.bar(labels, v, bottom=bottom, label=s)
+                bottom += v
+            for i, r in enumerate(rows):
+                ax.annotate(f"{r['fps']:.0f} FPS", (i, bottom[i]), xytext=(0, 3), textcoords="offset points",
+                            ha="center", fontsize=9)
+            ax.set_ylim(0, bottom.max() * 1.15 if len(rows) else 1)
+            ax.set_ylabel("median ms per frame")
+            ax.tick_params(axis="x", labelsize=9)
+            ax.set_title(frames_title(rows).replace(": ", ":\n", 1), fontsize=10)
+            ax.legend(fontsize=9)
+        head = "| " + " | ".join(FRAME_COLUMNS) + " |"
+        lines = [REPORT_TITLE + " (full frames)", ""]
+        if command:
+            lines += ["```", command, "```", ""]
+        lines += [f"**Device:** {device_line(rows[0].get('device')) if rows and rows[0].get('device') else 'this machine'}",
+                  "", f"{frames_title(rows)}.", "", head, "|" + "---|" * len(FRAME_COLUMNS)]
+        lines += ["| " + " | ".join(frame_cells(r)) + " |" for r in rows]
+        lines += ["", "Each frame is JPEG-encoded once; decode is `cv2.imdecode` of those bytes, then detect (YuNet), "
+                  "crop (the training crop rule) and model, timed one after another per frame. \"faces put in each "
+                  "frame\" tiles that many source frames into one; \"faces detected\" is what the detector found.",
+                  "", "![stages](stages.png)", ""]
+        (tmp / "README.md").write_text("\n".join(lines))
+    return Path(out_dir)

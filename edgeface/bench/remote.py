@@ -53,27 +53,31 @@ def _add_artifact(tar: tarfile.TarFile, artifact: str, prefix: str) -> str:
 
 
 def _add_data(tar: tarfile.TarFile, data: str, split: Optional[str], limit: Optional[int]) -> str:
-    """The labelled rows of the chosen split (labels.csv rewritten to them) and only their images."""
-    folder = Path(data)
-    with open(folder / "labels.csv", newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = reader.fieldnames or []
-        rows = [r for r in reader if not split or r.get("split", split) == split]
-    if limit:
-        rows = rows[:limit]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    w.writerows(rows)
-    blob = buf.getvalue().encode()
-    info = tarfile.TarInfo("data/labels.csv")
-    info.size = len(blob)
-    tar.addfile(info, io.BytesIO(blob))
-    for r in rows:
-        rel = Path(r["file"])
-        if rel.is_absolute() or ".." in rel.parts:
-            raise EdgefaceError(f"{folder / 'labels.csv'}: file {r['file']} points outside the data folder")
-        tar.add(str(folder / rel), arcname=f"data/{rel.as_posix()}", recursive=False)
+    """Each labelled set of ``data`` (a set or a folder of sets) as data/SET/: its labels.csv rewritten to the rows
+    bench would measure here (``model.evaluate.comparison_samples``: the split, --limit of each set by the same
+    seed) and only their images."""
+    from ..model.evaluate import comparison_samples
+
+    for folder, samples in comparison_samples(data, per_set=limit, split=split or None):
+        picked = {Path(s.path).resolve() for s in samples}
+        with open(folder / "labels.csv", newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = reader.fieldnames or []
+            rows = [r for r in reader if (not split or r.get("split", split) == split)
+                    and (folder / r["file"]).resolve() in picked]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+        blob = buf.getvalue().encode()
+        info = tarfile.TarInfo(f"data/{folder.name}/labels.csv")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+        for r in rows:
+            rel = Path(r["file"])
+            if rel.is_absolute() or ".." in rel.parts:
+                raise EdgefaceError(f"{folder / 'labels.csv'}: file {r['file']} points outside the data folder")
+            tar.add(str(folder / rel), arcname=f"data/{folder.name}/{rel.as_posix()}", recursive=False)
     return "data"
 
 

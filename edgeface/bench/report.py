@@ -56,9 +56,11 @@ def make_tables(rows: list[dict], title: str = "edgeface bench"):
         speed.add_row(r["artifact"], f"{r['backend']} {r['precision']}", str(r["batch"]), str(r["threads"] or "auto"),
                       _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(r["throughput_ips"], "{:.0f}"),
                       _f(r["load_ms"], "{:.1f}"), _f(r["first_inference_ms"], "{:.2f}"), _f(r["peak_rss_mb"], "{:.1f}"))
-    acc = Table(title="accuracy (pose MAE in degrees) and deviation from the FP32 reference")
-    for col in ("artifact", "engine", "size MB", "yaw", "pitch", "roll", "mean", "blur MAE", "blur ρ", "Δpose max",
-                "Δpose mean", "Δblur max"):
+    faces = next((r.get("faces") for r in rows if r.get("faces")), None)
+    acc = Table(title="accuracy (pose MAE, degrees) and deviation from the FP32 reference (|Δ|)"
+                + (f"\non {faces}" if faces else ""))
+    for col in ("artifact", "engine", "size MB", "yaw °", "pitch °", "roll °", "mean °", "blur MAE", "blur ρ",
+                "pose |Δ| max °", "p99 °", "mean °", "blur |Δ| max"):
         acc.add_column(col, justify="left" if col in ("artifact", "engine") else "right",
                        no_wrap=col != "artifact", overflow="fold")
     seen = set()
@@ -70,15 +72,15 @@ def make_tables(rows: list[dict], title: str = "edgeface bench"):
         acc.add_row(r["artifact"], f"{r['backend']} {r['precision']}", _f(r["size_mb"], "{:.3f}"),
                     _f(a.get("yaw_mae"), "{:.2f}"), _f(a.get("pitch_mae"), "{:.2f}"), _f(a.get("roll_mae"), "{:.2f}"),
                     _f(a.get("mean_mae"), "{:.2f}"), _f(a.get("blur_mae"), "{:.4f}"), _f(a.get("blur_spearman"), "{:.3f}"),
-                    _f(d.get("pose_max_abs"), "{:.2g}"), _f(d.get("pose_mean_abs"), "{:.2g}"),
-                    _f(d.get("blur_max_abs"), "{:.2g}"))
+                    _f(d.get("pose_max_abs"), "{:.2f}"), _f(d.get("pose_p99_abs"), "{:.2f}"),
+                    _f(d.get("pose_mean_abs"), "{:.3f}"), _f(d.get("blur_max_abs"), "{:.4f}"))
     return speed, acc
 
 
 def markdown_table(rows: list[dict]) -> str:
     head = ("| artifact | backend | precision | batch | threads | p50 ms | p90 ms | p99 ms | img/s | load ms | "
-            "first ms | peak RSS MB | size MB | yaw MAE° | pitch MAE° | mean MAE° | blur MAE | blur ρ | "
-            "Δpose max° | Δblur max |")
+            "first ms | peak RSS MB | size MB | yaw MAE° | pitch MAE° | roll MAE° | mean MAE° | blur MAE | blur ρ | "
+            "pose Δ max° | pose Δ p99° | blur Δ max |")
     lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in rows:
         lat, acc, dev = r["latency_ms"], r.get("accuracy") or {}, r.get("vs_reference") or {}
@@ -86,9 +88,10 @@ def markdown_table(rows: list[dict]) -> str:
                  _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(r["throughput_ips"], "{:.0f}"),
                  _f(r["load_ms"], "{:.1f}"), _f(r["first_inference_ms"], "{:.2f}"), _f(r["peak_rss_mb"], "{:.1f}"),
                  _f(r["size_mb"], "{:.3f}"), _f(acc.get("yaw_mae"), "{:.2f}"), _f(acc.get("pitch_mae"), "{:.2f}"),
+                 _f(acc.get("roll_mae"), "{:.2f}"),  # the mean is over the three: all three are shown
                  _f(acc.get("mean_mae"), "{:.2f}"), _f(acc.get("blur_mae"), "{:.4f}"),
-                 _f(acc.get("blur_spearman"), "{:.3f}"), _f(dev.get("pose_max_abs"), "{:.2g}"),
-                 _f(dev.get("blur_max_abs"), "{:.2g}")]
+                 _f(acc.get("blur_spearman"), "{:.3f}"), _f(dev.get("pose_max_abs"), "{:.2f}"),
+                 _f(dev.get("pose_p99_abs"), "{:.2f}"), _f(dev.get("blur_max_abs"), "{:.4f}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -111,7 +114,7 @@ def _artifact_colors(rows) -> dict:
 
 
 @contextmanager
-def _figure(path: Path, panels: int = 1, size: tuple[float, float] = (7.5, 4.8)):
+def figure(path: Path, panels: int = 1, size: tuple[float, float] = (7.5, 4.8)):
     """A figure with ``panels`` axes side by side, saved to ``path`` when the block succeeds, closed always."""
     plt = _plt()
     fig, axes = plt.subplots(1, panels, figsize=size, squeeze=False)
@@ -128,8 +131,8 @@ def plot_latency(rows: list[dict], path: Path) -> None:
     colors = _artifact_colors(rows)
     threads0 = rows[0]["threads"]
     batches = sorted({r["batch"] for r in rows})
-    width = max(6.0, 1.6 + 2.2 * len(colors))
-    with _figure(path, len(batches), (width * min(len(batches), 3) / 1.4 if len(batches) > 1 else width, 4.8)) \
+    width = max(6.0, 1.6 + 2.8 * len(colors))
+    with figure(path, len(batches), (width * min(len(batches), 3) / 1.4 if len(batches) > 1 else width, 4.8)) \
             as (fig, axes):
         for ax, b in zip(axes, batches):
             sel = [r for r in rows if r["batch"] == b and r["threads"] == threads0 and r.get("latencies_ms")]
@@ -150,15 +153,17 @@ def plot_latency(rows: list[dict], path: Path) -> None:
             for p, r, d in zip(pos, sel, data):
                 lat = r["latency_ms"]
                 ax.scatter([p], [lat["p99"]], marker="v", color="crimson", zorder=3)
-                ax.annotate(f"p50 {lat['p50']:.3g}", (p, lat["p50"]), xytext=(14, 0), textcoords="offset points",
-                            fontsize=8, va="center")
+                # Beside the violin (half-width 0.4), not on the box, on a white ground: legible with 4 artifacts.
+                ax.annotate(f"p50 {lat['p50']:.3g}", (p + 0.42, lat["p50"]), fontsize=9, va="center",
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
                 over = sum(v > top for v in d)
                 if over:
                     ax.annotate(f"{over} above\nmax {lat['max']:.3g}", (p, top), xytext=(0, -4), va="top",
                                 textcoords="offset points", ha="center", fontsize=7, color="dimgray")
             ax.set_ylim(0, top)
             ax.set_xticks(pos)
-            ax.set_xticklabels([f"{r['artifact']}\n{r['backend']} {r['precision']}" for r in sel], fontsize=8)
+            ax.set_xlim(0.5, len(sel) + 0.9)  # room for the last p50 label
+            ax.set_xticklabels([f"{r['artifact']}\n{r['backend']} {r['precision']}" for r in sel], fontsize=9)
             ax.set_ylabel("latency per call (ms)")
             ax.set_title(f"batch {b}, {threads0 or 'auto'} thread(s), {len(data[0])} calls each")
             ax.grid(axis="y", alpha=0.3)
@@ -171,7 +176,7 @@ def plot_throughput(rows: list[dict], path: Path) -> None:
     colors = _artifact_colors(rows)
     thread_values = sorted({r["threads"] or 0 for r in rows})
     styles = ["-", "--", ":", "-."]
-    with _figure(path) as (_, (ax,)):
+    with figure(path) as (_, (ax,)):
         for n in colors:
             for k, t in enumerate(thread_values):
                 sel = sorted((r for r in rows if row_name(r) == n and (r["threads"] or 0) == t), key=lambda r: r["batch"])
@@ -193,12 +198,14 @@ def plot_throughput(rows: list[dict], path: Path) -> None:
         ax.legend(fontsize=8)
 
 
-def plot_accuracy_latency(rows: list[dict], path: Path) -> None:
-    """Pose mean MAE against p50 latency at the smallest batch: the trade-off in one picture."""
+def plot_accuracy_latency(rows: list[dict], path: Path) -> Optional[tuple[float, float]]:
+    """Pose mean MAE against p50 latency at the smallest batch: the trade-off in one picture. Returns the
+    accuracy axis' limits (None without accuracy)."""
+    limits = None
     colors = _artifact_colors(rows)
     b0, t0 = min(r["batch"] for r in rows), rows[0]["threads"]
     sel = [r for r in rows if r["batch"] == b0 and r["threads"] == t0]
-    with _figure(path) as (_, (ax,)):
+    with figure(path) as (_, (ax,)):
         have = [r for r in sel if (r.get("accuracy") or {}).get("mean_mae") is not None]
         if not have:
             ax.text(0.5, 0.5, "no accuracy measured\n(run with --data DIR holding labels.csv)", ha="center", va="center",
@@ -212,17 +219,21 @@ def plot_accuracy_latency(rows: list[dict], path: Path) -> None:
             ax.set_xlabel(f"latency p50 per call (ms), batch {b0}, {t0 or 'auto'} thread(s); bar: min to p90")
             ax.set_ylabel("pose mean MAE (degrees, lower is better)")
             ax.set_xlim(left=0, right=max(r["latency_ms"]["p90"] for r in have) * 1.3)
+            # A zero-based axis: a 0.09° difference between engines must look as small as it is.
             ys = [r["accuracy"]["mean_mae"] for r in have]
-            span = max(ys) - min(ys)
-            pad = max(0.1, span * 0.5, 0.02 * max(ys))
-            ax.set_ylim(min(ys) - pad, max(ys) + pad)
+            ax.set_ylim(0, max(ys) * 1.25)
+            limits = tuple(float(v) for v in ax.get_ylim())
+            for r, yv in zip(have, ys):
+                ax.annotate(f"{yv:.2f}°", (r["latency_ms"]["p50"], yv), xytext=(0, 8), textcoords="offset points",
+                            ha="center", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, loc="best")
             n = have[0]["accuracy"].get("n")
             ax.set_title(f"Accuracy against latency (n = {n} labelled faces)")
+    return limits
 
 
-REPORT_FILES = ("README.md", "latency.png", "throughput.png", "accuracy_latency.png")
+REPORT_FILES = ("README.md", "latency.png", "throughput.png", "accuracy_latency.png", "stages.png")
 REPORT_TITLE = "# edgeface bench"
 
 
@@ -247,26 +258,45 @@ def check_report_dir(out_dir: str | Path) -> None:
 
 
 def write_report(rows: list[dict], warnings: list[str], out_dir: str | Path, *, command: str = "",
-                 data: Optional[str] = None) -> Path:
-    """PNG plots + README.md into ``out_dir`` (built in a temp folder, then moved into place)."""
+                 data: Optional[str] = None, faces: Optional[dict] = None) -> Path:
+    """PNG plots + README.md into ``out_dir`` (built in a temp folder, then moved into place). ``faces`` (from
+    run_bench's ``faces_out``): one "where INT8 disagrees most" picture per INT8 artifact."""
+    with report_folder(out_dir) as tmp:
+        plot_latency(rows, tmp / "latency.png")
+        plot_throughput(rows, tmp / "throughput.png")
+        plot_accuracy_latency(rows, tmp / "accuracy_latency.png")
+        pictures = []
+        if faces and faces.get("poses"):
+            from ..runtime.stream import write_disagreement
+
+            for k, (label, pose) in enumerate(faces["poses"].items()):
+                name = f"int8_disagreement_{k}.png"
+                write_disagreement(tmp / name, faces["crops"], pose, faces["reference_pose"])
+                pictures.append((label, name))
+        (tmp / "README.md").write_text(markdown_summary(rows, warnings, command=command, data=data,
+                                                        pictures=pictures))
+    return Path(out_dir)
+
+
+@contextmanager
+def report_folder(out_dir: str | Path):
+    """A temporary folder beside ``out_dir`` to build a report in; its files move into ``out_dir`` when the
+    block succeeds (an earlier report's files of the same names are replaced), and it is removed always."""
     out_dir = Path(out_dir)
     check_report_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bench-report-", dir=out_dir.parent))
     try:
-        plot_latency(rows, tmp / "latency.png")
-        plot_throughput(rows, tmp / "throughput.png")
-        plot_accuracy_latency(rows, tmp / "accuracy_latency.png")
-        (tmp / "README.md").write_text(markdown_summary(rows, warnings, command=command, data=data))
+        yield tmp
         out_dir.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
             os.replace(f, out_dir / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
 
 
-def markdown_summary(rows: list[dict], warnings: list[str], *, command: str = "", data: Optional[str] = None) -> str:
+def markdown_summary(rows: list[dict], warnings: list[str], *, command: str = "", data: Optional[str] = None,
+                     pictures: tuple = ()) -> str:
     dev = rows[0]["device"] if rows else {}
     r0 = rows[0] if rows else {}
     how = (f"{r0.get('iterations')} timed calls" if r0 else "")
@@ -288,10 +318,15 @@ def markdown_summary(rows: list[dict], warnings: list[str], *, command: str = ""
               "model + buffers; MB = 10⁶ bytes) belong to it alone.",
               "- Throughput = images per second of timed call time (batch × calls / Σ latency).",
               f"- Accuracy: pose MAE against labels and blur on synthetic blur of the same faces"
-              f"{f' from `{data}`' if data else ''}; deviation (Δ) from the FP32 reference "
-              f"`{r0.get('reference')}` on the same inputs.", ""]
+              f"{f' from `{data}`' if data else ''}; deviation Δ = |output − FP32 output| "
+              f"from the FP32 reference `{r0.get('reference')}` on the same faces ({r0.get('faces') or '-'}); the "
+              f"mean MAE is the mean of the yaw, pitch and roll columns.", ""]
     if warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     lines += ["## Plots", "", "![latency](latency.png)", "", "![throughput](throughput.png)", "",
               "![accuracy vs latency](accuracy_latency.png)", ""]
+    for label, name in pictures:
+        lines += [f"### Where INT8 disagrees most: `{label}`", "",
+                  f"The faces of {r0.get('faces') or 'the bench inputs'} whose pose differs most from the FP32 "
+                  f"reference's, FP32 left, INT8 right.", "", f"![where INT8 disagrees most]({name})", ""]
     return "\n".join(lines)

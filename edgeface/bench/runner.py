@@ -20,7 +20,6 @@ from typing import Optional
 import numpy as np
 
 from ..core import __version__
-from ..core.compare import deviation
 from ..core.device import device_info, is_throttled, pitfall_warnings
 from ..core.errors import EdgefaceError
 from ..core.limits import check_batch, check_threads, finite, short
@@ -33,8 +32,10 @@ from . import stats
 CONTRACT_KEYS = ("artifact", "backend", "precision", "batch", "threads", "latency_ms", "throughput_ips", "load_ms",
                  "first_inference_ms", "peak_rss_mb", "size_mb", "accuracy", "vs_reference", "device")
 ACCURACY_KEYS = ("yaw_mae", "pitch_mae", "roll_mae", "mean_mae", "blur_mae", "blur_spearman", "n")
-VS_REFERENCE_KEYS = ("pose_max_abs", "pose_mean_abs", "blur_max_abs")
-REFERENCE_INPUTS = 64  # synthetic crops for the vs-reference check when no --data is given
+VS_REFERENCE_KEYS = ("pose_max_abs", "pose_mean_abs", "blur_max_abs")  # the contract's; model.evaluate.vs_fp32 adds
+VS_FP32_KEYS = ("n_faces", "pose_max_abs", "pose_mean_abs", "pose_p99_abs", "blur_max_abs", "blur_mean_abs",
+                "pose_mae", "fp32_pose_mae")
+REFERENCE_INPUTS = 64  # synthetic crops for the vs-reference check when no labelled faces are found
 # A typo (--duration 2000000, --iters 1e9) must not hold the machine for days: an hour per configuration at most.
 MAX_DURATION_S = 3600.0
 MAX_ITERS = 1_000_000
@@ -147,25 +148,16 @@ def _synthetic_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.stack([cv2.resize(s, (size, size), interpolation=cv2.INTER_CUBIC) for s in small])
 
 
-def labelled_samples(data: str, split: Optional[str], limit: Optional[int] = None):
-    """The samples of a labelled folder; a folder without labels or without any pose label is refused in one line."""
-    from ..model.data import load_samples
+def check_labelled(data: str, split: Optional[str]) -> None:
+    """--data before any work: a set or a folder of sets (as `eval` takes); one without labels, or without any pose
+    label, is refused in one line."""
+    from ..model.data import find_sets, load_samples
 
-    samples = load_samples(data, split=split or None, require_labels=True)
-    if limit:
-        samples = samples[:limit]
-    if np.isnan(np.array([s.pose for s in samples], np.float32)).all():
-        raise EdgefaceError(f"{data} has no yaw/pitch/roll labels (labels.csv needs yaw,pitch,roll columns) "
-                            "so pose accuracy cannot be measured; drop --data to benchmark speed only")
-    return samples
-
-
-def load_eval_set(data: str, split: Optional[str], spec, limit: Optional[int] = None):
-    """(crops, poses) from a labelled folder, cropped by the artifact's own crop rule."""
-    from ..model.evaluate import load_crops
-
-    samples = labelled_samples(data, split, limit)
-    return load_crops(samples, spec), np.array([s.pose for s in samples], np.float32)
+    for folder in find_sets(data):
+        samples = load_samples(folder, split=split or None, require_labels=True)
+        if np.isnan(np.array([s.pose for s in samples], np.float32)).all():
+            raise EdgefaceError(f"{folder} has no yaw/pitch/roll labels (labels.csv needs yaw,pitch,roll columns) "
+                                "so pose accuracy cannot be measured; drop --data to benchmark speed only")
 
 
 def _spec_from_dict(d):
@@ -179,14 +171,18 @@ def artifact_label(artifact: str) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
-def vs_reference(out: dict, ref: dict) -> dict:
-    """A row's ``vs_reference``: the deviation of an artifact's outputs from the reference's."""
-    d = deviation(out["blur"], out["pose"], ref["blur"], ref["pose"])
-    return {k: d[k] for k in VS_REFERENCE_KEYS}
+def vs_reference(out: dict, ref: dict, truth=None) -> dict:
+    """A row's ``vs_reference``: the deviation of an artifact's outputs from the reference's (the contract's keys),
+    and beside them what quantize and deploy print (``model.evaluate.vs_fp32``: face count, p99, both MAEs)."""
+    from ..model.evaluate import vs_fp32
+
+    return vs_fp32(out["blur"], out["pose"], ref["blur"], ref["pose"], truth)
 
 
-def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) -> tuple[list[dict], list[str]]:
-    """Benchmark every artifact x batch x threads. Returns (rows in the contract's shape, warnings)."""
+def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None,
+              faces_out: Optional[dict] = None) -> tuple[list[dict], list[str]]:
+    """Benchmark every artifact x batch x threads. Returns (rows in the contract's shape, warnings).
+    ``faces_out``: filled with {"crops", "reference_pose", "poses": {label: pose}} for the report's pictures."""
     cfg.check()
     device = device if device is not None else device_info()
     labels = [artifact_label(a) for a in cfg.artifacts]
@@ -212,7 +208,8 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) ->
         finally:
             probe.close()
         check_batch(max(cfg.batches), spec.input_size)
-        _write_inputs(inputs_path, cfg, spec, batch_max=max(cfg.batches))
+        faces_name, labelled = _write_inputs(inputs_path, cfg, spec, batch_max=max(cfg.batches))
+        truth = dict(np.load(inputs_path)).get("eval_pose") if labelled else None
         task = progress.add_task("benchmark", total=len(configs) * len(cfg.artifacts) * cfg.rounds) if progress else None
         for ci, (threads, batch) in enumerate(configs):
             workers = [Worker(lb) for lb in labels]
@@ -240,7 +237,7 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) ->
                             progress.advance(task)
                 rss = [w.call("rss") for w in workers]
                 if ci == 0:
-                    _choose_reference_and_measure(cfg, workers, info, work, outputs, accuracy)
+                    _choose_reference_and_measure(labelled, workers, work, outputs, accuracy)
                     if cfg.reference not in ("auto", "none"):
                         ref_index, ref_label = -1, str(cfg.reference)
                         outputs[-1] = reference_outputs(cfg.reference, cfg.backend, inputs_path, work)
@@ -274,8 +271,13 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None) ->
             acc = accuracy.get(i)
             row["accuracy"] = {k: acc.get(k) for k in ACCURACY_KEYS} if acc else None
             if ref_index is not None and i in outputs and ref_index in outputs:
-                row["vs_reference"] = vs_reference(outputs[i], outputs[ref_index])
+                row["vs_reference"] = vs_reference(outputs[i], outputs[ref_index], truth)
                 row["reference"] = ref_label
+            row["faces"] = faces_name
+        if faces_out is not None and ref_index is not None and ref_index in outputs:
+            faces_out.update(crops=np.load(inputs_path)["reference"], reference_pose=outputs[ref_index]["pose"],
+                             poses={labels[i]: outputs[i]["pose"] for i in outputs
+                                    if i >= 0 and i != ref_index and info[i].get("precision") == "int8"})
         end = device_info()
         if is_throttled(end) and not is_throttled(device):
             warnings.append(f"throttling began during the run: {is_throttled(end)}")
@@ -318,18 +320,40 @@ def pitfall_warnings_of_row(row: dict) -> list[str]:
     return pitfall_warnings({}, iters=row.get("iterations"), measured_s=row.get("measured_s"), warmup=row.get("warmup"))
 
 
-def _write_inputs(path: Path, cfg: BenchConfig, spec, batch_max: int) -> None:
-    """inputs.npz: crops for timing, the labelled eval set, and the inputs the vs-reference check uses."""
+def bench_faces(cfg: BenchConfig, spec) -> tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
+    """(crops, poses, name) of the faces accuracy and the deviation from FP32 are measured on: --data (a set or a
+    folder of sets, as `eval` takes; --limit faces of each), else the default comparison faces (the val splits
+    of the shared data pack, as deploy verifies and quantize compares on), else (none here) (None, None, why)."""
+    from ..model.data import default_verify_data
+    from ..model.evaluate import COMPARISON_FACES_PER_SET, comparison_faces
+
+    if cfg.data:
+        return comparison_faces(cfg.data, spec, per_set=cfg.limit, split=cfg.split)
+    data = default_verify_data()
+    if data is None:
+        return None, None, "synthetic images (no labelled faces found: pass --data DIR)"
+    return comparison_faces(data, spec, per_set=cfg.limit or COMPARISON_FACES_PER_SET)
+
+
+def _write_inputs(path: Path, cfg: BenchConfig, spec, batch_max: int) -> tuple[str, bool]:
+    """inputs.npz: crops for timing, the labelled eval set, and the inputs the vs-reference check uses.
+    Returns (the faces' name, whether they carry pose labels)."""
     size = spec.input_size
     arrays = {}
-    if cfg.data:
-        crops, poses = load_eval_set(cfg.data, cfg.split, spec, cfg.limit)
-        arrays.update(eval=crops, eval_pose=poses, reference=crops, timing=crops[:max(batch_max, 1)])
+    crops, poses, name = bench_faces(cfg, spec)
+    labelled = poses is not None and not np.isnan(poses).all()
+    if crops is not None:
+        arrays.update(reference=crops, timing=crops[:max(batch_max, 1)])
+        if labelled:
+            arrays.update(eval=crops, eval_pose=poses)
+        if len(crops) < batch_max:  # timing needs a full batch: repeat the faces
+            arrays["timing"] = np.resize(crops, (batch_max, *crops.shape[1:]))
     else:
         synth = _synthetic_crops(max(REFERENCE_INPUTS, batch_max), size)
         arrays.update(reference=synth[:REFERENCE_INPUTS], timing=synth[:batch_max])
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz"
         np.savez(fh, **arrays)
+    return name, labelled
 
 
 def _auto_reference(info: dict[int, dict]) -> Optional[int]:
@@ -339,12 +363,12 @@ def _auto_reference(info: dict[int, dict]) -> Optional[int]:
     return (ort or fp32 or [None])[0]
 
 
-def _choose_reference_and_measure(cfg, workers, info, work, outputs, accuracy) -> None:
+def _choose_reference_and_measure(labelled: bool, workers, work, outputs, accuracy) -> None:
     for i, w in enumerate(workers):
         out = work / f"outputs{i}.npz"
         w.call("outputs", out=str(out))
         outputs[i] = dict(np.load(out))
-        if cfg.data:
+        if labelled:
             accuracy[i] = w.call("accuracy")["accuracy"]
 
 

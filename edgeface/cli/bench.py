@@ -11,7 +11,7 @@ import typer
 
 from ..core.errors import EdgefaceError
 from ..engines import registry
-from .output import check_output_dir, check_output_file, console, out_console, write_json
+from .output import check_output_dir, check_output_file, console, out_console, table_console, write_json
 
 NAME = "bench"
 
@@ -36,11 +36,13 @@ def parse_int_list(text: str, flag: str, allow_auto: bool = False) -> list:
 
 def command(
     artifacts: list[Path] = typer.Argument(..., help="Artifacts to compare: model.onnx, model.ncnn.param, "
-                                           "model.engine, a bundle folder, or a checkpoint .pt."),
+                                           "model.engine, a bundle folder, a checkpoint .pt, or 'default' (the "
+                                           "shipped model's ONNX)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Labelled folder (labels.csv with yaw,pitch,...) for "
                                         "accuracy; left out = speed only."),
     split: str = typer.Option("val", "--split", help="Rows of this split of --data ('' for all)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use at most N labelled faces."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use at most N labelled faces of each set (default: "
+                                        "all of --data's, 64 of each default set)."),
     batch: str = typer.Option("1,8,32", "--batch", help="Batch sizes, comma-separated."),
     threads: str = typer.Option("1", "--threads", help="Engine thread counts, comma-separated ('auto' = engine default)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed calls per artifact before timing."),
@@ -69,6 +71,8 @@ def command(
                                           "per-stage decode/detect/crop/model/total per frame and FPS instead."),
     faces: str = typer.Option("1,4", "--faces", help="With --frames: faces per frame (frames are tiled), "
                                                      "comma-separated."),
+    frame_count: int = typer.Option(16, "--frame-count", help="With --frames: use the first N frames of the "
+                                    "folder or video."),
     keep_remote: bool = typer.Option(False, "--keep-remote", help="Leave the temporary folder on the device."),
 ):
     """Latency (p50/p90/p99), throughput, load time, peak memory, size and accuracy, side by side.
@@ -76,6 +80,7 @@ def command(
     Artifacts are interleaved in round-robin blocks and each runs in its own process, so machine drift hits
     all alike and memory is attributable. With --host the device's own edgeface does the measuring.
     """
+    artifacts = [_shipped_onnx() if str(a) == "default" else a for a in artifacts]
     check_output_file(json_out, "--json", inputs=[*artifacts, data, frames, identity, known_hosts,
                                                   None if reference in ("auto", "none") else reference])
     check_output_dir(report, "--report")
@@ -86,7 +91,7 @@ def command(
     from ..bench.runner import BenchConfig
 
     if frames is not None:
-        return _frames(artifacts, frames, faces, threads, limit, backend, json_out)
+        return _frames(artifacts, frames, faces, threads, limit or frame_count, backend, json_out, report)
     if iters is not None and duration is not None:
         raise EdgefaceError("pass --iters N or --duration S, not both")
     cfg = BenchConfig(artifacts=[str(a) for a in artifacts], batches=parse_int_list(batch, "--batch"),
@@ -98,9 +103,9 @@ def command(
     if reference not in ("auto", "none") and not Path(reference).exists():
         raise EdgefaceError(f"--reference {reference} does not exist (use auto, none or a path)")
     if data is not None:  # refuse a folder without labels before any work (and before connecting)
-        from ..bench.runner import labelled_samples
+        from ..bench.runner import check_labelled
 
-        labelled_samples(str(data), cfg.split, limit)
+        check_labelled(str(data), cfg.split)
     command_line = "edgeface bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -124,28 +129,48 @@ def command(
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} blocks"), TimeElapsedColumn(),
                       console=console, transient=True) as progress:
-            rows, warnings = run_bench(cfg, progress=progress)
+            faces: dict = {}
+            rows, warnings = run_bench(cfg, progress=progress, faces_out=faces)
         if report is not None:
             from ..bench.report import write_report
 
-            write_report(rows, warnings, report, command=command_line, data=cfg.data)
+            write_report(rows, warnings, report, command=command_line, data=cfg.data, faces=faces)
 
     from ..bench.report import make_tables
 
-    # Piped output (logs, CI) has no terminal width to respect: do not squeeze the columns to 80.
-    if out_console.is_terminal:
-        tables_console = out_console
-    else:
-        from rich.console import Console
-
-        tables_console = Console(width=160, file=out_console.file)
+    tables_console = table_console()
     for table in make_tables(rows, title=f"edgeface bench{' on ' + host if host else ''}"):
         tables_console.print(table)
+    for line in vs_fp32_lines(rows):
+        out_console.print(line, highlight=False, soft_wrap=True)
     for w in warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     write_json(json_out, rows)
     if report is not None:
         console.print(f"report: {report}/README.md")
+    console.print(f"bench: {len(artifacts)} artifact(s) x {len(cfg.batches)} batch size(s) x {len(cfg.threads)} "
+                  f"thread count(s), {len(rows)} rows; accuracy on {rows[0].get('faces') if rows else '-'}",
+                  highlight=False, soft_wrap=True)
+
+
+def vs_fp32_lines(rows: list[dict]) -> list[str]:
+    """Per artifact (not the reference itself), the line quantize and deploy print for the same faces."""
+    from ..model.evaluate import format_vs_fp32
+
+    out, seen = [], set()
+    for r in rows:
+        v = r.get("vs_reference")
+        if not v or r["artifact"] in seen or r.get("reference") == r["artifact"] or v.get("n_faces") is None:
+            continue
+        seen.add(r["artifact"])
+        out.append(f"{r['artifact']} {r['precision']} {format_vs_fp32(v, r.get('faces') or 'the bench inputs')}")
+    return out
+
+
+def _shipped_onnx() -> Path:
+    from ..core.artifact import WEIGHTS_DIR, shipped_artifact
+
+    return shipped_artifact(".onnx", WEIGHTS_DIR)
 
 
 def _place_folder(src: Path, dest: Path) -> None:
@@ -160,13 +185,30 @@ def _place_folder(src: Path, dest: Path) -> None:
         os.replace(f, target)
 
 
-def _frames(artifacts, frames, faces, threads, limit, backend, json_out) -> None:
-    from ..bench.frames import bench_frames, format_rows
+def _frames(artifacts, frames, faces, threads, count, backend, json_out, report) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..bench.frames import bench_frames, format_rows, write_frames_report
+
+    if count < 1:
+        raise EdgefaceError(f"--frame-count must be >= 1, got {count}")
     thr = parse_int_list(threads, "--threads", allow_auto=True)
     rows = []
-    for t in thr:
-        rows += bench_frames(list(artifacts), frames, parse_int_list(faces, "--faces"), threads=t, limit=limit or 16,
-                             backend=backend, console=console)
-    out_console.print(format_rows(rows))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        for t in thr:
+            rows += bench_frames(list(artifacts), frames, parse_int_list(faces, "--faces"), threads=t, limit=count,
+                                 backend=backend, console=None, progress=progress)
+    table_console().print(format_rows(rows))
     write_json(json_out, rows)
+    if report is not None:
+        from ..core.device import device_info
+
+        dev = device_info()
+        for r in rows:
+            r.setdefault("device", dev)
+        command_line = "edgeface bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
+        write_frames_report(rows, report, command=command_line)
+        console.print(f"report: {report}/README.md")
+    console.print(f"bench --frames: {len(artifacts)} artifact(s), {rows[0]['frames'] if rows else 0} frames of "
+                  f"{Path(frames).name}, faces per frame {faces}; {len(rows)} rows", highlight=False, soft_wrap=True)

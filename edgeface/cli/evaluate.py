@@ -2,13 +2,14 @@
 per set, and the rendered wide-pose val set where the data pack's meshes are there."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..engines import registry
-from .output import check_output_file, console, out_console, write_json
+from .output import check_output_file, console, table_console, write_json
 
 NAME = "eval"
 
@@ -41,10 +42,12 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint or arti
     if detect:
         return _detect(pred, label, sets, split, json_out)
     results = {}
-    with pred:
+    with pred, set_progress(len(sets)) as (progress, task):
         for folder, samples in sets:
-            console.print(f"evaluating {label} on {folder} ({len(samples)} images)")
+            progress.update(task, description=f"{folder.name} ({len(samples)} faces)")
+            console.print(f"evaluating {label} on {folder.name} ({len(samples)} images)")
             results[folder.name] = evaluate_samples(pred.blur_and_pose, samples, pred.spec)
+            progress.advance(task)
         if rendered and split == "val":
             for d in data:
                 views = rendered_val(d, pred.spec, console=console)
@@ -52,8 +55,20 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint or arti
                     console.print(f"evaluating {label} on the rendered wide-pose val set of {d} ({len(views[0])} views)")
                     results["rendered"] = evaluate_crops(pred.blur_and_pose, *views, blur=False)
                     break
-    out_console.print(format_table(results, title=f"{label} on split '{split}'"))
+    table_console().print(format_table(results, title=f"{label} on split '{split}'"))
     write_json(json_out, {"model": label, "split": split, "sets": results})
+    console.print(f"eval: {label} on {len(results)} set(s), {sum(r.get('n', 0) for r in results.values())} faces",
+                  highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def set_progress(n_sets: int):
+    """(progress, task): one step per set, drawn on a terminal (the sets take seconds each)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("eval {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        yield progress, progress.add_task("sets", total=n_sets)
 
 
 def _detect(pred, label, sets, split, json_out) -> None:
@@ -64,10 +79,12 @@ def _detect(pred, label, sets, split, json_out) -> None:
 
     det = FaceDetector()
     results = {}
-    with pred:
+    with pred, set_progress(len(sets)) as (progress, task):
         for folder, samples in sets:
-            console.print(f"detect -> crop -> {label} on {folder} ({len(samples)} images)")
+            progress.update(task, description=f"{folder.name} ({len(samples)} frames)")
+            console.print(f"detect -> crop -> {label} on {folder.name} ({len(samples)} images)")
             results[folder.name] = evaluate_detected(pred.blur_and_pose, det, samples, pred.spec)
+            progress.advance(task)
     table = Table(title=f"{label} end to end on split '{split}' (YuNet, mapped boxes)")
     for col in ("set", "detected |yaw|<=60", "detected |yaw|>60", "mean IoU", "MAE labelled boxes",
                 "MAE detector boxes", "delta", "blur |det-lab|"):
@@ -84,5 +101,5 @@ def _detect(pred, label, sets, split, json_out) -> None:
         table.add_row(name, rate(r, "yaw<=60"), rate(r, "yaw>60"), num(r["mean_iou"]),
                       num(r.get("labelled_boxes", {}).get("mean_mae")), num(r.get("detector_boxes", {}).get("mean_mae")),
                       num(r.get("mean_mae_delta"), "{:+.2f}"), num(r.get("blur_detector_vs_labelled_mae"), "{:.3f}"))
-    out_console.print(table)
+    table_console().print(table)
     write_json(json_out, {"model": label, "split": split, "detector": det.info(), "sets": results})

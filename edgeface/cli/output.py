@@ -18,3 +18,11 @@ def write_json(path: Optional[Path], obj) -> None:
     if path is not None:
         check_output_file(path, "--json")
         atomic_write_json(path, obj)
+
+
+def table_console() -> Console:
+    """Where tables go: stdout; piped output (logs, CI) has no terminal width to respect, so it gets 200 columns
+    rather than rich's 80, and no header is squeezed to "blur_spea…"."""
+    if out_console.is_terminal:
+        return out_console
+    return Console(width=200, file=out_console.file)

@@ -1,8 +1,9 @@
-"""`edgeface predict ARTIFACT IMAGE|VIDEO...` / `--camera N`: blur and head pose as JSON lines, one per face (per
+"""`edgeface predict [MODEL] IMAGE|VIDEO...` / `--camera N`: blur and head pose as JSON lines, one per face (per
 frame for videos and cameras, with a track id); faces are detected unless --boxes or --crops say where they are."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +14,7 @@ from ..core.errors import EdgefaceError
 from ..core.limits import short
 from ..core.recipe import read_csv_utf8
 from ..engines import registry
-from .output import check_output_dir, check_output_file, out_console, write_json
+from .output import check_output_dir, check_output_file, console, out_console, write_json
 
 NAME = "predict"
 
@@ -46,10 +47,53 @@ def _boxes_for(boxes: dict, image: Path) -> list | None:
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
-def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx, model.ncnn.param, model.engine "
-                                                     "or .pt; 'default' for the shipped model."),
-            images: Optional[list[Path]] = typer.Argument(None, help="Images (full frames: faces are detected; "
-                                                                     "face crops with --crops) or video files."),
+MODEL_HELP = "bundle folder, .onnx, .ncnn.param, .engine, .xml or .pt"
+
+
+def _is_model_path(text: str) -> bool:
+    """A MODEL argument: 'default', a folder (a bundle, or a folder holding one artifact), or a file named like
+    an engine's artifact (whether or not it exists: a missing model is reported as a missing model)."""
+    if text == "default" or Path(text).is_dir():
+        return True
+    try:
+        registry.engine_of_artifact(text)
+    except EdgefaceError:
+        return False
+    return True
+
+
+def split_model_and_inputs(paths: list[str], model: Optional[str]) -> tuple[str, list[Path]]:
+    """(model, inputs) from what the user typed: ``--model`` wins; else a first argument that is a model (by its
+    name, or a folder) picks it; else every argument is an input and the shipped model runs. A later argument
+    that is a model, or one that is neither a model nor an image or video, is refused with what it is."""
+    from ..runtime.stream import IMAGE_EXTS, is_image_path
+
+    paths = list(paths)
+    if model is None and paths and _is_model_path(paths[0]):
+        model = paths.pop(0)
+    for text in paths:
+        p = Path(text)
+        if _is_model_path(text):
+            raise EdgefaceError(f"{text} is a model, not an image or video; give it first or with --model "
+                                f"({'one model per run' if model else 'then the images'})")
+        if not (is_image_path(p) or p.suffix.lower() in VIDEO_SUFFIXES):
+            what = "does not exist" if not p.exists() else f"is not an image or video ({p.suffix or 'no suffix'})"
+            raise EdgefaceError(f"{text} {what}: predict takes a model ({MODEL_HELP}; optional, the shipped model "
+                                f"by default) then images ({', '.join(sorted(IMAGE_EXTS))}) or videos "
+                                f"({', '.join(VIDEO_SUFFIXES)})")
+        if not p.exists():
+            raise EdgefaceError(f"{'video' if p.suffix.lower() in VIDEO_SUFFIXES else 'image'} {text} does not exist")
+    if model not in (None, "default") and not Path(model).exists():
+        raise EdgefaceError(f"model {model} does not exist; give a {MODEL_HELP}, or leave it out for the shipped model")
+    return model or "default", [Path(t) for t in paths]
+
+
+def command(paths: Optional[list[str]] = typer.Argument(None, metavar="[MODEL] INPUT...",
+                                                        help="Optional model first (" + MODEL_HELP + "; the shipped "
+                                                             "model when left out), then images (full frames: faces "
+                                                             "are detected; face crops with --crops) or videos."),
+            model: Optional[str] = typer.Option(None, "--model", "-m", help="The model (" + MODEL_HELP + "); "
+                                                "default: the shipped model."),
             camera: Optional[int] = typer.Option(None, "--camera", help="Read frames from camera N (an index)."),
             boxes_csv: Optional[Path] = typer.Option(None, "--boxes",
                                                      help="CSV file,x,y,w,h: face boxes per image (several rows "
@@ -67,12 +111,13 @@ def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx,
             backend: str = typer.Option("auto", "--backend", help="|".join(["auto", *registry.names()]) + "."),
             threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads."),
             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all results as one JSON list.")):
-    """Blur score and head pose (degrees) per face, printed as JSON lines.
+    """Blur score and head pose (degrees) per face, printed as JSON lines: `edgeface predict photo.jpg`.
 
-    Full images: the faces are detected (shipped YuNet), one line per face. A video or --camera N streams one
-    line per face per frame, with a track id (IoU tracking) and optional --smooth.
+    Full images: the faces are detected (shipped YuNet), one line per face; an image without a face gives one
+    line with "faces": 0. A video or --camera N streams one line per face per frame, with a track id (IoU
+    tracking) and optional --smooth, and ends with a summary on stderr (frames, faces, tracks, FPS).
     """
-    images = list(images or [])
+    artifact, images = split_model_and_inputs(list(paths or []), model)
     check_output_file(json_out, "--json", inputs=[*images, boxes_csv, None if artifact == "default" else artifact])
     if max_frames is not None and max_frames < 1:
         raise EdgefaceError(f"--max-frames must be >= 1, got {max_frames}")
@@ -82,7 +127,8 @@ def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx,
     from ..runtime.stream import video_frames
 
     if not images and camera is None:
-        raise EdgefaceError("give images or video files, or --camera N")
+        raise EdgefaceError(f"give images or video files{' after the model' if artifact != 'default' else ''} "
+                            f"(`edgeface predict photo.jpg`), or --camera N")
     if camera is not None and camera < 0:
         raise EdgefaceError(f"--camera takes a camera index >= 0, got {camera}")
     boxes = read_boxes_csv(boxes_csv) if boxes_csv else {}
@@ -111,10 +157,17 @@ def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx,
         rows.append(row)
         out_console.print(json.dumps(row), highlight=False, soft_wrap=True)
 
-    with Predictor(None if artifact == "default" else artifact, backend=backend, threads=threads) as pred:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    t_start = time.perf_counter()
+    no_face = 0
+    with Predictor(None if artifact == "default" else artifact, backend=backend, threads=threads) as pred, \
+            Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=console, transient=True, disable=not console.is_terminal) as progress:
         tag = {"backend": pred.backend, "precision": pred.precision}
         detector = FaceDetector(score_threshold=score_threshold, nms_threshold=nms_threshold, largest_only=largest,
                                 min_size=min_size)
+        images_task = progress.add_task("images", total=len(frames)) if frames else None
         for src in sources:
             if isinstance(src, Path) and src in frames:
                 frame = frames[src]
@@ -123,18 +176,34 @@ def command(artifact: str = typer.Argument(..., help="Bundle folder, model.onnx,
                     res, used = ((pred.predict_image(frame, np.asarray(these, dtype=np.float64)), these)
                                  if these is not None else (pred.predict(frame), [None]))
                     for i, (d, box) in enumerate(zip(res.as_dicts(), used)):
-                        emit({"image": str(src), "face": i, **({"box": list(box)} if box is not None else {}),
-                              **{k: round(v, 5) for k, v in d.items()}, **tag})
-                    continue
-                faces = pred.predict_frame(frame, detector=detector)
-                for i, f in enumerate(faces):
-                    emit({"image": str(src), "face": i, **f.as_dict(), **tag})
-                if draw is not None:
-                    _write_image(_draw_path(draw, src, True, n_out), frame, faces)
+                        emit({"image": str(src), "face": i, **({"box": [round(v, 3) for v in box]}
+                                                               if box is not None else {}),
+                              **_rounded(d), **tag})
+                else:
+                    faces = pred.predict_frame(frame, detector=detector)
+                    for i, f in enumerate(faces):
+                        emit({"image": str(src), "face": i, **f.as_dict(), **tag})
+                    if not faces:
+                        no_face += 1
+                        emit({"image": str(src), "faces": 0, **tag})
+                    if draw is not None:
+                        _write_image(_draw_path(draw, src, True, n_out), frame, faces)
+                progress.advance(images_task)
             else:
                 it = _chain_first(first_cam, cam) if src == camera and not isinstance(src, Path) else video_frames(src)
-                _stream(pred, detector, it, src, smooth, max_frames, draw, n_out, emit, tag)
+                summary = _stream(pred, detector, it, src, smooth, max_frames, draw, n_out, emit, tag, progress)
+                console.print(summary, highlight=False, soft_wrap=True)
     write_json(json_out, rows)
+    n_faces = sum(1 for r in rows if "face" in r)
+    console.print(f"predict: {len(frames)} image(s), {len(sources) - len(frames)} video/camera source(s), "
+                  f"{n_faces} face record(s){f', {no_face} image(s) without a face' if no_face else ''}; "
+                  f"{pred.backend} {pred.precision}, {time.perf_counter() - t_start:.1f} s", highlight=False,
+                  soft_wrap=True)
+
+
+def _rounded(d: dict) -> dict:
+    """Model outputs as every predict record writes them: 3 decimals, like Face.as_dict (blur, angles, pixels)."""
+    return {k: round(v, 3) for k, v in d.items()}
 
 
 def _draw_path(draw: Path, src, is_image: bool, n_out: int) -> Path:
@@ -163,15 +232,23 @@ def _chain_first(first, rest):
     yield from rest
 
 
-def _fps(src) -> float:
+def _video_property(src, prop: int, default: float) -> float:
+    """A property the video's container states (``cv2.CAP_PROP_*``); ``default`` for a camera or when it does
+    not say."""
     import cv2
 
     if isinstance(src, int):
-        return 25.0
+        return default
     cap = cv2.VideoCapture(str(src))
-    fps = cap.get(cv2.CAP_PROP_FPS)
+    value = cap.get(prop)
     cap.release()
-    return float(fps) if fps and fps > 0 else 25.0
+    return float(value) if value and value > 0 else default
+
+
+def _fps(src) -> float:
+    import cv2
+
+    return _video_property(src, cv2.CAP_PROP_FPS, 25.0)
 
 
 def _write_image(path: Path, frame, faces) -> None:
@@ -183,7 +260,8 @@ def _write_image(path: Path, frame, faces) -> None:
         raise EdgefaceError(f"cannot write {path}")
 
 
-def _stream(pred, detector, frames, src, smooth, max_frames, draw, n_out, emit, tag) -> None:
+def _stream(pred, detector, frames, src, smooth, max_frames, draw, n_out, emit, tag, progress=None) -> str:
+    """Run one video or camera; returns its summary line (frames, faces, tracks, FPS)."""
     import cv2
 
     from ..runtime.stream import IouTracker, draw_faces
@@ -191,6 +269,13 @@ def _stream(pred, detector, frames, src, smooth, max_frames, draw, n_out, emit, 
     tracker = IouTracker(smooth=smooth)
     writer = None
     name = f"camera:{src}" if isinstance(src, int) else str(src)
+    total = _frame_count(src)
+    if max_frames is not None:
+        total = min(total, max_frames) if total else max_frames
+    task = progress.add_task(f"{Path(name).name} frames", total=total or None) if progress is not None else None
+    n_frames = n_faces = 0
+    tracks: set = set()
+    t0 = time.perf_counter()
     try:
         for idx, t, frame in frames:
             if max_frames is not None and idx >= max_frames:
@@ -198,7 +283,14 @@ def _stream(pred, detector, frames, src, smooth, max_frames, draw, n_out, emit, 
             faces = pred.predict_frame(frame, detector=detector)
             ids = tracker.update(idx, t, faces)
             for i, (f, tid) in enumerate(zip(faces, ids)):
-                emit({"video": name, "frame": idx, "t": round(t, 4), "track": tid, "face": i, **f.as_dict(), **tag})
+                emit({"video": name, "frame": idx, "t": round(t, 3), "track": tid, "face": i, **f.as_dict(), **tag})
+            if not faces:
+                emit({"video": name, "frame": idx, "t": round(t, 3), "faces": 0, **tag})
+            n_frames += 1
+            n_faces += len(faces)
+            tracks.update(ids)
+            if task is not None:
+                progress.advance(task)
             if draw is not None:
                 if writer is None:
                     out = _draw_path(draw, src, False, n_out)
@@ -210,3 +302,13 @@ def _stream(pred, detector, frames, src, smooth, max_frames, draw, n_out, emit, 
     finally:
         if writer is not None:
             writer.release()
+    seconds = time.perf_counter() - t0
+    return (f"{name}: {n_frames} frames, {n_faces} faces, {len(tracks)} tracks, "
+            f"{n_frames / seconds if seconds > 0 else 0.0:.1f} FPS (detect + model, {pred.backend} {pred.precision})")
+
+
+def _frame_count(src) -> int:
+    """Frames a video file says it holds (0 for a camera, or when the container does not say)."""
+    import cv2
+
+    return int(_video_property(src, cv2.CAP_PROP_FRAME_COUNT, 0))

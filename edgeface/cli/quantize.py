@@ -9,7 +9,7 @@ import typer
 
 from ..core.errors import EdgefaceError
 from ..engines import registry
-from .output import check_output_dir, check_output_file, console, out_console, write_json
+from .output import check_output_dir, check_output_file, console, out_console, table_console, write_json
 
 NAME = "quantize"
 
@@ -41,21 +41,32 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint (.pt) o
               eval_data=eval_data, stats_cache=stats_cache, ort_format=ort_format, force=force, console=console)
     from rich.table import Table
 
-    t = Table(title=f"INT8 ({method}) vs FP32")
-    for c in ("backend", "artifact", "pose max |d|", "blur max |d|", "pose MAE rise", "blur MAE rise", "float layers"):
+    from ..model.evaluate import format_vs_fp32
+
+    faces = rep["vs_fp32_faces"]
+    t = Table(title=f"INT8 ({method}) vs FP32 on {faces}")
+    for c in ("backend", "artifact", "faces", "pose |Δ| max °", "p99 °", "mean °", "blur |Δ| max",
+              "pose MAE ° (FP32)", "float layers"):
         t.add_column(c)
-    acc = rep.get("accuracy", {})
     for b, a in rep["artifacts"].items():
-        d = a["vs_fp32_on_calib"]
-        row = acc.get(b, {})
-        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-        t.add_row(b, a["artifact"], fmt(d["pose_max_abs"], ".3f"), fmt(d["blur_max_abs"], ".4f"),
-                  fmt(row.get("pose_mae_rise"), "+.3f"), fmt(row.get("blur_mae_rise"), "+.4f"),
+        v = a["vs_fp32"]
+        mae = "-" if v["pose_mae"] is None else f"{v['pose_mae']:.2f} ({v['fp32_pose_mae']:.2f})"
+        t.add_row(b, a["artifact"], str(v["n_faces"]), f"{v['pose_max_abs']:.2f}", f"{v['pose_p99_abs']:.2f}",
+                  f"{v['pose_mean_abs']:.3f}", f"{v['blur_max_abs']:.4f}", mae,
                   str(len(a.get("extra_float_layers", []))))
-    out_console.print(t)
+    table_console().print(t)
+    for b, a in rep["artifacts"].items():
+        out_console.print(f"{b} int8 {format_vs_fp32(a['vs_fp32'], faces)}", highlight=False, soft_wrap=True)
+    acc = rep.get("accuracy", {})
+    for b, row in acc.items():
+        if b != "fp32" and row.get("pose_mae_rise") is not None:
+            out_console.print(f"{b} int8 on --eval-data: pose mean MAE rise {row['pose_mae_rise']:+.2f}°, blur MAE "
+                              f"rise {row['blur_mae_rise']:+.4f}", highlight=False, soft_wrap=True)
     if rep.get("sensitivity"):
         out_console.print("most sensitive layers: " + ", ".join(
             f"{r['layer']} ({r['pose_gain']:+.3f} deg)" for r in rep["sensitivity"]["ranking"][:5]))
+    console.print(f"quantize: {len(rep['artifacts'])} INT8 artifact(s) from {rep['calibration']['faces']} calibration "
+                  f"faces, {rep['seconds']:.1f} s", highlight=False)
     console.print(f"[green]wrote[/green] {rep['out']} (statistics {'reused' if rep['calibration']['stats_reused'] else 'collected'}: "
-                  f"{rep['calibration']['stats_cache']})")
+                  f"{rep['stats_cache_path']})")
     write_json(json_out, rep)

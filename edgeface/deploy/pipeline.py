@@ -66,6 +66,16 @@ class Source:
     def label(self) -> str:
         return str(self.checkpoint) if self.checkpoint else "shipped default model"
 
+    @property
+    def record(self) -> dict:
+        """What the manifest says of the model: its file name and sha256 (a bundle copied to a device carries no
+        path of the host that built it)."""
+        if not self.checkpoint:
+            return {"model": "shipped default model"}
+        from ..core.io import sha256_file
+
+        return {"model": Path(self.checkpoint).name, "sha256": sha256_file(self.checkpoint)}
+
 
 def resolve_source(model: Optional[str | Path]) -> Source:
     from ..engines.torch.checkpoint import DEFAULT_WEIGHTS, SUFFIX, read_checkpoint, weights_terms
@@ -331,7 +341,7 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                     target=name, backend=cand.engine, precision=cand.precision, artifact=artifact, engine_choice=choice,
                     target_recipe=target, options=chosen_options(target, cand.precision, cand.engine, choice),
                     input_kind=input_kind, calibration=calibration, calib_cache=calib_cache,
-                    source={"model": source.label, "qat": source.qat, "model_version": source.meta.get("version")},
+                    source={**source.record, "qat": source.qat, "model_version": source.meta.get("version")},
                     weights_terms=source.terms)
                 spec = _artifact_spec(staged / artifact)
                 write_manifest(staged, spec=spec, **args)
@@ -348,7 +358,7 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                     res = verify_bundle(runner, reference, crops, poses, target["verify"][cand.precision])
                 finally:
                     pred.close()
-                res.update(data=desc, runtime=how, reference_model=f"{source.label} (FP32 torch)")
+                res.update(data=desc, runtime=how, reference_model=f"{source.record['model']} (FP32 torch)")
                 return res
 
             # Fastest first; every measured candidate is verified (the manifest records each one's figures), and

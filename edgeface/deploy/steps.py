@@ -42,4 +42,4 @@ class Steps:
 
     def note(self, text: str) -> None:
         if self._progress is not None:
-            self._progress.console.print(f"  {text}", highlight=False)
+            self._progress.console.print(f"  {text}", highlight=False, soft_wrap=True)

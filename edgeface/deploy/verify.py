@@ -14,7 +14,6 @@ from typing import Optional
 import numpy as np
 
 from ..core.compare import abs_deviation, deviation
-from ..core.errors import EdgefaceError
 from ..engines import registry
 from ..model.data import default_verify_data, synthetic_faces  # noqa: F401 - deploy's API
 from ..runtime.bundle import ANY_DEVICE, open_bundle
@@ -25,31 +24,19 @@ BUDGET_KEYS = ("pose_max_abs", "pose_p99_abs", "pose_mean_abs", "blur_max_abs", 
 
 
 def load_verify_set(data: Optional[Path], spec, per_set: int = VERIFY_PER_SET, seed: int = 0):
-    """(crops uint8 BGR, poses (N, 3) with NaN where unknown, description). Held-out = the val split."""
-    from ..model.data import find_sets, load_samples
-    from ..model.evaluate import load_crops
-
+    """(crops uint8 BGR, poses (N, 3) with NaN where unknown, description). Held-out = the val split: the faces
+    quantize and bench compare INT8 with FP32 on by default too (``model.evaluate.comparison_faces``)."""
     if data is None:
         return synthetic_faces(spec), np.full((48, 3), np.nan, np.float32), \
             "synthetic images (no held-out faces found; pass --verify-data DIR)"
-    samples, used = [], []
-    for folder in find_sets(data):
-        try:
-            rows = load_samples(folder, split="val")
-        except EdgefaceError:
-            rows = load_samples(folder)  # a plain folder (no split column): all of it
-        rng = np.random.default_rng(seed)
-        pick = sorted(rng.choice(len(rows), size=min(per_set, len(rows)), replace=False).tolist())
-        samples += [rows[i] for i in pick]
-        used.append(f"{folder.name}:{len(pick)}")
-    crops = load_crops(samples, spec)
-    poses = np.array([s.pose for s in samples], np.float32)
-    return crops, poses, f"{data} val split ({', '.join(used)})"
+    from ..model.evaluate import comparison_faces
+
+    return comparison_faces(data, spec, per_set, seed)
 
 
 def verify_bundle(runner, reference, crops: np.ndarray, poses: np.ndarray, budget: dict) -> dict:
     """Compare a bundle's outputs with the FP32 reference on faces and on synthetic blur; check the budget."""
-    from ..model.evaluate import pose_metrics, run_batched, spearman, synthetic_blur_set
+    from ..model.evaluate import pose_metrics, run_batched, spearman, synthetic_blur_set, vs_fp32
 
     ref_b, ref_p = run_batched(reference, crops)
     art_b, art_p = run_batched(runner, crops)
@@ -80,6 +67,7 @@ def verify_bundle(runner, reference, crops: np.ndarray, poses: np.ndarray, budge
                    "blur_spearman": spearman(art_bb, blur_labels) if len(blur_imgs) > 1 else None},
         "pose_mae_increase": increase,
         "budget": dict(budget),
+        "vs_fp32": vs_fp32(art_b, art_p, ref_b, ref_p, poses),  # the faces alone: what quantize and bench print
     }
     over = []
     for key in BUDGET_KEYS:
@@ -112,12 +100,15 @@ def bundle_runner(bundle: Path, target: dict):
 
 
 def verify_line(v: dict) -> str:
-    """One line of what verification measured, for the terminal."""
-    acc = ""
-    if v.get("pose_mae_increase") is not None:
-        acc = (f", pose MAE {v['reference']['pose_mean_mae']:.3f} -> {v['bundle']['pose_mean_mae']:.3f}° "
-               f"({v['pose_mae_increase']:+.3f})")
+    """What verification measured, for the terminal: the comparison on the faces (the line quantize and bench
+    print for the same faces), then the target's budget with its limits beside the figures it checks."""
+    from ..model.evaluate import format_vs_fp32
+
+    b = v["budget"]
+    limits = ", ".join(f"{k.replace('_abs', '').replace('_', ' ')} {v[k]:.2f} {'≤' if v[k] <= b[k] else '>'} {b[k]:g}"
+                       for k in ("pose_max_abs", "pose_p99_abs", "pose_mean_abs", "blur_max_abs")
+                       if v.get(k) is not None and b.get(k) is not None)
     verdict = "[green]within budget[/green]" if v["passed"] else "[red]over budget[/red]"
-    return (f"vs FP32 on {v['n_faces']} faces + {v['n_blurred']} blurred: pose max |Δ| {v['pose_max_abs']:.4g}°, "
-            f"p99 {v['pose_p99_abs']:.4g}°, "
-            f"mean {v['pose_mean_abs']:.4g}°, blur max |Δ| {v['blur_max_abs']:.4g}{acc}: {verdict}")
+    face_line = format_vs_fp32(v["vs_fp32"], v.get("data", "held-out faces")) if "vs_fp32" in v else ""
+    return (f"{face_line}\n{verdict} of the target (faces + {v['n_blurred']} blurred copies for blur): {limits}"
+            if face_line else f"{verdict}: {limits}")

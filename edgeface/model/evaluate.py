@@ -6,6 +6,7 @@ or any backend through the Predictor, so every artifact is measured by the same 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -157,11 +158,12 @@ def format_table(results: dict[str, dict], title: str = "accuracy"):
     table = Table(title=title)
     cols = ("n", "yaw_mae", "pitch_mae", "roll_mae", "mean_mae", "blur_mae", "blur_spearman", "blur_sharp_mean")
     bins = [yaw_bin_name(lo, hi) for lo, hi in YAW_BINS]
-    table.add_column("set")
+    # Headers fold onto two lines rather than end in "…" on a narrow terminal (140 columns cut "blur_spea…").
+    table.add_column("set", overflow="fold")
     for c in cols:
-        table.add_column(c, justify="right")
+        table.add_column(c.replace("_", " "), justify="right", overflow="fold")
     for b in bins:
-        table.add_column(f"mean |yaw| {b}", justify="right")
+        table.add_column(f"mean |yaw| {b}", justify="right", overflow="fold")
 
     def cell(v):
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
@@ -244,3 +246,66 @@ def evaluate_detected(runner: Runner, detector, samples: list[Sample], spec: Mod
         d, lab = res["detector_boxes"]["mean_mae"], res["labelled_boxes"]["mean_mae"]
         res["mean_mae_delta"] = (d - lab) if d is not None and lab is not None else None
     return res
+
+
+# -- INT8 (or any artifact) against FP32: the one computation quantize, deploy and bench print ---------------------
+COMPARISON_FACES_PER_SET = 64  # held-out faces per labelled set, a fixed-seed choice (deploy's verify set)
+
+
+def comparison_samples(data, per_set: int | None = COMPARISON_FACES_PER_SET, seed: int = 0,
+                       split: str | None = "val") -> list[tuple[Path, list[Sample]]]:
+    """[(set folder, its chosen samples)]: the rule behind ``comparison_faces`` (bench --host sends the same rows
+    to the device)."""
+    from ..core.errors import EdgefaceError
+    from .data import find_sets, load_samples
+
+    out = []
+    for folder in find_sets(data):
+        try:
+            rows = load_samples(folder, split=split)
+        except EdgefaceError:
+            if not split:
+                raise
+            rows = load_samples(folder)  # a plain folder (no split column): all of it
+        n = len(rows) if per_set is None else min(per_set, len(rows))
+        rng = np.random.default_rng(seed)
+        pick = sorted(rng.choice(len(rows), size=n, replace=False).tolist())
+        out.append((folder, [rows[i] for i in pick]))
+    return out
+
+
+def comparison_faces(data, spec: ModelSpec, per_set: int | None = COMPARISON_FACES_PER_SET, seed: int = 0,
+                     split: str | None = "val") -> tuple[np.ndarray, np.ndarray, str]:
+    """(crops, poses with NaN where unknown, name) of the faces an artifact is compared with FP32 on: the val
+    split of each labelled set in ``data`` (a set, or a folder of sets as `eval` takes), ``per_set`` of each by a
+    fixed seed (None: all). The name counts the faces per set and holds no path of this host."""
+    chosen = comparison_samples(data, per_set, seed, split)
+    samples = [s for _, rows in chosen for s in rows]
+    used = [f"{folder.name}:{len(rows)}" for folder, rows in chosen]
+    crops = load_crops(samples, spec)
+    poses = np.array([s.pose for s in samples], np.float32)
+    return crops, poses, f"{Path(data).name} {split + ' split' if split else 'all rows'} ({', '.join(used)})"
+
+
+def vs_fp32(blur, pose, ref_blur, ref_pose, truth=None) -> dict:
+    """An artifact's outputs against the FP32 reference's on the same faces: the deviation (degrees; blur in
+    score units) and, where ``truth`` has labels, the pose mean MAE of both. Every tool prints this dict with
+    ``format_vs_fp32``, so the same artifact on the same faces reads the same everywhere."""
+    from ..core.compare import deviation
+
+    d = deviation(blur, pose, ref_blur, ref_pose)
+    out = {"n_faces": int(len(pose)), **d, "pose_mae": None, "fp32_pose_mae": None}
+    if truth is not None and len(truth) and not np.isnan(np.asarray(truth, np.float64)).all():
+        out["pose_mae"] = _axis_maes(np.asarray(pose, np.float64), np.asarray(truth, np.float64))["mean_mae"]
+        out["fp32_pose_mae"] = _axis_maes(np.asarray(ref_pose, np.float64), np.asarray(truth, np.float64))["mean_mae"]
+    return out
+
+
+def format_vs_fp32(v: dict, faces: str) -> str:
+    """One line: what was compared, on how many faces, in which units, with the FP32 baseline beside it."""
+    line = (f"vs FP32 on {v['n_faces']} faces ({faces}): pose |Δ| max {v['pose_max_abs']:.2f}°, "
+            f"p99 {v['pose_p99_abs']:.2f}°, mean {v['pose_mean_abs']:.3f}°; blur |Δ| max {v['blur_max_abs']:.4f}")
+    if v.get("pose_mae") is not None:
+        line += (f"; pose mean MAE {v['pose_mae']:.2f}° (FP32 {v['fp32_pose_mae']:.2f}°, "
+                 f"{v['pose_mae'] - v['fp32_pose_mae']:+.2f}°)")
+    return line

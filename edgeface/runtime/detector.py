@@ -352,6 +352,19 @@ class FaceDetector:
         c = b[:, :2] + b[:, 2:] / 2
         return np.stack([c[:, 0] - side / 2, c[:, 1] - side / 2, side, side], axis=1).astype(np.float32)
 
+    def crop_faces(self, frame: np.ndarray, spec) -> tuple[Detections, np.ndarray, np.ndarray]:
+        """(detections, crop boxes, crops) of every face in ``frame``: THE crop rule for full frames (detect,
+        map to the training box convention, ``crop_face``), shared by Predictor.predict_frame, bench --frames
+        and quantize's calibration from full frames. Crops are (N, S, S, 3) uint8, N = 0 without a face."""
+        from ..core.preprocess import crop_face
+
+        det = self.detect(frame)
+        if not len(det):
+            s = spec.input_size
+            return det, np.zeros((0, 4), np.float32), np.zeros((0, s, s, 3), np.uint8)
+        boxes = self.model_boxes(det)
+        return det, boxes, np.stack([crop_face(frame, b, spec) for b in boxes])
+
     def info(self) -> dict:
         how = "onnxruntime, OpenCV's decode and NMS" if self.engine == "onnxruntime" else "cv2.FaceDetectorYN"
         return {"detector": f"yunet ({how})", "engine": self.engine, "model": self.model.name,

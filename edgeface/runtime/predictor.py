@@ -78,7 +78,7 @@ class Face:
     def as_dict(self, digits: int = 3) -> dict:
         r = lambda v: round(float(v), digits)  # noqa: E731
         return {"box": [r(v) for v in self.box], "landmarks": [[r(x), r(y)] for x, y in self.landmarks],
-                "score": r(self.score), "crop_box": [r(v) for v in self.crop_box], "blur": round(self.blur, 5),
+                "score": r(self.score), "crop_box": [r(v) for v in self.crop_box], "blur": r(self.blur),
                 "yaw": r(self.yaw), "pitch": r(self.pitch), "roll": r(self.roll)}
 
 
@@ -269,11 +269,15 @@ class Predictor:
         if not all(callable(getattr(det, m, None)) for m in ("detect", "model_boxes")):
             raise EdgefaceError(f"detector must be a FaceDetector (or have its detect and model_boxes), got a "
                                 f"{type(det).__name__}")
-        found = det.detect(frame)
+        if callable(getattr(det, "crop_faces", None)):
+            found, crop_boxes, crops = det.crop_faces(frame, self.spec)
+        else:  # a duck-typed detector with only detect and model_boxes
+            found = det.detect(frame)
+            crop_boxes = det.model_boxes(found) if len(found) else None
+            crops = np.stack([crop_face(frame, b, self.spec) for b in crop_boxes]) if len(found) else None
         if not len(found):
             return []
-        crop_boxes = det.model_boxes(found)
-        res = self.predict(np.stack([crop_face(frame, b, self.spec) for b in crop_boxes]))
+        res = self.predict(crops)
         return [Face(tuple(float(v) for v in found.boxes[i]), [tuple(float(v) for v in p) for p in found.landmarks[i]],
                      float(found.scores[i]), tuple(float(v) for v in crop_boxes[i]), float(res.blur[i]),
                      float(res.yaw[i]), float(res.pitch[i]), float(res.roll[i])) for i in range(len(found))]

@@ -185,16 +185,89 @@ def draw_faces(frame: np.ndarray, faces: list, ids: Optional[list[int]] = None) 
         cx, cy = f.landmarks[2] if len(f.landmarks) == 5 else (x + w / 2, y + h / 2)
         for (dx, dy), col in zip(pose_axes(f.yaw, f.pitch, f.roll, 0.6 * w), [(0, 0, 255), (0, 200, 0), (255, 0, 0)]):
             cv2.line(img, (int(cx), int(cy)), (int(cx + dx), int(cy + dy)), col, th + 1)
-        b = min(max(float(f.blur), 0.0), 1.0)
-        bx, by, bw, bh = int(x), int(y + h + 4 * scale), int(w), int(6 * scale)
-        cv2.rectangle(img, (bx, by), (bx + bw, by + bh), (60, 60, 60), -1)
-        cv2.rectangle(img, (bx, by), (bx + int(bw * b), by + bh), (0, int(255 * (1 - b)), int(255 * b)), -1)
+        _blur_bar(img, x, y, w, h, float(f.blur), scale)
         label = f"y{f.yaw:+.0f} p{f.pitch:+.0f} r{f.roll:+.0f} b{f.blur:.2f}"
         if ids is not None:
             label = f"#{ids[k]} " + label
-        cv2.putText(img, label, (int(x), max(12, int(y - 4 * scale))), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * scale,
-                    (255, 255, 255), max(1, th - 1), cv2.LINE_AA)
+        _label(img, label, x, y, h, scale, max(1, th - 1))
     return img
+
+
+def _label(img: np.ndarray, text: str, x: float, y: float, h: float, scale: float, thickness: int) -> None:
+    """White text on a dark strip above the box, moved inside the image where the box touches an edge (a face at
+    the top of the frame had its label cut off)."""
+    font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale
+    (tw, tht), base = cv2.getTextSize(text, font, size, thickness)
+    H, W = img.shape[:2]
+    pad = max(2, int(2 * scale))
+    tx = int(min(max(0, x), max(0, W - tw - pad)))
+    ty = int(y - pad - base)  # baseline above the box
+    if ty - tht - pad < 0:  # no room above: just inside the box's top edge
+        ty = int(min(max(y, 0) + tht + pad, H - base - pad))
+    cv2.rectangle(img, (tx - pad, ty - tht - pad), (tx + tw + pad, ty + base), (30, 30, 30), -1)
+    cv2.putText(img, text, (tx, ty), font, size, (255, 255, 255), thickness, cv2.LINE_AA)
+
+
+def _blur_bar(img: np.ndarray, x: float, y: float, w: float, h: float, blur: float, scale: float) -> None:
+    """The blur score as a bar under the box (above it where the frame ends), outlined so it shows on any
+    background: filled in proportion to the score, green (sharp) to red (blurred)."""
+    b = min(max(blur, 0.0), 1.0)
+    H, W = img.shape[:2]
+    bh = max(6, int(round(0.08 * w)), int(8 * scale))
+    bx0, bx1 = int(max(0, x)), int(min(W - 1, x + w))
+    by = int(y + h + 4 * scale)
+    if by + bh >= H:
+        by = int(max(0, min(y + h, H) - bh - 4 * scale))  # inside the box's bottom edge
+    cv2.rectangle(img, (bx0, by), (bx1, by + bh), (60, 60, 60), -1)
+    cv2.rectangle(img, (bx0, by), (bx0 + int((bx1 - bx0) * b), by + bh), (0, int(255 * (1 - b)), int(255 * b)), -1)
+    cv2.rectangle(img, (bx0, by), (bx1, by + bh), (255, 255, 255), max(1, int(scale)))
+
+
+DISAGREEMENT_PNG = "int8_disagreement.png"
+
+
+def disagreement_sheet(crops: np.ndarray, pose: np.ndarray, ref_pose: np.ndarray, k: int = 6,
+                       names: tuple[str, str] = ("INT8", "FP32"), tile: int = 192) -> tuple[np.ndarray, list[int]]:
+    """"Where INT8 disagrees most": the ``k`` faces whose pose differs most from the reference's (largest
+    |Δ| over yaw, pitch and roll), each shown twice side by side, reference then artifact, with its pose axes
+    and angles drawn. Returns (BGR image, the faces' indices, largest difference first)."""
+    d = np.abs(np.asarray(pose, np.float64) - np.asarray(ref_pose, np.float64)).max(axis=1)
+    idx = [int(i) for i in np.argsort(-d, kind="stable")[:k]]
+    cap = 40
+    cells = []
+    for i in idx:
+        pair = []
+        for name, pz in ((names[1], ref_pose[i]), (names[0], pose[i])):
+            img = cv2.resize(crops[i], (tile, tile), interpolation=cv2.INTER_CUBIC)
+            c = tile / 2
+            for (dx, dy), col in zip(pose_axes(*(float(v) for v in pz), 0.4 * tile),
+                                     [(0, 0, 255), (0, 200, 0), (255, 0, 0)]):
+                cv2.line(img, (int(c), int(c)), (int(c + dx), int(c + dy)), col, 3, cv2.LINE_AA)
+            strip = np.full((cap, tile, 3), 255, np.uint8)
+            cv2.putText(strip, name, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+            cv2.putText(strip, f"y{pz[0]:+.1f} p{pz[1]:+.1f} r{pz[2]:+.1f}", (4, 33), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.45, (0, 0, 0), 1, cv2.LINE_AA)
+            pair.append(np.vstack([img, strip]))
+        head = np.full((22, 2 * tile, 3), 235, np.uint8)
+        cv2.putText(head, f"face {i}: max |d| {d[i]:.1f} deg", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 160), 1,
+                    cv2.LINE_AA)
+        cells.append(cv2.copyMakeBorder(np.vstack([head, np.hstack(pair)]), 4, 4, 4, 4, cv2.BORDER_CONSTANT,
+                                        value=(255, 255, 255)))
+    cols = 3 if len(cells) > 4 else max(1, len(cells))
+    while len(cells) % cols:
+        cells.append(np.full_like(cells[0], 255))
+    grid = np.vstack([np.hstack(cells[r:r + cols]) for r in range(0, len(cells), cols)])
+    title = np.full((30, grid.shape[1], 3), 255, np.uint8)
+    cv2.putText(title, f"Where {names[0]} disagrees most with {names[1]} ({len(idx)} of {len(d)} faces; axes: "
+                f"red x, green y, blue facing)", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([title, grid]), idx
+
+
+def write_disagreement(path, crops: np.ndarray, pose: np.ndarray, ref_pose: np.ndarray, **kw) -> list[int]:
+    sheet, idx = disagreement_sheet(crops, pose, ref_pose, **kw)
+    if not cv2.imwrite(str(path), sheet):
+        raise EdgefaceError(f"cannot write {path}")
+    return idx
 
 
 def read_frames(paths: list[Path]) -> Iterator[tuple[Path, np.ndarray]]:

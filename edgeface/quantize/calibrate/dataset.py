@@ -1,12 +1,16 @@
 """The calibration set: face crops made by the same crop and preprocessing path as inference.
 
-A folder of face crops (each whole image is the face), or full images with a ``labels.csv`` of boxes
-(``file,x,y,w,h``). A fixed-seed subset keeps runs reproducible; the fingerprint (a hash of the crops'
-bytes) keys the statistics cache, so a changed image or crop rule never reuses stale statistics.
+A folder of face crops (each whole image is the face), full frames (a user's camera: the faces are found by the
+shipped detector and cut by the one crop rule, ``FaceDetector.crop_faces``), or full images with a
+``labels.csv`` of boxes (``file,x,y,w,h``). Which of the first two a folder holds is decided from the detector
+on a sample of it: faces that cover a small part of their image mean full frames. A fixed-seed subset keeps runs
+reproducible; the fingerprint (a hash of the crops' bytes) keys the statistics cache, so a changed image or crop
+rule never reuses stale statistics.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,9 @@ from ...model.data import IMAGE_EXTS, load_samples, resolve_box
 
 DEFAULT_NUM = 300
 DEFAULT_SEED = 0
+MIN_FACES = 100        # below this, INT8 ranges may miss what the camera shows: a warning with the figure
+FULL_FRAME_AREA = 0.5  # a face whose crop box covers less than this fraction of its image: a full frame
+SAMPLE_FOR_KIND = 16   # images the detector looks at to tell crops from full frames
 
 
 @dataclass
@@ -28,12 +35,26 @@ class CalibrationSet:
     files: list[str] = field(default_factory=list)
     folder: str = ""
     fingerprint: str = ""  # sha256 of the crops' bytes and shape
+    kind: str = "face crops"  # "face crops" | "full frames" | "labelled boxes"
+    images: int = 0  # image files read
+    without_face: int = 0  # full frames in which the detector found no face
+    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.crops)
 
     def summary(self) -> dict:
-        return {"folder": self.folder, "images": len(self.crops), "fingerprint": self.fingerprint}
+        """What a report or manifest records: the folder's name (never the build host's path), what it held,
+        the faces used and their digest."""
+        return {"folder": Path(self.folder).name, "kind": self.kind, "images": self.images or len(self.crops),
+                "faces": len(self.crops), "frames_without_face": self.without_face, "fingerprint": self.fingerprint}
+
+    def describe(self) -> str:
+        """One line for the console: what was read and what was used."""
+        if self.kind == "full frames":
+            return (f"calibration: {self.images} full frames in {Path(self.folder).name}/, {len(self.crops)} faces "
+                    f"found and cropped by the shipped detector ({self.without_face} frame(s) without a face)")
+        return f"calibration: {len(self.crops)} {self.kind} from {Path(self.folder).name}/"
 
 
 def fingerprint_crops(crops: np.ndarray) -> str:
@@ -63,9 +84,24 @@ def check_calibration_folder(folder: Path) -> None:
                             f"or full images with labels.csv")
 
 
+def _frame_kind(paths: list[Path], detector) -> str:
+    """"full frames" when, among a sample of the images, most of those where the detector finds a face show it
+    small (its crop box under FULL_FRAME_AREA of the image); else "face crops" (a crop fills its image)."""
+    small = big = 0
+    for path in paths[:SAMPLE_FOR_KIND]:
+        image = read_image(path)
+        det = detector.detect(image)
+        if not len(det):
+            continue
+        b = detector.model_boxes(det)
+        area = float(np.max(b[:, 2] * b[:, 3])) / (image.shape[0] * image.shape[1])
+        small, big = (small + 1, big) if area < FULL_FRAME_AREA else (small, big + 1)
+    return "full frames" if small > big else "face crops"
+
+
 def load_calibration_set(folder: str | Path, spec: ModelSpec, num: int = DEFAULT_NUM, seed: int = DEFAULT_SEED,
                          split: str | None = None, progress=None) -> CalibrationSet:
-    """Read, crop and check up to ``num`` images (a fixed-seed random subset when there are more)."""
+    """Read, crop and check up to ``num`` faces (a fixed-seed random subset of the images when there are more)."""
     folder = Path(folder)
     if num < 1:
         raise EdgefaceError(f"--num must be at least 1, got {num}")
@@ -75,15 +111,37 @@ def load_calibration_set(folder: str | Path, spec: ModelSpec, num: int = DEFAULT
     if len(samples) > num:
         samples = random.Random(seed).sample(samples, num)
         samples.sort(key=lambda s: str(s.path))
-    task = progress.add_task("reading calibration images", total=len(samples)) if progress is not None else None
-    crops = np.empty((len(samples), spec.input_size, spec.input_size, 3), np.uint8)
-    for i, s in enumerate(samples):
+    labelled = all(math.isfinite(v) for s in samples for v in s.box)
+    kind, detector = "labelled boxes", None
+    if not labelled:
+        from ...runtime.detector import FaceDetector
+
+        detector = FaceDetector()
+        kind = _frame_kind([s.path for s in samples], detector)
+    task = progress.add_task(f"reading calibration images ({kind})", total=len(samples)) \
+        if progress is not None else None
+    crops, files, without = [], [], 0
+    for s in samples:
         image = read_image(s.path)  # names the file when it is missing or undecodable
         try:
-            crops[i] = crop_face(image, resolve_box(s, image, spec.crop.scale), spec)
+            if kind == "full frames":
+                found = detector.crop_faces(image, spec)[2]
+                without += not len(found)
+                crops += list(found)
+                files += [str(s.path)] * len(found)
+            else:
+                crops.append(crop_face(image, resolve_box(s, image, spec.crop.scale), spec))
+                files.append(str(s.path))
         except EdgefaceError as e:
             raise EdgefaceError(f"calibration image {s.path}: {e}") from None
         if progress is not None:
             progress.advance(task)
-    crops = check_crops(crops, spec)
-    return CalibrationSet(crops, [str(s.path) for s in samples], str(folder), fingerprint_crops(crops))
+    if not crops:
+        raise EdgefaceError(f"the detector found no face in the {len(samples)} full frames of {folder}; pass frames "
+                            f"with faces, or face crops")
+    crops = check_crops(np.stack(crops[:num]), spec)
+    cs = CalibrationSet(crops, files[:num], str(folder), fingerprint_crops(crops), kind, len(samples), without)
+    if len(crops) < MIN_FACES:
+        cs.warnings.append(f"only {len(crops)} faces for calibration (at least {MIN_FACES} recommended): INT8 ranges "
+                           f"from so few faces may not cover what the camera sees; add images to {folder.name}/")
+    return cs

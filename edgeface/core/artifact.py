@@ -132,6 +132,21 @@ def read_onnx_spec(path: str | Path) -> ModelSpec:
     return ModelSpec.from_json(meta[SPEC_KEY])
 
 
+def check_foreign_onnx(path: str | Path) -> ModelSpec:
+    """The ModelSpec of a loose ONNX that a tool will run or rewrite (quantize's source model), after the
+    foreign-model checks of ``core.graphcheck``: inputs and outputs that fit the spec, no control flow."""
+    from .graphcheck import check_onnx
+
+    proto = load_onnx(path)
+    meta = onnx_metadata(proto)
+    if SPEC_KEY not in meta:
+        raise EdgefaceError(f"{path} has no edgeface ModelSpec in its metadata (a foreign ONNX?); export it with "
+                            f"`edgeface export` so preprocessing and outputs are known")
+    spec = ModelSpec.from_json(meta[SPEC_KEY])
+    check_onnx(proto, spec, meta.get(INPUT_KIND_KEY, FLOAT_NCHW), Path(path).name, built_by_edgeface=False)
+    return spec
+
+
 def read_onnx_input_kind(path: str | Path) -> str:
     return read_onnx_metadata(path).get(INPUT_KIND_KEY, FLOAT_NCHW)
 

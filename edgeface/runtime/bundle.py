@@ -5,10 +5,14 @@
                          calibration and accuracy summaries, the tool versions that made it
       model.onnx | model.ncnn.param + model.ncnn.bin + model.spec.json
       calib.cache        optional: TensorRT's calibration cache (INT8 Jetson bundles)
-      engines/           optional: engines TensorRT built *on the device* (not hashed: they are made there)
+      engines/           left by older `edgeface build` runs (not hashed); the runtime never reads it, a device
+                         with trusted keys refuses it in a signed bundle, TensorRT engines live in the device's cache
 
-``open_bundle`` is what every runtime calls before loading a bundle. It reads the manifest as JSON only
-(never code), checks each listed file against its sha256, refuses model files the manifest does not list,
+``open_bundle`` is what every runtime calls before loading a bundle. It reads the folder as one snapshot
+(``core.snapshot``: listed once, every file read once through the folder's descriptor, no link followed),
+the manifest as JSON only (never code), checks each listed file against its sha256 and returns those very
+bytes for the engine to load (``BundleInfo.files``), refuses model files the manifest does not list (any
+unlisted entry at all in a bundle signed by a trusted key),
 checks the bundle format against this edgeface, and checks the bundle's target against this machine.
 Every failure is one line naming the file or field and the fix. This module needs neither torch nor
 onnx, so it runs on a Raspberry Pi's torch-free install.

@@ -49,7 +49,7 @@ def command(bundle: Path = typer.Argument(..., help="Jetson bundle folder (from 
     check_build_numbers(workspace_mb or 1024, min_batch, opt_batch, max_batch)
     trt = import_tensorrt()   # the one-line "TensorRT is not installed here" before any other work
     if bundle.is_dir():
-        from ..runtime.bundle import engine_cache_dir, open_bundle
+        from ..runtime.bundle import open_bundle
 
         info = open_bundle(bundle)  # verified (under trusted keys: signed) before TensorRT reads a byte
         if info.backend != "tensorrt":
@@ -60,7 +60,7 @@ def command(bundle: Path = typer.Argument(..., help="Jetson bundle folder (from 
         onnx_path = info.artifact
         onnx_bytes = info.files.get(info.manifest["artifact"])  # the verified bytes, not a second read
         precision = precision or info.precision
-        cache = cache_dir or engine_cache_dir(info)
+        cache = cache_dir  # None: this device's engine cache, the one the runtime reads (never the bundle)
         calib = calib_cache or info.calib_cache
         workspace = workspace_mb or int(info.options.get("workspace_mb") or 1024)
     else:

@@ -31,6 +31,7 @@ from ..core import __version__
 from ..core.device import JETSON, RPI, X86, detect_device
 from ..core.errors import EdgefaceError
 from ..core.io import atomic_write_json, sha256_file
+from ..core.limits import available_memory
 from ..core.snapshot import MAX_FILE_BYTES, FolderSnapshot
 from ..core.spec import FLOAT_NCHW, INPUT_KINDS, PRECISIONS, ModelSpec
 from ..engines import registry
@@ -292,16 +293,6 @@ def _safe_member(root: Path, rel: str, mpath: Path) -> Path:
     return root / p
 
 
-def check_no_links(root: Path) -> None:
-    """No symbolic link anywhere inside the bundle folder (the folder itself may be reached through one)."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            q = Path(dirpath) / name
-            if q.is_symlink():
-                raise EdgefaceError(f"bundle {root} holds {q.relative_to(root).as_posix()}, a symbolic link; a "
-                                    f"bundle holds plain files only: re-run edgeface deploy")
-
-
 def verify_files(root: Path, manifest: dict, snapshot: FolderSnapshot | None = None, *,
                  signed: bool = False) -> dict[str, bytes]:
     """Every listed file exists with its sha256 and size; no unlisted model file is present. Returns the
@@ -326,14 +317,23 @@ def verify_files(root: Path, manifest: dict, snapshot: FolderSnapshot | None = N
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise EdgefaceError(f"{mpath} entry for {rel} has no sha256; re-run edgeface deploy")
         size = entry.get("bytes")
-        limit = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else MAX_FILE_BYTES
+        declared = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
+        # Held in memory to hand on to the engine: bounded by what the manifest declares (a bigger file is
+        # refused before it is read) and by the memory this machine has free.
+        limit = min(declared if declared is not None else MAX_FILE_BYTES, max(available_memory() // 2, 1 << 26))
+        if declared is not None and declared > limit:
+            raise EdgefaceError(f"bundle file {rel} is {declared} bytes, more than half the memory free here; it is "
+                                f"not an edgeface model file: re-run edgeface deploy")
         try:
-            data = snapshot.read(rel, MAX_FILE_BYTES)
+            data = snapshot.read(rel, limit)
         except FileNotFoundError:
             raise EdgefaceError(f"bundle file {rel} is missing from {root}; re-run edgeface deploy") from None
         except EdgefaceError as e:
+            if "more than" in str(e) and declared is not None:
+                raise EdgefaceError(f"bundle file {rel} is larger than the {size} bytes the manifest says (modified "
+                                    f"or replaced); re-run edgeface deploy") from None
             raise EdgefaceError(f"{e}; re-run edgeface deploy") from None
-        if limit != MAX_FILE_BYTES and len(data) != limit:
+        if declared is not None and len(data) != declared:
             raise EdgefaceError(f"bundle file {rel} has {len(data)} bytes, the manifest says {size} "
                                 f"(modified or truncated); re-run edgeface deploy")
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
@@ -502,11 +502,3 @@ def check_manifest_options(options: dict, backend: str, mpath: Path) -> dict:
             raise EdgefaceError(f"{mpath} option {key} is {short(value)}, not an allowed value; re-run edgeface deploy")
         out[key] = value
     return out
-
-
-def engine_cache_dir(info: BundleInfo) -> Path | None:
-    """Where `edgeface build` puts the TensorRT engine it builds for this bundle: None, this device's own engine
-    cache (``$EDGEFACE_ENGINE_CACHE``, else ~/.cache/edgeface/engines), the one the runtime reads. Never the
-    bundle itself: a signature cannot cover what the device builds, so a signed bundle holding ``engines/``
-    is refused (``verify_files``)."""
-    return None

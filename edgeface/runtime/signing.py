@@ -18,7 +18,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Union
 
 from ..core.errors import EdgefaceError
 from ..core.io import atomic_write_json
@@ -74,14 +74,6 @@ def load_private_key(key: KeyLike):
         raise EdgefaceError(f"signing key is a {type(k).__name__}, not Ed25519; make one with: "
                             f"openssl genpkey -algorithm ed25519 -out deploy.key")
     return k
-
-
-def load_public_key(key: KeyLike):
-    """One Ed25519 public key; a key file holding several is refused here (``load_public_keys`` takes them all)."""
-    keys = load_public_keys(key)
-    if len(keys) != 1:
-        raise EdgefaceError(f"trusted key holds {len(keys)} keys where one was expected")
-    return keys[0]
 
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.S)
@@ -158,14 +150,6 @@ def trusted_keys_from_env() -> list[str] | None:
         raise EdgefaceError(f"${TRUSTED_KEYS_ENV} is set to {value[:40]!r}, which names no key file; list the public "
                             f"keys separated by '{os.pathsep}', or unset it to run unsigned bundles")
     return keys
-
-
-def resolve_trusted_keys(trusted_keys: Sequence[KeyLike] | KeyLike | None) -> list:
-    """Public keys from the argument, else from $EDGEFACE_TRUSTED_KEYS; [] when neither asks for signatures.
-    Every key of every key file is trusted (``load_public_keys``). An argument that names no key (``[]``) is
-    an error: "trust nothing" must never read as "require nothing"."""
-    keys = trust_configured(trusted_keys)
-    return keys or []
 
 
 def trust_configured(trusted_keys) -> list | None:

@@ -913,15 +913,16 @@ def test_build_numbers_checked_before_tensorrt(tmp_path):
 
 
 def test_trusted_keys_variable_that_names_no_key_fails_closed(arts, tmp_path, monkeypatch):
-    """EDGEFACE_TRUSTED_KEYS=':' (a typo) read as 'no keys', so the device ran unsigned bundles."""
+    """EDGEFACE_TRUSTED_KEYS=':' (a typo) read as 'no keys', so the device ran unsigned bundles. Issue 23: so did
+    ' ', a tab or a newline; and '' (a template whose variable did not expand) is refused too: unset switches it off."""
     from edgeface.runtime.predictor import Predictor
 
     d = _bundle(arts, tmp_path / "b")
-    for value in (":", " : :: "):
+    for value in (":", " : :: ", "", " ", "\t", "\n", " \t\n:\n"):
         monkeypatch.setenv("EDGEFACE_TRUSTED_KEYS", value)
         with pytest.raises(EdgefaceError, match="names no key"):
             Predictor(d)
-    monkeypatch.setenv("EDGEFACE_TRUSTED_KEYS", "")  # set but empty: the usual way to switch it off
+    monkeypatch.delenv("EDGEFACE_TRUSTED_KEYS")  # unset: signatures are optional
     with Predictor(d, threads=1):
         pass
 

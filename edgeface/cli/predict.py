@@ -11,7 +11,7 @@ import numpy as np
 import typer
 
 from ..core.errors import EdgefaceError
-from ..core.limits import short
+from ..core.limits import MAX_CAMERA_INDEX, short
 from ..core.recipe import read_csv_utf8
 from ..engines import registry
 from .output import check_output_dir, check_output_file, console, out_console, write_json
@@ -129,8 +129,8 @@ def command(paths: Optional[list[str]] = typer.Argument(None, metavar="[MODEL] I
     if not images and camera is None:
         raise EdgefaceError(f"give images or video files{' after the model' if artifact != 'default' else ''} "
                             f"(`edgeface predict photo.jpg`), or --camera N")
-    if camera is not None and camera < 0:
-        raise EdgefaceError(f"--camera takes a camera index >= 0, got {camera}")
+    if camera is not None and not 0 <= camera <= MAX_CAMERA_INDEX:
+        raise EdgefaceError(f"--camera takes a camera index from 0 to {MAX_CAMERA_INDEX}, got {str(camera)[:20]}")
     boxes = read_boxes_csv(boxes_csv) if boxes_csv else {}
     videos = [p for p in images if p.suffix.lower() in VIDEO_SUFFIXES]
     sources: list = [p for p in images]

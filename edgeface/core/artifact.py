@@ -50,6 +50,60 @@ def load_onnx(path: str | Path, load_external_data: bool = False):
     return proto
 
 
+def parse_onnx(data: bytes, name: str | Path):
+    """The ONNX proto of these bytes (a model file read once); EdgefaceError for truncated or foreign bytes."""
+    import onnx
+
+    name = Path(name).name
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise EdgefaceError(f"{name} is not a readable ONNX model ({type(e).__name__}); it may be truncated — "
+                            f"re-export it with `edgeface export`") from None
+    if not proto.graph.node:
+        raise EdgefaceError(f"{name} is not an ONNX model (empty graph); re-export it with `edgeface export`")
+    return proto
+
+
+def has_external_data(proto) -> bool:
+    from onnx.external_data_helper import uses_external_data
+
+    return any(uses_external_data(t) for t in proto.graph.initializer)
+
+
+def inline_external_data(proto, artifact: str | Path, read) -> None:
+    """Fill the proto's external tensors from the files ``read(path) -> bytes`` returns (a verified bundle's
+    bytes, or the disk read once), so the engine is handed one self-contained model and reads no file itself.
+    A location outside the artifact's folder is refused."""
+    from onnx.external_data_helper import uses_external_data
+
+    folder = Path(artifact).parent
+    cache: dict[str, bytes] = {}
+    for t in proto.graph.initializer:
+        if not uses_external_data(t):
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        if not loc or Path(loc).is_absolute() or ".." in Path(loc).parts or "/" in loc or "\\" in loc:
+            raise EdgefaceError(f"{Path(artifact).name} keeps tensor {t.name[:40]!r} in {loc[:60]!r}, outside its "
+                                f"folder; re-export it with `edgeface export`")
+        if loc not in cache:
+            cache[loc] = read(folder / loc)
+        blob = cache[loc]
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else len(blob) - offset
+        except ValueError:
+            raise EdgefaceError(f"{Path(artifact).name}: tensor {t.name[:40]!r} has a malformed external data "
+                                f"entry; re-export it") from None
+        if offset < 0 or length < 0 or offset + length > len(blob):
+            raise EdgefaceError(f"{Path(artifact).name}: tensor {t.name[:40]!r} lies past the end of {loc} (truncated?); "
+                                f"re-export it")
+        t.raw_data = blob[offset:offset + length]
+        del t.external_data[:]
+        t.data_location = 0  # onnx.TensorProto.DEFAULT
+
+
 def onnx_metadata(proto) -> dict[str, str]:
     return {m.key: m.value for m in proto.metadata_props}
 
@@ -78,6 +132,21 @@ def read_onnx_spec(path: str | Path) -> ModelSpec:
     return ModelSpec.from_json(meta[SPEC_KEY])
 
 
+def check_foreign_onnx(path: str | Path) -> ModelSpec:
+    """The ModelSpec of a loose ONNX that a tool will run or rewrite (quantize's source model), after the
+    foreign-model checks of ``core.graphcheck``: inputs and outputs that fit the spec, no control flow."""
+    from .graphcheck import check_onnx
+
+    proto = load_onnx(path)
+    meta = onnx_metadata(proto)
+    if SPEC_KEY not in meta:
+        raise EdgefaceError(f"{path} has no edgeface ModelSpec in its metadata (a foreign ONNX?); export it with "
+                            f"`edgeface export` so preprocessing and outputs are known")
+    spec = ModelSpec.from_json(meta[SPEC_KEY])
+    check_onnx(proto, spec, meta.get(INPUT_KIND_KEY, FLOAT_NCHW), Path(path).name, built_by_edgeface=False)
+    return spec
+
+
 def read_onnx_input_kind(path: str | Path) -> str:
     return read_onnx_metadata(path).get(INPUT_KIND_KEY, FLOAT_NCHW)
 
@@ -96,18 +165,25 @@ def read_ncnn_spec(param_path: str | Path) -> ModelSpec:
     return ModelSpec.from_dict(_read_ncnn_spec_file(param_path)["spec"])
 
 
-def read_ncnn_info(param_path: str | Path) -> dict[str, Any]:
-    """The rest of that file: ``blobs`` (spec name -> ncnn blob name), ``precision`` and ``input_kind``."""
-    return {k: v for k, v in _read_ncnn_spec_file(param_path).items() if k != "spec"}
+def read_ncnn_info(param_path: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """The rest of that file: ``blobs`` (spec name -> ncnn blob name), ``precision`` and ``input_kind``.
+    ``data``: the spec file's bytes, already read (from a verified bundle)."""
+    return {k: v for k, v in _read_ncnn_spec_file(param_path, data).items() if k != "spec"}
 
 
-def _read_ncnn_spec_file(param_path: str | Path) -> dict:
+def _read_ncnn_spec_file(param_path: str | Path, raw: bytes | None = None) -> dict:
     param, _, spec_file = ncnn_paths(param_path)
-    if not spec_file.is_file():
+    fix = "re-export with `edgeface export --format ncnn`"
+    if raw is not None:
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise EdgefaceError(f"{spec_file} is not valid JSON; {fix}") from None
+    elif not spec_file.is_file():
         raise EdgefaceError(f"{spec_file.name} (the ModelSpec) is missing beside {param.name}; "
                             f"re-export with `edgeface export --format ncnn`")
-    fix = "re-export with `edgeface export --format ncnn`"
-    data = _read_json(spec_file, fix)
+    else:
+        data = _read_json(spec_file, fix)
     if not isinstance(data, dict) or "spec" not in data:
         raise EdgefaceError(f"{spec_file} holds no ModelSpec; {fix}")
     blobs = data.get("blobs", {})

@@ -16,6 +16,9 @@ MAX_BOX_COORD = float(1 << 20)  # |x|, |y|, w, h of a face box, in pixels: no ca
 # An image file's width x height, read from its header before decoding: a 2.6 MB PNG can declare 30000 x 30000
 # pixels and take 5 GB to decode. 2^27 (134 MP, 400 MB as BGR) is beyond any camera's frame.
 MAX_IMAGE_PIXELS = 1 << 27
+# Camera indices: an index plus OpenCV's API-preference offsets (CAP_V4L2 = 200, ...) stays far below this;
+# OpenCV takes a C int, and 2**31 was a TypeError traceback.
+MAX_CAMERA_INDEX = 99_999
 
 
 def cpu_count() -> int:

@@ -28,6 +28,7 @@ UINT8_NHWC = "uint8_nhwc_bgr"
 INPUT_KINDS = (FLOAT_NCHW, UINT8_NHWC)
 MIN_INPUT, MAX_INPUT = 16, 1024   # input sides a ModelSpec may name
 WIDTHS = (0.25, 0.5, 0.75, 1.0)  # the MobileNetV2 width multipliers the torch engine builds
+ARCHS = ("mobilenetv2",)          # the networks the torch engine builds (engines/torch/network.build_model)
 
 
 def _short(value) -> str:
@@ -147,6 +148,8 @@ class ModelSpec:
         for name in ("arch", "model_version"):
             if not isinstance(getattr(self, name), str):
                 bad(name, "must be a string")
+        if self.arch not in ARCHS:
+            bad("arch", f"must be one of {', '.join(ARCHS)} (the networks this edgeface builds), got {_short(self.arch)}")
         return self
 
     @classmethod

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import numpy as np
 
@@ -36,7 +36,8 @@ class Backend(ABC):
     MANIFEST_OPTIONS: ClassVar[dict] = {}
 
     def __init__(self, artifact: str | Path, spec: ModelSpec, threads: int | None = None,
-                 precision: str | None = None, **options):
+                 precision: str | None = None, *, verified_files: Mapping[str, bytes] | None = None,
+                 signed: bool = False, **options):
         unknown = sorted(set(options) - self.OPTIONS)
         if unknown:
             known = ", ".join(sorted(self.OPTIONS)) or "none"
@@ -52,6 +53,14 @@ class Backend(ABC):
         self.options = options
         self.input_kind = FLOAT_NCHW
         self._loaded = False
+        self._closed = False
+        # A verified bundle's files (path -> the bytes its manifest's sha256 matched): the runner loads these
+        # and nothing else; None: a loose artifact, read from disk once (``read_file``).
+        self.verified_files = dict(verified_files) if verified_files is not None else None
+        # The bundle's signature verified against a trusted key: the only proof that edgeface (its key
+        # holder) built the artifact. Anything else is checked as a foreign model (``core.graphcheck``).
+        self.signed = bool(signed) and verified_files is not None
+        self.fixed_batch: int | None = None   # set by runners whose graph fixes the batch size
 
     # -- the lifecycle ----------------------------------------------------------------------------------------
     @property
@@ -60,6 +69,7 @@ class Backend(ABC):
 
     def load(self) -> None:
         """Create the native session (once). A failed load frees what it had created and raises."""
+        self._closed = False
         if self._loaded:
             return
         try:
@@ -71,15 +81,64 @@ class Backend(ABC):
         self._loaded = True
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """One batch in, the spec's named outputs out (float32, batch first)."""
+        """One batch in, the spec's named outputs out (float32, batch first: one row per input, checked)."""
+        if self._closed:
+            raise EdgefaceError(f"this {self.name} backend is closed; create a new one")
         self.load()
-        return self._run_impl(self.check_input(x))
+        x = self.check_input(x)
+        try:
+            outs = self._run_impl(x)
+        except EdgefaceError:
+            raise
+        except Exception as e:  # noqa: BLE001 - native engines raise their own types; one line, not a traceback
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise EdgefaceError(f"{self.name} failed to run {self.artifact.name} ({type(e).__name__}: {first}); "
+                                f"is it an edgeface model? re-export it with `edgeface export`") from None
+        return self.check_outputs(outs, x.shape[0])
+
+    def check_outputs(self, outs, n: int) -> dict[str, np.ndarray]:
+        """Every output the spec names, as float32 with one row per input: blur (n,) or (n, 1), pose (n, 3).
+        A foreign model answering other shapes is an error naming them, never a short or reshaped result."""
+        if not isinstance(outs, dict):
+            raise EdgefaceError(f"{self.artifact.name} returned no named outputs")
+        checked = {}
+        for o in self.spec.outputs:
+            k = len(o.fields)
+            a = outs.get(o.name)
+            if a is None:
+                raise EdgefaceError(f"{self.artifact.name} answered no '{o.name}' output; it is not an edgeface "
+                                    f"model: re-export it with `edgeface export`")
+            a = np.asarray(a)
+            ok_shape = a.ndim >= 1 and a.shape[0] == n and (a.shape[1:] == (k,) or (k == 1 and a.shape[1:] == ()))
+            if not ok_shape or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+                want = f"({n},) or ({n}, 1)" if k == 1 else f"({n}, {k})"
+                raise EdgefaceError(f"{self.artifact.name} answered '{o.name}' of shape {tuple(a.shape)} {a.dtype} for "
+                                    f"a batch of {n}; an edgeface model answers {want}: it is not an edgeface model "
+                                    f"(or a broken one); re-export it with `edgeface export`")
+            checked[o.name] = a.astype(np.float32, copy=False)
+        return checked
+
+    def read_file(self, path: str | Path) -> bytes:
+        """The bytes of one of the artifact's files, read once: from a verified bundle, the very bytes its
+        manifest vouched for (a file it does not list is refused, never read from disk); else from disk."""
+        from ..core.snapshot import read_file_once
+
+        p = Path(path)
+        if self.verified_files is not None:
+            data = self.verified_files.get(str(p))
+            if data is None:
+                raise EdgefaceError(f"{p.name} is not listed in the bundle's manifest, and a bundle's runtime reads "
+                                    f"only files the manifest vouches for; re-run edgeface deploy")
+            return data
+        return read_file_once(p, "model file")
 
     def info(self) -> dict:
         return {"backend": self.name, "artifact": str(self.artifact), "precision": self.precision,
                 "threads": self.threads, "input_kind": self.input_kind, **self._info_impl()}
 
     def close(self) -> None:
+        """Free native resources; afterwards ``run`` refuses instead of loading again (``load`` reopens)."""
+        self._closed = True
         if self._loaded:
             try:
                 self._close_impl()
@@ -139,4 +198,8 @@ class Backend(ABC):
                                 f"this artifact takes (N, {', '.join(map(str, want))}) {np.dtype(dtype).name}")
         if x.shape[0] == 0:
             raise EdgefaceError("empty batch: pass at least one crop")
+        if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
+            raise EdgefaceError(f"{self.artifact.name} fixes its batch at {self.fixed_batch} and got {x.shape[0]} crops; "
+                                f"pass batches of {self.fixed_batch}, or re-export it with a dynamic batch "
+                                f"(`edgeface export` does)")
         return x

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..core.artifact import read_onnx_spec
+from ..core.artifact import check_foreign_onnx, read_onnx_spec
 from ..core.errors import EdgefaceError
 from ..core.io import (OLD_TAG, atomic_write_json, clean_stale_partials, clean_stale_temp, make_staging_dir, sha256_file,
                        temp_dir)
@@ -69,7 +69,7 @@ def model_spec(model):
     if _is_onnx(model):
         if not Path(model).is_file():
             raise EdgefaceError(f"model {model} does not exist")
-        return read_onnx_spec(model)
+        return check_foreign_onnx(model)  # it is run for statistics: a Loop would never end
     from ..engines.torch.checkpoint import read_spec
 
     return read_spec(model)  # None: the shipped default checkpoint
@@ -89,7 +89,7 @@ def prepare_fp32(model, work: Path, backends: Sequence[str], fold_preprocess: bo
         if needs_ncnn:
             raise EdgefaceError("ncnn INT8 is converted from the ncnn export of the checkpoint; pass the .pt "
                                 "checkpoint (or leave MODEL out for the default model), not an ONNX")
-        return Fp32Artifacts(Path(model)), read_onnx_spec(model)
+        return Fp32Artifacts(Path(model)), check_foreign_onnx(model)
     onnx_path = export_onnx(model, work / registry.by_format("onnx").artifact, opset=opset,
                             fold_preprocess=fold_preprocess)
     ncnn_param = export_ncnn(model, work / registry.by_format("ncnn").artifact) if needs_ncnn else None

@@ -5,16 +5,21 @@
                          calibration and accuracy summaries, the tool versions that made it
       model.onnx | model.ncnn.param + model.ncnn.bin + model.spec.json
       calib.cache        optional: TensorRT's calibration cache (INT8 Jetson bundles)
-      engines/           optional: engines TensorRT built *on the device* (not hashed: they are made there)
+      engines/           left by older `edgeface build` runs (not hashed); the runtime never reads it, a device
+                         with trusted keys refuses it in a signed bundle, TensorRT engines live in the device's cache
 
-``open_bundle`` is what every runtime calls before loading a bundle. It reads the manifest as JSON only
-(never code), checks each listed file against its sha256, refuses model files the manifest does not list,
+``open_bundle`` is what every runtime calls before loading a bundle. It reads the folder as one snapshot
+(``core.snapshot``: listed once, every file read once through the folder's descriptor, no link followed),
+the manifest as JSON only (never code), checks each listed file against its sha256 and returns those very
+bytes for the engine to load (``BundleInfo.files``), refuses model files the manifest does not list (any
+unlisted entry at all in a bundle signed by a trusted key),
 checks the bundle format against this edgeface, and checks the bundle's target against this machine.
 Every failure is one line naming the file or field and the fix. This module needs neither torch nor
 onnx, so it runs on a Raspberry Pi's torch-free install.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -26,6 +31,8 @@ from ..core import __version__
 from ..core.device import JETSON, RPI, X86, detect_device
 from ..core.errors import EdgefaceError
 from ..core.io import atomic_write_json, sha256_file
+from ..core.limits import available_memory
+from ..core.snapshot import MAX_FILE_BYTES, FolderSnapshot
 from ..core.spec import FLOAT_NCHW, INPUT_KINDS, PRECISIONS, ModelSpec
 from ..engines import registry
 
@@ -58,6 +65,10 @@ class BundleInfo:
     options: dict = field(default_factory=dict)  # backend options from the target (threads, fp16, ...)
     calib_cache: Path | None = None  # TensorRT calibration cache, when the bundle carries one
     input_kind: str = FLOAT_NCHW
+    # The verified bytes of every listed file, by name relative to the bundle: read once, hashed, and
+    # handed to the engine as they are (empty when the caller skipped verification: verify=False).
+    files: dict = field(default_factory=dict, repr=False)
+    signed: bool = False           # its signature verified against a trusted key (runtime/signing)
 
     @property
     def threads(self) -> int | None:
@@ -179,30 +190,52 @@ _REQUIRED = {"format": str, "bundle_version": int, "edgeface_version": str, "tar
              "precision": str, "artifact": str, "spec": dict, "files": dict}
 
 
-def read_manifest(path: str | Path, trusted_keys: list | None = None) -> dict:
+def read_manifest(path: str | Path, trusted_keys: list | None = None, snapshot=None) -> dict:
     """The parsed manifest of a bundle folder: signature (when ``trusted_keys``, public keys from
     runtime/signing), then its own digest, then its structure, checked before any field is used (files'
-    hashes come later, in ``verify_files``)."""
-    from ..core.limits import short
-
+    hashes come later, in ``verify_files``). ``snapshot``: the open folder (core.snapshot) to read it from."""
     root = Path(path)
-    mpath = root / MANIFEST_NAME
-    if not root.is_dir():
-        raise EdgefaceError(f"bundle {root} is not a folder; pass the folder `edgeface deploy` wrote")
-    if mpath.is_symlink():
-        raise EdgefaceError(f"{mpath} is a symbolic link; a bundle holds plain files only: re-run edgeface deploy")
-    if os.path.lexists(mpath) and not mpath.is_file():
-        raise EdgefaceError(f"{mpath} is not a file, so {root} is a damaged bundle; re-run edgeface deploy")
-    if not mpath.is_file():
-        raise EdgefaceError(f"{root} has no {MANIFEST_NAME}, so it is not a complete bundle "
-                            f"(an interrupted deploy?); re-run edgeface deploy")
-    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
-        raise EdgefaceError(f"{mpath} is larger than {MAX_MANIFEST_BYTES >> 20} MB, not a manifest; re-run edgeface deploy")
-    raw = mpath.read_bytes()
+    if snapshot is None:
+        if not root.is_dir():
+            raise EdgefaceError(f"bundle {root} is not a folder; pass the folder `edgeface deploy` wrote")
+        with FolderSnapshot(root) as snap:
+            return read_manifest(root, trusted_keys, snap)
+    raw = _manifest_bytes(root, snapshot)
     if trusted_keys:
         from .signing import verify_signature
 
-        verify_signature(root, raw, trusted_keys)
+        verify_signature(root, raw, trusted_keys, snapshot=snapshot)
+    return parse_manifest(root, raw)
+
+
+def _manifest_bytes(root: Path, snap: FolderSnapshot) -> bytes:
+    """manifest.json's bytes, read once through the folder snapshot. Missing from the snapshot: not a complete
+    bundle; listed but gone when read: the bundle changed under us, which is an error, never a plain folder."""
+    mpath = root / MANIFEST_NAME
+    if MANIFEST_NAME not in snap.names:
+        raise EdgefaceError(f"{root} has no {MANIFEST_NAME}, so it is not a complete bundle "
+                            f"(an interrupted deploy?); re-run edgeface deploy")
+    try:
+        return snap.read(MANIFEST_NAME, MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        raise EdgefaceError(f"{mpath} disappeared while the bundle was read (is something changing {root}?); "
+                            f"it is refused, not run as a plain folder: try again when the bundle is complete") from None
+    except EdgefaceError as e:
+        text = str(e)
+        if "symbolic link" in text:
+            raise EdgefaceError(f"{mpath} is a symbolic link; a bundle holds plain files only: re-run edgeface "
+                                f"deploy") from None
+        if "more than" in text:
+            raise EdgefaceError(f"{mpath} is larger than {MAX_MANIFEST_BYTES >> 20} MB, not a manifest; re-run "
+                                f"edgeface deploy") from None
+        raise EdgefaceError(f"{mpath} is not a file, so {root} is a damaged bundle; re-run edgeface deploy") from None
+
+
+def parse_manifest(root: Path, raw: bytes) -> dict:
+    """The manifest from its bytes: JSON, its digest, its required fields and their types."""
+    from ..core.limits import short
+
+    mpath = root / MANIFEST_NAME
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except RecursionError:
@@ -260,36 +293,62 @@ def _safe_member(root: Path, rel: str, mpath: Path) -> Path:
     return root / p
 
 
-def check_no_links(root: Path) -> None:
-    """No symbolic link anywhere inside the bundle folder (the folder itself may be reached through one)."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            q = Path(dirpath) / name
-            if q.is_symlink():
-                raise EdgefaceError(f"bundle {root} holds {q.relative_to(root).as_posix()}, a symbolic link; a "
-                                    f"bundle holds plain files only: re-run edgeface deploy")
+def verify_files(root: Path, manifest: dict, snapshot: FolderSnapshot | None = None, *,
+                 signed: bool = False) -> dict[str, bytes]:
+    """Every listed file exists with its sha256 and size; no unlisted model file is present. Returns the
+    verified bytes by name: each file is read once, and those bytes are what the engine gets.
 
-
-def verify_files(root: Path, manifest: dict) -> None:
-    """Every listed file exists with its sha256 and size; no unlisted model file is present."""
+    ``signed`` (a signature verified against a trusted key): the signature must cover everything the
+    runtime could read, so *any* entry the manifest does not list is refused, a device-built ``engines/``
+    folder included (a device that trusts keys builds TensorRT engines into its own cache instead)."""
+    if snapshot is None:
+        with FolderSnapshot(root) as snap:
+            return verify_files(root, manifest, snap, signed=signed)
     mpath = root / MANIFEST_NAME
     files = manifest["files"]
-    check_no_links(root)
+    entries = snapshot.walk()
+    for rel, kind in entries:
+        if kind == "link":
+            raise EdgefaceError(f"bundle {root} holds {rel}, a symbolic link; a bundle holds plain files only: "
+                                f"re-run edgeface deploy")
+    out: dict[str, bytes] = {}
     for rel, entry in files.items():
-        p = _safe_member(root, rel, mpath)
+        _safe_member(root, rel, mpath)
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise EdgefaceError(f"{mpath} entry for {rel} has no sha256; re-run edgeface deploy")
-        if not p.is_file():
-            raise EdgefaceError(f"bundle file {rel} is missing from {root}; re-run edgeface deploy")
         size = entry.get("bytes")
-        if isinstance(size, int) and p.stat().st_size != size:
-            raise EdgefaceError(f"bundle file {rel} has {p.stat().st_size} bytes, the manifest says {size} "
+        declared = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
+        # Held in memory to hand on to the engine: bounded by what the manifest declares (a bigger file is
+        # refused before it is read) and by the memory this machine has free.
+        limit = min(declared if declared is not None else MAX_FILE_BYTES, max(available_memory() // 2, 1 << 26))
+        if declared is not None and declared > limit:
+            raise EdgefaceError(f"bundle file {rel} is {declared} bytes, more than half the memory free here; it is "
+                                f"not an edgeface model file: re-run edgeface deploy")
+        try:
+            data = snapshot.read(rel, limit)
+        except FileNotFoundError:
+            raise EdgefaceError(f"bundle file {rel} is missing from {root}; re-run edgeface deploy") from None
+        except EdgefaceError as e:
+            if "more than" in str(e) and declared is not None:
+                raise EdgefaceError(f"bundle file {rel} is larger than the {size} bytes the manifest says (modified "
+                                    f"or replaced); re-run edgeface deploy") from None
+            raise EdgefaceError(f"{e}; re-run edgeface deploy") from None
+        if declared is not None and len(data) != declared:
+            raise EdgefaceError(f"bundle file {rel} has {len(data)} bytes, the manifest says {size} "
                                 f"(modified or truncated); re-run edgeface deploy")
-        if sha256_file(p) != entry["sha256"]:
-            raise EdgefaceError(f"bundle file {rel} does not match its sha256 in {MANIFEST_NAME} "
-                                f"(modified or corrupt); re-run edgeface deploy")
-    for rel in _bundle_files(root):
-        if rel not in files and rel.lower().endswith(MODEL_SUFFIXES):
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise EdgefaceError(f"bundle file {rel} does not match its sha256 in the manifest (modified or "
+                                f"corrupt); re-run edgeface deploy")
+        out[rel] = data
+    listed_dirs = {"/".join(rel.split("/")[:i]) for rel in files for i in range(1, rel.count("/") + 1)}
+    for rel, kind in entries:
+        if rel in (MANIFEST_NAME, SIGNATURE_NAME) or rel in files or (kind == "dir" and rel in listed_dirs):
+            continue
+        if signed:
+            raise EdgefaceError(f"signed bundle {root} holds {rel}, which its signed manifest does not list; the "
+                                f"signature must cover everything the runtime may read: remove it (TensorRT "
+                                f"engines are built into this device's own cache) or re-run edgeface deploy --sign")
+        if kind == "file" and rel.split("/", 1)[0] != DEVICE_BUILT_DIR and rel.lower().endswith(MODEL_SUFFIXES):
             raise EdgefaceError(f"bundle {root} holds {rel}, which its manifest does not list; remove it "
                                 f"or re-run edgeface deploy")
     for key in ("artifact", "calib_cache"):
@@ -299,6 +358,7 @@ def verify_files(root: Path, manifest: dict) -> None:
                                 f"edgeface deploy")
         if rel and rel not in files:
             raise EdgefaceError(f"{mpath} names {key} {rel!r} but does not list it under files; re-run edgeface deploy")
+    return out
 
 
 # -- this device vs the bundle's target ---------------------------------------------------------------
@@ -353,23 +413,30 @@ def _suggest_target(device: str) -> str:
 
 
 def open_bundle(path: str | Path, *, allow_foreign_target: bool = False, device: str | None = None,
-                verify: bool = True, trusted_keys=None) -> BundleInfo:
+                verify: bool = True, trusted_keys=None, snapshot: FolderSnapshot | None = None) -> BundleInfo:
     """Read and verify a bundle folder; return what to load. EdgefaceError (one line) when anything is off.
 
+    The folder is read as one snapshot (``core.snapshot``): its manifest, signature and every listed file are
+    each read once, and the returned ``files`` are the very bytes that were hashed, for the engine to load.
     ``device`` overrides the detected device kind (``ANY_DEVICE`` skips the device check: for tools that only
     inspect a bundle, like deploy's own final check); ``verify=False`` skips the sha256 pass (for a caller
-    that verified it moments ago, e.g. deploy's own check).
+    that verified it moments ago, e.g. deploy's own check; never with trusted keys).
     """
     root = Path(path)
-    keys = None
-    if trusted_keys is not None or os.environ.get("EDGEFACE_TRUSTED_KEYS"):
-        from .signing import resolve_trusted_keys
+    from .signing import trust_configured
 
-        keys = resolve_trusted_keys(trusted_keys)
-    manifest = read_manifest(root, keys)
+    keys = trust_configured(trusted_keys)
+    if snapshot is None:
+        if not root.is_dir():
+            raise EdgefaceError(f"bundle {root} is not a folder; pass the folder `edgeface deploy` wrote")
+        with FolderSnapshot(root) as snap:
+            return open_bundle(root, allow_foreign_target=allow_foreign_target, device=device, verify=verify,
+                               trusted_keys=keys if keys is not None else None, snapshot=snap)
+    manifest = read_manifest(root, keys, snapshot)
     mpath = root / MANIFEST_NAME
-    if verify:
-        verify_files(root, manifest)
+    files: dict[str, bytes] = {}
+    if verify or keys:
+        files = verify_files(root, manifest, snapshot, signed=bool(keys))
     spec = ModelSpec.from_dict(manifest["spec"])
     note = None
     if device != ANY_DEVICE:
@@ -387,8 +454,16 @@ def open_bundle(path: str | Path, *, allow_foreign_target: bool = False, device:
         options.setdefault("calib_cache", str(calib_path))  # TensorRT's implicit-calibration builds read it
     return BundleInfo(artifact=artifact, backend=manifest["backend"], precision=manifest["precision"], spec=spec,
                       target=manifest["target"], manifest=manifest, root=root, options=options,
-                      calib_cache=calib_path,
-                      input_kind=_input_kind(manifest, mpath))
+                      calib_cache=calib_path, input_kind=_input_kind(manifest, mpath), files=files,
+                      signed=bool(keys))
+
+
+def verified_paths(info: BundleInfo) -> dict[str, bytes] | None:
+    """The verified bytes keyed by each file's path as the engines name it (``str(root / name)``), or None
+    when the bundle was opened without verification (the engine then reads the files itself)."""
+    if not info.files:
+        return None
+    return {str(info.root / rel): data for rel, data in info.files.items()}
 
 
 def _input_kind(manifest: dict, mpath: Path) -> str:
@@ -427,8 +502,3 @@ def check_manifest_options(options: dict, backend: str, mpath: Path) -> dict:
             raise EdgefaceError(f"{mpath} option {key} is {short(value)}, not an allowed value; re-run edgeface deploy")
         out[key] = value
     return out
-
-
-def engine_cache_dir(info: BundleInfo) -> Path:
-    """Where a device-built TensorRT engine for this bundle lives (inside the bundle, outside its hashes)."""
-    return info.root / DEVICE_BUILT_DIR

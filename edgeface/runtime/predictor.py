@@ -16,6 +16,7 @@ assembly run outside it. For truly parallel inference create one Predictor per t
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,9 @@ from ..core.preprocess import check_boxes, check_crops, check_image, crop_face, 
 from ..core.spec import PRECISIONS, UINT8_NHWC, ModelSpec
 from ..engines import registry
 from ..engines.descriptor import Engine
-from .bundle import is_bundle, open_bundle, read_manifest
-from .signing import resolve_trusted_keys, trusted_keys_from_env
+from ..core.snapshot import FolderSnapshot
+from .bundle import MANIFEST_NAME, is_bundle, open_bundle, read_manifest, verified_paths
+from .signing import trust_configured
 
 
 @dataclass
@@ -115,22 +117,38 @@ class Predictor:
         self.bundle = None
         bundle_precision = None
         bundle_options: dict = {}
-        self._keys = None
-        if trusted_keys is not None or trusted_keys_from_env():
-            self._keys = resolve_trusted_keys(trusted_keys) or None
-        if self._keys:
-            # A device told which keys to trust runs signed bundles only: no plain folder, no loose artifact.
-            if artifact is None or not is_bundle(artifact):
-                raise EdgefaceError(f"{artifact or 'the default model'} is not a bundle, and this device trusts only "
-                                    f"bundles signed by its trusted keys; deploy it with `edgeface deploy --sign KEY`")
+        # Fail closed: None when no trust is configured; otherwise the trusted keys, never an empty list
+        # (trusted_keys=[] or an $EDGEFACE_TRUSTED_KEYS naming no key is an error, not "no checks").
+        self._keys = trust_configured(trusted_keys)
+        verified, signed = None, False
         if artifact is None:
+            if self._keys:
+                raise _unsigned_refusal("the default model")
             path, kind = _shipped_default(backend, batch)
         else:
             path = Path(artifact)
-            if not path.exists():
-                raise EdgefaceError(f"artifact {path} does not exist")
-            if path.is_dir():
-                path, kind, bundle_precision, bundle_options = self._open_dir(path, batch)
+            try:
+                is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+            except FileNotFoundError:
+                raise EdgefaceError(f"artifact {path} does not exist") from None
+            except OSError as e:
+                raise EdgefaceError(f"artifact {path} cannot be read ({e.strerror})") from None
+            if is_dir:
+                # One snapshot decides bundle or plain folder, and the bundle is read from that snapshot: a
+                # manifest that flickers away mid-load is an error, never a plain folder.
+                with FolderSnapshot(path) as snap:
+                    if MANIFEST_NAME in snap.names:
+                        info = open_bundle(path, trusted_keys=self._keys, snapshot=snap)
+                        self.bundle = info
+                        path, kind = Path(info.artifact), registry.engine_of_artifact(info.artifact)
+                        bundle_precision, bundle_options = info.precision, dict(info.options)
+                        verified, signed = verified_paths(info), info.signed
+                    elif self._keys:
+                        raise _unsigned_refusal(path)
+                    else:
+                        path, kind = self._plain_folder(path, snap.names, batch)
+            elif self._keys:
+                raise _unsigned_refusal(path)
             else:
                 kind = registry.engine_of_artifact(path)
         self.artifact = path
@@ -146,17 +164,16 @@ class Predictor:
                 options.setdefault(k, v)
         self.spec: ModelSpec = self.bundle.spec if self.bundle is not None else kind.spec_of(path)
         cls = registry.get_backend_class(name)
+        if verified is not None:  # the bytes the bundle's check hashed are the bytes the engine loads
+            options.update(verified_files=verified, signed=signed)
         self._backend = cls(path, self.spec, threads=threads, precision=precision or bundle_precision, **options)
         self._backend.load()
         self._closed = False
 
-    def _open_dir(self, path: Path, batch: int = 1):
-        """A bundle (verified through its manifest), or a folder holding one artifact of a known name."""
-        if is_bundle(path):  # a manifest.json entry of any kind: verified or refused, never a plain folder
-            info = open_bundle(path, trusted_keys=self._keys)
-            self.bundle = info
-            return Path(info.artifact), registry.engine_of_artifact(info.artifact), info.precision, dict(info.options)
-        found = [e for e in registry.auto_order(registry.ENGINES, detect_device(), batch) if (path / e.artifact).is_file()]
+    @staticmethod
+    def _plain_folder(path: Path, names, batch: int = 1) -> tuple[Path, Engine]:
+        """A folder holding one artifact of a known name (no manifest: nothing is verified)."""
+        found = [e for e in registry.auto_order(registry.ENGINES, detect_device(), batch) if e.artifact in names]
         if not found:
             names = ", ".join(e.artifact for e in registry.ENGINES)
             raise EdgefaceError(f"{path} is a folder without an edgeface artifact (expected a manifest.json or one "
@@ -164,7 +181,7 @@ class Predictor:
         # The first whose engine (or one that also runs its format) is installed here.
         runnable = [e for e in found if any(_installed(r) for r in registry.engines_running(e.format))]
         kind = (runnable or found)[0]
-        return path / kind.artifact, kind, None, {}
+        return path / kind.artifact, kind
 
     # -- inference --------------------------------------------------------------------------------
     @property
@@ -197,6 +214,7 @@ class Predictor:
         """The backend's named outputs for an already prepared batch (see ``prepare``)."""
         self._check_open()
         with self._lock:
+            self._check_open()  # again under the lock: a close() in between must not let the backend reload
             return self._backend.run(x)
 
     def predict(self, crops, rgb: bool = False) -> Result:
@@ -207,6 +225,7 @@ class Predictor:
         self._check_open()
         batch = check_crops(crops, self.spec, rgb=rgb)
         with self._lock:
+            self._check_open()  # again under the lock: a close() in between must not let the backend reload
             if self.input_kind == UINT8_NHWC:
                 outs = self._backend.run(batch)
             else:
@@ -335,6 +354,11 @@ def check_outputs(blur: np.ndarray, pose: np.ndarray, artifact, fix: str = "re-e
     if pose.size and np.abs(pose).max() > MAX_ANGLE:
         raise EdgefaceError(f"{artifact} answered an angle of {float(np.abs(pose).max()):.4g} deg, beyond "
                             f"+-{MAX_ANGLE:g}: it is not an edgeface model (or a broken one); {fix}")
+
+
+def _unsigned_refusal(what) -> EdgefaceError:
+    return EdgefaceError(f"{what} is not a bundle, and this device trusts only bundles signed by its trusted keys; "
+                         f"deploy it with `edgeface deploy --sign KEY`")
 
 
 # -- which artifact, which engine ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core.errors import EdgefaceError
 from ..core.io import silence_native_stderr
+from ..core.limits import MAX_CAMERA_INDEX
 from ..core.preprocess import read_image
 from .detector import iou, quiet_opencv
 
@@ -35,6 +36,9 @@ def is_image_path(path: Path) -> bool:
 def open_video(source) -> tuple[cv2.VideoCapture, float]:
     """(capture, fps) for a video file or a camera index; EdgefaceError when it gives no frame."""
     if isinstance(source, int):
+        if not 0 <= source <= MAX_CAMERA_INDEX:
+            raise EdgefaceError(f"camera index {source} is out of range; cameras are numbered 0 to {MAX_CAMERA_INDEX} "
+                                f"(usually 0 for the first one)")
         cap = _silent_stderr(lambda: cv2.VideoCapture(source))
         what = f"camera {source}"
     else:

@@ -41,6 +41,32 @@ def fp16_in_cpuinfo(text: str) -> bool:
     return bool({"fphp", "asimdhp"} & set(parse_cpuinfo(text)["isa_flags"]))
 
 
+def _bytes_reader(ncnn, data: bytes):
+    """An ncnn DataReader over bytes already in memory: ncnn copies the weights out of it as it loads them
+    (the binding's ``load_model_mem`` would let ncnn keep pointers into a temporary copy)."""
+    import ctypes
+
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+
+    class BytesReader(ncnn.DataReader):
+        def __init__(self):
+            super().__init__()
+            self.view, self.pos = memoryview(data), 0
+
+        def scan(self, format, p):  # noqa: A002 - ncnn's name; only text .param parsing scans
+            return 0
+
+        def read(self, buf, size):
+            n = max(0, min(int(size), len(self.view) - self.pos))
+            if n:
+                ctypes.memmove(get_pointer(buf, None), self.view[self.pos:self.pos + n].tobytes(), n)
+            self.pos += n
+            return n
+
+    return BytesReader()
+
+
 class NcnnBackend(Backend):
     """Options: ``fp16`` (True/"on", False/"off", "auto" = ncnn's own per-CPU choice; default None: on only
     where the CPU has fp16 arithmetic), ``int8_arithmetic`` (bool: INT8 layers run ncnn's INT8 kernels;
@@ -57,11 +83,16 @@ class NcnnBackend(Backend):
     def _load_impl(self) -> None:
         import ncnn
 
-        param, binf, _ = ncnn_paths(self.artifact)
-        for f in (param, binf):
-            if not f.is_file():
-                raise EdgefaceError(f"ncnn artifact file {f} is missing; an ncnn model is a .ncnn.param + .ncnn.bin pair")
-        art = read_ncnn_info(param)
+        param, binf, spec_file = ncnn_paths(self.artifact)
+        # Each file is read once (from a verified bundle: the bytes its manifest vouched for) and ncnn parses
+        # those bytes from memory, never the paths: the model that runs is the model that was checked.
+        if self.verified_files is None:
+            for f in (param, binf):
+                if not f.is_file():
+                    raise EdgefaceError(f"ncnn artifact file {f} is missing; an ncnn model is a .ncnn.param + "
+                                        f".ncnn.bin pair")
+        param_bytes, bin_bytes = self.read_file(param), self.read_file(binf)
+        art = read_ncnn_info(param, self.read_file(spec_file) if self.verified_files is not None else None)
         blobs = art.get("blobs", {})
         self._in_blob = blobs.get(self.spec.input_name, self.spec.input_name)
         self._out_blobs = [blobs.get(n, n) for n in self.spec.output_names]
@@ -90,9 +121,13 @@ class NcnnBackend(Backend):
             opt.use_vulkan_compute = True
         else:
             opt.use_vulkan_compute = False
-        if silence_native_stderr(lambda: net.load_param(str(param))) != 0:
+        try:
+            param_text = param_bytes.decode("ascii")
+        except UnicodeDecodeError:
+            raise EdgefaceError(f"ncnn cannot parse {param.name} (not a text .param); re-export it") from None
+        if "\0" in param_text or silence_native_stderr(lambda: net.load_param_mem(param_text)) != 0:
             raise EdgefaceError(f"ncnn cannot parse {param.name} (corrupt or not an ncnn .param); re-export it")
-        if silence_native_stderr(lambda: net.load_model(str(binf))) != 0:
+        if silence_native_stderr(lambda: net.load_model(_bytes_reader(ncnn, bin_bytes))) != 0:
             raise EdgefaceError(f"ncnn cannot read the weights {binf.name} (truncated or not matching the .param); "
                                 f"re-export it")
         have = set(net.input_names()) | set(net.output_names())

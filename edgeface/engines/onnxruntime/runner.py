@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...core.artifact import INPUT_KIND_KEY, PRECISION_KEY, load_onnx, onnx_metadata
+from ...core.artifact import (INPUT_KIND_KEY, PRECISION_KEY, has_external_data, inline_external_data, onnx_metadata,
+                              parse_onnx)
+from ...core.graphcheck import check_onnx
 from ...core.errors import EdgefaceError
 from ...core.fold import prepend_preprocess
 from ...core.spec import FLOAT_NCHW, UINT8_NHWC
@@ -40,11 +42,19 @@ class OnnxRuntimeBackend(Backend):
 
         self.folded_at_load = False
         fold = self.options.get("fold_preprocess", True)
-        # One parse serves the metadata and the fold; clear errors for a missing / truncated / foreign file.
-        proto = load_onnx(self.artifact, load_external_data=fold)
+        # The file is read once (from a verified bundle: the very bytes its manifest vouched for); one parse
+        # serves the metadata, the checks and the fold, and the session gets bytes, never the path, so the
+        # model that runs is the model that was checked.
+        data = self.read_file(self.artifact)
+        proto = parse_onnx(data, self.artifact)
         meta = onnx_metadata(proto)
         self.input_kind = meta.get(INPUT_KIND_KEY, FLOAT_NCHW)
-        model: str | bytes = str(self.artifact)
+        self.fixed_batch = check_onnx(proto, self.spec, self.input_kind, self.artifact.name,
+                                      built_by_edgeface=self.signed)
+        model: bytes = data
+        if has_external_data(proto):
+            inline_external_data(proto, self.artifact, self.read_file)
+            model = proto.SerializeToString()
         if self.input_kind == FLOAT_NCHW and fold:
             folded = self._folded_bytes(proto)
             if folded is not None:

@@ -17,13 +17,13 @@ def ir_paths(xml: str | Path) -> tuple[Path, Path, Path]:
     return p, p.with_suffix(".bin"), p.with_name(f"{p.stem}.spec.json")
 
 
-def read_info(xml: str | Path) -> dict:
-    """The spec file beside an IR: ``spec``, ``precision``, ``input_kind``."""
+def read_info(xml: str | Path, data: bytes | None = None) -> dict:
+    """The spec file beside an IR: ``spec``, ``precision``, ``input_kind`` (``data``: its bytes, already read)."""
     xml, _, spec_file = ir_paths(xml)
-    if not spec_file.is_file():
+    if data is None and not spec_file.is_file():
         raise EdgefaceError(f"{spec_file.name} (the ModelSpec) is missing beside {xml.name}; {FIX}")
     try:
-        data = json.loads(spec_file.read_text())
+        data = json.loads(data.decode("utf-8") if data is not None else spec_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise EdgefaceError(f"{spec_file} is not valid JSON; {FIX}") from None
     if not isinstance(data, dict) or "spec" not in data:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...core.artifact import INPUT_KIND_KEY, PRECISION_KEY, load_onnx, onnx_metadata
+from ...core.artifact import (INPUT_KIND_KEY, PRECISION_KEY, has_external_data, inline_external_data, onnx_metadata,
+                              parse_onnx)
+from ...core.graphcheck import check_io, check_onnx
 from ...core.errors import EdgefaceError
 from ...core.preprocess import input_affine
 from ...core.spec import FLOAT_NCHW, UINT8_NHWC
@@ -54,6 +56,19 @@ def fold_preprocess(model, spec):
     return ppp.build(), True
 
 
+def _ov_elem(port) -> str:
+    name = port.get_element_type().get_type_name()   # "f32", "u8", ...
+    return {"f32": "float32", "u8": "uint8", "f16": "float16", "i8": "int8", "i32": "int32", "i64": "int64",
+            "f64": "float64", "boolean": "bool"}.get(name, name)
+
+
+def _ov_dims(port):
+    shape = port.get_partial_shape()
+    if shape.rank.is_dynamic:
+        return None
+    return [d.get_length() if d.is_static else None for d in shape]
+
+
 class OpenVinoBackend(Backend):
     """Options: ``hint`` ("latency" default, or "throughput": OpenVINO's PERFORMANCE_HINT), ``requests``
     (int; infer requests a batch is split over, run asynchronously; 0/None: 1 with the latency hint,
@@ -76,26 +91,40 @@ class OpenVinoBackend(Backend):
         if hint not in ("latency", "throughput"):
             raise EdgefaceError(f"openvino option hint={hint!r}; choose latency or throughput")
         self.folded_at_load = False
+        # Every file is read once (from a verified bundle: the bytes its manifest vouched for) and OpenVINO
+        # reads the model from those bytes, never from the path: the model that runs is the one checked.
+        self._core = ov.Core()
         if self.artifact.suffix == ".xml":
-            info = read_info(self.artifact)
+            from .ir import ir_paths
+
+            _, bin_path, spec_path = ir_paths(self.artifact)
+            info = read_info(self.artifact, self.read_file(spec_path))
             self.input_kind = info.get("input_kind", FLOAT_NCHW)
             stored = info.get("precision", "fp32")
+            xml_bytes, weights = self.read_file(self.artifact), self.read_file(bin_path)
+            model = self._read(lambda: self._core.read_model(xml_bytes, ov.Tensor(np.frombuffer(weights, np.uint8))))
+            self._weights = weights  # the Tensor may share this memory: keep it alive with the model
+            self.fixed_batch = check_io(self.artifact.name, self.spec, self.input_kind,
+                                        [(i.get_any_name(), _ov_elem(i), _ov_dims(i)) for i in model.inputs],
+                                        {n: (_ov_elem(o), _ov_dims(o)) for o in model.outputs for n in o.get_names()})
         else:
-            meta = onnx_metadata(load_onnx(self.artifact))  # clear errors for a missing / truncated file
+            data = self.read_file(self.artifact)
+            proto = parse_onnx(data, self.artifact)
+            meta = onnx_metadata(proto)
             self.input_kind = meta.get(INPUT_KIND_KEY, FLOAT_NCHW)
             stored = meta.get(PRECISION_KEY, "fp32")
+            self.fixed_batch = check_onnx(proto, self.spec, self.input_kind, self.artifact.name,
+                                          built_by_edgeface=self.signed)
+            if has_external_data(proto):
+                inline_external_data(proto, self.artifact, self.read_file)
+                data = proto.SerializeToString()
+            model = self._read(lambda: self._core.read_model(data))
         # What runs: the precision asked for (a bf16 bundle carries the FP32 ONNX), else the artifact's own.
         wanted = self.requested_precision or stored
         problem = _precision_problem(stored, wanted)
         if problem:
             raise EdgefaceError(f"{self.artifact.name}: {problem}")
         self.precision = wanted
-        self._core = ov.Core()
-        try:
-            model = self._core.read_model(str(self.artifact))
-        except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types
-            raise EdgefaceError(f"OpenVINO cannot read {self.artifact.name} "
-                                f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
         if len(model.inputs) != 1:
             raise EdgefaceError(f"{self.artifact.name} has {len(model.inputs)} inputs; its ModelSpec wants one")
         out_names = [n for o in model.outputs for n in o.get_names()]
@@ -141,6 +170,13 @@ class OpenVinoBackend(Backend):
         raise EdgefaceError(f"OpenVINO compiled {self.artifact.name} to run in {self.inference_precision}, not the "
                             f"{want} asked for (INFERENCE_PRECISION_HINT={want}); {fix}")
 
+    def _read(self, read):
+        try:
+            return read()
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types
+            raise EdgefaceError(f"OpenVINO cannot read {self.artifact.name} "
+                                f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
+
     def _run_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:
         n = x.shape[0]
         k = min(len(self._requests), max(1, n // MIN_CHUNK))
@@ -177,3 +213,4 @@ class OpenVinoBackend(Backend):
         self._outputs = []
         self._compiled = None
         self._core = None
+        self._weights = None

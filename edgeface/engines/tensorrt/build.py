@@ -11,6 +11,7 @@ Runtime.deserialize_cuda_engine.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,15 +35,19 @@ def find_or_build_engine(onnx_path: str | Path, precision: str, cache_dir: str |
                          min_batch: int = 1, opt_batch: int = 8, max_batch: int = 64, workspace_mb: int = 1024,
                          validate: Optional[Callable[[bytes], bool]] = None,
                          build: Optional[Callable[..., Path]] = None,
-                         log: Callable[[str], None] = print, **build_options) -> Path:
+                         log: Callable[[str], None] = print, onnx_bytes: Optional[bytes] = None,
+                         **build_options) -> Path:
     """The cached engine for this ONNX/precision/device, building (and caching) it when there is none or the
     cached one is stale, foreign, truncated or does not deserialise.
+
+    ``onnx_bytes``: the ONNX as already read (a verified bundle's bytes): hashed for the cache key and parsed
+    by TensorRT from memory, so the engine is built from exactly the bytes that were verified.
 
     ``facts``, ``validate`` and ``build`` default to the live device (TensorRT + CUDA), TensorRT's
     deserialiser and ``build_engine``; they are parameters so the cache logic runs without a GPU.
     """
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
+    if onnx_bytes is None and not onnx_path.is_file():
         raise EdgefaceError(f"ONNX file {onnx_path} does not exist")
     if precision not in PRECISIONS:
         raise EdgefaceError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -54,7 +59,7 @@ def find_or_build_engine(onnx_path: str | Path, precision: str, cache_dir: str |
     extra = {"batch": [int(min_batch), int(opt_batch), int(max_batch)]}
     if calib_cache is not None and precision == "int8":
         extra["calib_sha256"] = sha256_file(calib_cache)
-    onnx_sha = sha256_file(onnx_path)
+    onnx_sha = hashlib.sha256(onnx_bytes).hexdigest() if onnx_bytes is not None else sha256_file(onnx_path)
     key = engine_cache_key(onnx_sha, precision, facts.trt_version, facts.gpu_name, facts.compute_capability, extra)
     engine_path, _ = engine_paths(cache_dir, key)
     want = expected_record(onnx_sha, precision, facts, extra)
@@ -64,6 +69,8 @@ def find_or_build_engine(onnx_path: str | Path, precision: str, cache_dir: str |
     if reason != "no cached engine":
         log(f"rebuilding the TensorRT engine {engine_path.name}: {reason}")
     timing_cache = timing_cache_path(cache_dir, facts)
+    if onnx_bytes is not None:
+        build_options["onnx_bytes"] = onnx_bytes
     built = build(onnx_path, engine_path.parent, precision=precision, workspace_mb=workspace_mb,
                   timing_cache=timing_cache, calib_cache=calib_cache, min_batch=min_batch, opt_batch=opt_batch,
                   max_batch=max_batch, engine_path=engine_path, record=want, **build_options)
@@ -244,14 +251,16 @@ def _profile(builder, shapes: dict):
     return profile
 
 
-def _onnx_facts(onnx_path: Path) -> dict:
+def _onnx_facts(onnx_path: Path, data: Optional[bytes] = None) -> dict:
     """ModelSpec and input kind from the ONNX when the onnx package is present (it is optional on a
     Jetson: then the network parsed by TensorRT and the spec files beside the ONNX are used)."""
     try:
         import onnx  # noqa: F401
     except ImportError:
         return {}
-    meta = read_onnx_metadata(onnx_path)
+    from ...core.artifact import onnx_metadata, parse_onnx
+
+    meta = onnx_metadata(parse_onnx(data, onnx_path)) if data is not None else read_onnx_metadata(onnx_path)
     out = {"input_kind": meta.get(INPUT_KIND_KEY, FLOAT_NCHW)}
     if SPEC_KEY in meta:
         out["spec"] = json.loads(meta[SPEC_KEY])
@@ -262,7 +271,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str = "f
                  timing_cache: str | Path | None = None, calib_cache: str | Path | None = None,
                  min_batch: int = 1, opt_batch: int = 8, max_batch: int = 64, *,
                  calib_images=None, engine_path: str | Path | None = None, record: Optional[dict] = None,
-                 log: Callable[[str], None] = print) -> Path:
+                 log: Callable[[str], None] = print, onnx_bytes: Optional[bytes] = None) -> Path:
     """Build a TensorRT engine from an ONNX on this device; writes ``out_dir/model.engine`` (or
     ``engine_path``) and its record atomically and returns the engine path.
 
@@ -272,13 +281,16 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str = "f
     """
     trt = import_tensorrt()
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise EdgefaceError(f"ONNX file {onnx_path} does not exist")
+    if onnx_bytes is None:  # read once: the bytes hashed into the record are the bytes TensorRT parses
+        if not onnx_path.is_file():
+            raise EdgefaceError(f"ONNX file {onnx_path} does not exist")
+        onnx_bytes = onnx_path.read_bytes()
     engine_path = Path(engine_path) if engine_path is not None else Path(out_dir) / "model.engine"
-    facts_onnx = _onnx_facts(onnx_path)
+    facts_onnx = _onnx_facts(onnx_path, onnx_bytes)
     trt_ver = str(trt.__version__)
     if facts_onnx:  # preflight with the rules of this TensorRT's parser, naming every problem at once
-        problems = check_onnx_for_tensorrt(onnx_path, max_opset=17 if trt_version_tuple(trt_ver)[0] < 10 else 20)
+        problems = check_onnx_for_tensorrt(onnx_path, max_opset=17 if trt_version_tuple(trt_ver)[0] < 10 else 20,
+                                           data=onnx_bytes)
         if problems:
             raise EdgefaceError(f"{onnx_path.name} is not buildable by TensorRT {trt_ver}: {'; '.join(problems)}")
 
@@ -290,7 +302,8 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str = "f
         flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    # OnnxParser.parse(model, path): the serialized ONNX from memory; the path only locates external weights.
+    if not parser.parse(onnx_bytes, str(onnx_path)):
         raise EdgefaceError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {_parser_errors(parser)}")
     if network.num_inputs != 1:
         raise EdgefaceError(f"{onnx_path.name} has {network.num_inputs} inputs; edgeface models have one")
@@ -350,7 +363,8 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str = "f
         facts = DeviceFacts(trt_ver, name, normalize_cc(cc))
     except Exception:  # noqa: BLE001 - the record is still useful without the GPU name
         facts = DeviceFacts(trt_ver, "unknown", "0.0")
-    rec = dict(record) if record is not None else expected_record(sha256_file(onnx_path), precision, facts)
+    rec = dict(record) if record is not None else expected_record(hashlib.sha256(onnx_bytes).hexdigest(), precision,
+                                                                  facts)
     rec.update(onnx_file=onnx_path.name, build=opts.to_dict(), build_seconds=round(build_s, 2),
                spec=facts_onnx.get("spec") or spec_beside(onnx_path),
                input_kind=facts_onnx.get("input_kind"))

@@ -40,7 +40,7 @@ def _onnx_dtype_names():
     return T, ok
 
 
-def check_onnx_for_tensorrt(onnx_path: str | Path, max_opset: int = 17) -> list[str]:
+def check_onnx_for_tensorrt(onnx_path: str | Path, max_opset: int = 17, data: bytes | None = None) -> list[str]:
     """Problems that would stop TensorRT's ONNX parser (8.5+) from taking this model; [] = none found.
 
     Rules, from onnx-tensorrt's docs/operators.md (release/8.5-GA) and TensorRT's DataType docs:
@@ -58,10 +58,10 @@ def check_onnx_for_tensorrt(onnx_path: str | Path, max_opset: int = 17) -> list[
     except ImportError:
         raise EdgefaceError("checking an ONNX needs the onnx package: pip install onnx") from None
     p = Path(onnx_path)
-    if not p.is_file():
+    if data is None and not p.is_file():
         raise EdgefaceError(f"ONNX file {p} does not exist")
-    try:
-        model = onnx.load(str(p))
+    try:  # ``data``: the ONNX's bytes, already read (and verified) once
+        model = onnx.load_from_string(data) if data is not None else onnx.load(str(p))
     except Exception as e:  # noqa: BLE001
         raise EdgefaceError(f"{p} is not a readable ONNX model ({type(e).__name__})") from None
     T, ok_types = _onnx_dtype_names()

@@ -13,6 +13,7 @@ Python API and exercised on a Jetson/GPU only.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -68,13 +69,17 @@ class TensorRTBackend(Backend):
 
         art = self.artifact
         if art.suffix == ".onnx":
+            # From a verified bundle: the ONNX bytes its manifest vouched for, hashed and parsed from memory.
+            onnx_bytes = self.read_file(art) if self.verified_files is not None else None
+            if onnx_bytes is not None:
+                self._check_graph(onnx_bytes)
             return find_or_build_engine(art, self.precision if self.precision in PRECISIONS else "fp16",
                                         self.options.get("cache_dir"), calib_cache=self.options.get("calib_cache"),
                                         min_batch=self.options.get("min_batch", 1),
                                         opt_batch=self.options.get("opt_batch", 8),
                                         max_batch=self.options.get("max_batch", 64),
                                         workspace_mb=self.options.get("workspace_mb", 1024),
-                                        log=self.options.get("log", print))
+                                        log=self.options.get("log", print), onnx_bytes=onnx_bytes)
         if art.suffix != ".engine":
             raise EdgefaceError(f"{art.name}: the tensorrt backend runs .engine files (or builds them from .onnx)")
         if not art.is_file():
@@ -116,7 +121,12 @@ class TensorRTBackend(Backend):
             self._engine_file = engine_path
             logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(logger)
-            self._engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
+            # Read once, checked against the sha256 its record holds, and those bytes deserialised.
+            blob = engine_path.read_bytes()
+            if hashlib.sha256(blob).hexdigest() != self._record.get("engine_sha256"):
+                raise EdgefaceError(f"{engine_path.name} does not match the sha256 recorded when it was built "
+                                    f"(modified or truncated); rebuild it with `edgeface build`")
+            self._engine = self._runtime.deserialize_cuda_engine(blob)
             if self._engine is None:
                 raise EdgefaceError(f"TensorRT {trt.__version__} could not deserialise {engine_path.name} (built by "
                                     f"another TensorRT version or GPU, or corrupt); rebuild it with `edgeface build`")
@@ -171,6 +181,20 @@ class TensorRTBackend(Backend):
                                     f"{list(want)}; rebuild the engine from the edgeface ONNX")
             mapping[spec_name] = cands[0]
         return mapping
+
+    def _check_graph(self, onnx_bytes: bytes) -> None:
+        """The foreign-model checks of ``core.graphcheck`` on the ONNX, where the onnx package is installed
+        (it is optional on a Jetson; the engine's own tensors are checked in ``_bind_io`` either way)."""
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            return
+        from ...core.artifact import INPUT_KIND_KEY, onnx_metadata, parse_onnx
+        from ...core.graphcheck import check_onnx
+
+        proto = parse_onnx(onnx_bytes, self.artifact)
+        kind = onnx_metadata(proto).get(INPUT_KIND_KEY, FLOAT_NCHW)
+        check_onnx(proto, self.spec, kind, self.artifact.name, built_by_edgeface=self.signed)
 
     # -- run ------------------------------------------------------------------------------------------------
     def _run_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:

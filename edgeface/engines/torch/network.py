@@ -105,7 +105,9 @@ class EdgeFaceNet(nn.Module):
 
 def build_model(spec: ModelSpec) -> EdgeFaceNet:
     if spec.arch != "mobilenetv2":
-        raise ValueError(f"unknown arch {spec.arch!r}; this edgeface builds 'mobilenetv2'")
+        from ...core.errors import EdgefaceError
+
+        raise EdgefaceError(f"unknown arch {str(spec.arch)[:40]!r}; this edgeface builds 'mobilenetv2'")
     return EdgeFaceNet(spec.width)
 
 

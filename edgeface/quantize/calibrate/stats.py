@@ -28,7 +28,11 @@ from ...core.spec import ModelSpec
 STATS_VERSION = 1
 BINS = 2048  # per side of zero; entropy folds |x| into 2048 bins -> 128 quantized bins (TensorRT's choice)
 MAX_STATS_TENSORS = 100_000  # activation tensors of one model: a few hundred for edgeface's
-DEFAULT_CACHE_DIR = Path(os.environ.get("EDGEFACE_CACHE", Path.home() / ".cache" / "edgeface")) / "calibration"
+def default_cache_dir() -> Path:
+    """$EDGEFACE_CACHE/calibration, read when used. An empty (or blank) $EDGEFACE_CACHE means unset, as XDG's
+    variables do: ~/.cache/edgeface, never the current folder."""
+    env = (os.environ.get("EDGEFACE_CACHE") or "").strip()
+    return Path(env or Path.home() / ".cache" / "edgeface") / "calibration"
 
 
 @dataclass
@@ -186,7 +190,7 @@ def cache_keys(model_sha256: str, spec: ModelSpec, calib_fingerprint: str) -> di
 
 def cache_path_for(keys: dict, cache_dir: str | Path | None = None) -> Path:
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:24]
-    return Path(cache_dir or DEFAULT_CACHE_DIR) / f"stats-{digest}.npz"
+    return Path(cache_dir or default_cache_dir()) / f"stats-{digest}.npz"
 
 
 def save_stats(stats: ActivationStats, path: str | Path, keys: dict) -> None:

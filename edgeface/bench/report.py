@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..core.errors import EdgefaceError
+from ..core.io import disk_errors, removed_on_failure
 
 PLOTS = ("latency.png", "throughput.png", "accuracy_latency.png")
 
@@ -251,18 +252,19 @@ def write_report(rows: list[dict], warnings: list[str], out_dir: str | Path, *, 
     """PNG plots + README.md into ``out_dir`` (built in a temp folder, then moved into place)."""
     out_dir = Path(out_dir)
     check_report_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bench-report-", dir=out_dir.parent))
-    try:
-        plot_latency(rows, tmp / "latency.png")
-        plot_throughput(rows, tmp / "throughput.png")
-        plot_accuracy_latency(rows, tmp / "accuracy_latency.png")
-        (tmp / "README.md").write_text(markdown_summary(rows, warnings, command=command, data=data))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, out_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # A full disk or read-only folder: one error line naming --report, and no folder left behind.
+    with removed_on_failure(out_dir.parent, make=True), disk_errors(out_dir):
+        tmp = Path(tempfile.mkdtemp(prefix=".bench-report-", dir=out_dir.parent))
+        try:
+            plot_latency(rows, tmp / "latency.png")
+            plot_throughput(rows, tmp / "throughput.png")
+            plot_accuracy_latency(rows, tmp / "accuracy_latency.png")
+            (tmp / "README.md").write_text(markdown_summary(rows, warnings, command=command, data=data))
+            with removed_on_failure(out_dir):
+                for f in tmp.iterdir():
+                    os.replace(f, out_dir / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -34,10 +34,12 @@ def main():
 
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as e:
-        # The last net under the checks each verb makes where paths enter: still one line, never a traceback.
-        console.print(f"[red]error:[/red] {escape_(e.strerror or type(e).__name__)}: {escape_(str(e.filename))}; "
-                      f"choose another path", highlight=False, soft_wrap=True)
+    except OSError as e:
+        # The last net under the checks each verb makes where paths enter, and under the writers' own mapping
+        # (core.io.disk_errors): a full disk, a read-only mount, a name too long is still one line.
+        from ..core.io import os_error_message
+
+        console.print(f"[red]error:[/red] {escape_(os_error_message(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")

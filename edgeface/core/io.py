@@ -56,7 +56,7 @@ def check_not_an_input(path: str | Path, what: str, inputs) -> None:
         folder = _identity(src)
         if folder is None or not os.path.isdir(src):
             continue
-        if folder in ancestors and (os.path.lexists(path) or os.path.lexists(Path(src) / "manifest.json")):
+        if folder in ancestors and (_exists_resolved(path) or os.path.lexists(Path(src) / "manifest.json")):
             raise EdgefaceError(f"{what} {path} is inside {src}, an input of this command; writing it would change "
                                 f"that input: choose a path outside it")
 
@@ -73,6 +73,14 @@ def check_folder_not_an_input(folder: str | Path, what: str, inputs) -> None:
         if src is not None and target in _existing_ancestors(Path(src), include_self=True):
             raise EdgefaceError(f"{what} {folder} holds {src}, an input of this command; replacing the folder would "
                                 f"delete it: choose another {what}")
+
+
+def _exists_resolved(path) -> bool:
+    """Whether ``path`` names an existing entry once resolved (``D/none/../labels.csv`` is D/labels.csv)."""
+    try:
+        return os.path.lexists(path) or os.path.lexists(os.path.realpath(path))
+    except (OSError, ValueError):
+        return False
 
 
 def _identity(path) -> tuple[int, int] | None:

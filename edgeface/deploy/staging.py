@@ -32,8 +32,8 @@ def check_out(out: Path, force: bool, inputs=()) -> None:
     if out.is_dir() and any(out.iterdir()):
         why = bundle_not_ours(out)
         if why is not None:
-            raise EdgefaceError(f"--out {out} is a non-empty folder that is not provably a bundle edgeface wrote "
-                                f"({why}); choose another --out (deploy never replaces a folder it did not write)")
+            raise EdgefaceError(f"--out {out} is a non-empty folder that is not a bundle edgeface wrote ({why}); "
+                                f"choose another --out (deploy never replaces a folder it did not write)")
         if not force:
             raise EdgefaceError(f"bundle {out} already exists; pass --force to replace it")
 

@@ -236,8 +236,8 @@ def check_quantize_out(out: Path, force: bool, inputs=()) -> None:
     if why is not None and os.path.lexists(out / "manifest.json"):
         why = bundle_not_ours(out)
     if why is not None:
-        raise EdgefaceError(f"--out {out} is a non-empty folder that is not provably edgeface's ({why}); choose "
-                            f"another --out (--force replaces only a folder quantize or deploy wrote, unchanged)")
+        raise EdgefaceError(f"--out {out} is a non-empty folder edgeface did not write ({why}); choose another --out "
+                            f"(--force replaces only a folder quantize or deploy wrote, as they sealed it)")
     if not force:
         raise EdgefaceError(f"--out {out} exists and is not empty; pass --force to replace it or choose another folder")
 

@@ -166,9 +166,12 @@ def _chain_first(first, rest):
 def _fps(src) -> float:
     import cv2
 
+    from ..core.io import native_path
+
     if isinstance(src, int):
         return 25.0
-    cap = cv2.VideoCapture(str(src))
+    with native_path(src) as name:
+        cap = cv2.VideoCapture(name)
     fps = cap.get(cv2.CAP_PROP_FPS)
     cap.release()
     return float(fps) if fps and fps > 0 else 25.0
@@ -177,16 +180,21 @@ def _fps(src) -> float:
 def _write_image(path: Path, frame, faces) -> None:
     import cv2
 
+    from ..core.io import atomic_write_bytes
     from ..runtime.stream import draw_faces
 
-    if not cv2.imwrite(str(path), draw_faces(frame, faces)):
-        raise EdgefaceError(f"cannot write {path}")
+    # Encoded here and written by Python: OpenCV never sees the path (non-UTF-8 names), the file appears whole.
+    try:
+        ok, buf = cv2.imencode(path.suffix.lower(), draw_faces(frame, faces))
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise EdgefaceError(f"cannot write {path}: OpenCV has no encoder for {path.suffix!r}; use .png or .jpg")
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _stream(pred, detector, frames, src, smooth, max_frames, draw, n_out, emit, tag) -> None:
-    import cv2
-
-    from ..runtime.stream import IouTracker, draw_faces
+    from ..runtime.stream import IouTracker, VideoOut, draw_faces
 
     tracker = IouTracker(smooth=smooth)
     writer = None
@@ -201,12 +209,18 @@ def _stream(pred, detector, frames, src, smooth, max_frames, draw, n_out, emit, 
                 emit({"video": name, "frame": idx, "t": round(t, 4), "track": tid, "face": i, **f.as_dict(), **tag})
             if draw is not None:
                 if writer is None:
-                    out = _draw_path(draw, src, False, n_out)
                     h, w = frame.shape[:2]
-                    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), _fps(src), (w, h))
-                    if not writer.isOpened():
-                        raise EdgefaceError(f"cannot write video {out}")
+                    writer = VideoOut(_draw_path(draw, src, False, n_out), _fps(src), (w, h))
                 writer.write(draw_faces(frame, faces, ids))
-    finally:
+    except Exception:
         if writer is not None:
-            writer.release()
+            writer.abort()
+        raise
+    except BaseException:  # SIGINT / SIGTERM: the frames drawn so far become a whole, playable file
+        if writer is not None and writer.frames:
+            writer.commit()
+        elif writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.commit()

@@ -536,3 +536,35 @@ def removed_on_failure(folder: str | Path, make: bool = True):
             except OSError:  # not empty (or never made): keep it and what is above it
                 break
         raise
+
+
+# -- paths for native libraries ------------------------------------------------------------------------------
+def native_name(path: str | Path) -> str | None:
+    """``path`` as a str that OpenCV and FFmpeg can take (valid UTF-8), or None: a name holding bytes that are
+    not UTF-8 (Python keeps them as surrogates) crashed ``cv2.imread`` and is refused by ``VideoCapture``."""
+    s = os.fspath(path)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return s
+
+
+@contextmanager
+def native_path(path: str | Path, *, folder: bool = False):
+    """A path native code can open for ``path`` (``folder``: for the folder ``path`` names, so that a file
+    with an ASCII name can be made in it): ``path`` itself when it is UTF-8, else ``/proc/self/fd/N`` through
+    a descriptor held open for the block (Linux)."""
+    from .errors import EdgefaceError
+
+    s = native_name(path)
+    if s is not None:
+        yield s
+        return
+    if not os.path.isdir("/proc/self/fd"):
+        raise EdgefaceError(f"{path!s} has a name that is not UTF-8, which OpenCV cannot open here; rename it")
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)

@@ -65,7 +65,7 @@ def calib(tmp_path_factory) -> Path:
 
 
 def _face_png(path: Path, value: int = 90) -> Path:
-    cv2.imwrite(str(path), np.full((112, 112, 3), value, np.uint8))
+    path.write_bytes(cv2.imencode(".png", np.full((112, 112, 3), value, np.uint8))[1].tobytes())  # any name
     return path
 
 
@@ -313,3 +313,207 @@ def test_every_temp_folder_carries_the_pid_and_is_cleaned(tmp_path, monkeypatch)
     for src in (REPO / "edgeface").rglob("*.py"):
         text = src.read_text()
         assert 'TemporaryDirectory(prefix="edgeface-' not in text, src
+
+
+# -- 11. the OpenCV detector from several threads ---------------------------------------------------------------
+def _frames(shared_data, n: int = 16) -> list:
+    from edgeface.core.preprocess import read_image
+
+    files = sorted((shared_data / "pointing04" / "images").iterdir())[:n]
+    # Several sizes, so that concurrent calls also fight over FaceDetectorYN's input size.
+    return [cv2.resize(read_image(f), None, fx=s, fy=s) for f, s in zip(files, [1.0, 0.75, 0.5, 1.25] * n)]
+
+
+@pytest.mark.parametrize("how", ["opencv", "auto-without-onnxruntime"])
+def test_opencv_detector_from_eight_threads_equals_serial(shared_data, how, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgeface.runtime import detector as detector_mod
+    from edgeface.runtime.predictor import Predictor
+
+    if how == "opencv":
+        det = detector_mod.FaceDetector(engine="opencv")
+    else:  # the path engine="auto" takes on a Pi without onnxruntime
+        monkeypatch.setattr(detector_mod, "_onnxruntime_available", lambda: False)
+        det = detector_mod.FaceDetector()
+    assert det.engine == "opencv"
+    frames = _frames(shared_data)
+    with Predictor(None, threads=1) as p:
+        p.detector = det
+        serial = [[f.as_dict() for f in p.predict_frame(fr)] for fr in frames]
+        assert sum(map(len, serial)) >= len(frames) // 2  # faces were found: the comparison means something
+        jobs = frames * 6
+        with ThreadPoolExecutor(8) as pool:
+            parallel = list(pool.map(lambda fr: [f.as_dict() for f in p.predict_frame(fr)], jobs))
+    assert parallel == serial * 6
+
+
+# -- 9, 10. hostile image files and names -------------------------------------------------------------------------
+def _bombs(folder: Path) -> dict:
+    """Headers declaring 16000 x 16000 pixels (256 MP) in every format OpenCV decodes: a few bytes each that
+    would decode to gigabytes (the Radiance one did: 3.7 GB)."""
+    import struct
+
+    side = 16000
+    exr_attr = lambda name, typ, value: name + b"\0" + typ + b"\0" + struct.pack("<i", len(value)) + value  # noqa: E731
+    bombs = {
+        "hdr.hdr": b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y %d +X %d\n" % (side, side) + b"\x02\x02" * 64,
+        "hdr-as.jpg": b"#?RGBE\nEXPOSURE=1.0\n\n+X %d +Y %d\n" % (side, side) + b"\x02\x02" * 64,
+        "pfm.pfm": b"PF\n%d %d\n-1.0\n" % (side, side) + b"\0" * 64,
+        "pam.pam": b"P7\nWIDTH %d\nHEIGHT %d\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n" % (side, side) + b"\0" * 64,
+        "ppm-comment.ppm": b"P6\n# a comment\n%d %d\n255\n" % (side, side) + b"\0" * 64,
+        "sun.ras": struct.pack(">8I", 0x59A66A95, side, side, 24, 0, 1, 0, 0) + b"\0" * 64,
+        "j2k.j2k": b"\xff\x4f\xff\x51" + struct.pack(">HHIIII", 47, 0, side, side, 0, 0) + b"\0" * 64,
+        "exr.exr": b"\x76\x2f\x31\x01\x02\0\0\0" + exr_attr(b"dataWindow", b"box2i",
+                                                           struct.pack("<4i", 0, 0, side - 1, side - 1)) + b"\0" * 9,
+        "tif.tif": b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", 2) + struct.pack("<HHII", 256, 4, 1, side)
+                   + struct.pack("<HHII", 257, 4, 1, side) + b"\0" * 64,
+    }
+    for name, data in bombs.items():
+        (folder / name).write_bytes(data)
+    return {name: folder / name for name in bombs}
+
+
+def test_every_decodable_format_is_size_checked_before_decoding(tmp_path):
+    from edgeface.core.preprocess import image_format_and_size, read_image
+
+    for name, path in _bombs(tmp_path).items():
+        with pytest.raises(EdgefaceError, match="declares 16000 x 16000") as e:
+            read_image(path)
+        assert "\n" not in str(e.value), name
+    (tmp_path / "unknown.jpg").write_bytes(b"\x00\x01 not a format anyone knows" * 10)
+    with pytest.raises(EdgefaceError, match="not in a format edgeface reads"):
+        read_image(tmp_path / "unknown.jpg")
+    # Real files of every format this OpenCV writes: sniffed by content, sized, decoded.
+    img = (np.random.default_rng(0).random((61, 97, 3)) * 255).astype(np.uint8)
+    written = 0
+    for ext in ("png", "jpg", "bmp", "webp", "tif", "ppm", "pam", "pfm", "hdr", "pic", "ras", "sr", "gif", "jp2",
+                "avif"):
+        path = tmp_path / f"ok.{ext}"
+        try:
+            ok = cv2.imwrite(str(path), img if ext not in ("pfm", "hdr", "pic") else img.astype(np.float32) / 255)
+        except cv2.error:
+            ok = False
+        if not ok:
+            continue  # this OpenCV build has no encoder for it
+        written += 1
+        assert image_format_and_size(path.read_bytes())[1] == (97, 61), ext
+        assert read_image(path).shape == (61, 97, 3), ext
+    assert written >= 10
+
+
+def test_hdr_bomb_is_refused_by_predict_and_as_calibration(tmp_path):
+    bombs = _bombs(tmp_path)
+    _one_line_error(_cli("predict", "default", bombs["hdr-as.jpg"], "--crops"), "declares")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    _face_png(calib / "a.png")
+    shutil.copy(bombs["hdr.hdr"], calib / "b.jpg")
+    _one_line_error(_cli("quantize", "--calib", calib, "--backend", "onnxruntime", "--out", tmp_path / "q"), "declares")
+    assert not (tmp_path / "q").exists() and not list(tmp_path.glob(".q.*"))
+
+
+def test_names_that_are_not_utf8_are_read(tmp_path, calib):
+    name = os.fsdecode(b"\xff\xfe.png")
+    img = _face_png(tmp_path / name)
+    r = _ok(_cli("predict", "default", img, "--crops"))
+    assert len([ln for ln in r.stdout.splitlines() if ln.startswith("{")]) == 1
+    cal = tmp_path / "cal"
+    shutil.copytree(calib, cal)
+    shutil.copy(img, cal / os.fsdecode(b"caf\xe9.png"))
+    _ok(_cli("quantize", "--calib", cal, "--backend", "onnxruntime", "--num", "7", "--out", tmp_path / "q"))
+    assert (tmp_path / "q" / "onnxruntime" / "model.onnx").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_videos_and_drawings_with_names_that_are_not_utf8(tmp_path, bundle, long_video):
+    folder = tmp_path / os.fsdecode(b"d\xe9j\xe0")
+    folder.mkdir()
+    video = folder / os.fsdecode(b"\xff.mp4")
+    shutil.copy(long_video, video)
+    out = folder / os.fsdecode(b"\xfe.mp4")
+    r = _ok(_cli("predict", bundle, video, "--max-frames", "3", "--draw", out))
+    assert len([ln for ln in r.stdout.splitlines() if '"frame"' in ln]) >= 2
+    assert out.is_file() and out.stat().st_size > 0
+    frame = tmp_path / "frame.png"
+    shutil.copy(sorted((Path(os.environ.get("EDGEFACE_SHARED_DATA", REPO.parent / "shared" / "data")) / "pointing04"
+                        / "images").iterdir())[0], frame)
+    drawn = folder / os.fsdecode(b"\xfd.png")
+    _ok(_cli("predict", bundle, frame, "--draw", drawn))
+    assert drawn.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(os.fsencode(p.name) for p in folder.iterdir()) == [b"\xfd.png", b"\xfe.mp4", b"\xff.mp4"]
+
+
+# -- 8. video drawing: whole files only, on a full disk, on signals, after a kill ------------------------------
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory, shared_data) -> Path:
+    from edgeface.core.preprocess import read_image
+
+    folder = tmp_path_factory.mktemp("video")
+    path = folder / "long.mp4"
+    frames = [cv2.resize(read_image(f), (320, 240)) for f in sorted((shared_data / "pointing04" / "images").iterdir())[:30]]
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+    for _ in range(20):
+        for f in frames:
+            w.write(f)
+    w.release()
+    return path
+
+
+def _frame_count(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def _draw_until_started(bundle, video, out):
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "edgeface", "predict", bundle, video, "--draw", out],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.parent.glob(".edgeface-draw-*")) and time.monotonic() < deadline:
+        assert p.poll() is None, p.stderr.read()[-2000:]
+        time.sleep(0.05)
+    time.sleep(1.0)  # some frames in
+    return p
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_interrupted_draw_leaves_a_whole_video(tmp_path, bundle, long_video, sig, code):
+    import signal
+
+    out = tmp_path / "out.mp4"
+    p = _draw_until_started(bundle, long_video, out)
+    p.send_signal(getattr(signal, sig))
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == code, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in err and lines[-1].startswith("error: interrupted by " + sig), err[-2000:]
+    assert out.is_file() and 0 < _frame_count(out) < 600  # the frames drawn so far, playable
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_killed_draw_leaves_no_video_and_the_next_run_cleans_up(tmp_path, bundle, long_video):
+    import signal
+
+    out = tmp_path / "out.mp4"
+    p = _draw_until_started(bundle, long_video, out)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not out.exists()  # never an unreadable out.mp4
+    assert [q.name.startswith(".edgeface-draw-") for q in tmp_path.iterdir()] == [True]
+    _ok(_cli("predict", bundle, long_video, "--draw", out, "--max-frames", "5"))
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["out.mp4"] and _frame_count(out) == 5
+
+
+def test_draw_on_a_full_disk_fails_and_leaves_nothing(small_fs, bundle, long_video):
+    with open(small_fs / "fill", "wb") as fh:
+        fh.write(b"\0" * (19 << 20))  # 1 MB left: the video runs out of space part way
+    r = _cli("predict", bundle, long_video, "--draw", small_fs / "out.mp4", "--max-frames", "300")
+    _one_line_error(r, "no space left")
+    assert "Failed to write frame" not in r.stderr
+    assert sorted(p.name for p in small_fs.iterdir()) == ["fill"]

@@ -449,8 +449,7 @@ def record_digest(record: dict, key: str = SEAL_KEY) -> str:
     """sha256 of ``record``'s canonical JSON (sorted keys, no spaces) without its own digest field ``key``;
     the record lists every file's sha256, so the digest covers the whole folder."""
     body = {k: v for k, v in record.items() if k != key}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
-                      default=to_jsonable)
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=to_jsonable)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
@@ -468,7 +467,9 @@ def folder_files(root: str | Path, skip=()) -> dict[str, dict]:
 
 def seal_record(record: dict, root: str | Path, skip=()) -> dict:
     """``record`` with the files of ``root`` and its seal added: what ``sealed_folder_problem`` checks."""
-    record = {**record, "files": folder_files(root, skip)}
+    # Normalised through JSON first (tuples, paths, numpy values, int keys): the digest is then over exactly
+    # what a later reader loads back.
+    record = json.loads(json.dumps({**record, "files": folder_files(root, skip)}, default=to_jsonable))
     record[SEAL_KEY] = record_digest(record)
     return record
 

@@ -561,8 +561,14 @@ def test_quantize_force_never_deletes_a_user_folder(tmp_path):
     assert (precious / "thesis.txt").read_text() == "x"
     ours = tmp_path / "ours"
     ours.mkdir()
-    (ours / "quantize.json").write_text("{}")
-    check_quantize_out(ours, force=True)  # quantize's own output: --force may replace it
+    (ours / "quantize.json").write_text("{}")  # a file name proves nothing (issue 23): refused
+    with pytest.raises(EdgefaceError, match="did not write"):
+        check_quantize_out(ours, force=True)
+    from edgeface.core.io import atomic_write_json, seal_record
+
+    (ours / "model.onnx").write_bytes(b"int8")
+    atomic_write_json(ours / "quantize.json", seal_record({"method": "minmax"}, ours, skip={"quantize.json"}))
+    check_quantize_out(ours, force=True)  # quantize's own sealed output: --force may replace it
     with pytest.raises(EdgefaceError, match="--force"):
         check_quantize_out(ours, force=False)
 

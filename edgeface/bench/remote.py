@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shlex
 import shutil
 import tarfile
@@ -137,7 +138,7 @@ def bench_remote(cfg: BenchConfig, target: SshTarget, *, remote_python: str = "p
         # 3. results home
         r = target.run(f"cd {qdir}/out && tar -cf - .", timeout=300)
         target.check(r, "fetching the results")
-        fetched = Path(tempfile.mkdtemp(prefix="edgeface-remote-"))
+        fetched = Path(tempfile.mkdtemp(prefix=f"edgeface-remote-{os.getpid()}-"))
         with tarfile.open(fileobj=io.BytesIO(r.stdout), mode="r:") as tar:
             safe_extract(tar, fetched)
         doc = json.loads((fetched / "bench.json").read_text())

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..core.errors import EdgefaceError
+from ..core.io import disk_errors, removed_on_failure
 
 PLOTS = ("latency.png", "throughput.png", "accuracy_latency.png")
 
@@ -284,15 +285,17 @@ def report_folder(out_dir: str | Path):
     block succeeds (an earlier report's files of the same names are replaced), and it is removed always."""
     out_dir = Path(out_dir)
     check_report_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bench-report-", dir=out_dir.parent))
-    try:
-        yield tmp
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, out_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # A full disk or read-only folder: one error line naming --report, and no folder left behind.
+    with removed_on_failure(out_dir.parent, make=True), disk_errors(out_dir):
+        tmp = Path(tempfile.mkdtemp(prefix=".bench-report-", dir=out_dir.parent))
+        try:
+            yield tmp
+            with removed_on_failure(out_dir):
+                out_dir.mkdir(parents=True, exist_ok=True)
+                for f in tmp.iterdir():
+                    os.replace(f, out_dir / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def markdown_summary(rows: list[dict], warnings: list[str], *, command: str = "", data: Optional[str] = None,

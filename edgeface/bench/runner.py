@@ -23,7 +23,7 @@ from ..core import __version__
 from ..core.device import device_info, is_throttled, pitfall_warnings
 from ..core.errors import EdgefaceError
 from ..core.limits import check_batch, check_threads, finite, short
-from ..core.io import atomic_path
+from ..core.io import TEMP_PREFIX, atomic_path, clean_stale_temp
 from ..core.spec import PRECISIONS, ModelSpec
 from ..engines import registry
 from ..runtime.predictor import artifact_engine
@@ -189,7 +189,8 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None,
     if len(set(labels)) < len(labels):  # same file name in different folders: fall back to full paths
         labels = [str(a) for a in cfg.artifacts]
     sizes = [stats.file_size_mb(artifact_files(a)) for a in cfg.artifacts]
-    work = Path(tempfile.mkdtemp(prefix="edgeface-bench-"))
+    clean_stale_temp()
+    work = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}bench-{os.getpid()}-"))  # PID: a killed run is cleaned next time
     rows: list[dict] = []
     warnings: list[str] = []
     accuracy: dict[int, dict] = {}

@@ -26,7 +26,26 @@ def escape_(text: str) -> str:
     return escape(text)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised where the program is: every ``finally`` runs (staging folders and temporary
+    files are removed, a video being drawn is finished and moved into place) and the command ends with one
+    line and exit 128 + the signal's number. Not a KeyboardInterrupt, which Click would turn into "Aborted!"
+    and exit 1, and not an Exception, which a handler could swallow."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
 def main():
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         app()
     except EdgefaceError as e:
@@ -34,11 +53,18 @@ def main():
 
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as e:
-        # The last net under the checks each verb makes where paths enter: still one line, never a traceback.
-        console.print(f"[red]error:[/red] {escape_(e.strerror or type(e).__name__)}: {escape_(str(e.filename))}; "
-                      f"choose another path", highlight=False, soft_wrap=True)
+    except OSError as e:
+        # The last net under the checks each verb makes where paths enter, and under the writers' own mapping
+        # (core.io.disk_errors): a full disk, a read-only mount, a name too long is still one line.
+        from ..core.io import os_error_message
+
+        console.print(f"[red]error:[/red] {escape_(os_error_message(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]")
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as e:
+        import signal
+
+        signum = getattr(e, "signum", signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the message and exit are not interrupted in turn
+        console.print(f"[red]error:[/red] interrupted by {signal.Signals(signum).name}; nothing half-written "
+                      f"was left behind", highlight=False, soft_wrap=True)
+        sys.exit(128 + signum)

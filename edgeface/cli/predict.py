@@ -237,9 +237,12 @@ def _video_property(src, prop: int, default: float) -> float:
     not say."""
     import cv2
 
+    from ..core.io import native_path
+
     if isinstance(src, int):
         return default
-    cap = cv2.VideoCapture(str(src))
+    with native_path(src) as name:
+        cap = cv2.VideoCapture(name)
     value = cap.get(prop)
     cap.release()
     return float(value) if value and value > 0 else default
@@ -254,17 +257,22 @@ def _fps(src) -> float:
 def _write_image(path: Path, frame, faces) -> None:
     import cv2
 
+    from ..core.io import atomic_write_bytes
     from ..runtime.stream import draw_faces
 
-    if not cv2.imwrite(str(path), draw_faces(frame, faces)):
-        raise EdgefaceError(f"cannot write {path}")
+    # Encoded here and written by Python: OpenCV never sees the path (non-UTF-8 names), the file appears whole.
+    try:
+        ok, buf = cv2.imencode(path.suffix.lower(), draw_faces(frame, faces))
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise EdgefaceError(f"cannot write {path}: OpenCV has no encoder for {path.suffix!r}; use .png or .jpg")
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _stream(pred, detector, frames, src, smooth, max_frames, draw, n_out, emit, tag, progress=None) -> str:
     """Run one video or camera; returns its summary line (frames, faces, tracks, FPS)."""
-    import cv2
-
-    from ..runtime.stream import IouTracker, draw_faces
+    from ..runtime.stream import IouTracker, VideoOut, draw_faces
 
     tracker = IouTracker(smooth=smooth)
     writer = None
@@ -293,15 +301,21 @@ def _stream(pred, detector, frames, src, smooth, max_frames, draw, n_out, emit, 
                 progress.advance(task)
             if draw is not None:
                 if writer is None:
-                    out = _draw_path(draw, src, False, n_out)
                     h, w = frame.shape[:2]
-                    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), _fps(src), (w, h))
-                    if not writer.isOpened():
-                        raise EdgefaceError(f"cannot write video {out}")
+                    writer = VideoOut(_draw_path(draw, src, False, n_out), _fps(src), (w, h))
                 writer.write(draw_faces(frame, faces, ids))
-    finally:
+    except Exception:
         if writer is not None:
-            writer.release()
+            writer.abort()
+        raise
+    except BaseException:  # SIGINT / SIGTERM: the frames drawn so far become a whole, playable file
+        if writer is not None and writer.frames:
+            writer.commit()
+        elif writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.commit()
     seconds = time.perf_counter() - t0
     return (f"{name}: {n_frames} frames, {n_faces} faces, {len(tracks)} tracks, "
             f"{n_frames / seconds if seconds > 0 else 0.0:.1f} FPS (detect + model, {pred.backend} {pred.precision})")

@@ -1,11 +1,13 @@
 """`edgeface train --recipe R`: FP32 training, or quantization-aware training with a `kind: qat` recipe."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..core.io import removed_on_failure
 from .output import check_output_dir, check_output_file, console, write_json
 
 NAME = "train"
@@ -26,20 +28,26 @@ def command(recipe: Path = typer.Option(..., "--recipe", help="Recipe YAML (e.g.
     check_output_dir(out, "--out")
     from ..core.recipe import load_yaml
 
-    kind = load_yaml(recipe).get("kind", "train")
-    if kind == "qat":
-        from ..quantize.qat.train import train_qat
-
-        result = train_qat(recipe, out=str(out) if out else None, epochs=epochs, limit=limit,
-                           data_root=str(data_root) if data_root else None, epoch_size=epoch_size, console=console)
-    else:
-        from ..model.train import train as run_train
-
-        result = run_train(recipe, out=str(out) if out else None, epochs=epochs, limit=limit,
-                           data_root=str(data_root) if data_root else None, resume=resume,
-                           epoch_size=epoch_size, init=str(init) if init else None, seed=seed, console=console)
+    loaded = load_yaml(recipe)
+    kind = loaded.get("kind", "train") if isinstance(loaded, dict) else "train"
+    out_dir = out if out is not None else (loaded.get("out") if isinstance(loaded, dict) else None)
+    with removed_on_failure(out_dir, make=False) if isinstance(out_dir, (str, Path)) else nullcontext():
+        result = _train(kind, recipe, out, epochs, limit, data_root, epoch_size, resume, init, seed)
     console.print(f"[green]saved[/green] {result}")
     if json_out:
         from ..engines.torch.checkpoint import read_checkpoint
 
         write_json(json_out, read_checkpoint(result)["meta"].get("val", {}))
+
+
+def _train(kind, recipe, out, epochs, limit, data_root, epoch_size, resume, init, seed):
+    if kind == "qat":
+        from ..quantize.qat.train import train_qat
+
+        return train_qat(recipe, out=str(out) if out else None, epochs=epochs, limit=limit,
+                         data_root=str(data_root) if data_root else None, epoch_size=epoch_size, console=console)
+    from ..model.train import train as run_train
+
+    return run_train(recipe, out=str(out) if out else None, epochs=epochs, limit=limit,
+                     data_root=str(data_root) if data_root else None, resume=resume,
+                     epoch_size=epoch_size, init=str(init) if init else None, seed=seed, console=console)

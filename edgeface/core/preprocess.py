@@ -206,8 +206,12 @@ def check_image(image: np.ndarray) -> np.ndarray:
 
 
 def read_image(path) -> np.ndarray:
-    """cv2.imread with a clear error for a missing, undecodable or oversized file (its header's width x height
-    is checked before decoding, so a small file declaring a gigapixel image is refused, not decoded)."""
+    """An image file as BGR uint8, with a clear error for a missing, undecodable or oversized file.
+
+    The bytes are read here and decoded with ``cv2.imdecode``: OpenCV never sees the path (a name that is not
+    UTF-8 crashed ``cv2.imread``), and the header's width x height is checked before decoding, for every
+    format this OpenCV decodes (``image_format_and_size``); a format the check does not know is refused, not
+    decoded, so a small file declaring a gigapixel image (PNG, JPEG, Radiance HDR, EXR, ...) never is."""
     import os
 
     from .limits import MAX_IMAGE_PIXELS
@@ -218,13 +222,24 @@ def read_image(path) -> np.ndarray:
         raise EdgefaceError(f"image {path} is a folder; pass image files")
     if not os.path.isfile(path):  # a FIFO or a device: opening it would wait (or read) forever
         raise EdgefaceError(f"image {path} is not a regular file; pass image files")
-    size = image_header_size(path)
-    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+    if os.path.getsize(path) > MAX_IMAGE_FILE_BYTES:
+        raise EdgefaceError(f"image {path} is {os.path.getsize(path) / 2**30:.1f} GiB, larger than any image "
+                            f"edgeface reads; resize it or remove it")
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_IMAGE_FILE_BYTES + 1)
+    fmt, size = image_format_and_size(data)
+    if fmt is None:
+        raise EdgefaceError(f"image {path} is not in a format edgeface reads ({', '.join(IMAGE_FORMATS)}); "
+                            f"convert it or remove it")
+    if size is None:
+        raise EdgefaceError(f"image {path} ({fmt}) has a header that gives no width and height (corrupt?); "
+                            f"re-save it or remove it")
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise EdgefaceError(f"image {path} declares {size[0]} x {size[1]} pixels, more than the "
                             f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP edgeface reads (a decompression bomb, or a corrupt "
                             f"header); resize it or remove it")
     try:
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:  # OpenCV's own size limit and decoder assertions: a multi-line message of its own
         img = None
     if img is None:
@@ -232,35 +247,151 @@ def read_image(path) -> np.ndarray:
     return img
 
 
-def image_header_size(path) -> tuple[int, int] | None:
-    """(width, height) from the header of a PNG, JPEG, GIF, BMP, WebP, TIFF or PNM file; None for another
-    format or an unreadable header (the decoder then decides)."""
-    import struct
+MAX_IMAGE_FILE_BYTES = 1 << 30  # an uncompressed 134 MP BGR image is 400 MB
+# Every format this OpenCV build decodes, each with a header check of its width x height.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WebP", "TIFF", "PNM/PAM/PFM", "Radiance HDR", "OpenEXR",
+                 "JPEG 2000", "Sun raster", "AVIF")
 
+
+def image_header_size(path) -> tuple[int, int] | None:
+    """(width, height) from the header of an image file (see ``image_format_and_size``); None for a format
+    edgeface does not read or a header that gives no size."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(32)
-            if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
-                return struct.unpack(">II", head[16:24])
-            if head[:6] in (b"GIF87a", b"GIF89a"):
-                return struct.unpack("<HH", head[6:10])
-            if head[:2] == b"BM" and len(head) >= 26:
-                w, h = struct.unpack("<ii", head[18:26])
-                return abs(w), abs(h)
-            if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-                return _webp_size(head, fh)
-            if head[:2] in (b"II", b"MM"):
-                return _tiff_size(head[:2], fh)
-            if head[:1] == b"P" and head[1:2] in b"123456" and len(head) > 2:
-                fields = head[2:].split()
-                if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
-                    return int(fields[0]), int(fields[1])
-                return None
-            if head[:2] == b"\xff\xd8":
-                return _jpeg_size(fh)
-    except (OSError, struct.error, ValueError):
+            data = fh.read(MAX_IMAGE_FILE_BYTES + 1)
+    except OSError:
         return None
+    return image_format_and_size(data)[1]
+
+
+def image_format_and_size(data: bytes) -> tuple[str | None, tuple[int, int] | None]:
+    """(format, (width, height)) sniffed from an image file's bytes, by content, never by extension: a
+    Radiance HDR renamed .jpg is still checked as HDR. (None, None) for content that is none of
+    ``IMAGE_FORMATS``; (format, None) when the header gives no size."""
+    import io
+    import struct
+
+    head = data[:32]
+    sniffers = (
+        (lambda: head[:8] == b"\x89PNG\r\n\x1a\n", "PNG", lambda: struct.unpack(">II", head[16:24])),
+        (lambda: head[:6] in (b"GIF87a", b"GIF89a"), "GIF", lambda: struct.unpack("<HH", head[6:10])),
+        (lambda: head[:2] == b"BM", "BMP", lambda: tuple(abs(v) for v in struct.unpack("<ii", head[18:26]))),
+        (lambda: head[:4] == b"RIFF" and head[8:12] == b"WEBP", "WebP", lambda: _webp_size(head, io.BytesIO(data))),
+        (lambda: head[:4] in (b"II*\x00", b"MM\x00*"), "TIFF", lambda: _tiff_size(head[:2], io.BytesIO(data))),
+        (lambda: head[:2] == b"\xff\xd8", "JPEG", lambda: _jpeg_size(io.BytesIO(data))),
+        (lambda: head[:1] == b"P" and head[1:2] in b"1234567fF" and len(head) > 2 and head[2:3].isspace(),
+         "PNM/PAM/PFM", lambda: _pnm_size(data)),
+        (lambda: head.startswith((b"#?RADIANCE", b"#?RGBE")), "Radiance HDR", lambda: _radiance_size(data)),
+        (lambda: head[:4] == b"\x76\x2f\x31\x01", "OpenEXR", lambda: _exr_size(data)),
+        (lambda: head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or head[:4] == b"\xff\x4f\xff\x51", "JPEG 2000",
+         lambda: _jpeg2000_size(data)),
+        (lambda: head[:4] == b"\x59\xa6\x6a\x95", "Sun raster", lambda: struct.unpack(">II", head[4:12])),
+        (lambda: head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1"),
+         "AVIF", lambda: _isobmff_size(data)),
+    )
+    for matches, fmt, size in sniffers:
+        if matches():
+            try:
+                wh = size()
+            except (struct.error, ValueError, IndexError, OverflowError):
+                wh = None
+            if wh is None or len(wh) != 2 or min(wh) < 1:
+                return fmt, None
+            return fmt, (int(wh[0]), int(wh[1]))
+    return None, None
+
+
+def _header_tokens(data: bytes, limit: int = 4096) -> list[bytes]:
+    """Whitespace-separated tokens of a text header with '#' comments removed (PNM, PFM)."""
+    text = b"\n".join(line.split(b"#", 1)[0] for line in data[:limit].split(b"\n"))
+    return text.split()
+
+
+def _pnm_size(data: bytes) -> tuple[int, int] | None:
+    if data[1:2] == b"7":  # PAM: WIDTH / HEIGHT lines up to ENDHDR
+        fields = {}
+        for line in data[:4096].split(b"\n")[1:]:
+            parts = line.split()
+            if parts[:1] == [b"ENDHDR"]:
+                break
+            if len(parts) == 2:
+                fields[parts[0]] = parts[1]
+        w, h = fields.get(b"WIDTH"), fields.get(b"HEIGHT")
+        return (int(w), int(h)) if w and h and w.isdigit() and h.isdigit() else None
+    tokens = _header_tokens(data)
+    if len(tokens) >= 3 and tokens[1].isdigit() and tokens[2].isdigit():
+        return int(tokens[1]), int(tokens[2])
     return None
+
+
+def _radiance_size(data: bytes) -> tuple[int, int] | None:
+    """Radiance RGBE: header lines, an empty line, then the resolution line ``-Y H +X W`` (or any of the
+    eight orientations, e.g. ``+X W -Y H``)."""
+    end = data.find(b"\n\n", 0, 1 << 16)
+    if end < 0:
+        return None
+    line = data[end + 2:end + 2 + 64].split(b"\n", 1)[0].split()
+    if len(line) != 4:
+        return None
+    dims = {}
+    for axis, value in ((line[0], line[1]), (line[2], line[3])):
+        if axis[1:2] not in (b"X", b"Y") or axis[:1] not in (b"+", b"-") or not value.isdigit():
+            return None
+        dims[axis[1:2]] = int(value)
+    return (dims[b"X"], dims[b"Y"]) if len(dims) == 2 else None
+
+
+def _exr_size(data: bytes) -> tuple[int, int] | None:
+    """OpenEXR: the header's attributes (name, type, size, value) up to an empty name; ``dataWindow`` (box2i)
+    gives the size. A multi-part file is checked by its largest part."""
+    import struct
+
+    pos, best = 8, None
+    for _ in range(1024):
+        if pos >= min(len(data), 1 << 20):
+            break
+        if data[pos:pos + 1] == b"\x00":  # end of one part's header (multi-part: another may follow)
+            pos += 1
+            if data[pos:pos + 1] == b"\x00" or pos >= len(data):
+                break
+            continue
+        name_end = data.index(b"\x00", pos)
+        type_end = data.index(b"\x00", name_end + 1)
+        name, size = data[pos:name_end], struct.unpack("<i", data[type_end + 1:type_end + 5])[0]
+        value = data[type_end + 5:type_end + 5 + size]
+        if name == b"dataWindow" and size == 16:
+            x0, y0, x1, y1 = struct.unpack("<iiii", value)
+            wh = (x1 - x0 + 1, y1 - y0 + 1)
+            best = wh if best is None or wh[0] * wh[1] > best[0] * best[1] else best
+        if size < 0:
+            return None
+        pos = type_end + 5 + size
+    return best
+
+
+def _jpeg2000_size(data: bytes) -> tuple[int, int] | None:
+    import struct
+
+    if data[:4] == b"\xff\x4f\xff\x51":  # a raw codestream: SIZ right after SOC
+        xsiz, ysiz, xo, yo = struct.unpack(">IIII", data[8:24])
+        return xsiz - xo, ysiz - yo
+    i = data.find(b"ihdr", 0, 1 << 16)  # JP2: the image header box inside jp2h
+    if i < 0:
+        return None
+    h, w = struct.unpack(">II", data[i + 4:i + 12])
+    return w, h
+
+
+def _isobmff_size(data: bytes) -> tuple[int, int] | None:
+    """AVIF/HEIF: the largest image spatial extent (``ispe``) property; a grid's canvas is one of them."""
+    import struct
+
+    best, i = None, data.find(b"ispe", 0, 1 << 20)
+    while i >= 0:
+        w, h = struct.unpack(">II", data[i + 8:i + 16])
+        best = (w, h) if best is None or w * h > best[0] * best[1] else best
+        i = data.find(b"ispe", i + 4, 1 << 20)
+    return best
 
 
 def _jpeg_size(fh) -> tuple[int, int] | None:

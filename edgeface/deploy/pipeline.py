@@ -274,7 +274,8 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
         raise EdgefaceError(f"--verify-data {vdata} is not a folder")
     out = Path(out) if out is not None else Path("bundles") / f"{name}-{precision}"
     out = out.absolute()
-    check_out(out, force)
+    inputs = [model, calib_path, verify_data, sign, target_name]  # never inside the folder --force replaces
+    check_out(out, force, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(out)
     clean_stale_temp()
@@ -402,7 +403,7 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
                 own_key = [load_private_key(sign).public_key()]
             # The files, manifest (and signature) a device will check.
             open_bundle(staged, device=ANY_DEVICE, trusted_keys=own_key)
-            move_into_place(staged, out, force)
+            move_into_place(staged, out, force, inputs)
     finally:
         if reference is not None:
             reference.close()

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from ..core.errors import EdgefaceError
+from ..core.io import clean_stale_temp, removed_on_failure
 from ..core.preprocess import to_input
 from ..engines import registry
 from ..engines.descriptor import resolve
@@ -31,17 +32,43 @@ def formats() -> list[str]:
 
 
 def check_replaceable(target: Path, engine) -> None:
-    """Re-exporting replaces an earlier edgeface artifact of the same name; never a user's own file that happens
-    to be called model.onnx (or a folder of that name)."""
-    if not os.path.lexists(target):
+    """Re-exporting replaces an earlier edgeface artifact of the same name and its companions; never a user's
+    own file that happens to be called model.onnx, model.ncnn.bin or model.spec.json (or a folder so named)."""
+    present = [f for f in [target, *engine.companions_of(target)] if os.path.lexists(f)]
+    for f in present:
+        if f.is_symlink() or not f.is_file():
+            raise EdgefaceError(f"{f} exists and is not a file; choose another --out")
+    if not present:
         return
-    if target.is_symlink() or not target.is_file():
-        raise EdgefaceError(f"{target} exists and is not a file; choose another --out")
+    if target in present:
+        try:
+            engine.spec_of(target)  # ncnn's reads the spec file beside the .param too
+            return
+        except EdgefaceError:
+            raise EdgefaceError(f"{target} exists and is not an edgeface artifact (no ModelSpec), so export will "
+                                f"not replace it; choose another --out, or move that file away") from None
+    # Companions without their artifact: only what an interrupted export left (its spec file names the spec).
+    records = [f for f in present if f.suffix == ".json"]
+    for f in records or present:
+        if not _is_spec_record(f):
+            raise EdgefaceError(f"{f} exists and is not a file edgeface export wrote, so export will not replace "
+                                f"it; choose another --out, or move that file away")
+
+
+def _is_spec_record(path: Path) -> bool:
+    """Whether ``path`` is a ModelSpec file an edgeface exporter wrote beside an artifact."""
+    import json
+
+    from ..core.spec import ModelSpec
+
     try:
-        engine.spec_of(target)
-    except EdgefaceError:
-        raise EdgefaceError(f"{target} exists and is not an edgeface artifact (no ModelSpec), so export will not "
-                            f"replace it; choose another --out, or move that file away") from None
+        if path.stat().st_size > 1 << 20:
+            return False
+        record = json.loads(path.read_bytes())
+        ModelSpec.from_dict(record["spec"])
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+    return True
 
 
 def export(format_name: str, model=None, out_dir: str | Path = "export", *, precision: str | None = None,
@@ -61,8 +88,9 @@ def export(format_name: str, model=None, out_dir: str | Path = "export", *, prec
     check_replaceable(target, engine)
     check_source_outputs(model)
     exporter = resolve(engine.exporter)
-    return exporter(model, target, precision=precision, fold_preprocess=fold_preprocess,
-                    **options)
+    clean_stale_temp()
+    with removed_on_failure(target.parent):  # a failed export leaves no --out folder behind
+        return exporter(model, target, precision=precision, fold_preprocess=fold_preprocess, **options)
 
 
 def check_source_outputs(model=None, per_set: int = 8) -> None:

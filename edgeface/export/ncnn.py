@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.artifact import ncnn_paths
 from ..core.errors import EdgefaceError
-from ..core.io import atomic_path
+from ..core.io import atomic_path, temp_dir
 from ..core.spec import FLOAT_NCHW, ModelSpec
 from .source import require_torch, resolve_model
 
@@ -48,7 +47,7 @@ def export_ncnn(model_or_checkpoint=None, out_param: str | Path = "model.ncnn.pa
         raise EdgefaceError(f"ncnn export expects {len(NCNN_OUTPUT_BLOBS)} outputs, the spec has {spec.output_names}")
     s = spec.input_size
     param_out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgeface-pnnx-") as td:
+    with temp_dir("pnnx") as td:
         td = Path(td)
         log = td / "pnnx.log"
         try:

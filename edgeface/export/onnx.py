@@ -8,7 +8,6 @@ so an interrupted export never leaves a half-written artifact behind.
 """
 from __future__ import annotations
 
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from ..core import __version__
 from ..core.artifact import INPUT_KIND_KEY, PRECISION_KEY, set_onnx_metadata
 from ..core.errors import EdgefaceError
 from ..core.fold import prepend_preprocess
-from ..core.io import atomic_path
+from ..core.io import atomic_path, temp_dir
 from ..core.spec import FLOAT_NCHW, SPEC_KEY, ModelSpec
 from .source import require_torch, resolve_model
 
@@ -44,7 +43,7 @@ def export_onnx(model_or_checkpoint=None, out_path: str | Path = "model.onnx", *
     dummy = torch.zeros(1, 3, s, s)
     names = list(spec.output_names)
     axes = {spec.input_name: {0: "batch"}, **{n: {0: "batch"} for n in names}} if dynamic_batch else None
-    with tempfile.TemporaryDirectory(prefix="edgeface-onnx-") as td:
+    with temp_dir("onnx") as td:
         raw = Path(td) / "raw.onnx"
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the legacy exporter's DeprecationWarning is expected here

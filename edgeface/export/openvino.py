@@ -4,11 +4,10 @@ PrePostProcessor steps are saved into it). OpenVINO also runs the ONNX itself; t
 import when a model loads (``scripts/bench_openvino.py`` measures whether it runs any faster)."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from ..core.errors import EdgefaceError
-from ..core.io import atomic_write_json
+from ..core.io import atomic_write_json, temp_dir
 from ..core.spec import FLOAT_NCHW, UINT8_NHWC
 from .onnx import export_onnx
 from .source import resolve_model
@@ -30,7 +29,7 @@ def export_openvino(model_or_checkpoint=None, out_path: str | Path = "model.xml"
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model, spec = resolve_model(model_or_checkpoint, None)
-    with tempfile.TemporaryDirectory(prefix="edgeface-ov-") as td:
+    with temp_dir("ov") as td:
         onnx_path = export_onnx(model, Path(td) / "model.onnx", spec=spec, opset=opset)
         ov_model = ov.convert_model(str(onnx_path))
         input_kind = FLOAT_NCHW

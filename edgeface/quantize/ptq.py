@@ -20,8 +20,8 @@ import numpy as np
 
 from ..core.artifact import check_foreign_onnx, read_onnx_spec
 from ..core.errors import EdgefaceError
-from ..core.io import (OLD_TAG, atomic_write_json, clean_stale_partials, clean_stale_temp, make_staging_dir, sha256_file,
-                       temp_dir)
+from ..core.io import (aside_path, atomic_write_json, check_folder_not_an_input, clean_stale_partials,
+                       clean_stale_temp, make_staging_dir, seal_record, sealed_folder_problem, sha256_file, temp_dir)
 from ..core.spec import ModelSpec
 from ..engines import registry
 from .calibrate.calibrators import CALIBRATORS
@@ -130,7 +130,8 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
         raise EdgefaceError("quantize needs calibration images: pass --calib DIR (face crops, or images with labels.csv)")
     check_calibration_folder(Path(calib))
     out = Path(out)
-    check_quantize_out(out, force)
+    inputs = [model, calib, eval_data, stats_cache]
+    check_quantize_out(out, force, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(out)
     clean_stale_temp()
@@ -209,10 +210,11 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
             if eval_sets:
                 report["accuracy"] = accuracy_table(runners, reference, eval_sets)
             report["seconds"] = round(time.time() - t0, 2)
-            atomic_write_json(staging / REPORT_NAME, report)
+            # Sealed: the digest of every file's sha256 is what lets a later --force replace this folder.
+            atomic_write_json(staging / REPORT_NAME, seal_record(report, staging, skip={REPORT_NAME}))
         if out.exists():
-            check_quantize_out(out, force)  # it may have appeared while we worked
-            aside = out.parent / f".{out.name}{OLD_TAG}{os.getpid()}-{int(time.time())}"
+            check_quantize_out(out, force, inputs)  # it may have appeared (or changed) while we worked
+            aside = aside_path(out)
             os.rename(out, aside)
             os.replace(staging, out)
             shutil.rmtree(aside, ignore_errors=True)
@@ -267,17 +269,24 @@ def model_record(model) -> dict:
 REPORT_NAME = "quantize.json"   # what marks a folder as one quantize wrote
 
 
-def check_quantize_out(out: Path, force: bool) -> None:
-    """--out may be new, empty, or (with --force) a folder edgeface wrote: quantize's own output (its
-    quantize.json) or a bundle. Never a user's folder, --force or not."""
+def check_quantize_out(out: Path, force: bool, inputs=()) -> None:
+    """--out may be new, empty, or (with --force) a folder edgeface wrote, proven by its sealed content:
+    quantize's own output (quantize.json's digest covers every file in it) or a deploy bundle. Never a user's
+    folder, even one holding a quantize.json or manifest.json of its own, and never a folder holding one of
+    this command's ``inputs``."""
+    from ..runtime.ownership import bundle_not_ours
+
     if out.exists() and not out.is_dir():
         raise EdgefaceError(f"--out {out} is a file; pass a folder path")
+    check_folder_not_an_input(out, "--out", inputs)
     if not out.is_dir() or not any(out.iterdir()):
         return
-    ours = (out / REPORT_NAME).is_file() or os.path.lexists(out / "manifest.json")
-    if not ours:
-        raise EdgefaceError(f"--out {out} is a non-empty folder edgeface did not write; choose another --out "
-                            f"(--force replaces only a folder quantize or deploy wrote)")
+    why = sealed_folder_problem(out, REPORT_NAME)
+    if why is not None and os.path.lexists(out / "manifest.json"):
+        why = bundle_not_ours(out)
+    if why is not None:
+        raise EdgefaceError(f"--out {out} is a non-empty folder edgeface did not write ({why}); choose another --out "
+                            f"(--force replaces only a folder quantize or deploy wrote, as they sealed it)")
     if not force:
         raise EdgefaceError(f"--out {out} exists and is not empty; pass --force to replace it or choose another folder")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -257,6 +258,7 @@ class FaceDetector:
             raise EdgefaceError("detector engine 'onnxruntime' needs onnxruntime and onnx: pip install 'edgeface[ort]'")
         self.engine = engine if engine != "auto" else "onnxruntime" if available else "opencv"
         self._ort = None
+        self._lock = threading.Lock()
         if self.engine == "onnxruntime":
             try:
                 self._ort = YuNetOnnxRuntime(path, self.score_threshold, self.nms_threshold, self.top_k, threads)
@@ -283,10 +285,13 @@ class FaceDetector:
         if self._ort is not None:
             return self._ort.detect(frame)
         h, w = frame.shape[:2]
-        if (w, h) != self._size:
-            self._yn.setInputSize((w, h))
-            self._size = (w, h)
-        _, faces = self._yn.detect(frame)
+        # One FaceDetectorYN holds one input size and one set of buffers: from several threads, calls corrupted
+        # each other's results (or the heap). Serialised per instance; onnxruntime's session is thread-safe.
+        with self._lock:
+            if (w, h) != self._size:
+                self._yn.setInputSize((w, h))
+                self._size = (w, h)
+            _, faces = self._yn.detect(frame)
         return np.zeros((0, 15), np.float32) if faces is None else np.asarray(faces, np.float32).reshape(-1, 15)
 
     def _run_padded(self, frame: np.ndarray, pad: float) -> np.ndarray:

@@ -5,7 +5,9 @@ Torch-free: numpy and OpenCV only.
 """
 from __future__ import annotations
 
+import errno
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -14,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..core.errors import EdgefaceError
-from ..core.io import silence_native_stderr
+from ..core.io import native_path, silence_native_stderr
 from ..core.limits import MAX_CAMERA_INDEX
 from ..core.preprocess import read_image
 from .detector import iou, quiet_opencv
@@ -44,7 +46,8 @@ def open_video(source) -> tuple[cv2.VideoCapture, float]:
     else:
         if not Path(source).is_file():
             raise EdgefaceError(f"video {source} does not exist")
-        cap = _silent_stderr(lambda: cv2.VideoCapture(str(source)))
+        with native_path(source) as name:  # a name that is not UTF-8 goes through a descriptor
+            cap = _silent_stderr(lambda: cv2.VideoCapture(name))
         what = f"{source}"
     if not cap.isOpened():
         cap.release()
@@ -277,3 +280,101 @@ def write_disagreement(path, crops: np.ndarray, pose: np.ndarray, ref_pose: np.n
 def read_frames(paths: list[Path]) -> Iterator[tuple[Path, np.ndarray]]:
     for p in paths:
         yield p, read_image(p)
+
+
+DRAW_TEMP_TAG = ".edgeface-draw-"  # .edgeface-draw-PID-xxxx.mp4 beside --draw's video while it is written
+
+
+class VideoOut:
+    """A video file that appears whole or not at all: frames go to a hidden temporary sibling (ASCII name,
+    with this process's PID, so the next run removes one a SIGKILL left), and ``commit`` checks that every
+    frame reached the disk (a full disk truncates a video silently) before renaming it onto ``path``.
+    ``abort`` removes the temporary file. The folder's own name may be anything (non-UTF-8 included)."""
+
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
+        import secrets
+
+        from ..core.io import disk_errors
+
+        self.path, self.frames, self._dir = Path(path), 0, None
+        with disk_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_draw_temps(self.path.parent)
+        self.tmp = self.path.parent / f"{DRAW_TEMP_TAG}{os.getpid()}-{secrets.token_hex(4)}{self.path.suffix}"
+        with disk_errors(self.path):
+            self._dir = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            native = f"/proc/self/fd/{self._dir}/{self.tmp.name}" if os.path.isdir("/proc/self/fd") else str(self.tmp)
+            self.writer = cv2.VideoWriter(native, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        if not self.writer.isOpened():
+            self.abort()
+            raise EdgefaceError(f"cannot write video {self.path} (OpenCV has no writer for it here, or the folder "
+                                f"is not writable); choose another --draw")
+
+    def write(self, frame: np.ndarray) -> None:
+        # Quiet: a full disk makes FFmpeg print "Failed to write frame" per frame; commit() reports it once.
+        quiet_opencv(lambda: self.writer.write(frame))
+        self.frames += 1
+
+    def commit(self) -> Path:
+        """Finish the file, check it holds every frame, and rename it onto ``path``."""
+        from ..core.io import disk_errors, disk_full, os_error_message
+
+        self.writer.release()
+        try:
+            got = _frame_count(self.tmp) if self.tmp.exists() else 0
+            if got < self.frames:
+                why = (os_error_message(OSError(errno.ENOSPC, "No space left on device"), self.path)
+                       if disk_full(self.path.parent) else
+                       f"cannot write video {self.path}: {got} of {self.frames} frames reached the file")
+                raise EdgefaceError(why)
+            with disk_errors(self.path):
+                os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._close_dir()
+        return self.path
+
+    def abort(self) -> None:
+        if getattr(self, "writer", None) is not None:
+            self.writer.release()
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        if getattr(self, "_dir", None) is not None:
+            os.close(self._dir)
+            self._dir = None
+
+
+def _frame_count(path: Path) -> int:
+    """Frames a finished video file holds, as its container says (0 when it cannot be opened)."""
+    with native_path(path) as name:
+        cap = _silent_stderr(lambda: cv2.VideoCapture(name))
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    finally:
+        cap.release()
+
+
+def clean_stale_draw_temps(folder: Path) -> list[Path]:
+    """Remove ``.edgeface-draw-PID-*`` files in ``folder`` whose process is gone (a SIGKILLed predict --draw)."""
+    from ..core.io import pid_alive
+
+    removed = []
+    try:
+        entries = list(Path(folder).glob(f"{DRAW_TEMP_TAG}*"))
+    except OSError:
+        return removed
+    for p in entries:
+        pid = p.name[len(DRAW_TEMP_TAG):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)) and p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed

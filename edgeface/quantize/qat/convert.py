@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -11,7 +10,7 @@ import numpy as np
 
 from ...core.artifact import PRECISION_KEY, QUANT_KEY, read_onnx_spec, set_onnx_metadata
 from ...core.errors import EdgefaceError
-from ...core.io import atomic_path
+from ...core.io import atomic_path, temp_dir
 from ...core.spec import ModelSpec
 from ...engines import registry
 from ...engines.descriptor import resolve
@@ -133,7 +132,7 @@ def convert_qdq(qdq_path, backend: str, out_path, spec=None) -> dict:
             emit_tensorrt_cache(cache, sym)
         info = {"form": "S8S8 symmetric Q/DQ from QAT (zero points 0, per-channel weights, float bias)"}
     else:
-        with tempfile.TemporaryDirectory(prefix="edgeface-qat-conv-") as td:
+        with temp_dir("qat-conv") as td:
             td = Path(td)
             float_path = td / "float.onnx"
             set_onnx_metadata(float_model, {PRECISION_KEY: "fp32"})
@@ -181,7 +180,7 @@ def export_for_deploy(*, backend: str, checkpoint=None, out_dir, opset: int = 17
     spec = ModelSpec.from_dict(obj["spec"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgeface-qat-") as td:
+    with temp_dir("qat") as td:
         qdq = Path(td) / "qdq.onnx"
         qdq.write_bytes(blob)
         if opset != 17:

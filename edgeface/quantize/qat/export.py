@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 from contextlib import redirect_stdout
 from pathlib import Path
 
 from ...core import __version__
 from ...core.artifact import INPUT_KIND_KEY, PRECISION_KEY, QUANT_KEY, set_onnx_metadata
 from ...core.errors import EdgefaceError
-from ...core.io import atomic_path
+from ...core.io import atomic_path, temp_dir
 from ...core.spec import FLOAT_NCHW, SPEC_KEY
 from ..emit.onnx import check_symmetric_qdq
 
@@ -62,7 +61,7 @@ def export_qdq_onnx(converted, spec, out_path: Path, opset: int = 17, dynamic_ba
     dims = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
     # torch.onnx logs one warning per torchvision op it cannot register; torchvision is not used here.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="edgeface-qat-onnx-") as td, warnings.catch_warnings():
+    with temp_dir("qat-onnx") as td, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         raw = Path(td) / "raw.onnx"
         try:

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from ...core.errors import EdgefaceError
-from ...core.io import atomic_path, atomic_write_json
+from ...core.io import (aside_path, atomic_path, atomic_write_json, check_folder_not_an_input, seal_record,
+                        sealed_folder_problem)
 from ...engines import registry
 from ..emit import int8_artifact
 from ..guard import check_runner
@@ -33,6 +34,22 @@ from .recipe import load_qat_recipe, scheme_from_recipe
 
 # The engine whose INT8 form the QAT export is (the symmetric Q/DQ ONNX: TensorRT's explicit quantization).
 QDQ_NATIVE_ENGINE = next(e.name for e in registry.with_int8() if e.int8.qdq_native)
+
+
+QAT_RECORD = "qat.json"  # sealed: its digest covers every file the QAT run wrote
+
+
+def check_qat_out(out_dir: Path, inputs=()) -> None:
+    """The QAT output folder is replaced as a whole, so it must be new, empty, or one a QAT run wrote (its
+    sealed qat.json verifies against its files): never a user's folder, and never one holding an input."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgefaceError(f"--out {out_dir} is a file; choose a folder")
+    check_folder_not_an_input(out_dir, "--out", inputs)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        why = sealed_folder_problem(out_dir, QAT_RECORD)
+        if why is not None:
+            raise EdgefaceError(f"--out {out_dir} is a non-empty folder that is not provably a QAT run's output "
+                                f"({why}); choose another --out (training never replaces a folder it did not write)")
 
 
 def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, limit: int | None = None,
@@ -58,8 +75,7 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
     apply_cli_overrides(recipe, epochs, epoch_size, limit, data_root)
     root = data_root_of(recipe)
     out_dir = Path(out or recipe["out"])
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EdgefaceError(f"--out {out_dir} is a file; choose a folder")
+    check_qat_out(out_dir, inputs=[recipe_path, recipe["start"]])
     start = read_checkpoint(recipe["start"])
     if (start.get("meta") or {}).get("kind") == "qat":
         raise EdgefaceError(f"start weights {recipe['start']} are already quantization-aware; start from an FP32 checkpoint")
@@ -185,10 +201,15 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
                 "version": spec.model_version}
         save_checkpoint(staging / "model.pt", _ShadowModule(shadow), spec, meta)
         _attach_qdq(staging / "model.pt", Path(qdq).read_bytes())
-        atomic_write_json(staging / "qat.json", meta)
+        atomic_write_json(staging / QAT_RECORD, seal_record(meta, staging, skip={QAT_RECORD}))
         if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+            check_qat_out(out_dir, inputs=[recipe_path, recipe["start"]])  # it may have changed while we trained
+            aside = aside_path(out_dir)
+            os.rename(out_dir, aside)
+            os.replace(staging, out_dir)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
         trained_state.unlink(missing_ok=True)
     finally:
         if staging.exists():

@@ -67,6 +67,12 @@ def command(
     faces: str = typer.Option("1,4", "--faces", help="With --frames: faces per frame (frames are tiled), "
                                                      "comma-separated."),
     keep_remote: bool = typer.Option(False, "--keep-remote", help="Leave the temporary folder on the device."),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help="Ansible inventory (INI or YAML): bench "
+                                             "the bundle on every host in it, one report (pip install "
+                                             "'edgeface\\[fleet]'; docs/fleet.md)."),
+    hosts: Optional[str] = typer.Option(None, "--hosts", help="With --inventory: only this group or host (an "
+                                        "Ansible host pattern)."),
+    forks: int = typer.Option(50, "--forks", help="With --inventory: at most this many hosts at once."),
 ):
     """Latency (p50/p90/p99), throughput, load time, peak memory, size and accuracy, side by side.
 
@@ -82,6 +88,9 @@ def command(
         check_report_dir(report)
     from ..bench.runner import BenchConfig
 
+    if inventory is not None:
+        return _fleet(artifacts, inventory, hosts=hosts, forks=forks, batch=batch, threads=threads, warmup=warmup,
+                      iters=iters, duration=duration, json_out=json_out, report=report, host=host)
     if frames is not None:
         return _frames(artifacts, frames, faces, threads, limit, backend, json_out)
     if iters is not None and duration is not None:
@@ -167,3 +176,23 @@ def _frames(artifacts, frames, faces, threads, limit, backend, json_out) -> None
                              backend=backend, console=console)
     out_console.print(format_rows(rows))
     write_json(json_out, rows)
+
+
+def _fleet(artifacts, inventory, *, hosts, forks, batch, threads, warmup, iters, duration, json_out, report, host):
+    """bench BUNDLE --inventory: the device's own bench on every host, through Ansible; one fleet report."""
+    from ..fleet.rollout import bench_fleet
+    from .fleet import finish
+
+    if host:
+        raise EdgefaceError("pass --host USER@HOST (one device) or --inventory FILE (a fleet), not both")
+    if len(artifacts) != 1:
+        raise EdgefaceError(f"bench --inventory takes one bundle folder, got {len(artifacts)} artifacts")
+    if iters is not None and duration is not None:
+        raise EdgefaceError("pass --iters N or --duration S, not both")
+    args = ["--batch", ",".join(map(str, parse_int_list(batch, "--batch"))),
+            "--threads", ",".join("auto" if t is None else str(t) for t in parse_int_list(threads, "--threads", True)),
+            "--warmup", str(warmup)]
+    args += ["--iters", str(iters)] if iters is not None else ["--duration", str(duration if duration else 2.0)]
+    outcome = bench_fleet(artifacts[0], inventory, limit=hosts, forks=forks, bench_args=args, report=report,
+                          console=console)
+    finish(outcome, f"edgeface fleet bench: {artifacts[0].name}", json_out, report)

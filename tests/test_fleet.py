@@ -213,7 +213,10 @@ def test_serial_batches_stop_after_the_first_failing_batch(fleet, bundles, tmp_p
     assert hosts["full"]["status"] == "failed" and "No space left" in hosts["full"]["reason"]
     for n in ("b", "c"):  # the second batch: never reached
         assert hosts[n]["status"] == "not attempted" and not roots[n].exists(), hosts[n]
-    assert hosts["a"]["status"] in ("deployed", "failed")  # in the failing batch: finished or stopped with it
+    # In the failing batch: Ansible stops it with the batch (or it had finished); never half-swapped.
+    assert hosts["a"]["status"] in ("deployed", "stopped"), hosts["a"]
+    if hosts["a"]["status"] == "stopped":
+        assert not os.path.lexists(roots["a"] / "current")
 
 
 def test_signed_rollout_is_refused_by_a_host_trusting_another_key(fleet, keys, checkpoint, tmp_path):

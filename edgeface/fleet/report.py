@@ -57,7 +57,7 @@ def make_table(rows: list[dict], title: str):
     t = Table(title=title)
     for col in ("host", "device model", "OS", "engine", "precision", "digest", "status", "p50 ms", "p99 ms"):
         t.add_column(col, justify="right" if col.endswith("ms") else "left", overflow="fold")
-    colors = {"failed": "red", "unreachable": "red", "not attempted": "yellow", "unchanged": "cyan"}
+    colors = {"failed": "red", "unreachable": "red", "not attempted": "yellow", "stopped": "yellow", "unchanged": "cyan"}
     for r in rows:
         status = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
         c = colors.get(r["status"], "green")

@@ -23,13 +23,17 @@ from .inventory import Host, require_ansible
 PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
 RESULT_TASK = "edgeface result"
 COPY_TASK = "copy the bundle files"
-OK, UNCHANGED, FAILED, UNREACHABLE, NOT_ATTEMPTED = "ok", "unchanged", "failed", "unreachable", "not attempted"
+OK, UNCHANGED, FAILED, UNREACHABLE, STOPPED, NOT_ATTEMPTED = ("ok", "unchanged", "failed", "unreachable", "stopped",
+                                                           "not attempted")
+
+STOPPED_REASON = "stopped with its batch: the batch reached the failure threshold (--max-fail) before this host finished"
 
 
 @dataclass
 class HostResult:
     host: str
-    status: str                      # deployed | unchanged | rolled back | benched | failed | unreachable | not attempted
+    status: str                      # deployed | unchanged | rolled back | benched | failed | unreachable | stopped
+                                     # (its batch reached the failure threshold first) | not attempted
     reason: Optional[str] = None     # why a host failed, was unreachable or was not attempted
     result: dict = field(default_factory=dict)   # the playbook's edgeface_result for the host
     copied: bool = False             # whether any bundle file was copied to the host
@@ -37,7 +41,7 @@ class HostResult:
 
     @property
     def succeeded(self) -> bool:
-        return self.status not in (FAILED, UNREACHABLE, NOT_ATTEMPTED)
+        return self.status not in (FAILED, UNREACHABLE, STOPPED, NOT_ATTEMPTED)
 
 
 def short_reason(res: dict, unreachable: bool = False) -> str:
@@ -127,12 +131,15 @@ class Events:
                 reason = self.failed.get(name)
                 if reason and reason.startswith("unreachable: "):  # edgeface_reach turned it into a failure
                     r = HostResult(name, UNREACHABLE, reason[len("unreachable: "):])
+                elif reason:
+                    r = HostResult(name, FAILED, reason)
                 else:
-                    r = HostResult(name, FAILED, reason or "stopped: its batch reached the failure threshold "
-                                                           "(--max-fail), before this host finished")
+                    r = HostResult(name, STOPPED, STOPPED_REASON)
             elif name in self.results:
                 res = self.results[name]
                 r = HostResult(name, str(res.get("status") or OK), result=res)
+            elif name in self.seen:  # Ansible stopped it mid-play: its batch reached max_fail_percentage
+                r = HostResult(name, STOPPED, STOPPED_REASON)
             else:
                 r = HostResult(name, NOT_ATTEMPTED, "the rollout stopped before this host's batch "
                                                     "(the failure threshold was reached)")

@@ -47,7 +47,9 @@ class HostResult:
 def short_reason(res: dict, unreachable: bool = False) -> str:
     """One line from an Ansible failure: the device's `error:` line when it printed one, else the message
     without Ansible's 'Task failed: Module failed:' prefixes."""
-    lines = [ln for ln in (res.get("stderr_lines") or []) if ln.startswith("error:")]
+    # The script module runs under a tty, so the device's stderr may arrive in stdout.
+    lines = [ln.strip() for ln in (res.get("stderr_lines") or []) + (res.get("stdout_lines") or [])
+             if ln.strip().startswith("error:")]
     text = lines[-1][len("error:"):] if lines else str(res.get("msg") or "failed")
     text = " ".join(text.split())
     text = re.sub(r"^(Task failed: |Module failed: |Action failed: )+", "", text)

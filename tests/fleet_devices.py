@@ -92,3 +92,27 @@ def connection_vars(fleet: Fleet, python: str) -> dict:
     return {"ansible_user": user, "ansible_ssh_private_key_file": str(fleet.key),
             "ansible_ssh_common_args": f"-o UserKnownHostsFile={fleet.known_hosts} -o GlobalKnownHostsFile=/dev/null",
             "ansible_python_interpreter": python, "edgeface_python": python}
+
+
+def arm_python(rootfs: Path, repo: Path, wrapper: Path) -> Path:
+    """A device Python that is the aarch64 userland's own python3 under qemu-user (`-L ROOTFS`: its libraries and
+    wheels come from the rootfs, files outside it from this machine), with the aarch64 wheels of
+    .ci/arm_emulated.sh and this checkout's edgeface. Ansible's own modules still run natively; everything
+    edgeface does on this device (probe, verify, swap, bench) runs as aarch64 code."""
+    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={rootfs}/opt/site:{repo} PYTHONNOUSERSITE=1 "
+                       f"exec {qemu} -L {rootfs} -cpu cortex-a72 {rootfs}/usr/bin/python3 \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def arm_missing() -> str | None:
+    """Why the emulated aarch64 device cannot run here, or None."""
+    root = os.environ.get("EDGEFACE_ARM_ROOTFS")
+    if not root:
+        return "no aarch64 rootfs: `source .ci/arm_emulated.sh` as root (sets EDGEFACE_ARM_ROOTFS)"
+    if not (shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")):
+        return "qemu-user is not installed (.ci/arm_emulated.sh installs qemu-user-static)"
+    if not (Path(root) / "usr/bin/python3").exists() or not (Path(root) / "opt/site/ncnn").is_dir():
+        return f"EDGEFACE_ARM_ROOTFS={root} lacks python3 or the aarch64 wheels; re-run .ci/arm_emulated.sh"
+    return None

@@ -309,6 +309,12 @@ def test_bad_inventory_and_limit_are_one_error_line(fleet, tmp_path):
     write_inventory(fleet, tmp_path / "ok.yml", {"healthy": ["a"]})
     r = edgeface("deploy", "--inventory", tmp_path / "ok.yml", "--rollback", "--limit", "nosuchgroup")
     assert r.returncode == 2 and "matches no host" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes\n")
+    r = edgeface("bench", tmp_path, "--inventory", tmp_path / "ok.yml", "--report", mine)
+    assert r.returncode == 2 and "a fleet report did not write" in r.stderr, r.stderr
+    assert (mine / "README.md").read_text() == "my notes\n"
 
 
 def test_missing_ansible_names_the_extra(tmp_path):

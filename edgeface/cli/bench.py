@@ -82,15 +82,15 @@ def command(
     check_output_file(json_out, "--json", inputs=[*artifacts, data, frames, identity, known_hosts,
                                                   None if reference in ("auto", "none") else reference])
     check_output_dir(report, "--report")
+    if inventory is not None:
+        return _fleet(artifacts, inventory, hosts=hosts, forks=forks, batch=batch, threads=threads, warmup=warmup,
+                      iters=iters, duration=duration, json_out=json_out, report=report, host=host)
     if report is not None:
         from ..bench.report import check_report_dir
 
         check_report_dir(report)
     from ..bench.runner import BenchConfig
 
-    if inventory is not None:
-        return _fleet(artifacts, inventory, hosts=hosts, forks=forks, batch=batch, threads=threads, warmup=warmup,
-                      iters=iters, duration=duration, json_out=json_out, report=report, host=host)
     if frames is not None:
         return _frames(artifacts, frames, faces, threads, limit, backend, json_out)
     if iters is not None and duration is not None:

@@ -14,6 +14,7 @@ from ..core.io import atomic_write_json
 from .run import HostResult
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "fleet.json", "README.md", "latency_by_model.png"
+REPORT_TITLE = "# edgeface fleet"
 OUTLIER_FACTOR = 1.5   # a host slower than 1.5x its model's median p50 is named on the plot
 
 
@@ -146,10 +147,30 @@ def plot_latency_by_model(rows: list[dict], path: Path) -> None:
         plt.close(fig)
 
 
+def check_report_dir(out_dir: str | Path) -> None:
+    """--report may name a new or empty folder, or one holding an earlier fleet report: the report's file names
+    must not replace a user's own files."""
+    from ..core.errors import EdgefaceError
+
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    ours = False
+    readme = out_dir / REPORT_MD
+    if readme.is_file() and not readme.is_symlink():
+        with open(readme, "rb") as fh:
+            ours = fh.read(len(REPORT_TITLE)).decode("utf-8", "replace") == REPORT_TITLE
+    clash = [n for n in (REPORT_JSON, REPORT_MD, REPORT_PNG, "hosts") if os.path.lexists(out_dir / n)]
+    if clash and not ours:
+        raise EdgefaceError(f"--report {out_dir} holds {', '.join(clash)} that a fleet report did not write; choose "
+                            f"a new or empty folder (the report would replace them)")
+
+
 def write_report(rows: list[dict], out_dir: str | Path, title: str, host_files: Optional[Path] = None) -> Path:
     """fleet.json, README.md, the PNG (when any host was benched) and hosts/*.bench.json into ``out_dir``,
     built in a temporary folder beside it and moved into place file by file."""
     out_dir = Path(out_dir)
+    check_report_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".fleet-report-", dir=out_dir.parent))
     try:

@@ -60,6 +60,13 @@ def _model_names(hosts: list[Host]) -> dict:
     return {h.name: h.vars["edgeface_device_model"] for h in hosts if h.vars.get("edgeface_device_model")}
 
 
+def _check_report(report: Optional[str | Path]) -> None:
+    if report is not None:
+        from .report import check_report_dir
+
+        check_report_dir(report)
+
+
 def _report(outcome: "FleetOutcome", report: Optional[str | Path], title: str, host_files: Optional[Path] = None):
     if report is not None:
         from .report import write_report
@@ -74,6 +81,7 @@ def deploy_fleet(inventory: str | Path, *, target: Optional[str] = None, bundle:
     """Ship a bundle to every selected host: ``bundle`` (an existing sealed bundle, shipped as it is: hosts
     already running its digest report "unchanged"), or one bundle built per target (host variable
     ``edgeface_target``, else ``target``) with deploy's own pipeline and ``build_options``."""
+    _check_report(report)
     hosts = load_inventory(inventory, limit)
     extravars = rollout_vars(hosts, serial, max_fail)
     bundles: dict[str, Path] = {}
@@ -117,6 +125,7 @@ def rollback_fleet(inventory: str | Path, *, limit: Optional[str] = None, forks:
                    serial: Optional[int] = None, max_fail: Optional[int] = None, report: Optional[str | Path] = None,
                    console=None) -> FleetOutcome:
     """Every selected device's `current` goes back to the `previous` bundle it kept."""
+    _check_report(report)
     hosts = load_inventory(inventory, limit)
     results = run_playbook("rollback.yml", inventory, hosts, rollout_vars(hosts, serial, max_fail), limit=limit,
                            forks=forks, console=console)
@@ -130,6 +139,7 @@ def bench_fleet(bundle: str | Path, inventory: str | Path, *, limit: Optional[st
                 console=None) -> FleetOutcome:
     """The device's own `edgeface bench` of ``bundle`` on every selected host (copied there first unless the
     device runs it already, and removed again: bench never changes what a device runs); one report."""
+    _check_report(report)
     hosts = load_inventory(inventory, limit)
     path, manifest = check_bundle(bundle)
     fetched = Path(tempfile.mkdtemp(prefix="edgeface-fleet-bench-"))

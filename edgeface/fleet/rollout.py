@@ -109,8 +109,8 @@ def deploy_fleet(inventory: str | Path, *, target: Optional[str] = None, bundle:
         for t in wanted:
             result = build(t, console=console, **opts)
             bundles[t] = result.bundle.absolute()
-            if len(wanted) == 1:
-                extravars["edgeface_bundle"] = str(bundles[t])
+        if target in bundles or len(wanted) == 1:  # hosts without an edgeface_target of their own get --target's
+            extravars["edgeface_bundle"] = str(bundles[target if target in bundles else wanted[0]])
         extravars["edgeface_bundles"] = {t: str(p) for t, p in bundles.items()}
     if console is not None:
         console.print(f"deploying to {len(hosts)} host(s) with ansible (forks {forks}"

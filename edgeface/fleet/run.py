@@ -44,15 +44,21 @@ class HostResult:
         return self.status not in (FAILED, UNREACHABLE, STOPPED, NOT_ATTEMPTED)
 
 
-def short_reason(res: dict, unreachable: bool = False) -> str:
+def short_reason(res: dict, unreachable: bool = False, task: str = "") -> str:
     """One line from an Ansible failure: the device's `error:` line when it printed one, else the message
-    without Ansible's 'Task failed: Module failed:' prefixes."""
+    without Ansible's 'Task failed: Module failed:' prefixes, with the task it failed in (unless it is one of
+    the playbooks' own 'report why ...' tasks, whose message says it) and the output's last line."""
     # The script module runs under a tty, so the device's stderr may arrive in stdout.
-    lines = [ln.strip() for ln in (res.get("stderr_lines") or []) + (res.get("stdout_lines") or [])
-             if ln.strip().startswith("error:")]
+    out = [ln.strip() for key in ("stderr_lines", "stdout_lines") for ln in (res.get(key) or []) if ln.strip()]
+    out += [ln.strip() for key in ("module_stderr", "module_stdout") for ln in str(res.get(key) or "").splitlines()
+            if ln.strip()]
+    lines = [ln for ln in out if ln.startswith("error:")]
     text = lines[-1][len("error:"):] if lines else str(res.get("msg") or "failed")
-    text = " ".join(text.split())
-    text = re.sub(r"^(Task failed: |Module failed: |Action failed: )+", "", text)
+    text = re.sub(r"^(Task failed: |Module failed: |Action failed: )+", "", " ".join(text.split()))
+    step = task.split(" : ")[-1]
+    if not lines and not unreachable and step and not step.startswith(("report why", "stop on")):
+        text = f"{step}: {text}" + (f" (rc {res['rc']})" if isinstance(res.get("rc"), int) else "") \
+            + (f": {out[-1]}" if out else "")
     if unreachable and "over ssh: " in text:
         text = text.split("over ssh: ", 1)[1]
     if "over ssh: " in text and text.startswith("unreachable: "):
@@ -114,7 +120,7 @@ class Events:
                 r = res["edgeface_result"]
                 self._done(host, f"{r.get('status')} {str(r.get('digest') or '')[:12]}")
         elif kind == "runner_on_failed" and not data.get("ignore_errors"):
-            self.failed[host] = short_reason(res)
+            self.failed[host] = short_reason(res, task=task)
         elif kind == "runner_on_unreachable":
             self.unreachable[host] = short_reason(res, unreachable=True)
         elif kind == "playbook_on_stats":

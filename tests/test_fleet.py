@@ -35,7 +35,7 @@ def ansible_missing():
     return None
 
 
-def edgeface(*args, timeout=900):
+def edgeface(*args, timeout=1800):
     return subprocess.run([sys.executable, "-m", "edgeface", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, timeout=timeout)
 
@@ -278,7 +278,7 @@ def test_plain_ansible_playbook_runs_the_shipped_playbook(fleet, bundles, tmp_pa
     roots = write_inventory(fleet, tmp_path / "hosts.yml", {"healthy": list(HEALTHY)})
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
     r = subprocess.run(["ansible-playbook", "-i", str(tmp_path / "hosts.yml"), str(PLAYBOOKS / "deploy.yml"),
-                        "-e", f"edgeface_bundle={bundles['B']}"], capture_output=True, text=True, env=env, timeout=900)
+                        "-e", f"edgeface_bundle={bundles['B']}"], capture_output=True, text=True, env=env, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:]
     for n in HEALTHY:
         assert digest_at(roots[n]) == bundles["digest"]["B"]

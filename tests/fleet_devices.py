@@ -21,6 +21,17 @@ def sshd_missing() -> str | None:
     return None
 
 
+def _die_with_parent():
+    """A device's sshd ends when the test process does, even when it is killed (Linux PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
 def free_port(address: str) -> int:
     with socket.socket() as s:
         s.bind((address, 0))
@@ -49,7 +60,8 @@ class Fleet:
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", exist_ok=True)
         log = open(d / "sshd.log", "w")
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent)
         self.procs.append((proc, log))
         deadline = time.time() + 15
         while time.time() < deadline:

@@ -169,7 +169,10 @@ def run_playbook(playbook: str, inventory: str | Path, hosts: list[Host], extrav
     bindir = str(Path(sys.executable).parent)
     env = {"PATH": bindir + os.pathsep + os.environ.get("PATH", ""), "ANSIBLE_PIPELINING": "True",
            "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_NOCOLOR": "True",
-           "ANSIBLE_DEPRECATION_WARNINGS": "False", "ANSIBLE_LOCAL_TEMP": str(private / "tmp")}
+           "ANSIBLE_DEPRECATION_WARNINGS": "False", "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
+           # ansible-runner turns host key checking off unless told otherwise; devices' keys are checked, as with
+           # --host (a user who wants otherwise sets ANSIBLE_HOST_KEY_CHECKING=False).
+           "ANSIBLE_HOST_KEY_CHECKING": os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "True")}
     events = Events(hosts, console)
     try:
         with events:

@@ -59,10 +59,9 @@ def short_reason(res: dict, unreachable: bool = False, task: str = "") -> str:
     if not lines and not unreachable and step and not step.startswith(("report why", "stop on")):
         text = f"{step}: {text}" + (f" (rc {res['rc']})" if isinstance(res.get("rc"), int) else "") \
             + (f": {out[-1]}" if out else "")
-    if unreachable and "over ssh: " in text:
-        text = text.split("over ssh: ", 1)[1]
-    if "over ssh: " in text and text.startswith("unreachable: "):
-        text = "unreachable: " + text.split("over ssh: ", 1)[1]
+    ssh_said = re.search(r"over ssh: (ssh: .*)$", text, re.IGNORECASE)  # keep ssh's own words when it gave them
+    if ssh_said and (unreachable or text.startswith("unreachable: ")):
+        text = ("unreachable: " if text.startswith("unreachable: ") else "") + ssh_said.group(1)
     errno = re.search(r"\[Errno \d+\] ([^:']+)", text)
     if errno and "copying the bundle failed" in text:
         text = f"copying the bundle failed: {errno.group(1).strip()}"

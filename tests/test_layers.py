@@ -1,6 +1,6 @@
 """The package's import graph, read with ``ast``: every import goes down the layers, none goes round in a circle.
 
-    core <- engines <- runtime <- remote <- model <- export <- quantize <- bench <- deploy <- cli
+    core <- engines <- runtime <- remote <- model <- export <- quantize <- bench <- deploy <- fleet <- cli
 
 A module may import its own layer and the layers below it, never one above. Imports inside functions count
 too (they run, later). The root package (``edgeface/__init__.py``, ``__main__.py``) is the public face and
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgeface"
-LAYERS = ("core", "engines", "runtime", "remote", "model", "export", "quantize", "bench", "deploy", "cli")
+LAYERS = ("core", "engines", "runtime", "remote", "model", "export", "quantize", "bench", "deploy", "fleet", "cli")
 TOP = len(LAYERS)  # the root package: the public API and `python -m edgeface`
 # Where torch (and torchao) may be imported: the torch engine, training, export, quantization-aware training.
 TORCH_ALLOWED = ("edgeface.engines.torch", "edgeface.model", "edgeface.export", "edgeface.quantize.qat")

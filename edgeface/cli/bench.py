@@ -74,6 +74,12 @@ def command(
     frame_count: int = typer.Option(16, "--frame-count", help="With --frames: use the first N frames of the "
                                     "folder or video."),
     keep_remote: bool = typer.Option(False, "--keep-remote", help="Leave the temporary folder on the device."),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help="Ansible inventory (INI or YAML): bench "
+                                             "the bundle on every host in it, one report (pip install "
+                                             "'edgeface\\[fleet]'; docs/fleet.md)."),
+    hosts: Optional[str] = typer.Option(None, "--hosts", help="With --inventory: only this group or host (an "
+                                        "Ansible host pattern)."),
+    forks: int = typer.Option(50, "--forks", help="With --inventory: at most this many hosts at once."),
 ):
     """Latency (p50/p90/p99), throughput, load time, peak memory, size and accuracy, side by side.
 
@@ -84,6 +90,9 @@ def command(
     check_output_file(json_out, "--json", inputs=[*artifacts, data, frames, identity, known_hosts,
                                                   None if reference in ("auto", "none") else reference])
     check_output_dir(report, "--report")
+    if inventory is not None:
+        return _fleet(artifacts, inventory, hosts=hosts, forks=forks, batch=batch, threads=threads, warmup=warmup,
+                      iters=iters, duration=duration, json_out=json_out, report=report, host=host)
     if report is not None:
         from ..bench.report import check_report_dir
 
@@ -212,3 +221,23 @@ def _frames(artifacts, frames, faces, threads, count, backend, json_out, report)
         console.print(f"report: {report}/README.md")
     console.print(f"bench --frames: {len(artifacts)} artifact(s), {rows[0]['frames'] if rows else 0} frames of "
                   f"{Path(frames).name}, faces per frame {faces}; {len(rows)} rows", highlight=False, soft_wrap=True)
+
+
+def _fleet(artifacts, inventory, *, hosts, forks, batch, threads, warmup, iters, duration, json_out, report, host):
+    """bench BUNDLE --inventory: the device's own bench on every host, through Ansible; one fleet report."""
+    from ..fleet.rollout import bench_fleet
+    from .fleet import finish
+
+    if host:
+        raise EdgefaceError("pass --host USER@HOST (one device) or --inventory FILE (a fleet), not both")
+    if len(artifacts) != 1:
+        raise EdgefaceError(f"bench --inventory takes one bundle folder, got {len(artifacts)} artifacts")
+    if iters is not None and duration is not None:
+        raise EdgefaceError("pass --iters N or --duration S, not both")
+    args = ["--batch", ",".join(map(str, parse_int_list(batch, "--batch"))),
+            "--threads", ",".join("auto" if t is None else str(t) for t in parse_int_list(threads, "--threads", True)),
+            "--warmup", str(warmup)]
+    args += ["--iters", str(iters)] if iters is not None else ["--duration", str(duration if duration else 2.0)]
+    outcome = bench_fleet(artifacts[0], inventory, limit=hosts, forks=forks, bench_args=args, report=report,
+                          console=console)
+    finish(outcome, f"edgeface fleet bench: {artifacts[0].name}", json_out, report)

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from ..core.errors import EdgefaceError
 from ..engines import registry
 from .output import check_output_dir, check_output_file, console, out_console, write_json
 
@@ -18,8 +19,9 @@ def _targets_help() -> str:
     return "|".join(list_targets())
 
 
-def command(target: str = typer.Option(..., "--target", "-t",
-                                      help=f"Device: {_targets_help()} (a file in recipes/targets/), or a target YAML path."),
+def command(target: Optional[str] = typer.Option(None, "--target", "-t",
+                                                help=f"Device: {_targets_help()} (a file in recipes/targets/), or a "
+                                                     f"target YAML path."),
            model: Optional[Path] = typer.Option(None, "--model", "-m",
                                                 help="Checkpoint (.pt, FP32 or QAT); default: the shipped model."),
            precision: Optional[str] = typer.Option(None, "--precision", "-p",
@@ -49,14 +51,42 @@ def command(target: str = typer.Option(..., "--target", "-t",
                                                     "x86 measures its engines at it."),
            sign: Optional[Path] = typer.Option(None, "--sign", help="Ed25519 private key (PEM): write manifest.sig; "
                                                "devices given the public key trust only signed bundles (docs/security.md)."),
-           json_out: Optional[Path] = typer.Option(None, "--json", help="Write the deploy report as JSON.")):
+           json_out: Optional[Path] = typer.Option(None, "--json", help="Write the deploy report as JSON."),
+           inventory: Optional[Path] = typer.Option(None, "--inventory", "-i",
+                                                    help="Ansible inventory (INI or YAML): deploy to every host in it "
+                                                         "through Ansible (pip install 'edgeface\\[fleet]'; docs/fleet.md)."),
+           limit: Optional[str] = typer.Option(None, "--limit", help="With --inventory: only this group or host "
+                                               "(an Ansible host pattern)."),
+           forks: int = typer.Option(50, "--forks", help="With --inventory: at most this many hosts at once."),
+           serial: Optional[int] = typer.Option(None, "--serial", help="With --inventory: roll out in batches of N hosts."),
+           max_fail: Optional[int] = typer.Option(None, "--max-fail", help="With --inventory: N failed hosts in one "
+                                                  "batch stop the rollout (later batches are not attempted)."),
+           rollback: bool = typer.Option(False, "--rollback", help="With --inventory: every device goes back to the "
+                                         "previous bundle it kept."),
+           bundle: Optional[Path] = typer.Option(None, "--bundle", help="With --inventory: ship this sealed bundle as "
+                                                 "it is instead of building one (hosts running it: unchanged)."),
+           report: Optional[Path] = typer.Option(None, "--report", help="With --inventory: folder for the fleet "
+                                                 "report (fleet.json, README.md).")):
     """Weights -> verified bundle for a device: export, quantize (int8), verify against FP32, write atomically.
 
     The bundle (manifest.json + artifacts) runs with `Predictor("BUNDLE")` on the device; Jetson bundles carry
     ONNX and build their TensorRT engine there (`edgeface build BUNDLE`).
     """
-    check_output_file(json_out, "--json", inputs=[model, calib, verify_data, sign, identity, known_hosts, target])
+    check_output_file(json_out, "--json", inputs=[model, calib, verify_data, sign, identity, known_hosts, target,
+                                                  inventory])
     check_output_dir(out, "--out")
+    if inventory is not None:
+        return _fleet(inventory, target=target, bundle=bundle, rollback=rollback, limit=limit, forks=forks,
+                      serial=serial, max_fail=max_fail, json_out=json_out, report=report, host=host,
+                      build_options=dict(model=model, precision=precision, calib=calib, out=out, force=force,
+                                         verify=not no_verify, verify_data=verify_data, backend=backend, batch=batch,
+                                         sign=sign))
+    fleet_only = [flag for flag, v in (("--rollback", rollback), ("--bundle", bundle), ("--limit", limit),
+                                       ("--serial", serial), ("--max-fail", max_fail), ("--report", report)) if v]
+    if fleet_only:
+        raise EdgefaceError(f"{fleet_only[0]} works with --inventory hosts.yml (a fleet of devices)")
+    if target is None:
+        raise EdgefaceError(f"pass --target {_targets_help()} (the device the bundle is for)")
     from rich.markup import escape
 
     from ..deploy import deploy as run_deploy
@@ -84,3 +114,29 @@ def command(target: str = typer.Option(..., "--target", "-t",
             out_console.print(f"{host}: {row.get('backend')} {row.get('precision')} batch {row.get('batch')} "
                               f"p50 {lat.get('p50')} ms, {row.get('throughput_ips')} img/s", highlight=False)
     write_json(json_out, result.to_json())
+
+
+def _fleet(inventory: Path, *, target, bundle, rollback, limit, forks, serial, max_fail, json_out, report, host,
+           build_options) -> None:
+    """deploy --inventory: build (or take --bundle) and roll out through Ansible; --rollback."""
+    from ..fleet.rollout import deploy_fleet, rollback_fleet
+    from .fleet import finish
+
+    if host:
+        raise EdgefaceError("pass --host USER@HOST (one device) or --inventory FILE (a fleet), not both")
+    check_output_dir(report, "--report")
+    common = dict(limit=limit, forks=forks, serial=serial, max_fail=max_fail, report=report, console=console)
+    if rollback:
+        given = [flag for flag, v in (("--target", target), ("--bundle", bundle), ("--sign", build_options["sign"]),
+                                      ("--model", build_options["model"])) if v]
+        if given:
+            raise EdgefaceError(f"--rollback restores the bundle each device kept; {given[0]} does not apply")
+        return finish(rollback_fleet(inventory, **common), "edgeface fleet rollback", json_out, report)
+    if bundle is not None:
+        given = [flag for flag, v in (("--sign", build_options["sign"]), ("--model", build_options["model"]),
+                                      ("--precision", build_options["precision"])) if v]
+        if given:
+            raise EdgefaceError(f"--bundle ships a sealed bundle as it is; {given[0]} applies when deploy builds one "
+                                f"(use --target instead of --bundle)")
+    finish(deploy_fleet(inventory, target=target, bundle=bundle, build_options=build_options, **common),
+           "edgeface fleet deploy", json_out, report)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -33,14 +34,22 @@ DEV = "aflw2000_dev"
 BASELINE = "v2.0.0"
 
 
+ISA_OF_NOTE = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def cpu_name() -> str:
+    """The CPU as a figure needs it: model name, family/model, and the vector ISA that decides speed."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    best = [f for f in ISA_OF_NOTE if f in flags][-1:] or ["no AVX2"]
+    return (f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')} model "
+            f"{fields.get('model', '?')}, {os.cpu_count()} cores, up to {best[0]})")
 
 
 def measure(name: str, checkpoint: Path, data: Path, minutes: float | None, note: str) -> dict:

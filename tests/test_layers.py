@@ -145,7 +145,8 @@ def test_torch_stays_in_its_packages():
              and not any(m == a or m.startswith(a + ".") for a in TORCH_ALLOWED)]
     assert not found, "torch imported outside " + ", ".join(TORCH_ALLOWED) + ":\n" + "\n".join(found)
     # ...and no package __init__ pulls it in, so importing any package stays torch-free.
-    inits = [m for m, imps in EXTERNAL.items() if _is_package(m) and any(t.split(".")[0] == "torch" for t, _, _ in imps)]
+    inits = [m for m, imps in EXTERNAL.items()
+             if _is_package(m) and any(t.split(".")[0] == "torch" for t, _, _ in imps)]
     assert not inits, f"package __init__ files importing torch: {inits}"
 
 

@@ -184,7 +184,8 @@ def jetson_clocks_from_sysfs(cpu_root: str | Path = "/sys/devices/system/cpu") -
     """Without root, `jetson_clocks --show` fails; jetson_clocks pins scaling_min_freq to the maximum."""
     seen = False
     for cpu in sorted(glob.glob(os.path.join(str(cpu_root), "cpu[0-9]*"))):
-        lo, hi = _read(os.path.join(cpu, "cpufreq", "scaling_min_freq")), _read(os.path.join(cpu, "cpufreq", "cpuinfo_max_freq"))
+        lo, hi = (_read(os.path.join(cpu, "cpufreq", "scaling_min_freq")),
+                  _read(os.path.join(cpu, "cpufreq", "cpuinfo_max_freq")))
         if lo is None or hi is None:
             continue
         seen = True
@@ -259,7 +260,8 @@ def read_tegrastats_once(timeout: float = 3.0) -> Optional[dict]:
 def read_governors(cpu_root: str | Path = "/sys/devices/system/cpu") -> dict[str, str]:
     """{cpuN: governor} for every CPU exposing cpufreq."""
     out = {}
-    for cpu in sorted(glob.glob(os.path.join(str(cpu_root), "cpu[0-9]*")), key=lambda p: int(re.sub(r"\D", "", os.path.basename(p)))):
+    for cpu in sorted(glob.glob(os.path.join(str(cpu_root), "cpu[0-9]*")),
+                      key=lambda p: int(re.sub(r"\D", "", os.path.basename(p)))):
         g = _read(os.path.join(cpu, "cpufreq", "scaling_governor"))
         if g:
             out[os.path.basename(cpu)] = g.strip()
@@ -427,7 +429,8 @@ def pitfall_warnings(info: dict, *, iters: Optional[int] = None, measured_s: Opt
     load, cores = info.get("load_average"), info.get("cores_available") or info.get("cores")
     if load and cores and load[0] >= 0.5 * cores:
         out.append(f"the machine is busy (load average {load[0]:.1f} on {cores} cores): other processes compete for "
-                   "the CPU, so latency is inflated and noisy (multi-threaded runs worst); benchmark on an idle machine")
+                   "the CPU, so latency is inflated and noisy (multi-threaded runs worst); "
+                   "benchmark on an idle machine")
     reason = is_throttled(info)
     if reason:
         out.append(f"throttling: {reason}; cool the board / use the official power supply")
@@ -440,7 +443,8 @@ def pitfall_warnings(info: dict, *, iters: Optional[int] = None, measured_s: Opt
     if iters is not None and iters < min_iters:
         out.append(f"only {iters} timed calls: percentiles (p99 above all) are unreliable; use ≥ {min_iters}")
     if measured_s is not None and measured_s < min_seconds:
-        out.append(f"only {measured_s:.2f} s measured: too short to average out scheduler noise; use ≥ {min_seconds:g} s")
+        out.append(f"only {measured_s:.2f} s measured: too short to average out scheduler noise; "
+                   f"use ≥ {min_seconds:g} s")
     if warmup is not None and warmup <= 0:
         out.append("no warm-up: the first calls include lazy allocation and kernel selection")
     return out

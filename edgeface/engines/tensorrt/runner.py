@@ -108,8 +108,8 @@ class TensorRTBackend(Backend):
         trt = import_tensorrt()
         require_version_in_range(str(trt.__version__), self.options.get("tensorrt_min_version"),
                                  self.options.get("tensorrt_max_version"))
-        if self.precision == "int8" and trt_version_tuple(trt.__version__)[0] >= 11 and self.artifact.suffix == ".onnx" \
-                and self.options.get("calib_cache"):
+        if self.precision == "int8" and trt_version_tuple(trt.__version__)[0] >= 11 \
+                and self.artifact.suffix == ".onnx" and self.options.get("calib_cache"):
             raise EdgefaceError(f"TensorRT {trt.__version__} has no implicit INT8 (removed in 11); run the INT8 Q/DQ "
                                 f"ONNX (model.int8.qdq.onnx from `edgeface quantize --backend tensorrt`)")
         self._cuda = open_cuda(self.options.get("cuda"))

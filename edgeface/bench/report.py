@@ -11,8 +11,6 @@ from typing import Optional
 from ..core.errors import EdgefaceError
 from ..core.io import disk_errors, removed_on_failure
 
-PLOTS = ("latency.png", "throughput.png", "accuracy_latency.png")
-
 
 def _f(v, fmt="{:.3f}", none="–"):
     return none if v is None else fmt.format(v)

@@ -33,7 +33,6 @@ X86_FLAGS_OF_NOTE = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni"
                      "amx_int8", "amx_bf16")
 # ARM /proc/cpuinfo "Features": asimdhp = fp16 arithmetic, asimddp = int8 dot product (sdot/udot).
 ARM_FLAGS_OF_NOTE = ("asimd", "fphp", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2")
-ARM_FLAG_MEANING = {"asimdhp": "fp16", "asimddp": "dotprod", "i8mm": "i8mm", "bf16": "bf16"}
 
 # ARM "CPU part" ids (implementer 0x41 = Arm Ltd), for boards whose cpuinfo has no "model name".
 ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",

@@ -9,7 +9,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -262,10 +262,6 @@ def resolve_box(sample: Sample, image: np.ndarray, crop_scale: float) -> tuple[f
     h, w = image.shape[:2]
     side = max(w, h) / crop_scale
     return ((w - side) / 2, (h - side) / 2, side, side)
-
-
-def iter_paths(samples: Iterable[Sample]) -> list[Path]:
-    return [s.path for s in samples]
 
 
 # -- faces to check a model on -------------------------------------------------------------------------------

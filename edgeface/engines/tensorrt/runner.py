@@ -150,7 +150,6 @@ class TensorRTBackend(Backend):
         self._min_batch, self._max_batch = int(lo[0]), int(hi[0])
         sample = tuple(int(d) for d in eng.get_tensor_shape(self._input))[1:]
         self._out_map = self._map_outputs(outputs, eng)
-        self._in_dtype = in_dtype
         self._sample = sample
         # Buffers for the largest batch of the profile, allocated once; runs use a prefix of them.
         self._host[self._input] = self._cuda.pinned_empty((self._max_batch, *sample), in_dtype)

@@ -56,7 +56,8 @@ def run_mode(args) -> int:
     np.savez(args.out, blur=r.blur, pose=r.pose, **frames)
     report = {"machine": platform.machine(), "python": platform.python_version(),
               "torch_imported": "torch" in sys.modules, "onnx_imported": "onnx" in sys.modules,
-              "backend": info.get("backend"), "ncnn": info.get("version"), "fp16_arithmetic": info.get("fp16_arithmetic"),
+              "backend": info.get("backend"), "ncnn": info.get("version"),
+              "fp16_arithmetic": info.get("fp16_arithmetic"),
               "seconds": round(time.perf_counter() - t0, 2)}
     print(json.dumps(report))
     return 0
@@ -83,7 +84,8 @@ def _frame_deviation(got, ref: dict) -> dict:
         return {"same_faces": False, "error": "the ARM run returned no frame results"}
     same = bool(np.array_equal(got["frame_counts"], ref["frame_counts"]))
     if not same:
-        return {"same_faces": False, "faces_arm": int(got["frame_counts"].sum()), "faces_x86": int(ref["frame_counts"].sum())}
+        return {"same_faces": False, "faces_arm": int(got["frame_counts"].sum()),
+                "faces_x86": int(ref["frame_counts"].sum())}
     d = np.abs(got["frame_faces"] - ref["frame_faces"])
     return {"same_faces": True, "faces": int(ref["frame_counts"].sum()), "box_max_px": float(d[:, :4].max(initial=0)),
             "score_max_abs": float(d[:, 4].max(initial=0)), "pose_max_abs": float(d[:, 5:8].max(initial=0)),

@@ -33,7 +33,8 @@ Acceptance checked (``acceptance`` in the JSON):
 Timing is meaningless on a loaded machine: the script refuses while `edgeface train` runs (--anyway to
 override; the JSON then says so).
 
-    python3 scripts/bench_openvino.py [--checkpoint edgeface/weights/default.pt] [--data ../shared/data] [--json out.json]
+    python3 scripts/bench_openvino.py [--checkpoint edgeface/weights/default.pt] [--data ../shared/data] \\
+        [--json out.json]
 """
 from __future__ import annotations
 
@@ -184,7 +185,8 @@ def main() -> int:
             for batch in BATCHES:
                 x = rng.standard_normal((batch, 3, s, s)).astype(np.float32)
                 # the async path where the backend splits the batch; the raw request where it does not
-                fns = {n: (lambda b=b: b.run(x)) if n.endswith("_tput") else raw_call(b, x) for n, b in backends.items()}
+                fns = {n: (lambda b=b: b.run(x)) if n.endswith("_tput") else raw_call(b, x)
+                       for n, b in backends.items()}
                 res = interleaved(fns, args.rounds, args.slice, batch)
                 base = res["ort_fp32"]["images_per_s"]
                 for r in res.values():
@@ -243,8 +245,10 @@ def main() -> int:
                                                - pose_metrics(r0.pose, labels)["mean_mae"])}
             acc = q["accuracy"]
             report["accuracy"] = {"fp32_parity_vs_torch": parity, "bf16_vs_torch": bf16,
-                                  "pose_mean_mae": {k: acc[k]["pose_mean_mae"] for k in ("fp32", "onnxruntime", "openvino")},
-                                  "int8_pose_mae_rise": {k: acc[k]["pose_mae_rise"] for k in ("onnxruntime", "openvino")}}
+                                  "pose_mean_mae": {k: acc[k]["pose_mean_mae"] for k in ("fp32", "onnxruntime",
+                                                                                         "openvino")},
+                                  "int8_pose_mae_rise": {k: acc[k]["pose_mae_rise"] for k in ("onnxruntime",
+                                                                                              "openvino")}}
 
     b64 = table["b64_t1"]
     best_int8 = max(INT8, key=lambda k: b64[k]["images_per_s"])

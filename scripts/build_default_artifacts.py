@@ -21,7 +21,8 @@ from edgeface.core.artifact import shipped_artifact  # noqa: E402
 from edgeface.engines import registry  # noqa: E402
 
 # The shipped default model and its torch-free exports, named as the engine registry names their artifacts.
-DEFAULT_PT, DEFAULT_ONNX, DEFAULT_NCNN = (shipped_artifact(registry.by_format(f).suffix) for f in ("torch", "onnx", "ncnn"))
+DEFAULT_PT, DEFAULT_ONNX, DEFAULT_NCNN = (shipped_artifact(registry.by_format(f).suffix) for f in ("torch", "onnx",
+                                                                                                   "ncnn"))
 
 
 def main() -> int:

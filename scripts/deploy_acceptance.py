@@ -51,11 +51,13 @@ def main() -> int:
             row = {"target": target, "precision": precision, "backend": res.backend, "bundle": str(res.bundle),
                    "size_mb": round(sum(f["bytes"] for f in res.manifest["files"].values()) / 1e6, 3),
                    "seconds": round(res.seconds, 1), "n_faces": v["n_faces"], "data": v["data"],
-                   "pose_max_abs": v["pose_max_abs"], "pose_p99_abs": v["pose_p99_abs"], "pose_mean_abs": v["pose_mean_abs"],
+                   "pose_max_abs": v["pose_max_abs"], "pose_p99_abs": v["pose_p99_abs"],
+                   "pose_mean_abs": v["pose_mean_abs"],
                    "pose_max_abs_blurred": v["pose_max_abs_blurred"],
                    "blur_max_abs": v["blur_max_abs"], "pose_mae_ref": v["reference"]["pose_mean_mae"],
                    "pose_mae_bundle": v["bundle"]["pose_mean_mae"], "pose_mae_increase": v["pose_mae_increase"],
-                   "blur_spearman_ref": v["reference"]["blur_spearman"], "blur_spearman_bundle": v["bundle"]["blur_spearman"],
+                   "blur_spearman_ref": v["reference"]["blur_spearman"],
+                   "blur_spearman_bundle": v["bundle"]["blur_spearman"],
                    "passed": v["passed"], "runtime": v["runtime"]}
             if res.backend == "tensorrt":
                 from edgeface.engines.tensorrt.preflight import check_onnx_for_tensorrt

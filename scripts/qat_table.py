@@ -130,7 +130,8 @@ def main():
     lines = ["| artifact | FP32 pose / blur | PTQ best (method) pose / blur | QAT pose / blur |", "|---|---|---|---|"]
     for art, r in rows.items():
         lines.append(f"| {art} | {r['fp32']['pose_mean_mae']:.3f} / {r['fp32']['blur_mae']:.4f} | "
-                     f"{r['ptq_best']['pose_mean_mae']:.3f} / {r['ptq_best']['blur_mae']:.4f} ({r['ptq_best']['method']}) | "
+                     f"{r['ptq_best']['pose_mean_mae']:.3f} / {r['ptq_best']['blur_mae']:.4f} "
+                     f"({r['ptq_best']['method']}) | "
                      f"{r['qat']['pose_mean_mae']:.3f} / {r['qat']['blur_mae']:.4f} |")
     print("\n".join(lines), file=sys.stderr)
 

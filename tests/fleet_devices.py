@@ -56,7 +56,8 @@ class Fleet:
             f"Port {port}\nListenAddress {address}\nHostKey {d / 'host_key'}\n"
             f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\nPubkeyAuthentication yes\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-            f"StrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\nMaxStartups 100\nMaxSessions 100\nPidFile {d / 'sshd.pid'}\n")
+            "StrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\nMaxStartups 100\nMaxSessions 100\n"
+            f"PidFile {d / 'sshd.pid'}\n")
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", exist_ok=True)
         log = open(d / "sshd.log", "w")

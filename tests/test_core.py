@@ -1,7 +1,6 @@
 """Foundation: spec round trip, crop rule, pose algebra, blur label, readers, model size, checkpoints."""
 from __future__ import annotations
 
-import math
 
 import cv2
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 from edgeface.model.blur import apply_blur, blur_label, degrade, sharpness, sigma_for_label
 from edgeface.core.errors import EdgefaceError
 from edgeface.model.pose import flip_pose, rotate_pose
-from edgeface.core.preprocess import crop_face, crop_matrix, to_input
+from edgeface.core.preprocess import crop_face, to_input
 from edgeface.core.spec import ModelSpec
 
 

@@ -52,7 +52,7 @@ def make_aflw_fixture(folder: Path, n: int = 4) -> list[tuple[float, float, floa
 
 
 def test_aflw2000_reader(tmp_path):
-    poses = make_aflw_fixture(tmp_path / "aflw")
+    make_aflw_fixture(tmp_path / "aflw")
     s = load_samples(tmp_path / "aflw")
     assert len(s) == 3  # the 120 deg yaw image is dropped by the +-99 protocol
     assert s[0].yaw == pytest.approx(10.0) and s[0].pitch == pytest.approx(-20.0) and s[0].roll == pytest.approx(5.0)

@@ -358,7 +358,8 @@ def _bombs(folder: Path) -> dict:
     exr_attr = lambda name, typ, value: name + b"\0" + typ + b"\0" + struct.pack("<i", len(value)) + value  # noqa: E731
     bombs = {
         "hdr.hdr": b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y %d +X %d\n" % (side, side) + b"\x02\x02" * 64,
-        "hdr-as.jpg": b"#?RGBE\nFORMAT=32-bit_rle_rgbe\nEXPOSURE=1.0\n\n+X %d +Y %d\n" % (side, side) + b"\x02\x02" * 64,
+        "hdr-as.jpg": (b"#?RGBE\nFORMAT=32-bit_rle_rgbe\nEXPOSURE=1.0\n\n+X %d +Y %d\n" % (side, side)
+                       + b"\x02\x02" * 64),
         "pfm.pfm": b"PF\n%d %d\n-1.0\n" % (side, side) + b"\0" * 64,
         "pam.pam": b"P7\nWIDTH %d\nHEIGHT %d\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n" % (side, side) + b"\0" * 64,
         "ppm-comment.ppm": b"P6\n# a comment\n%d %d\n255\n" % (side, side) + b"\0" * 64,
@@ -451,7 +452,8 @@ def long_video(tmp_path_factory, shared_data) -> Path:
 
     folder = tmp_path_factory.mktemp("video")
     path = folder / "long.mp4"
-    frames = [cv2.resize(read_image(f), (320, 240)) for f in sorted((shared_data / "pointing04" / "images").iterdir())[:30]]
+    frames = [cv2.resize(read_image(f), (320, 240))
+              for f in sorted((shared_data / "pointing04" / "images").iterdir())[:30]]
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
     for _ in range(20):
         for f in frames:

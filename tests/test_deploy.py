@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.runtime.bundle import (ANY_DEVICE, BUNDLE_VERSION, MANIFEST_NAME, check_target, open_bundle, read_manifest,
+from edgeface.runtime.bundle import (ANY_DEVICE, BUNDLE_VERSION, MANIFEST_NAME, check_target, open_bundle,
+                                     read_manifest,
                              sha256_file, write_manifest)
 from edgeface.core.errors import EdgefaceError
 
@@ -132,7 +133,8 @@ def test_rpi_int8_setting_reaches_ncnn(arts, tmp_path):
 
     off = tmp_path / "rpi-no-int8.yaml"
     off.write_text((REPO / "recipes/targets/rpi.yaml").read_text()
-                   .replace("name: rpi", "name: rpi-no-int8").replace("int8_arithmetic: true", "int8_arithmetic: false"))
+                   .replace("name: rpi", "name: rpi-no-int8").replace("int8_arithmetic: true",
+                                                                      "int8_arithmetic: false"))
     for target, want in (("rpi", True), (off, False)):
         options = backend_options(load_target(target), "int8")
         with Predictor(arts["ncnn_fp32"], **options) as p:
@@ -241,7 +243,8 @@ def test_tampered_bundle_cli_prints_one_error_line(bundles, tmp_path):
     proc = _cli("predict", str(b), str(img), "--crops")
     lines = _error_lines(proc)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert len(lines) == 1 and "model.onnx does not match its sha256" in lines[0] and "re-run edgeface deploy" in lines[0]
+    assert len(lines) == 1
+    assert "model.onnx does not match its sha256" in lines[0] and "re-run edgeface deploy" in lines[0]
 
 
 # -- refusals and the atomic write ---------------------------------------------------------------------------------
@@ -250,7 +253,8 @@ def test_existing_bundle_needs_force(bundles, checkpoint, tmp_path):
     shutil.copytree(bundles["x86"].bundle, b)
     before = read_manifest(b)
     proc = _cli("deploy", "--target", "x86", "--model", str(checkpoint), "--out", str(b), "--no-verify")
-    assert proc.returncode == 2 and _error_lines(proc) == [f"error: bundle {b} already exists; pass --force to replace it"]
+    assert proc.returncode == 2 and _error_lines(proc) == [f"error: bundle {b} already exists; pass --force to replace "
+                                                           "it"]
     assert read_manifest(b) == before
     junk = tmp_path / "photos"
     junk.mkdir()
@@ -260,12 +264,14 @@ def test_existing_bundle_needs_force(bundles, checkpoint, tmp_path):
 
 
 def test_int8_without_calib_is_one_line(checkpoint, tmp_path):
-    proc = _cli("deploy", "--target", "rpi", "--precision", "int8", "--model", str(checkpoint), "--out", str(tmp_path / "b"))
+    proc = _cli("deploy", "--target", "rpi", "--precision", "int8", "--model", str(checkpoint), "--out",
+                str(tmp_path / "b"))
     lines = _error_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: --precision int8 needs calibration images: pass --calib DIR")
     assert not (tmp_path / "b").exists()
-    proc = _cli("deploy", "--target", "x86", "--precision", "fp16", "--model", str(checkpoint), "--out", str(tmp_path / "b"))
+    proc = _cli("deploy", "--target", "x86", "--precision", "fp16", "--model", str(checkpoint), "--out",
+                str(tmp_path / "b"))
     assert proc.returncode == 2 and "supports --precision fp32|bf16|int8|fastest, not fp16" in proc.stderr
 
 
@@ -381,7 +387,8 @@ def test_deploy_to_host_over_ssh(bundles, sshd, tmp_path):  # noqa: F811
         assert rep["check"] == {"target": "x86", "backend": "onnxruntime"}
         assert {p.name: sha256_file(p) for p in landed.iterdir()} == {p.name: sha256_file(p) for p in bundle.iterdir()}
         row = rep["bench"][0]
-        assert row["backend"] == "onnxruntime" and row["latency_ms"]["p50"] > 0 and row["device"]["ssh_port"] == sshd["port"]
+        assert row["backend"] == "onnxruntime" and row["latency_ms"]["p50"] > 0
+        assert row["device"]["ssh_port"] == sshd["port"]
         assert not list(landed.parent.glob(f"{name}.*")), "no .partial/.old left on the device"
     finally:
         shutil.rmtree(landed, ignore_errors=True)

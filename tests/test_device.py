@@ -19,7 +19,8 @@ Revision\t: c03114
 Serial\t\t: 100000002d2f4c1a
 Model\t\t: Raspberry Pi 4 Model B Rev 1.4
 """
-PI5_FEATURES = "Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU part\t: 0xd0b\n"
+PI5_FEATURES = ("Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc "
+                "dcpop asimddp\nCPU part\t: 0xd0b\n")
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
 model\t\t: 17

@@ -202,14 +202,16 @@ def test_rollback_restores_the_previous_bundle(fleet, bundles, first_rollout):
     r = edgeface("deploy", "--inventory", inv, "--bundle", bundles["B"], "--limit", "healthy")
     assert r.returncode == 0, r.stderr[-3000:]
     for n in HEALTHY:
-        assert digest_at(roots[n]) == bundles["digest"]["B"] and digest_at(roots[n], "previous") == bundles["digest"]["A"]
+        assert digest_at(roots[n]) == bundles["digest"]["B"]
+        assert digest_at(roots[n], "previous") == bundles["digest"]["A"]
     r = edgeface("deploy", "--inventory", inv, "--rollback", "--limit", "healthy", "--json",
                  first_rollout["dir"] / "rollback.json")
     assert r.returncode == 0, r.stderr[-3000:]
     for row in json.loads((first_rollout["dir"] / "rollback.json").read_text()):
         assert row["status"] == "rolled back" and row["digest"] == bundles["digest"]["A"], row
     for n in HEALTHY:
-        assert digest_at(roots[n]) == bundles["digest"]["A"] and digest_at(roots[n], "previous") == bundles["digest"]["B"]
+        assert digest_at(roots[n]) == bundles["digest"]["A"]
+        assert digest_at(roots[n], "previous") == bundles["digest"]["B"]
         assert (roots[n] / "current").is_symlink()
 
 

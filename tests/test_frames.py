@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgeface.core.errors import EdgefaceError
-from edgeface.runtime.detector import BOX_MAP, YUNET_DIR, YUNET_MODEL, FaceDetector, apply_map, iou, map_features, \
+from edgeface.runtime.detector import BOX_MAP, YUNET_DIR, YUNET_MODEL, FaceDetector, apply_map, map_features, \
     map_targets
 from edgeface.runtime.predictor import Face, Predictor
 from edgeface.runtime.stream import IouTracker, OneEuro, draw_faces

@@ -113,7 +113,8 @@ def arrays(max_dims: int = 5, max_side: int = 300):
 
 def images():
     return st.one_of(
-        st.fixed_dictionaries({"shape": st.tuples(st.integers(0, 400), st.integers(0, 400), st.sampled_from([1, 3, 4])).map(list),
+        st.fixed_dictionaries({"shape": st.tuples(st.integers(0, 400), st.integers(0, 400),
+                                                  st.sampled_from([1, 3, 4])).map(list),
                                "dtype": st.sampled_from(["uint8", "uint8", "float32", "uint16"]), "fill": FILLS,
                                "seed": st.integers(0, 100)}).map(lambda a: {"__array__": a}),
         arrays(4, 64))
@@ -123,7 +124,8 @@ OTHERS = st.one_of(st.none(), st.text(max_size=10), st.integers(), st.floats(),
                    st.dictionaries(st.text(max_size=3), st.integers(), max_size=3).map(lambda d: {"__dict__": d}))
 BOX = st.lists(NUMBERS, min_size=0, max_size=6)
 BOXES = st.one_of(st.lists(BOX, max_size=4), BOX, OTHERS, arrays(3, 6),
-                  st.lists(st.lists(st.one_of(NUMBERS, st.text(max_size=2), st.none()), min_size=4, max_size=4), max_size=3))
+                  st.lists(st.lists(st.one_of(NUMBERS, st.text(max_size=2), st.none()), min_size=4, max_size=4),
+                           max_size=3))
 
 
 # -- the Predictor API ------------------------------------------------------------------------------------------------
@@ -142,7 +144,8 @@ def test_fuzz_predict_image(worker, frame, boxes):
 # -- the box and crop path ---------------------------------------------------------------------------------------------
 @examples(600)
 @given(image=images(), box=st.one_of(BOX, OTHERS), size=st.integers(16, 160),
-       rule=st.fixed_dictionaries({"scale": st.floats(0.1, 10), "shift_x": st.floats(-2, 2), "shift_y": st.floats(-2, 2),
+       rule=st.fixed_dictionaries({"scale": st.floats(0.1, 10), "shift_x": st.floats(-2, 2),
+                                   "shift_y": st.floats(-2, 2),
                                    "border": st.sampled_from(["replicate", "constant"])}),
        transform=st.fixed_dictionaries({}, optional={"angle_deg": st.floats(-720, 720), "flip": st.booleans(),
                                                      "scale": st.floats(0.05, 20),
@@ -151,7 +154,8 @@ def test_fuzz_crop(worker, image, box, size, rule, transform):
     check(worker, {"kind": "crop", "image": image, "box": box, "size": size, "rule": rule, "transform": transform})
 
 
-# -- CLI verbs and loaders on generated bad files ------------------------------------------------------------------------
+# -- CLI verbs and loaders on generated bad files
+# ------------------------------------------------------------------------
 def _mutate(base: bytes):
     return st.one_of(
         st.binary(max_size=400),
@@ -163,7 +167,8 @@ def _mutate(base: bytes):
     )
 
 
-TARGET = (REPO / "recipes" / "targets" / "x86.yaml").read_bytes() if (REPO / "recipes" / "targets" / "x86.yaml").is_file() else b""
+X86_TARGET = REPO / "recipes" / "targets" / "x86.yaml"
+TARGET = X86_TARGET.read_bytes() if X86_TARGET.is_file() else b""
 RECIPE = (REPO / "recipes" / "train" / "mbv2_025.yaml").read_bytes()
 BOXES_CSV = b"file,x,y,w,h\nface.png,10,10,60,60\n"
 

@@ -811,7 +811,8 @@ def test_predictor_api_bad_input_round_2(onnx_pred, call, match, monkeypatch):
 @pytest.mark.parametrize("change,match", [
     (lambda m: m.__setitem__("calib_cache", {"a": 1}), "calib_cache"),    # TypeError: unhashable
     (lambda m: m.__setitem__("calib_cache", ["x"]), "calib_cache"),
-    (lambda m: (m.__setitem__("target", "rpi"), m.__setitem__("target_recipe", [1])), "target_recipe"),  # AttributeError
+    (lambda m: (m.__setitem__("target", "rpi"), m.__setitem__("target_recipe", [1])),
+     "target_recipe"),  # AttributeError
     (lambda m: m.__setitem__("backend", "evil"), "does not know"),      # said: pip install 'edgeface[evil]'
     (lambda m: m.__setitem__("target", "x" * 10000), "not a device name"),  # a 10 kB error line
     (lambda m: m.__setitem__("input_kind", [1]), "input_kind"),          # was ignored
@@ -855,7 +856,8 @@ def test_target_and_bench_numbers_bounded(tmp_path):
 
     base = yaml.safe_load((TARGETS_DIR / "x86.yaml").read_text())
     for change, match in [({"batch": 100000000}, "batch"),  # deploy measured at it: a MemoryError traceback
-                          ({"verify": {**base["verify"], "fp32": {**base["verify"]["fp32"], "pose_max_abs": float("nan")}}},
+                          ({"verify": {**base["verify"],
+                                       "fp32": {**base["verify"]["fp32"], "pose_max_abs": float("nan")}}},
                            "pose_max_abs")]:  # a NaN budget passed every verification
         p = tmp_path / "t.yaml"
         p.write_text(yaml.safe_dump({**base, **change}))
@@ -984,7 +986,8 @@ def test_stats_cache_shapes_checked_from_headers(tmp_path, monkeypatch):
                         ("maximum", np.zeros(1))):
             zf.writestr(f"{name}.npy", npy(a))
         with zf.open("hist.npy", "w", force_zip64=True) as fh:
-            np.lib.format.write_array_header_1_0(fh, {"descr": "<i8", "fortran_order": False, "shape": (2000, 2 * BINS)})
+            np.lib.format.write_array_header_1_0(fh,
+                                                 {"descr": "<i8", "fortran_order": False, "shape": (2000, 2 * BINS)})
             for _ in range(2000):
                 fh.write(bytes(2 * BINS * 8))
     real = np.load

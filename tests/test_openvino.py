@@ -299,7 +299,8 @@ def _target_yaml(tmp_path, name: str, **budgets) -> Path:
     return path
 
 
-TINY = {"pose_max_abs": 1e-9, "pose_p99_abs": 1e-9, "pose_mean_abs": 1e-9, "blur_max_abs": 1e-9, "pose_mae_increase": 1e-9}
+TINY = {"pose_max_abs": 1e-9, "pose_p99_abs": 1e-9, "pose_mean_abs": 1e-9, "blur_max_abs": 1e-9,
+        "pose_mae_increase": 1e-9}
 
 
 def _check_candidates_recorded(choice: dict):

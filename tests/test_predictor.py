@@ -143,7 +143,8 @@ def _shipped_weights(folder, arts, ckpt, which=("onnx", "ncnn", "pt")):
     if "onnx" in which:
         shutil.copy(arts["onnx"], folder / "default.onnx")
     if "ncnn" in which:
-        for src, name in zip(ncnn_paths(arts["ncnn_fp32"]), ("default.ncnn.param", "default.ncnn.bin", "default.spec.json")):
+        for src, name in zip(ncnn_paths(arts["ncnn_fp32"]),
+                             ("default.ncnn.param", "default.ncnn.bin", "default.spec.json")):
             shutil.copy(src, folder / name)
     if "pt" in which:
         shutil.copy(ckpt, folder / "default.pt")

@@ -152,7 +152,8 @@ def test_bank_cli_error_is_one_line(tmp_path):
                            "--out", tmp_path / "run"], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert "Traceback" not in proc.stderr and lines[-1].startswith("error:") and "does not match" in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-1].startswith("error:") and "does not match" in lines[-1], proc.stderr
 
 
 def test_bank_is_cached_and_rebuilt_when_inputs_change(tmp_path, shared_data, monkeypatch):

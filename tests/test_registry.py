@@ -117,7 +117,8 @@ def test_registry_answers_the_former_tables():
     assert [e.format for e in registry.exportable()] == ["onnx", "ncnn", "tensorrt", "openvino"]
     assert install_hint(["a/model.onnx", "b/model.ncnn.param", "c/model.engine"]) == \
         "pip install 'edgeface[ort,ncnn,tensorrt]'"
-    assert {".onnx", ".data", ".param", ".bin", ".ncnn.bin", ".spec.json", ".engine", ".pt", ".cache"} <= set(MODEL_SUFFIXES)
+    known = {".onnx", ".data", ".param", ".bin", ".ncnn.bin", ".spec.json", ".engine", ".pt", ".cache"}
+    assert known <= set(MODEL_SUFFIXES)
     assert backends() == ["onnxruntime", "ncnn", "tensorrt", "openvino"]
     assert {e.name: int8_artifact(e.name) for e in registry.with_int8()} == {
         "onnxruntime": "onnxruntime/model.onnx", "ncnn": "ncnn/model.ncnn.param", "tensorrt": "tensorrt/model.onnx",

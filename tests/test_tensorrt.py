@@ -22,7 +22,8 @@ from edgeface.core.errors import EdgefaceError
 from edgeface.core.artifact import read_engine_record as read_sidecar
 from edgeface.core.io import sha256_file
 from edgeface.engines.tensorrt.build import find_or_build_engine, plan_build
-from edgeface.engines.tensorrt.cache import DeviceFacts, engine_cache_key, engine_paths, expected_record, normalize_cc, write_engine
+from edgeface.engines.tensorrt.cache import (DeviceFacts, engine_cache_key, engine_paths, expected_record, normalize_cc,
+                                             write_engine)
 from edgeface.engines.tensorrt.preflight import check_onnx_for_tensorrt
 
 NO_TRT_REASON = "tensorrt not installed (needs NVIDIA's libraries; verified on device only)"
@@ -49,7 +50,8 @@ def test_cache_key_layout_and_every_component_changes_it():
     keys = {engine_cache_key(**{**base, **v}) for v in variants}
     assert key not in keys and len(keys) == len(variants)
     assert engine_cache_key(**base, extra={"batch": [1, 8, 64]}) != key
-    assert engine_cache_key(**base, extra={"batch": [1, 8, 64]}) != engine_cache_key(**base, extra={"batch": [1, 8, 32]})
+    assert engine_cache_key(**base, extra={"batch": [1, 8, 64]}) != engine_cache_key(**base,
+                                                                                     extra={"batch": [1, 8, 32]})
     # the same device written three ways is the same key
     assert engine_cache_key(**{**base, "compute_capability": (8, 7)}) == key
     assert engine_cache_key(**{**base, "compute_capability": "87"}) == key
@@ -291,7 +293,6 @@ def test_int8_qdq_onnx_passes_tensorrt_preflight(exported, tmp_path):
 
 
 def _tiny_model(nodes, opset=17, inputs=None, outputs=None, initializers=(), domain_imports=()):
-    import onnx
     from onnx import TensorProto, helper
 
     inputs = inputs or [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 4, 4])]
@@ -359,7 +360,8 @@ def test_preflight_checks_constant_inputs_and_maxpool_indices(tmp_path):
     nodes = [helper.make_node("Shape", ["input"], ["s"]),
              helper.make_node("Slice", ["input", "st", "en", "s"], ["sl"]),
              helper.make_node("MaxPool", ["sl"], ["out", "idx"], kernel_shape=[2, 2])]
-    inits = [helper.make_tensor("st", TensorProto.INT64, [1], [0]), helper.make_tensor("en", TensorProto.INT64, [1], [2])]
+    inits = [helper.make_tensor("st", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("en", TensorProto.INT64, [1], [2])]
     problems = check_onnx_for_tensorrt(_save(_tiny_model(nodes, initializers=inits), tmp_path / "c.onnx"))
     assert any("Slice" in p and "constant" in p for p in problems)
     assert any("Indices" in p for p in problems)
@@ -377,7 +379,8 @@ def test_preflight_on_a_missing_or_garbage_file(tmp_path):
 # -- calibration cache text format ----------------------------------------------------------------------------------
 def test_calibration_cache_round_trip_is_bit_exact(tmp_path):
     rng = np.random.default_rng(0)
-    scales = {f"/backbone/conv{i}/Conv_output_0": float(np.float32(s)) for i, s in enumerate(rng.uniform(1e-4, 0.2, 40))}
+    scales = {f"/backbone/conv{i}/Conv_output_0": float(np.float32(s)) for i, s in enumerate(rng.uniform(1e-4, 0.2,
+                                                                                                         40))}
     scales["input"] = 0.0078125
     scales["tf:style:0"] = 0.5            # names may contain ':' — the last one separates the value
     scales["(Unnamed Layer* 64) [Shuffle]_output"] = 0.0

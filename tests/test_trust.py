@@ -315,7 +315,7 @@ def test_key_files_with_several_keys_trust_every_key(arts, tmp_path, keys):
 
     from edgeface.runtime.predictor import Predictor
 
-    (gk, _, gpem, gssh), (ok, _, opem, ossh), (tk, _, _, _) = keys["good"], keys["other"], keys["third"]
+    (_, _, gpem, gssh), (ok, _, opem, ossh), (tk, _, _, _) = keys["good"], keys["other"], keys["third"]
     by_second = _bundle({"model.onnx": arts["onnx"]}, tmp_path / "b2", sign=ok)
     by_third = _bundle({"model.onnx": arts["onnx"]}, tmp_path / "b3", sign=tk)
     pem2 = tmp_path / "two.pem"
@@ -411,7 +411,8 @@ def _foreign(path: Path, *, pose_cols=3, blur_cols=1, in_type="float", batch="N"
         nodes.append(helper.make_node("Identity", [last], [name]))
     if flow == "loop":
         body = helper.make_graph(
-            [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+             helper.make_node("Add", ["v_in", "one"], ["v_out"])],
             "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
                      helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
                      helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [])],

@@ -190,7 +190,8 @@ def write_frames_report(rows: list[dict], out_dir: Path, command: str = "") -> P
 
     with report_folder(out_dir) as tmp:
         with figure(tmp / "stages.png", 1, (max(6.0, 1.4 * len(rows) + 3), 4.8)) as (_, (ax,)):
-            labels = [f"{Path(r['artifact']).name}\n{r['backend']} {r['precision']}\n{r['faces']} face(s)" for r in rows]
+            labels = [f"{Path(r['artifact']).name}\n{r['backend']} {r['precision']}\n{r['faces']} face(s)"
+                      for r in rows]
             bottom = np.zeros(len(rows))
             for s in STAGES[:-1]:
                 v = np.array([r[s]["median_ms"] for r in rows])
@@ -208,7 +209,8 @@ def write_frames_report(rows: list[dict], out_dir: Path, command: str = "") -> P
         lines = [REPORT_TITLE + " (full frames)", ""]
         if command:
             lines += ["```", command, "```", ""]
-        lines += [f"**Device:** {device_line(rows[0].get('device')) if rows and rows[0].get('device') else 'this machine'}",
+        lines += ["**Device:** "
+                  f"{device_line(rows[0].get('device')) if rows and rows[0].get('device') else 'this machine'}",
                   "", f"{frames_title(rows)}.", "", head, "|" + "---|" * len(FRAME_COLUMNS)]
         lines += ["| " + " | ".join(frame_cells(r)) + " |" for r in rows]
         lines += ["", "Each frame is JPEG-encoded once; decode is `cv2.imdecode` of those bytes, then detect (YuNet), "

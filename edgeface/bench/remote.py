@@ -89,7 +89,8 @@ def bench_remote(cfg: BenchConfig, target: SshTarget, *, remote_python: str = "p
     want_report, report/; the caller moves what it wants and removes the folder)."""
     py = shlex.quote(remote_python)
     probe = (f"command -v {py} >/dev/null 2>&1 || exit {NO_PYTHON}; "
-             f"{py} -c 'import edgeface, sys; sys.stdout.write(edgeface.__version__)' 2>/dev/null || exit {NO_EDGEFACE}; "
+             f"{py} -c 'import edgeface, sys; sys.stdout.write(edgeface.__version__)' 2>/dev/null "
+             f"|| exit {NO_EDGEFACE}; "
              "echo; mktemp -d \"${TMPDIR:-/tmp}/edgeface-bench.XXXXXX\"")
     r = target.run(probe, timeout=target.connect_timeout + 60)
     if r.returncode == NO_PYTHON:

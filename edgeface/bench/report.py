@@ -11,8 +11,6 @@ from typing import Optional
 from ..core.errors import EdgefaceError
 from ..core.io import disk_errors, removed_on_failure
 
-PLOTS = ("latency.png", "throughput.png", "accuracy_latency.png")
-
 
 def _f(v, fmt="{:.3f}", none="–"):
     return none if v is None else fmt.format(v)
@@ -72,7 +70,8 @@ def make_tables(rows: list[dict], title: str = "edgeface bench"):
         a, d = r.get("accuracy") or {}, r.get("vs_reference") or {}
         acc.add_row(r["artifact"], f"{r['backend']} {r['precision']}", _f(r["size_mb"], "{:.3f}"),
                     _f(a.get("yaw_mae"), "{:.2f}"), _f(a.get("pitch_mae"), "{:.2f}"), _f(a.get("roll_mae"), "{:.2f}"),
-                    _f(a.get("mean_mae"), "{:.2f}"), _f(a.get("blur_mae"), "{:.4f}"), _f(a.get("blur_spearman"), "{:.3f}"),
+                    _f(a.get("mean_mae"), "{:.2f}"), _f(a.get("blur_mae"), "{:.4f}"), _f(a.get("blur_spearman"),
+                                                                                         "{:.3f}"),
                     _f(d.get("pose_max_abs"), "{:.2f}"), _f(d.get("pose_p99_abs"), "{:.2f}"),
                     _f(d.get("pose_mean_abs"), "{:.3f}"), _f(d.get("blur_max_abs"), "{:.4f}"))
     return speed, acc
@@ -180,7 +179,8 @@ def plot_throughput(rows: list[dict], path: Path) -> None:
     with figure(path) as (_, (ax,)):
         for n in colors:
             for k, t in enumerate(thread_values):
-                sel = sorted((r for r in rows if row_name(r) == n and (r["threads"] or 0) == t), key=lambda r: r["batch"])
+                sel = sorted((r for r in rows if row_name(r) == n and (r["threads"] or 0) == t),
+                             key=lambda r: r["batch"])
                 if not sel:
                     continue
                 label = n if len(thread_values) == 1 else f"{n}, {t or 'auto'} thr"
@@ -209,7 +209,8 @@ def plot_accuracy_latency(rows: list[dict], path: Path) -> Optional[tuple[float,
     with figure(path) as (_, (ax,)):
         have = [r for r in sel if (r.get("accuracy") or {}).get("mean_mae") is not None]
         if not have:
-            ax.text(0.5, 0.5, "no accuracy measured\n(run with --data DIR holding labels.csv)", ha="center", va="center",
+            ax.text(0.5, 0.5, "no accuracy measured\n(run with --data DIR holding labels.csv)", ha="center",
+                    va="center",
                     transform=ax.transAxes, fontsize=12)
             ax.set_axis_off()
         for r in have:

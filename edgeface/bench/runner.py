@@ -211,7 +211,8 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None,
         check_batch(max(cfg.batches), spec.input_size)
         faces_name, labelled = _write_inputs(inputs_path, cfg, spec, batch_max=max(cfg.batches))
         truth = dict(np.load(inputs_path)).get("eval_pose") if labelled else None
-        task = progress.add_task("benchmark", total=len(configs) * len(cfg.artifacts) * cfg.rounds) if progress else None
+        task = (progress.add_task("benchmark", total=len(configs) * len(cfg.artifacts) * cfg.rounds)
+                if progress else None)
         for ci, (threads, batch) in enumerate(configs):
             workers = [Worker(lb) for lb in labels]
             try:
@@ -258,7 +259,8 @@ def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None,
                         "accuracy": None, "vs_reference": None, "device": device,
                         # beyond the contract: how the numbers were taken
                         "path": str(cfg.artifacts[i]), "iterations": len(timings[i]), "measured_s": measured_s,
-                        "warmup": cfg.warmup, "rounds": cfg.rounds, "rss_before_load_mb": loaded[i]["rss_before_load_mb"],
+                        "warmup": cfg.warmup, "rounds": cfg.rounds,
+                        "rss_before_load_mb": loaded[i]["rss_before_load_mb"],
                         "import_ms": loaded[i].get("import_ms"),
                         "reference": None, "warnings": row_warn, "edgeface": __version__,
                         "latencies_ms": [round(d / 1e6, 5) for d in timings[i]],
@@ -304,7 +306,8 @@ def sampling_warnings(rows: list[dict], warmup: Optional[int]) -> list[str]:
     out = []
     for w in pitfall_warnings({}, iters=min(r["iterations"] for r in rows),
                               measured_s=min(r["measured_s"] for r in rows), warmup=warmup):
-        out.append(w if w.startswith("no warm-up") else f"{w} (weakest: {weakest['artifact']} batch {weakest['batch']})")
+        out.append(w if w.startswith("no warm-up") else f"{w} (weakest: {weakest['artifact']} batch "
+                                                        f"{weakest['batch']})")
     return out
 
 

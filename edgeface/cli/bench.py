@@ -44,7 +44,8 @@ def command(
     limit: Optional[int] = typer.Option(None, "--limit", help="Use at most N labelled faces of each set (default: "
                                         "all of --data's, 64 of each default set)."),
     batch: str = typer.Option("1,8,32", "--batch", help="Batch sizes, comma-separated."),
-    threads: str = typer.Option("1", "--threads", help="Engine thread counts, comma-separated ('auto' = engine default)."),
+    threads: str = typer.Option("1", "--threads",
+                                help="Engine thread counts, comma-separated ('auto' = engine default)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed calls per artifact before timing."),
     iters: Optional[int] = typer.Option(None, "--iters", help="Timed calls per artifact x batch x threads."),
     duration: Optional[float] = typer.Option(None, "--duration",

@@ -29,19 +29,24 @@ def command(target: Optional[str] = typer.Option(None, "--target", "-t",
                                                         "fastest of them within each one's verify budget (int8 with "
                                                         "--calib); default: the target's default_precision."),
            calib: Optional[Path] = typer.Option(None, "--calib",
-                                                help="Calibration images for int8 (face crops, or images + labels.csv)."),
-           out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder (default: bundles/TARGET-PRECISION)."),
+                                                help="Calibration images for int8 (face crops, or images "
+                                                     "+ labels.csv)."),
+           out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                              help="Bundle folder (default: bundles/TARGET-PRECISION)."),
            force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
            no_verify: bool = typer.Option(False, "--no-verify",
                                           help="Skip the check against the FP32 reference (the manifest says so)."),
            verify_data: Optional[Path] = typer.Option(None, "--verify-data",
-                                                      help="Held-out labelled faces (default: the val split of ../shared/data)."),
+                                                      help="Held-out labelled faces (default: the val split "
+                                                           "of ../shared/data)."),
            host: Optional[str] = typer.Option(None, "--host",
-                                              help="USER@HOST: copy the bundle there over SSH, build (Jetson) and bench there."),
+                                              help="USER@HOST: copy the bundle there over SSH, build (Jetson) and "
+                                                   "bench there."),
            port: Optional[int] = typer.Option(None, "--port", help="SSH port of --host."),
            identity: Optional[Path] = typer.Option(None, "--identity", help="SSH private key for --host."),
            known_hosts: Optional[Path] = typer.Option(None, "--known-hosts",
-                                                      help="known_hosts file holding --host's key (host keys are checked)."),
+                                                      help="known_hosts file holding --host's key (host keys "
+                                                           "are checked)."),
            remote_python: str = typer.Option("python3", "--remote-python", help="Python with edgeface on --host."),
            backend: Optional[str] = typer.Option(None, "--backend",
                                                  help="Force the engine (x86: onnxruntime|openvino) instead of "
@@ -50,15 +55,18 @@ def command(target: Optional[str] = typer.Option(None, "--target", "-t",
                                                help="The batch size the device runs (default: the target's); "
                                                     "x86 measures its engines at it."),
            sign: Optional[Path] = typer.Option(None, "--sign", help="Ed25519 private key (PEM): write manifest.sig; "
-                                               "devices given the public key trust only signed bundles (docs/security.md)."),
+                                               "devices given the public key trust only signed bundles "
+                                               "(docs/security.md)."),
            json_out: Optional[Path] = typer.Option(None, "--json", help="Write the deploy report as JSON."),
            inventory: Optional[Path] = typer.Option(None, "--inventory", "-i",
                                                     help="Ansible inventory (INI or YAML): deploy to every host in it "
-                                                         "through Ansible (pip install 'edgeface\\[fleet]'; docs/fleet.md)."),
+                                                         "through Ansible (pip install 'edgeface\\[fleet]'; "
+                                                         "docs/fleet.md)."),
            limit: Optional[str] = typer.Option(None, "--limit", help="With --inventory: only this group or host "
                                                "(an Ansible host pattern)."),
            forks: int = typer.Option(50, "--forks", help="With --inventory: at most this many hosts at once."),
-           serial: Optional[int] = typer.Option(None, "--serial", help="With --inventory: roll out in batches of N hosts."),
+           serial: Optional[int] = typer.Option(None, "--serial",
+                                                help="With --inventory: roll out in batches of N hosts."),
            max_fail: Optional[int] = typer.Option(None, "--max-fail", help="With --inventory: N failed hosts in one "
                                                   "batch stop the rollout (later batches are not attempted)."),
            rollback: bool = typer.Option(False, "--rollback", help="With --inventory: every device goes back to the "

@@ -15,7 +15,8 @@ NAME = "eval"
 
 
 def command(model: Optional[str] = typer.Argument(None, help="Checkpoint or artifact; default: the shipped model."),
-            data: list[Path] = typer.Option(..., "--data", help="Labelled set folder (or a folder of sets); repeatable."),
+            data: list[Path] = typer.Option(..., "--data",
+                                            help="Labelled set folder (or a folder of sets); repeatable."),
             split: Optional[str] = typer.Option("val", "--split", help="Rows of this split only ('' for all)."),
             backend: str = typer.Option("auto", "--backend",
                                         help=f"Backend for artifacts: {' | '.join(['auto', *registry.names()])}."),
@@ -52,7 +53,8 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint or arti
             for d in data:
                 views = rendered_val(d, pred.spec, console=console)
                 if views is not None:
-                    console.print(f"evaluating {label} on the rendered wide-pose val set of {d} ({len(views[0])} views)")
+                    console.print(f"evaluating {label} on the rendered wide-pose val set of {d} ({len(views[0])} "
+                                  "views)")
                     results["rendered"] = evaluate_crops(pred.blur_and_pose, *views, blur=False)
                     break
     table_console().print(format_table(results, title=f"{label} on split '{split}'"))
@@ -99,7 +101,8 @@ def _detect(pred, label, sets, split, json_out) -> None:
 
     for name, r in results.items():
         table.add_row(name, rate(r, "yaw<=60"), rate(r, "yaw>60"), num(r["mean_iou"]),
-                      num(r.get("labelled_boxes", {}).get("mean_mae")), num(r.get("detector_boxes", {}).get("mean_mae")),
+                      num(r.get("labelled_boxes", {}).get("mean_mae")),
+                      num(r.get("detector_boxes", {}).get("mean_mae")),
                       num(r.get("mean_mae_delta"), "{:+.2f}"), num(r.get("blur_detector_vs_labelled_mae"), "{:.3f}"))
     table_console().print(table)
     write_json(json_out, {"model": label, "split": split, "detector": det.info(), "sets": results})

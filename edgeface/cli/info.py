@@ -35,7 +35,8 @@ def _version(mod: str):
 def collect_info() -> dict:
     report = {"edgeface": __version__, "python": platform.python_version(), "platform": platform.platform(),
               "machine": platform.machine(),
-              "packages": {m: _version(m) for m in ("numpy", "cv2", "torch", "onnx", "onnxruntime", "ncnn", "tensorrt")}}
+              "packages": {m: _version(m) for m in ("numpy", "cv2", "torch", "onnx", "onnxruntime", "ncnn",
+                                                    "tensorrt")}}
     report["device"] = device_info()
     report["backends"] = available_backends()
     if platform.machine().lower() in X86_MACHINES:
@@ -60,7 +61,8 @@ def default_model_card() -> dict:
         from ..engines.torch.network import count_macs, count_params
 
         model, spec, meta = load_model(None)
-        card.update(arch=f"{spec.arch} x{spec.width}", input=f"{spec.input_size}x{spec.input_size} {spec.channel_order}",
+        card.update(arch=f"{spec.arch} x{spec.width}",
+                    input=f"{spec.input_size}x{spec.input_size} {spec.channel_order}",
                     params=count_params(model), macs=count_macs(model, spec.input_size),
                     version=spec.model_version, val=meta.get("val"))
     except Exception as e:  # torch missing on a device, or no weights yet

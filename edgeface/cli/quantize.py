@@ -14,8 +14,10 @@ from .output import check_output_dir, check_output_file, console, out_console, t
 NAME = "quantize"
 
 
-def command(model: Optional[str] = typer.Argument(None, help="Checkpoint (.pt) or FP32 ONNX; default: the shipped model."),
-             calib: Path = typer.Option(..., "--calib", help="Calibration images: face crops, or images with labels.csv."),
+def command(model: Optional[str] = typer.Argument(None,
+                                                  help="Checkpoint (.pt) or FP32 ONNX; default: the shipped model."),
+             calib: Path = typer.Option(..., "--calib",
+                                        help="Calibration images: face crops, or images with labels.csv."),
              method: str = typer.Option("minmax", "--method", help="minmax | percentile | entropy | mse."),
              backend: str = typer.Option("all", "--backend", help=" | ".join(
                  [e.name for e in registry.with_int8()] + ["all"]) + "."),
@@ -23,10 +25,12 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint (.pt) o
              max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Keep the most sensitive layers in "
                                                       "float until the pose mean MAE rise is at most DEGREES."),
              analyze: bool = typer.Option(False, "--analyze", help="Rank layers by the damage their INT8 does."),
-             eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Labelled set(s) for the accuracy check (val split)."),
+             eval_data: Optional[Path] = typer.Option(None, "--eval-data",
+                                                      help="Labelled set(s) for the accuracy check (val split)."),
              out: Path = typer.Option(Path("quantized"), "--out", help="Output folder."),
              force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
-             stats_cache: Optional[Path] = typer.Option(None, "--stats-cache", help="Statistics cache file to use/create."),
+             stats_cache: Optional[Path] = typer.Option(None, "--stats-cache",
+                                                        help="Statistics cache file to use/create."),
              ort_format: str = typer.Option("qdq", "--ort-format", help="onnxruntime form: qdq | qoperator."),
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON.")):
     """INT8 from a calibration set: onnxruntime U8S8, TensorRT Q/DQ + calib.cache, ncnn INT8."""
@@ -67,6 +71,7 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint (.pt) o
             f"{r['layer']} ({r['pose_gain']:+.3f} deg)" for r in rep["sensitivity"]["ranking"][:5]))
     console.print(f"quantize: {len(rep['artifacts'])} INT8 artifact(s) from {rep['calibration']['faces']} calibration "
                   f"faces, {rep['seconds']:.1f} s", highlight=False)
-    console.print(f"[green]wrote[/green] {rep['out']} (statistics {'reused' if rep['calibration']['stats_reused'] else 'collected'}: "
+    console.print(f"[green]wrote[/green] {rep['out']} (statistics "
+                  f"{'reused' if rep['calibration']['stats_reused'] else 'collected'}: "
                   f"{rep['stats_cache_path']})")
     write_json(json_out, rep)

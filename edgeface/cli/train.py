@@ -20,7 +20,8 @@ def command(recipe: Path = typer.Option(..., "--recipe", help="Recipe YAML (e.g.
             limit: Optional[int] = typer.Option(None, "--limit", help="Use at most N samples per set (smoke runs)."),
             data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the recipe's sets."),
             resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
-            init: Optional[Path] = typer.Option(None, "--init", help="Start weights (overrides the recipe's train.init)."),
+            init: Optional[Path] = typer.Option(None, "--init",
+                                                help="Start weights (overrides the recipe's train.init)."),
             seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
             json_out: Optional[Path] = typer.Option(None, "--json", help="Write the final val metrics as JSON.")):
     """Train from a recipe (FP32, or quantization-aware with a `kind: qat` recipe)."""

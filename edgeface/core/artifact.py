@@ -97,7 +97,8 @@ def inline_external_data(proto, artifact: str | Path, read) -> None:
             raise EdgefaceError(f"{Path(artifact).name}: tensor {t.name[:40]!r} has a malformed external data "
                                 f"entry; re-export it") from None
         if offset < 0 or length < 0 or offset + length > len(blob):
-            raise EdgefaceError(f"{Path(artifact).name}: tensor {t.name[:40]!r} lies past the end of {loc} (truncated?); "
+            raise EdgefaceError(f"{Path(artifact).name}: tensor {t.name[:40]!r} lies past the end of {loc} "
+                                "(truncated?); "
                                 f"re-export it")
         t.raw_data = blob[offset:offset + length]
         del t.external_data[:]

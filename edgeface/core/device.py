@@ -33,7 +33,6 @@ X86_FLAGS_OF_NOTE = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni"
                      "amx_int8", "amx_bf16")
 # ARM /proc/cpuinfo "Features": asimdhp = fp16 arithmetic, asimddp = int8 dot product (sdot/udot).
 ARM_FLAGS_OF_NOTE = ("asimd", "fphp", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2")
-ARM_FLAG_MEANING = {"asimdhp": "fp16", "asimddp": "dotprod", "i8mm": "i8mm", "bf16": "bf16"}
 
 # ARM "CPU part" ids (implementer 0x41 = Arm Ltd), for boards whose cpuinfo has no "model name".
 ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
@@ -184,7 +183,8 @@ def jetson_clocks_from_sysfs(cpu_root: str | Path = "/sys/devices/system/cpu") -
     """Without root, `jetson_clocks --show` fails; jetson_clocks pins scaling_min_freq to the maximum."""
     seen = False
     for cpu in sorted(glob.glob(os.path.join(str(cpu_root), "cpu[0-9]*"))):
-        lo, hi = _read(os.path.join(cpu, "cpufreq", "scaling_min_freq")), _read(os.path.join(cpu, "cpufreq", "cpuinfo_max_freq"))
+        lo, hi = (_read(os.path.join(cpu, "cpufreq", "scaling_min_freq")),
+                  _read(os.path.join(cpu, "cpufreq", "cpuinfo_max_freq")))
         if lo is None or hi is None:
             continue
         seen = True
@@ -259,7 +259,8 @@ def read_tegrastats_once(timeout: float = 3.0) -> Optional[dict]:
 def read_governors(cpu_root: str | Path = "/sys/devices/system/cpu") -> dict[str, str]:
     """{cpuN: governor} for every CPU exposing cpufreq."""
     out = {}
-    for cpu in sorted(glob.glob(os.path.join(str(cpu_root), "cpu[0-9]*")), key=lambda p: int(re.sub(r"\D", "", os.path.basename(p)))):
+    for cpu in sorted(glob.glob(os.path.join(str(cpu_root), "cpu[0-9]*")),
+                      key=lambda p: int(re.sub(r"\D", "", os.path.basename(p)))):
         g = _read(os.path.join(cpu, "cpufreq", "scaling_governor"))
         if g:
             out[os.path.basename(cpu)] = g.strip()
@@ -427,7 +428,8 @@ def pitfall_warnings(info: dict, *, iters: Optional[int] = None, measured_s: Opt
     load, cores = info.get("load_average"), info.get("cores_available") or info.get("cores")
     if load and cores and load[0] >= 0.5 * cores:
         out.append(f"the machine is busy (load average {load[0]:.1f} on {cores} cores): other processes compete for "
-                   "the CPU, so latency is inflated and noisy (multi-threaded runs worst); benchmark on an idle machine")
+                   "the CPU, so latency is inflated and noisy (multi-threaded runs worst); "
+                   "benchmark on an idle machine")
     reason = is_throttled(info)
     if reason:
         out.append(f"throttling: {reason}; cool the board / use the official power supply")
@@ -440,7 +442,8 @@ def pitfall_warnings(info: dict, *, iters: Optional[int] = None, measured_s: Opt
     if iters is not None and iters < min_iters:
         out.append(f"only {iters} timed calls: percentiles (p99 above all) are unreliable; use ≥ {min_iters}")
     if measured_s is not None and measured_s < min_seconds:
-        out.append(f"only {measured_s:.2f} s measured: too short to average out scheduler noise; use ≥ {min_seconds:g} s")
+        out.append(f"only {measured_s:.2f} s measured: too short to average out scheduler noise; "
+                   f"use ≥ {min_seconds:g} s")
     if warmup is not None and warmup <= 0:
         out.append("no warm-up: the first calls include lazy allocation and kernel selection")
     return out

@@ -236,7 +236,7 @@ def disk_errors(path: str | Path):
         raise
     except OSError as e:
         raise EdgefaceError(os_error_message(e, path)) from None
-    except Exception as e:  # noqa: BLE001 - writers wrap ENOSPC in their own types
+    except Exception:  # noqa: BLE001 - writers wrap ENOSPC in their own types
         if disk_full(path):
             raise EdgefaceError(os_error_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path)) from None
         raise
@@ -493,7 +493,8 @@ def sealed_folder_problem(root: str | Path, record_name: str, *, key: str = SEAL
         record = json.loads(rec_path.read_bytes())
     except (OSError, ValueError, UnicodeDecodeError):
         return f"its {record_name} is not edgeface's JSON"
-    if not isinstance(record, dict) or not isinstance(record.get(key), str) or not isinstance(record.get("files"), dict):
+    if not isinstance(record, dict) or not isinstance(record.get(key), str) or not isinstance(record.get("files"),
+                                                                                              dict):
         return f"its {record_name} carries no sealed digest"
     try:
         sealed = (digest or (lambda r: record_digest(r, key)))(record) == record[key]

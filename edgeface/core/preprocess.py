@@ -48,7 +48,8 @@ def crop_matrix(box: Sequence[float], spec: ModelSpec, size: int | None = None, 
     return m
 
 
-def crop_face(image: np.ndarray, box: Sequence[float], spec: ModelSpec, size: int | None = None, **transform) -> np.ndarray:
+def crop_face(image: np.ndarray, box: Sequence[float], spec: ModelSpec, size: int | None = None,
+              **transform) -> np.ndarray:
     """Square crop of one face, uint8 HxWx3 BGR, ``size`` (default the spec's input size) on a side."""
     image = check_image(image)
     check_box(box, image.shape)
@@ -63,7 +64,8 @@ def crop_face(image: np.ndarray, box: Sequence[float], spec: ModelSpec, size: in
                           borderMode=_BORDERS[spec.crop.border], borderValue=(0, 0, 0))
 
 
-def context_crop(image: np.ndarray, box: Sequence[float], spec: ModelSpec, context: float) -> tuple[np.ndarray, np.ndarray]:
+def context_crop(image: np.ndarray, box: Sequence[float], spec: ModelSpec, context: float) -> tuple[np.ndarray,
+                                                                                                    np.ndarray]:
     """A crop ``context`` times wider than the model's, centred like it, and the face box in its pixels.
 
     Training caches these once per face (or rendered view), so augmentation is a cheap warp of the cache

@@ -149,7 +149,8 @@ class ModelSpec:
             if not isinstance(getattr(self, name), str):
                 bad(name, "must be a string")
         if self.arch not in ARCHS:
-            bad("arch", f"must be one of {', '.join(ARCHS)} (the networks this edgeface builds), got {_short(self.arch)}")
+            bad("arch",
+                f"must be one of {', '.join(ARCHS)} (the networks this edgeface builds), got {_short(self.arch)}")
         return self
 
     @classmethod

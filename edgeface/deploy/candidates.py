@@ -54,7 +54,8 @@ def plan_precisions(target: dict, precision: str, *, calib: bool, qat: bool) -> 
         return [precision], {}
     if not target["measure"]:
         raise EdgefaceError(f"--precision {FASTEST} measures the candidates where the bundle runs, and target "
-                            f"{target['name']} measures no engines (no 'measure:'); pick --precision {'|'.join(listed)}")
+                            f"{target['name']} measures no engines (no 'measure:'); "
+                            f"pick --precision {'|'.join(listed)}")
     chosen, left_out = [], {}
     for p in sorted(listed, key=lambda q: ORDER.index(q) if q in ORDER else len(ORDER)):
         if p == "int8" and not (calib or qat):
@@ -123,7 +124,8 @@ def all_failed(target: str, failed: dict[str, tuple[Candidate, dict]]) -> Edgefa
                      "--precision")
     if len(failed) == 1:
         (name, (cand, res)), = failed.items()
-        return EdgefaceError(f"the {target} {cand.precision} bundle exceeds the accuracy budget ({'; '.join(res['exceeded'])}; "
+        return EdgefaceError(f"the {target} {cand.precision} bundle exceeds the accuracy budget "
+                             f"({'; '.join(res['exceeded'])}; "
                              f"recipes/targets/{target}.yaml verify.{cand.precision}) on {name}; {'; '.join(fixes)}; "
                              f"or --no-verify to write it anyway")
     return EdgefaceError(f"the {target} bundle exceeds the accuracy budget for every candidate: {', '.join(parts)} "

@@ -62,7 +62,8 @@ def measure_engines(artifact: str | Path, engines: list[str], *, batch: int, thr
         for name in engines:
             engine = engine_of(name)
             if not registry.is_installed(engine):
-                out["engines"][name] = {"skipped": f"not installed (pip install 'edgeface[{registry.get(engine).extra}]')"}
+                out["engines"][name] = {"skipped": "not installed (pip install "
+                                                   f"'edgeface[{registry.get(engine).extra}]')"}
                 continue
             try:
                 preds[name] = Predictor(str(artifacts.get(name, artifact)), backend=engine, threads=threads,
@@ -157,7 +158,8 @@ def choose(measurement: dict, default: str) -> tuple[str, str]:
         ratio = switch["paired_ratio"] if switch["paired_ratio"] is not None else measured[best] / measured[default]
         if ratio <= 1 + switch["margin"]:
             return default, (f"{best} was {ratio:.3f}x {default} (median of paired rounds), within the margin of "
-                             f"{switch['margin']:.1%} (the rounds' interquartile spread {switch['spread_iqr'] or 0:.1%}, "
+                             f"{switch['margin']:.1%} (the rounds' interquartile spread "
+                             f"{switch['spread_iqr'] or 0:.1%}, "
                              f"at least {MIN_MARGIN:.0%}), so the default stays ({figures} img/s at {where}){note}")
         return best, (f"{best} measured {ratio:.2f}x {default} here (median of paired rounds; margin "
                       f"{switch['margin']:.1%}) ({figures} img/s at {where}){note}")

@@ -82,7 +82,8 @@ def resolve_source(model: Optional[str | Path]) -> Source:
 
     path = Path(model) if model is not None else None
     if path is None and not DEFAULT_WEIGHTS.is_file():
-        raise EdgefaceError(f"the shipped default weights {DEFAULT_WEIGHTS} are missing; pass --model CHECKPOINT{SUFFIX}")
+        raise EdgefaceError(f"the shipped default weights {DEFAULT_WEIGHTS} are missing; pass --model "
+                            f"CHECKPOINT{SUFFIX}")
     if path is not None and path.suffix != SUFFIX:
         raise EdgefaceError(f"--model {path}: deploy starts from a training checkpoint ({SUFFIX}), not "
                             f"{path.suffix or 'a folder'}; `edgeface train` writes one")
@@ -268,7 +269,8 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
     many = precision == FASTEST
     candidates, problems = plan_candidates(target, precisions, backend=backend, measuring=measuring or many, many=many)
     if not candidates:  # before any work: e.g. bf16 on a CPU without it names the missing flag
-        raise EdgefaceError(f"--precision {precision} cannot run here: " + "; ".join(f"{n}: {w}" for n, w in problems.items()))
+        raise EdgefaceError(f"--precision {precision} cannot run here: "
+                            + "; ".join(f"{n}: {w}" for n, w in problems.items()))
     vdata = Path(verify_data) if verify_data is not None else default_verify_data()
     if vdata is not None and not vdata.is_dir():
         raise EdgefaceError(f"--verify-data {vdata} is not a folder")
@@ -285,21 +287,25 @@ def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: O
     verify_result = reference = None
     try:
         with Steps(console) as steps:
-            made: dict[str, tuple[str, str, Optional[str], Optional[dict]]] = {}  # kind -> artifact, input kind, cache, calibration
+            # kind -> artifact, input kind, cache, calibration
+            made: dict[str, tuple[str, str, Optional[str], Optional[dict]]] = {}
             if any(c.artifact_kind == "float" for c in candidates.values()):
                 float_precision = next(p for p in precisions if p != "int8")
                 (work / "float").mkdir()
                 artifact, input_kind, calib_cache = steps.run(
-                    f"export {target['backend']} ({float_precision if float_precision != 'bf16' else 'fp32, run at bf16'}) "
+                    f"export {target['backend']} "
+                    f"({float_precision if float_precision != 'bf16' else 'fp32, run at bf16'}) "
                     f"from {source.label}", export_artifact, target, source, float_precision, work / "float")
                 made["float"] = (artifact, input_kind, calib_cache, None)
             if any(c.artifact_kind == "int8" for c in candidates.values()):
                 (work / "int8").mkdir()
                 artifact, calib_cache, calibration = steps.run(
                     f"export + quantize int8 for {target['backend']}"
-                    + (" (quantization-aware checkpoint)" if source.qat and calib_path is None else f" from {calib_path}"),
+                    + (" (quantization-aware checkpoint)" if source.qat and calib_path is None
+                       else f" from {calib_path}"),
                     quantize_artifact, target, source, calib_path, work / "int8", steps.note)
-                check_bundle_artifact(registry.get(target["backend"]), work / "int8" / artifact, int(target["onnx"]["opset"]))
+                check_bundle_artifact(registry.get(target["backend"]), work / "int8" / artifact,
+                                      int(target["onnx"]["opset"]))
                 _drop_unused(work / "int8", keep={artifact, calib_cache, *_companions(work / "int8" / artifact)})
                 made["int8"] = (artifact, _input_kind(work / "int8" / artifact), calib_cache, calibration)
             artifacts = {kind: work / kind / entry[0] for kind, entry in made.items()}

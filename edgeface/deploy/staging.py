@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
-import time
 from pathlib import Path
 
 from ..core.errors import EdgefaceError

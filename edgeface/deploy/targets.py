@@ -81,10 +81,12 @@ def load_target(name_or_path: str | Path) -> dict[str, Any]:
         if p not in PRECISIONS:
             raise EdgefaceError(f"{where}: field 'precisions' has {short(p)}; choose from {', '.join(PRECISIONS)}")
     if t["default_precision"] not in t["precisions"]:
-        raise EdgefaceError(f"{where}: default_precision {t['default_precision']} is not in precisions {short(t['precisions'])}")
+        raise EdgefaceError(f"{where}: default_precision {t['default_precision']} is not in precisions "
+                            f"{short(t['precisions'])}")
     if t["name"] != path.stem and path.parent == TARGETS_DIR:
         raise EdgefaceError(f"{where}: field 'name' is {short(t['name'])} but the file is {path.name}; make them agree")
-    if not isinstance(t["threads"], int) or isinstance(t["threads"], bool) or not 0 <= t["threads"] <= MAX_TARGET_THREADS:
+    if (not isinstance(t["threads"], int) or isinstance(t["threads"], bool)
+            or not 0 <= t["threads"] <= MAX_TARGET_THREADS):
         raise EdgefaceError(f"{where}: field 'threads' must be an integer from 0 to {MAX_TARGET_THREADS}")
     if not isinstance(t["batch"], int) or isinstance(t["batch"], bool) or not 1 <= t["batch"] <= MAX_TARGET_BATCH:
         raise EdgefaceError(f"{where}: field 'batch' must be an integer from 1 to {MAX_TARGET_BATCH}")
@@ -106,7 +108,8 @@ def check_budgets(verify: dict, precisions: list, where: str) -> dict:
     out = {}
     for prec, budget in verify.items():
         if prec not in PRECISIONS:
-            raise EdgefaceError(f"{where}: unknown field 'verify.{short(prec)}' (known fields: {', '.join(PRECISIONS)})")
+            raise EdgefaceError(f"{where}: unknown field 'verify.{short(prec)}' (known fields: "
+                                f"{', '.join(PRECISIONS)})")
         if not isinstance(budget, dict):
             raise EdgefaceError(f"{where}: field 'verify.{prec}' must be a mapping, got {type(budget).__name__}")
         out[prec] = validate(budget, _BUDGET, where, f"verify.{prec}.")

@@ -174,7 +174,8 @@ class Backend(ABC):
         overrides this; OpenVINO reads back what its compiled model runs (runner.py)."""
         asked = self.requested_precision
         if asked is not None and asked != self.precision:
-            raise EdgefaceError(f"the {self.name} engine runs {self.artifact.name} in {self.precision}, not the {asked} "
+            raise EdgefaceError(f"the {self.name} engine runs {self.artifact.name} in {self.precision}, not the "
+                                f"{asked} "
                                 f"asked for; ask for {self.precision} (or no precision), or use an engine that runs "
                                 f"{asked}")
 
@@ -199,7 +200,8 @@ class Backend(ABC):
         if x.shape[0] == 0:
             raise EdgefaceError("empty batch: pass at least one crop")
         if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
-            raise EdgefaceError(f"{self.artifact.name} fixes its batch at {self.fixed_batch} and got {x.shape[0]} crops; "
+            raise EdgefaceError(f"{self.artifact.name} fixes its batch at {self.fixed_batch} and got {x.shape[0]} "
+                                "crops; "
                                 f"pass batches of {self.fixed_batch}, or re-export it with a dynamic batch "
                                 f"(`edgeface export` does)")
         return x

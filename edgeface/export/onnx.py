@@ -52,7 +52,8 @@ def export_onnx(model_or_checkpoint=None, out_path: str | Path = "model.onnx", *
                                   input_names=[spec.input_name], output_names=names, dynamic_axes=axes,
                                   do_constant_folding=True)
             except Exception as e:  # noqa: BLE001 - exporter errors come in many types
-                raise EdgefaceError(f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                raise EdgefaceError(f"ONNX export failed ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200]})") from None
         proto = onnx.load(str(raw))
     if simplify:
         proto = _simplify(proto)

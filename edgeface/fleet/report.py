@@ -58,7 +58,8 @@ def make_table(rows: list[dict], title: str):
     t = Table(title=title)
     for col in ("host", "device model", "OS", "engine", "precision", "digest", "status", "p50 ms", "p99 ms"):
         t.add_column(col, justify="right" if col.endswith("ms") else "left", overflow="fold")
-    colors = {"failed": "red", "unreachable": "red", "not attempted": "yellow", "stopped": "yellow", "unchanged": "cyan"}
+    colors = {"failed": "red", "unreachable": "red", "not attempted": "yellow", "stopped": "yellow",
+              "unchanged": "cyan"}
     for r in rows:
         status = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
         c = colors.get(r["status"], "green")
@@ -138,7 +139,8 @@ def plot_latency_by_model(rows: list[dict], path: Path) -> None:
                            fontsize=8)
         ax.set_xlim(-0.6, len(models) - 0.4)
         ax.set_ylabel("latency per call, ms (dot p50, bar to p99)")
-        ax.set_title("edgeface fleet bench: latency by device model" + (f" ({len(slow)} outlier(s) in red)" if slow else ""),
+        ax.set_title("edgeface fleet bench: latency by device model"
+                     + (f" ({len(slow)} outlier(s) in red)" if slow else ""),
                      fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()

@@ -26,7 +26,8 @@ COPY_TASK = "copy the bundle files"
 OK, UNCHANGED, FAILED, UNREACHABLE, STOPPED, NOT_ATTEMPTED = ("ok", "unchanged", "failed", "unreachable", "stopped",
                                                            "not attempted")
 
-STOPPED_REASON = "stopped with its batch: the batch reached the failure threshold (--max-fail) before this host finished"
+STOPPED_REASON = ("stopped with its batch: the batch reached the failure threshold (--max-fail) "
+                  "before this host finished")
 
 
 @dataclass

@@ -36,12 +36,6 @@ def _odd(n: float) -> int:
     return n + 1 - n % 2
 
 
-def gaussian_kernel(sigma: float) -> np.ndarray:
-    k = _odd(6 * sigma + 1)
-    g = cv2.getGaussianKernel(k, sigma)
-    return (g @ g.T).astype(np.float32)
-
-
 def motion_kernel(sigma: float, angle_deg: float) -> np.ndarray:
     length = sigma * math.sqrt(24.0)  # RMS over both axes: variance L^2/12 along the motion, 0 across
     k = _odd(length + 3)

@@ -9,7 +9,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -223,14 +223,16 @@ def load_samples(folder: str | Path, split: str | None = None, require_labels: b
     if not folder.exists():
         raise EdgefaceError(f"data folder {folder} does not exist")
     if not folder.is_dir():
-        raise EdgefaceError(f"{folder} is not a folder; pass a folder with labels.csv, AFLW2000-3D .mat files or images")
+        raise EdgefaceError(f"{folder} is not a folder; pass a folder with labels.csv, AFLW2000-3D .mat files "
+                            "or images")
     if (folder / "labels.csv").is_file():
         samples = read_labels_csv(folder, split, centre_people, teacher_max_yaw)
     elif any(folder.glob("*.mat")):
         samples = read_aflw2000(folder)
     else:
         if require_labels:
-            raise EdgefaceError(f"{folder} has no labels.csv (file,x,y,w,h,yaw,pitch,roll) and no AFLW2000-3D .mat files")
+            raise EdgefaceError(f"{folder} has no labels.csv (file,x,y,w,h,yaw,pitch,roll) and no AFLW2000-3D .mat "
+                                "files")
         samples = read_image_folder(folder)
     if not samples:
         what = f" with split '{split}'" if split else ""
@@ -260,10 +262,6 @@ def resolve_box(sample: Sample, image: np.ndarray, crop_scale: float) -> tuple[f
     h, w = image.shape[:2]
     side = max(w, h) / crop_scale
     return ((w - side) / 2, (h - side) / 2, side, side)
-
-
-def iter_paths(samples: Iterable[Sample]) -> list[Path]:
-    return [s.path for s in samples]
 
 
 # -- faces to check a model on -------------------------------------------------------------------------------

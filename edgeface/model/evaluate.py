@@ -188,7 +188,8 @@ def rendered_val(root, spec: ModelSpec, context: float = 1.6, console=None,
         return None
     from dataclasses import replace
 
-    bank = build_bank(root, replace(VAL_CONFIG, limit=limit), spec, context, split="val", console=console, seed_offset=1)
+    bank = build_bank(root, replace(VAL_CONFIG, limit=limit), spec, context, split="val", console=console,
+                      seed_offset=1)
     crops = np.stack([crop_face(np.asarray(bank.images[j]), bank.boxes[j], spec) for j in range(len(bank))])
     return crops, np.asarray(bank.poses, np.float32)
 

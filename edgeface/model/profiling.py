@@ -150,7 +150,8 @@ def _mesh_triangles(face: np.ndarray, centre: np.ndarray, rot: np.ndarray, width
     return Delaunay(np.column_stack([around, local[:, 1]])).simplices.astype(np.int64)
 
 
-def warp_triangles(image: np.ndarray, src: np.ndarray, dst: np.ndarray, tris: np.ndarray, depth: np.ndarray) -> np.ndarray:
+def warp_triangles(image: np.ndarray, src: np.ndarray, dst: np.ndarray, tris: np.ndarray,
+                   depth: np.ndarray) -> np.ndarray:
     """Piecewise-affine warp: triangle ``tris[i]`` moves from ``src`` to ``dst`` (pixel positions); where
     triangles overlap, the one with the larger ``depth`` (nearer) wins. Pixels no triangle covers keep
     their source value."""
@@ -194,7 +195,8 @@ def profile_face(image: np.ndarray, mesh: np.ndarray, pose: tuple[float, float, 
     mesh = check_mesh(mesh)
     image = check_image(image)
     if not all(math.isfinite(v) for v in (*pose, d_yaw, d_pitch)):
-        raise EdgefaceError(f"face profiling needs a finite pose and rotation, got pose {pose}, d_yaw {d_yaw}, d_pitch {d_pitch}")
+        raise EdgefaceError(f"face profiling needs a finite pose and rotation, got pose {pose}, d_yaw {d_yaw}, d_pitch "
+                            f"{d_pitch}")
     face = to_camera(mesh)
     rot = pose_to_matrix(*pose)
     new_pose = target_rotation(pose, d_yaw, d_pitch)
@@ -213,7 +215,8 @@ def profile_face(image: np.ndarray, mesh: np.ndarray, pose: tuple[float, float, 
     # (a free triangulation there zig-zags between rings and tears into combs when they move). The last
     # band ends on the fixed ring: the background stretches there. Beyond it no triangle: pixels stay.
     ring_idx = [np.array(FACE_OVAL)] + [n_face + k * n_ring + np.arange(n_ring) for k in range(len(rings))]
-    tris = np.concatenate([_mesh_triangles(face, centre, rot, width)] + [_strip(a, b) for a, b in zip(ring_idx, ring_idx[1:])])
+    tris = np.concatenate([_mesh_triangles(face, centre, rot, width)] + [_strip(a, b) for a, b in zip(ring_idx,
+                                                                                                      ring_idx[1:])])
     to_px = np.array([1.0, -1.0])  # image pixels: x right, y down (the camera frame's y negated)
     src, dst = points[:, :2] * to_px, turned[:, :2] * to_px
     # Tight crops (UTKFace's face fills the frame) would lose a turned nose past the border: grow the canvas

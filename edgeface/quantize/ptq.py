@@ -127,7 +127,8 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
     if method not in CALIBRATORS:
         raise EdgefaceError(f"unknown --method {method!r}; choose one of {', '.join(CALIBRATORS)}")
     if calib is None:
-        raise EdgefaceError("quantize needs calibration images: pass --calib DIR (face crops, or images with labels.csv)")
+        raise EdgefaceError("quantize needs calibration images: pass --calib DIR (face crops, or images with "
+                            "labels.csv)")
     check_calibration_folder(Path(calib))
     out = Path(out)
     inputs = [model, calib, eval_data, stats_cache]

@@ -50,7 +50,8 @@ class SshTarget:
                 "-o", f"ConnectTimeout={self.connect_timeout}", "-o", "ServerAliveInterval=15",
                 "-o", "ServerAliveCountMax=4", "-o", "LogLevel=ERROR"]
         if self.known_hosts is not None:
-            args += ["-o", f"UserKnownHostsFile={Path(self.known_hosts).resolve()}", "-o", "GlobalKnownHostsFile=/dev/null"]
+            args += ["-o", f"UserKnownHostsFile={Path(self.known_hosts).resolve()}", "-o",
+                     "GlobalKnownHostsFile=/dev/null"]
         if self.identity is not None:
             args += ["-i", str(Path(self.identity).resolve()), "-o", "IdentitiesOnly=yes"]
         if self.port:

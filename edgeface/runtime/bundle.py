@@ -219,7 +219,8 @@ def _manifest_bytes(root: Path, snap: FolderSnapshot) -> bytes:
         return snap.read(MANIFEST_NAME, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise EdgefaceError(f"{mpath} disappeared while the bundle was read (is something changing {root}?); "
-                            f"it is refused, not run as a plain folder: try again when the bundle is complete") from None
+                            "it is refused, not run as a plain folder: try again when the bundle is "
+                            "complete") from None
     except EdgefaceError as e:
         text = str(e)
         if "symbolic link" in text:
@@ -497,8 +498,8 @@ def check_manifest_options(options: dict, backend: str, mpath: Path) -> dict:
             raise EdgefaceError(f"{mpath} sets option {short(key)}, which a bundle may not set for {backend} "
                                 f"(allowed: {', '.join(['threads', *sorted(allowed)])}); re-run edgeface deploy")
         typ, check = allowed[key]
-        if not isinstance(value, typ) or (isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,))) \
-                or not check(value):
+        types = typ if isinstance(typ, tuple) else (typ,)
+        if not isinstance(value, typ) or (isinstance(value, bool) and bool not in types) or not check(value):
             raise EdgefaceError(f"{mpath} option {key} is {short(value)}, not an allowed value; re-run edgeface deploy")
         out[key] = value
     return out

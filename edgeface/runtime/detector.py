@@ -210,14 +210,15 @@ def _whole(value) -> bool:
 class FaceDetector:
     """YuNet through ``cv2.FaceDetectorYN``.
 
-    ``score_threshold``/``nms_threshold``: YuNet's own (OpenCV's defaults are 0.9/0.3; 0.6 finds turned
-    heads; 0.4 is the default here, see docs/frames.md). ``largest_only`` keeps the biggest face, ``min_size`` drops faces whose box side (pixels) is
-    smaller. ``upscale_below``: a frame whose longer side is shorter than this is enlarged by a whole factor
-    to reach it before detection (YuNet misses many faces in 100 px frames; 0 turns it off). ``pad``: a black border of this fraction of the longer side is added before detection (YuNet,
-    like most detectors, misses a face that fills the whole frame, as tight crops do); 0 turns it off, and
-    ``"auto"`` retries with 0.25 and 0.5 only when nothing was found. ``box_map``: the shipped map to the
-    training boxes (default), a path to another one, or None for the raw square around YuNet's box.
-    A frame (with its border) over ``MAX_DETECT_PIXELS`` is shrunk to that size for detection, boxes mapped back.
+    ``score_threshold``/``nms_threshold``: YuNet's own (OpenCV's defaults are 0.9/0.3; 0.6 finds turned heads; 0.4
+    is the default here, see docs/frames.md). ``largest_only`` keeps the biggest face, ``min_size`` drops faces
+    whose box side (pixels) is smaller. ``upscale_below``: a frame whose longer side is shorter than this is
+    enlarged by a whole factor to reach it before detection (YuNet misses many faces in 100 px frames; 0 turns it
+    off). ``pad``: a black border of this fraction of the longer side is added before detection (YuNet, like most
+    detectors, misses a face that fills the whole frame, as tight crops do); 0 turns it off, and ``"auto"`` retries
+    with 0.25 and 0.5 only when nothing was found. ``box_map``: the shipped map to the training boxes (default), a
+    path to another one, or None for the raw square around YuNet's box. A frame (with its border) over
+    ``MAX_DETECT_PIXELS`` is shrunk to that size for detection, boxes mapped back.
     """
 
     def __init__(self, model: str | Path | None = None, score_threshold: float = 0.4, nms_threshold: float = 0.3,

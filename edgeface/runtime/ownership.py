@@ -14,7 +14,8 @@ DEVICE_BUILT_SUFFIXES = (".engine", ".json", ".cache")  # what `edgeface build` 
 def _added_by_edgeface(rel: str) -> bool:
     """Files a bundle gains after deploy sealed it: its signature, and the engines the device built."""
     top, _, rest = rel.partition("/")
-    return rel == SIGNATURE_NAME or (top == DEVICE_BUILT_DIR and "/" not in rest and rest.endswith(DEVICE_BUILT_SUFFIXES))
+    return rel == SIGNATURE_NAME or (top == DEVICE_BUILT_DIR and "/" not in rest
+                                     and rest.endswith(DEVICE_BUILT_SUFFIXES))
 
 
 def bundle_not_ours(folder: str | Path) -> str | None:

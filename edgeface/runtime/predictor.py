@@ -349,7 +349,8 @@ def check_outputs(blur: np.ndarray, pose: np.ndarray, artifact, fix: str = "re-e
         raise EdgefaceError(f"{artifact} answered non-finite values (NaN or inf): the model is broken or not an "
                             f"edgeface model; {fix}")
     if blur.size and (blur.min() < -BLUR_SLACK or blur.max() > 1 + BLUR_SLACK):
-        raise EdgefaceError(f"{artifact} answered a blur score of {float(blur.min() if blur.min() < 0 else blur.max()):.4g}"
+        raise EdgefaceError(f"{artifact} answered a blur score of "
+                            f"{float(blur.min() if blur.min() < 0 else blur.max()):.4g}"
                             f", outside 0..1: it is not an edgeface model (or a broken one); {fix}")
     if pose.size and np.abs(pose).max() > MAX_ANGLE:
         raise EdgefaceError(f"{artifact} answered an angle of {float(np.abs(pose).max()):.4g} deg, beyond "

@@ -18,7 +18,6 @@ import numpy as np
 from ..core.errors import EdgefaceError
 from ..core.io import native_path, silence_native_stderr
 from ..core.limits import MAX_CAMERA_INDEX
-from ..core.preprocess import read_image
 from .detector import iou, quiet_opencv
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
@@ -275,11 +274,6 @@ def write_disagreement(path, crops: np.ndarray, pose: np.ndarray, ref_pose: np.n
     if not cv2.imwrite(str(path), sheet):
         raise EdgefaceError(f"cannot write {path}")
     return idx
-
-
-def read_frames(paths: list[Path]) -> Iterator[tuple[Path, np.ndarray]]:
-    for p in paths:
-        yield p, read_image(p)
 
 
 DRAW_TEMP_TAG = ".edgeface-draw-"  # .edgeface-draw-PID-xxxx.mp4 beside --draw's video while it is written

@@ -98,7 +98,8 @@ class NcnnBackend(Backend):
         self._out_blobs = [blobs.get(n, n) for n in self.spec.output_names]
         self._weights = art.get("precision", "fp32")
         if art.get("input_kind", FLOAT_NCHW) != FLOAT_NCHW:
-            raise EdgefaceError(f"{param.name} declares input {art.get('input_kind')!r}; ncnn artifacts take float32 NCHW")
+            raise EdgefaceError(f"{param.name} declares input {art.get('input_kind')!r}; ncnn artifacts take float32 "
+                                "NCHW")
 
         net = ncnn.Net()
         opt = net.opt
@@ -117,7 +118,8 @@ class NcnnBackend(Backend):
         self._vulkan = bool(self.options.get("vulkan", False))
         if self._vulkan:
             if ncnn.get_gpu_count() == 0:
-                raise EdgefaceError("ncnn found no Vulkan GPU; drop the vulkan option or install the GPU's Vulkan driver")
+                raise EdgefaceError("ncnn found no Vulkan GPU; drop the vulkan option or install the GPU's Vulkan "
+                                    "driver")
             opt.use_vulkan_compute = True
         else:
             opt.use_vulkan_compute = False

@@ -6,8 +6,8 @@ onnxruntime runs, from the same calibration) and its own IR (``edgeface export -
     ir.py       the IR's ModelSpec file beside model.xml (read without OpenVINO)
 
 onnxruntime wins at batch 1 on x86, OpenVINO at large batches (docs/engines.md has the figures), so
-``backend="auto"`` on x86 prefers it from ``AUTO_MIN_BATCH`` on (FP32 only with AVX-512), and ``deploy --target x86`` measures both
-on the machine the bundle runs on and records its choice in the manifest.
+``backend="auto"`` on x86 prefers it from ``AUTO_MIN_BATCH`` on (FP32 only with AVX-512), and ``deploy --target x86``
+measures both on the machine the bundle runs on and records its choice in the manifest.
 """
 from __future__ import annotations
 

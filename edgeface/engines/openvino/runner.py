@@ -79,7 +79,8 @@ class OpenVinoBackend(Backend):
     OPTIONS = frozenset({"hint", "requests", "fold_preprocess", "device"})
     # What a bundle's manifest may set (runtime/bundle.py): no paths, bounded request counts.
     MANIFEST_OPTIONS = {"hint": (str, lambda v: v in ("latency", "throughput")),
-                        "requests": ((int, type(None)), lambda v: v is None or 0 <= v <= 64), "fold_preprocess": (bool, lambda v: True),
+                        "requests": ((int, type(None)), lambda v: v is None or 0 <= v <= 64),
+                        "fold_preprocess": (bool, lambda v: True),
                         "device": (str, lambda v: v in ("CPU", "GPU", "AUTO"))}
 
     def _load_impl(self) -> None:

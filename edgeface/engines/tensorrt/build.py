@@ -165,7 +165,8 @@ def check_build_numbers(workspace_mb, min_batch, opt_batch, max_batch) -> None:
     """The numbers of a build, checked before TensorRT is even imported (``edgeface build --max-batch 1e8``)."""
     from ...core.limits import short
 
-    if not (isinstance(workspace_mb, int) and not isinstance(workspace_mb, bool) and 0 < workspace_mb <= MAX_WORKSPACE_MB):
+    if not (isinstance(workspace_mb, int) and not isinstance(workspace_mb, bool)
+            and 0 < workspace_mb <= MAX_WORKSPACE_MB):
         raise EdgefaceError(f"workspace must be from 1 to {MAX_WORKSPACE_MB} MiB, got {short(workspace_mb)}")
     batches = (min_batch, opt_batch, max_batch)
     if not all(isinstance(b, int) and not isinstance(b, bool) for b in batches) \

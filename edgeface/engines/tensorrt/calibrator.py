@@ -94,7 +94,8 @@ def parse_calibration_cache(text: str, where: str = "calibration cache") -> tupl
             raise EdgefaceError(f"{where} line {no}: tensor {name!r} appears twice")
         scales[name] = scale
     if not scales:
-        raise EdgefaceError(f"{where} holds no tensor scales; regenerate it with `edgeface quantize --backend tensorrt`")
+        raise EdgefaceError(f"{where} holds no tensor scales; regenerate it with `edgeface quantize --backend "
+                            "tensorrt`")
     return lines[0].strip(), scales
 
 

@@ -20,7 +20,8 @@ def import_tensorrt():
     except ImportError:
         raise MissingBackendError(NO_TENSORRT) from None
     except OSError as e:  # the bindings wheel without libnvinfer raises OSError on some versions
-        raise MissingBackendError(f"tensorrt is installed but its libraries fail to load ({e}); {NO_TENSORRT}") from None
+        raise MissingBackendError(f"tensorrt is installed but its libraries fail to load ({e}); "
+                                  f"{NO_TENSORRT}") from None
     if trt_version_tuple(trt.__version__) < MIN_TRT:
         raise EdgefaceError(f"TensorRT {trt.__version__} is too old; edgeface needs TensorRT >= 8.5 (JetPack 5)")
     return trt

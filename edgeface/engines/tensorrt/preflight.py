@@ -139,7 +139,8 @@ def check_onnx_for_tensorrt(onnx_path: str | Path, max_opset: int = 17, data: by
             mode = attrs.get("mode", b"nearest")
             near = attrs.get("nearest_mode", b"round_prefer_floor")
             coord, mode, near = (v.decode() if isinstance(v, bytes) else v for v in (coord, mode, near))
-            if coord not in _RESIZE_COORD or mode not in _RESIZE_MODES or (mode == "nearest" and near not in _RESIZE_NEAREST):
+            if (coord not in _RESIZE_COORD or mode not in _RESIZE_MODES
+                    or (mode == "nearest" and near not in _RESIZE_NEAREST)):
                 problems.append(f"{where}: Resize mode {mode}/{coord}/{near} is not supported by TensorRT")
         if n.op_type == "ReduceMean" and opset is not None and opset <= 17 and "noop_with_empty_axes" in attrs:
             problems.append(f"{where}: attribute noop_with_empty_axes does not exist for ReduceMean at opset "
@@ -187,5 +188,6 @@ def check_onnx_for_tensorrt(onnx_path: str | Path, max_opset: int = 17, data: by
             continue
         for k, d in enumerate(dims[1:], start=1):
             if not (d.HasField("dim_value") and d.dim_value > 0):
-                problems.append(f"input {vi.name!r} dim {k} is dynamic ({d.dim_param or '?'}); only the batch dim may be")
+                problems.append(f"input {vi.name!r} dim {k} is dynamic ({d.dim_param or '?'}); "
+                                "only the batch dim may be")
     return problems

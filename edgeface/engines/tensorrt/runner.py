@@ -108,8 +108,8 @@ class TensorRTBackend(Backend):
         trt = import_tensorrt()
         require_version_in_range(str(trt.__version__), self.options.get("tensorrt_min_version"),
                                  self.options.get("tensorrt_max_version"))
-        if self.precision == "int8" and trt_version_tuple(trt.__version__)[0] >= 11 and self.artifact.suffix == ".onnx" \
-                and self.options.get("calib_cache"):
+        if self.precision == "int8" and trt_version_tuple(trt.__version__)[0] >= 11 \
+                and self.artifact.suffix == ".onnx" and self.options.get("calib_cache"):
             raise EdgefaceError(f"TensorRT {trt.__version__} has no implicit INT8 (removed in 11); run the INT8 Q/DQ "
                                 f"ONNX (model.int8.qdq.onnx from `edgeface quantize --backend tensorrt`)")
         self._cuda = open_cuda(self.options.get("cuda"))
@@ -150,7 +150,6 @@ class TensorRTBackend(Backend):
         self._min_batch, self._max_batch = int(lo[0]), int(hi[0])
         sample = tuple(int(d) for d in eng.get_tensor_shape(self._input))[1:]
         self._out_map = self._map_outputs(outputs, eng)
-        self._in_dtype = in_dtype
         self._sample = sample
         # Buffers for the largest batch of the profile, allocated once; runs use a prefix of them.
         self._host[self._input] = self._cuda.pinned_empty((self._max_batch, *sample), in_dtype)

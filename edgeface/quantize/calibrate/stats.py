@@ -246,7 +246,8 @@ def load_or_collect(model_path: str | Path, calib, spec: ModelSpec, cache_path: 
         return load_stats(path, keys), path, True
     # Before the minutes of collection, not after: a cache folder that cannot be made (EDGEFACE_CACHE naming a file).
     check_output_file(path, "--stats-cache" if cache_path else
-                      f"statistics cache (in {'$EDGEFACE_CACHE' if os.environ.get('EDGEFACE_CACHE') else 'the cache folder'})")
+                      "statistics cache (in "
+                      f"{'$EDGEFACE_CACHE' if os.environ.get('EDGEFACE_CACHE') else 'the cache folder'})")
     stats = collect_statistics(model_path, calib.crops, spec, progress=progress)
     stats.header = dict(keys, tensors=len(stats.names))
     save_stats(stats, path, keys)

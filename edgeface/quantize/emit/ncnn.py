@@ -60,7 +60,8 @@ class NcnnLayer:
 def read_param(path) -> tuple[list[NcnnLayer], int]:
     lines = [l for l in Path(path).read_text().splitlines() if l.strip()]
     if not lines or lines[0].strip() != str(MAGIC):
-        raise EdgefaceError(f"{path} is not an ncnn .param (magic {MAGIC} missing); export it with `edgeface export --format ncnn`")
+        raise EdgefaceError(f"{path} is not an ncnn .param (magic {MAGIC} missing); export it with `edgeface export "
+                            "--format ncnn`")
     layer_count, blob_count = (int(v) for v in lines[1].split())
     layers = []
     for l in lines[2:]:
@@ -115,12 +116,14 @@ def read_weights(layers: list[NcnnLayer], bin_path) -> dict[str, dict]:
                     b = np.frombuffer(buf, np.float32, nb, off).copy()
                     off += 4 * nb
             except (ValueError, struct.error):
-                raise EdgefaceError(f"{bin_path} ends inside layer {layer.name}'s weights; re-export the model") from None
+                raise EdgefaceError(f"{bin_path} ends inside layer {layer.name}'s weights; re-export the "
+                                    "model") from None
             out[layer.name] = {"weight": w, "bias": b, "start": start, "end": off}
         elif layer.type not in WEIGHTLESS:
             raise EdgefaceError(f"ncnn layer type {layer.type} ({layer.name}) is not supported by the INT8 converter")
     if off != len(buf):
-        raise EdgefaceError(f"{bin_path} has {len(buf) - off} bytes beyond the layers' weights; .param and .bin do not match")
+        raise EdgefaceError(f"{bin_path} has {len(buf) - off} bytes beyond the layers' weights; "
+                            ".param and .bin do not match")
     return out
 
 

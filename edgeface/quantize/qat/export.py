@@ -43,7 +43,8 @@ def quant_metadata(recipe: dict | None, extra: dict | None = None) -> dict:
     q = (recipe or {}).get("quant", {})
     return {"method": "qat", "weights": q.get("weights", "int8_per_channel_symmetric"),
             "activations": q.get("activations", "int8_per_tensor_symmetric"),
-            "weight_range": q.get("weight_range", [-127, 127]), "activation_range": q.get("activation_range", [-127, 127]),
+            "weight_range": q.get("weight_range", [-127, 127]), "activation_range": q.get("activation_range",
+                                                                                          [-127, 127]),
             "heads": q.get("heads", "float"), **(extra or {})}
 
 
@@ -73,7 +74,8 @@ def export_qdq_onnx(converted, spec, out_path: Path, opset: int = 17, dynamic_ba
                                             dynamic_shapes=dims, external_data=False, verbose=False)
             program.save(str(raw), external_data=False)
         except Exception as e:  # noqa: BLE001 - exporter errors come in many types
-            raise EdgefaceError(f"Q/DQ ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+            raise EdgefaceError(f"Q/DQ ONNX export failed ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]})") from None
         proto = fix_opset(onnx.load(str(raw)), opset)
     set_onnx_metadata(proto, {SPEC_KEY: spec.to_json(), INPUT_KIND_KEY: FLOAT_NCHW, PRECISION_KEY: "int8",
                           QUANT_KEY: json.dumps(quant_info or quant_metadata(None), sort_keys=True)})

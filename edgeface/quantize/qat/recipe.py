@@ -60,7 +60,8 @@ def load_qat_recipe(path) -> dict:
             raise EdgefaceError(f"{where}: field 'quant.{key}' must be a symmetric int8 range [-N, N] with "
                                 f"N <= 127 (TensorRT takes zero point 0 only), got {r!r}")
     if not 0 < q["observer_averaging"] <= 1:
-        raise EdgefaceError(f"{where}: field 'quant.observer_averaging' must be in (0, 1], got {q['observer_averaging']}")
+        raise EdgefaceError(f"{where}: field 'quant.observer_averaging' must be in (0, 1], got "
+                            f"{q['observer_averaging']}")
     for key in ("epochs", "epoch_size", "batch_size", "threads"):
         if t[key] < 1:
             raise EdgefaceError(f"{where}: field 'train.{key}' must be >= 1, got {t[key]}")
@@ -74,7 +75,8 @@ def load_qat_recipe(path) -> dict:
     if bad or not emit:
         raise EdgefaceError(f"{where}: field 'export.emit' must list some of {', '.join(int8_engines())}, got {emit!r}")
     if recipe["export"]["opset"] < 13:
-        raise EdgefaceError(f"{where}: field 'export.opset' must be >= 13 (per-channel Q/DQ), got {recipe['export']['opset']}")
+        raise EdgefaceError(f"{where}: field 'export.opset' must be >= 13 (per-channel Q/DQ), got "
+                            f"{recipe['export']['opset']}")
     start = Path(recipe["start"]) if recipe["start"] else DEFAULT_WEIGHTS
     if not start.is_file():
         hint = ("the shipped default weights are not there yet; train them or set 'start' to a checkpoint"

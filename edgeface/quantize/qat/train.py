@@ -55,7 +55,8 @@ def check_qat_out(out_dir: Path, inputs=()) -> None:
 def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, limit: int | None = None,
               data_root: str | None = None, console=None, epoch_size: int | None = None) -> Path:
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
@@ -78,7 +79,8 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
     check_qat_out(out_dir, inputs=[recipe_path, recipe["start"]])
     start = read_checkpoint(recipe["start"])
     if (start.get("meta") or {}).get("kind") == "qat":
-        raise EdgefaceError(f"start weights {recipe['start']} are already quantization-aware; start from an FP32 checkpoint")
+        raise EdgefaceError(f"start weights {recipe['start']} are already quantization-aware; start from an FP32 "
+                            "checkpoint")
     spec = ModelSpec.from_dict(start["spec"])
     t, a = recipe["train"], recipe["augment"]
     torch.manual_seed(t["seed"])
@@ -96,7 +98,8 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
     try:
         model.load_state_dict(start["state_dict"])
     except RuntimeError as e:
-        raise EdgefaceError(f"start weights {recipe['start']} do not fit their ModelSpec ({str(e).splitlines()[0][:120]})") from None
+        raise EdgefaceError(f"start weights {recipe['start']} do not fit their ModelSpec "
+                            f"({str(e).splitlines()[0][:120]})") from None
     scheme = scheme_from_recipe(recipe)
     if console is not None:
         console.print("preparing the fake-quantized graph (torch.export + prepare_qat_pt2e) ...")
@@ -130,7 +133,8 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
                 move_exported_model_to_train(prepared)
             dataset.epoch = epoch
             g = torch.Generator().manual_seed(t["seed"] * 1000 + epoch + 7919)
-            sampler = torch.utils.data.WeightedRandomSampler(torch.from_numpy(weights), steps_per_epoch * t["batch_size"],
+            sampler = torch.utils.data.WeightedRandomSampler(torch.from_numpy(weights),
+                                                             steps_per_epoch * t["batch_size"],
                                                              replacement=True, generator=g)
             loader = torch.utils.data.DataLoader(dataset, batch_size=t["batch_size"], sampler=sampler,
                                                  num_workers=t["workers"], collate_fn=collate_batch,
@@ -141,7 +145,8 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
             sums, step = run_epoch(prepared, loader, opt, lr_at, step, recipe["loss"], spec, progress, task)
             move_exported_model_to_eval(prepared)
             val = data.evaluate(runner, blur=False)
-            history.append({"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch, "blur_loss": sums[1] / steps_per_epoch,
+            history.append({"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch,
+                            "blur_loss": sums[1] / steps_per_epoch,
                             "bn_frozen": bn_frozen, "observers_frozen": obs_frozen,
                             "val_mean_mae": {k: v.get("mean_mae") for k, v in val.items()},
                             "seconds": time.perf_counter() - te})
@@ -216,7 +221,8 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
             shutil.rmtree(staging, ignore_errors=True)
     if console is not None:
         for b, res in final.items():
-            console.print(format_table(res, title=f"QAT {b} ({int8_artifact(b)}) on split '{recipe['data']['val_split']}'"))
+            console.print(format_table(res,
+                                       title=f"QAT {b} ({int8_artifact(b)}) on split '{recipe['data']['val_split']}'"))
         console.print(f"QAT total {timings['total_s'] / 60:.1f} min (training {timings['train_s'] / 60:.1f} min)")
     return out_dir / "model.pt"
 

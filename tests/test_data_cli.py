@@ -127,7 +127,7 @@ def test_cli_bad_inputs(tmp_path):
     corrupt.mkdir()
     (corrupt / "a.jpg").write_bytes(b"not a jpeg at all")
     (corrupt / "labels.csv").write_text("file,x,y,w,h,yaw,pitch,roll\na.jpg,0,0,10,10,0,0,0\n")
-    assert_one_line_error(run_cli("eval", "--data", corrupt, "--split", ""), "cannot be decoded")
+    assert_one_line_error(run_cli("eval", "--data", corrupt, "--split", ""), "is not in a format edgeface reads")
     ck = tmp_path / "bad.pt"
     ck.write_bytes(b"garbage")
     assert_one_line_error(run_cli("eval", ck, "--data", corrupt, "--split", ""), "not a readable edgeface checkpoint")

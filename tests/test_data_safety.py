@@ -112,7 +112,9 @@ def test_quantize_force_never_replaces_a_folder_by_its_file_names(tmp_path, cali
     quantize = ("quantize", "--calib", calib, "--backend", "onnxruntime", "--num", "6", "--out", out)
     _ok(_cli(*quantize))
     report = json.loads((out / "quantize.json").read_text())
-    assert set(report["files"]) == {"onnxruntime/model.onnx"} and report["sealed_sha256"]
+    # the artifact and its "where INT8 disagrees most" picture, both sealed
+    assert set(report["files"]) == {"onnxruntime/model.onnx", "onnxruntime/int8_disagreement.png"}
+    assert report["sealed_sha256"]
     _ok(_cli(*quantize, "--force"))  # its own sealed output: replaced
     (out / "onnxruntime" / "model.onnx").write_bytes(b"edited")  # no longer what quantize sealed
     _one_line_error(_cli(*quantize, "--force"), "model.onnx")

@@ -255,7 +255,7 @@ def test_cli_predict(arts, synthetic_crops, tmp_path):
 
     notimage = tmp_path / "notes.jpg"
     notimage.write_text("not an image")
-    for args, match in (((arts["onnx"], notimage), "cannot be decoded"),
+    for args, match in (((arts["onnx"], notimage), "is not in a format edgeface reads"),
                         ((arts["onnx"], crop, "--backend", "ncnn"), "backend='onnxruntime'"),
                         ((tmp_path / "missing.onnx", crop), "does not exist")):
         r = _cli("predict", *args)

@@ -230,7 +230,8 @@ def test_bad_calibration_folders(tmp_path, checkpoint):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "face.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    for folder, msg in ((empty, "is empty"), (texts, "has no images"), (broken, "face.jpg cannot be decoded"),
+    no_size = r"face.jpg \(JPEG\) has a header that gives no width and height"
+    for folder, msg in ((empty, "is empty"), (texts, "has no images"), (broken, no_size),
                         (tmp_path / "missing", "does not exist")):
         out = tmp_path / f"out-{folder.name}"
         with pytest.raises(EdgefaceError, match=msg):

@@ -100,3 +100,22 @@ def synthetic_crops() -> np.ndarray:
         noise = rng.integers(0, 40, (112, 112, 3))
         out.append(np.clip(base + noise, 0, 255).astype(np.uint8))
     return np.stack(out)
+
+
+# -- the CLI as a user runs it (a subprocess), and the one-line error every bad input must give ----------------
+def edgeface_cli(*args, timeout=300, cwd=None, env=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "edgeface", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env)
+
+
+def one_line_error(r, match: str = ""):
+    """Exit 2, no traceback, the last line starts with 'error:' and names ``match`` (case-insensitive)."""
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error:"), r.stderr[-2000:]
+    assert match.lower() in r.stderr.lower(), r.stderr[-2000:]
+

@@ -177,3 +177,13 @@ def test_smoke_training_and_eval(tmp_path, shared_data):
     res = json.loads((tmp_path / "e.json").read_text())["sets"]["pointing04"]
     assert res["n"] == 372 and res["yaw_mae"] is not None and res["blur_spearman"] is not None
     assert sum(b["n"] for b in res["by_yaw"].values()) == 372
+
+
+def test_a_dev_set_is_never_trained_on(tmp_path):
+    """data.dev_sets chooses between models; a recipe that also trains on one is refused before any work."""
+    recipe = (REPO / "recipes" / "train" / "mbv2_025_v3.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.replace("    - {name: celeba, weight: 1.0}",
+                                  "    - {name: celeba, weight: 1.0}\n    - {name: aflw2000_dev, weight: 1.0}"))
+    assert_one_line_error(run_cli("train", "--recipe", bad, "--out", tmp_path / "o"), "never trained on")
+    assert not (tmp_path / "o").exists()

@@ -16,22 +16,14 @@ import numpy as np
 import pytest
 
 from edgeface.core.errors import EdgefaceError
+from conftest import edgeface_cli as _cli, one_line_error as _one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PT = REPO / "edgeface" / "weights" / "default.pt"
 
 
-def _cli(*args, timeout=300, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "edgeface", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env)
 
 
-def _one_line_error(r, match: str = ""):
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("error:"), r.stderr[-2000:]
-    assert match.lower() in r.stderr.lower(), r.stderr[-2000:]
 
 
 def _ok(r):

@@ -15,19 +15,11 @@ import pytest
 
 from edgeface.core.errors import EdgefaceError
 from edgeface.core.spec import ModelSpec
+from conftest import edgeface_cli as _cli, one_line_error as _one_line_error
 
 
-def _cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "edgeface", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
 
 
-def _one_line_error(r, match: str = ""):
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    assert "Traceback" not in r.stderr, r.stderr[-2000:]
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("error:"), r.stderr[-2000:]
-    assert match.lower() in r.stderr.lower(), r.stderr[-2000:]
 
 
 # -- 1. memory blow-ups ------------------------------------------------------------------------------------

@@ -18,21 +18,13 @@ import pytest
 
 from edgeface.core.errors import EdgefaceError
 from edgeface.core.spec import ModelSpec
+from conftest import edgeface_cli as _cli, one_line_error as _one_line_error
 
 CROPS = np.random.default_rng(7).integers(0, 255, (3, 112, 112, 3), np.uint8)
 
 
-def _cli(*args, timeout=120, env=None):
-    return subprocess.run([sys.executable, "-m", "edgeface", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
-def _one_line_error(r, match: str = ""):
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    assert "Traceback" not in r.stderr, r.stderr[-2000:]
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("error:"), r.stderr[-2000:]
-    assert match.lower() in r.stderr.lower(), r.stderr[-2000:]
 
 
 def _crop_png(d: Path) -> Path:

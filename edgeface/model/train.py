@@ -80,6 +80,13 @@ def check_data_sections(recipe: dict, where: str) -> None:
         if not isinstance(s, dict):
             raise EdgefaceError(f"{where}: field 'data.sets[{i}]' must be a mapping {{name, weight}}")
         sets[i] = validate(s, {"name": REQUIRED, "weight": 1.0}, where, f"data.sets[{i}].")
+    dev = recipe["data"].get("dev_sets", [])
+    if not isinstance(dev, list) or not all(isinstance(d, str) and d for d in dev):
+        raise EdgefaceError(f"{where}: field 'data.dev_sets' must be a list of set names (folders under data.root)")
+    trained_on = sorted(set(dev) & {s["name"] for s in sets})
+    if trained_on:  # a model selected on a set it learned from reports a figure that means nothing
+        raise EdgefaceError(f"{where}: {', '.join(trained_on)} is in both data.sets and data.dev_sets; a dev set "
+                            f"chooses between models and is never trained on: remove it from data.sets")
     r = recipe["render"]
     if r["views"] < 0 or r["weight"] < 0 or not 0 <= r["yaw_min"] <= r["yaw_max"] <= 90 or not r["sets"]:
         raise EdgefaceError(f"{where}: fields 'render.*' need views >= 0, weight >= 0, "

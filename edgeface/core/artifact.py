@@ -40,28 +40,25 @@ def load_onnx(path: str | Path, load_external_data: bool = False):
     p = Path(path)
     if not p.is_file():
         raise EdgefaceError(f"ONNX file {p} does not exist")
-    try:
-        proto = onnx.load(str(p), load_external_data=load_external_data)
-    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
-        raise EdgefaceError(f"{p} is not a readable ONNX model ({type(e).__name__}); it may be truncated — "
-                            f"re-export it with `edgeface export`") from None
-    if not proto.graph.node:
-        raise EdgefaceError(f"{p} is not an ONNX model (empty graph); re-export it with `edgeface export`")
-    return proto
+    return _checked_proto(lambda: onnx.load(str(p), load_external_data=load_external_data), p)
 
 
 def parse_onnx(data: bytes, name: str | Path):
     """The ONNX proto of these bytes (a model file read once); EdgefaceError for truncated or foreign bytes."""
     import onnx
 
-    name = Path(name).name
+    return _checked_proto(lambda: onnx.load_from_string(data), Path(name).name)
+
+
+def _checked_proto(read, label):
+    """``read()``'s ONNX proto; EdgefaceError naming ``label`` for truncated, foreign or empty bytes."""
     try:
-        proto = onnx.load_from_string(data)
+        proto = read()
     except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
-        raise EdgefaceError(f"{name} is not a readable ONNX model ({type(e).__name__}); it may be truncated — "
+        raise EdgefaceError(f"{label} is not a readable ONNX model ({type(e).__name__}); it may be truncated — "
                             f"re-export it with `edgeface export`") from None
     if not proto.graph.node:
-        raise EdgefaceError(f"{name} is not an ONNX model (empty graph); re-export it with `edgeface export`")
+        raise EdgefaceError(f"{label} is not an ONNX model (empty graph); re-export it with `edgeface export`")
     return proto
 
 

@@ -380,6 +380,18 @@ def aside_path(out: Path) -> Path:
     return out.parent / f".{_staging_stem(out)}{OLD_TAG}{os.getpid()}-{int(time.time())}"
 
 
+def replace_folder(staged: Path, out: Path) -> None:
+    """Rename the finished folder ``staged`` onto ``out``. An existing ``out`` (the caller has checked it is
+    edgeface's) waits aside until the new one is in place, then is deleted."""
+    if not Path(out).exists():
+        os.replace(staged, out)
+        return
+    aside = aside_path(out)
+    os.rename(out, aside)
+    os.replace(staged, out)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _staging_stem(out: Path) -> str:
     return sibling_stem(out.name, 40, out.parent if out.parent.is_dir() else ".")
 

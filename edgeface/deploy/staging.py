@@ -16,7 +16,7 @@ from ..core.errors import EdgefaceError
 
 # The staging folder and the stale-partials sweep live in core/io (quantize uses them too).
 from ..core.io import (OLD_TAG, PARTIAL_TAG, aside_path, check_folder_not_an_input, clean_stale_partials,  # noqa: E402,F401
-                       make_staging_dir, pid_alive as _pid_alive)
+                       make_staging_dir, pid_alive as _pid_alive, replace_folder)
 from ..runtime.ownership import bundle_not_ours  # noqa: E402
 
 
@@ -66,7 +66,4 @@ def move_into_place(staged: Path, out: Path, force: bool, inputs=()) -> None:
     if _exchange(staged, out):
         shutil.rmtree(staged)  # now holds the old bundle
         return
-    aside = aside_path(out)
-    os.rename(out, aside)
-    os.rename(staged, out)
-    shutil.rmtree(aside, ignore_errors=True)
+    replace_folder(staged, out)

@@ -20,8 +20,8 @@ import numpy as np
 
 from ..core.artifact import check_foreign_onnx, read_onnx_spec
 from ..core.errors import EdgefaceError
-from ..core.io import (aside_path, atomic_write_json, check_folder_not_an_input, clean_stale_partials,
-                       clean_stale_temp, make_staging_dir, seal_record, sealed_folder_problem, sha256_file, temp_dir)
+from ..core.io import (atomic_write_json, check_folder_not_an_input, clean_stale_partials, clean_stale_temp,
+                       make_staging_dir, replace_folder, seal_record, sealed_folder_problem, sha256_file, temp_dir)
 from ..core.spec import ModelSpec
 from ..engines import registry
 from .calibrate.calibrators import CALIBRATORS
@@ -215,12 +215,7 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
             atomic_write_json(staging / REPORT_NAME, seal_record(report, staging, skip={REPORT_NAME}))
         if out.exists():
             check_quantize_out(out, force, inputs)  # it may have appeared (or changed) while we worked
-            aside = aside_path(out)
-            os.rename(out, aside)
-            os.replace(staging, out)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(staging, out)
+        replace_folder(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

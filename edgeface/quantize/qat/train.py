@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from ...core.errors import EdgefaceError
-from ...core.io import (aside_path, atomic_path, atomic_write_json, check_folder_not_an_input, seal_record,
+from ...core.io import (atomic_path, atomic_write_json, check_folder_not_an_input, replace_folder, seal_record,
                         sealed_folder_problem)
 from ...engines import registry
 from ..emit import int8_artifact
@@ -209,12 +209,7 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
         atomic_write_json(staging / QAT_RECORD, seal_record(meta, staging, skip={QAT_RECORD}))
         if out_dir.exists():
             check_qat_out(out_dir, inputs=[recipe_path, recipe["start"]])  # it may have changed while we trained
-            aside = aside_path(out_dir)
-            os.rename(out_dir, aside)
-            os.replace(staging, out_dir)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
+        replace_folder(staging, out_dir)
         trained_state.unlink(missing_ok=True)
     finally:
         if staging.exists():

@@ -29,6 +29,9 @@ INPUT_KINDS = (FLOAT_NCHW, UINT8_NHWC)
 MIN_INPUT, MAX_INPUT = 16, 1024   # input sides a ModelSpec may name
 WIDTHS = (0.25, 0.5, 0.75, 1.0)  # the MobileNetV2 width multipliers the torch engine builds
 ARCHS = ("mobilenetv2",)          # the networks the torch engine builds (engines/torch/network.build_model)
+# How the network reads pose: three Euler angles straight from a linear layer, or a rotation (6D, two columns
+# made orthonormal) turned into the same Euler angles inside the graph. Either way the output is (N, 3) degrees.
+POSE_HEADS = ("euler", "rot6d")
 
 
 def _short(value) -> str:
@@ -72,6 +75,7 @@ class ModelSpec:
     input_name: str = "input"
     arch: str = "mobilenetv2"
     width: float = 0.25
+    pose_head: str = "euler"
     model_version: str = "0.0.0"
     spec_version: int = SPEC_VERSION
 
@@ -148,6 +152,8 @@ class ModelSpec:
         for name in ("arch", "model_version"):
             if not isinstance(getattr(self, name), str):
                 bad(name, "must be a string")
+        if self.pose_head not in POSE_HEADS:
+            bad("pose_head", f"must be one of {', '.join(POSE_HEADS)}, got {_short(self.pose_head)}")
         if self.arch not in ARCHS:
             bad("arch",
                 f"must be one of {', '.join(ARCHS)} (the networks this edgeface builds), got {_short(self.arch)}")

@@ -23,6 +23,7 @@ from .profiling import landmark_box
 TRAIN_SCHEMA = {
     "kind": "train",
     "model": {"arch": "mobilenetv2", "width": 0.25, "input_size": 112, "crop_scale": 1.4, "version": "1.1.0",
+              "pose_head": "euler",  # or "rot6d": a rotation decoded to Euler angles in the graph (network.py)
               "terms": (str, None)},  # the weights' terms (those of the data they learn from), into every bundle
     "data": {
         "root": "../shared/data",
@@ -40,6 +41,7 @@ TRAIN_SCHEMA = {
         "epochs": 30, "epoch_size": 12000, "batch_size": 128, "lr": 0.003, "weight_decay": 0.0001,
         "warmup_epochs": 1.0, "seed": 0, "threads": 2, "workers": 1,
         "init": (str, None),  # start weights (a checkpoint path)
+        "clip_grad": (float, None),  # clip the gradients' global norm (the Euler decode is steep near yaw 90)
     },
     "augment": {
         "context": 1.6, "scale": [0.85, 1.2], "shift": 0.07, "rotate_deg": 30.0, "rotate_p": 0.5,
@@ -54,7 +56,9 @@ TRAIN_SCHEMA = {
         "sets": ["utkface", "celeba"], "views": 0, "weight": 1.0, "max_source_yaw": 25.0, "max_source_pitch": 25.0,
         "yaw_min": 15.0, "yaw_max": 90.0, "pitch_p": 0.4, "pitch_delta": 25.0, "max_pitch": 45.0, "seed": 0,
     },
-    "loss": {"pose": 1.0, "blur": 1.0, "pose_beta": 2.0},
+    # pose: smooth L1 on the Euler angles; geodesic: the angle between predicted and true rotation, on faces
+    # with all three angles known (rot6d heads only)
+    "loss": {"pose": 1.0, "blur": 1.0, "pose_beta": 2.0, "geodesic": 0.0},
     "out": "runs/mbv2_025",
 }
 
@@ -115,7 +119,7 @@ def check_ranges(recipe: dict, where: str) -> None:
         ("augment.context", a["context"], 1.0, 4.0), ("augment.colour", a["colour"], 0.0, 1.0),
         ("augment.sharp_min", a["sharp_min"], 0.0, 1e9),
         ("loss.pose", loss["pose"], 0.0, 1e6), ("loss.blur", loss["blur"], 0.0, 1e6),
-        ("loss.pose_beta", loss["pose_beta"], 1e-6, 1e6),
+        ("loss.pose_beta", loss["pose_beta"], 1e-6, 1e6), ("loss.geodesic", loss["geodesic"], 0.0, 1e6),
         ("render.weight", recipe["render"]["weight"], 0.0, 1e6),
     ]
     rules += [(f"augment.{k}", a[k], 0.0, 1.0) for k in a if k.endswith("_p")]
@@ -123,6 +127,8 @@ def check_ranges(recipe: dict, where: str) -> None:
         rules.append((f"data.sets[{i}].weight", st["weight"], 0.0, 1e6))
     if recipe["data"]["limit"] is not None:
         rules.append(("data.limit", recipe["data"]["limit"], 1, 10**9))
+    if t.get("clip_grad") is not None:
+        rules.append(("train.clip_grad", t["clip_grad"], 1e-6, 1e6))
     for name, value, lo, hi in rules:
         if not _in(value, lo, hi):
             raise EdgefaceError(f"{where}: field '{name}' must be a number from {lo:g} to {hi:g}, got {short(value)}")
@@ -148,7 +154,7 @@ def spec_from_recipe(recipe: dict) -> ModelSpec:
     m = recipe["model"]
     try:
         return ModelSpec(input_size=m["input_size"], crop=CropRule(scale=m["crop_scale"]), arch=m["arch"],
-                         width=m["width"], model_version=m["version"]).validate()
+                         width=m["width"], pose_head=m["pose_head"], model_version=m["version"]).validate()
     except EdgefaceError as e:
         raise EdgefaceError(str(e).replace("ModelSpec field", "recipe: model field").replace(
             "; re-export the artifact with `edgeface export`", "; fix the recipe")) from None
@@ -327,8 +333,39 @@ def masked_losses(blur_pred, pose_pred, blur_t, pose_t, beta: float):
     return pose_loss, blur_loss
 
 
-def run_epoch(forward, loader, opt, lr_at, step: int, loss_weights: dict, spec: ModelSpec, progress, task):
-    """One pass over ``loader`` (FP32 training and QAT share it): returns (summed [pose, blur] losses, step)."""
+def pose_matrices(poses):
+    """(N, 3, 3) rotations of (N, 3) yaw, pitch, roll in degrees, as ``model.pose.pose_to_matrix`` (torch)."""
+    import torch
+
+    y, p, r = (torch.deg2rad(poses[:, i]) for i in range(3))
+    one, zero = torch.ones_like(y), torch.zeros_like(y)
+
+    def mat(rows):
+        return torch.stack([torch.stack(row, 1) for row in rows], 1)
+
+    rx = mat([[one, zero, zero], [zero, torch.cos(p), torch.sin(p)], [zero, -torch.sin(p), torch.cos(p)]])
+    ry = mat([[torch.cos(y), zero, -torch.sin(y)], [zero, one, zero], [torch.sin(y), zero, torch.cos(y)]])
+    rz = mat([[torch.cos(r), torch.sin(r), zero], [-torch.sin(r), torch.cos(r), zero], [zero, zero, one]])
+    return rx @ ry @ rz  # Rx(-pitch) Ry(-yaw) Rz(-roll)
+
+
+def geodesic_loss(rotation, pose_t):
+    """Mean angle (degrees / 10) between predicted and true rotations, over faces with all three angles known."""
+    import torch
+
+    full = ~torch.isnan(pose_t).any(1)
+    if not full.any():
+        return pose_t.new_zeros(())
+    truth = pose_matrices(pose_t[full])
+    cos = ((rotation[full] * truth).sum((1, 2)) - 1.0) / 2.0
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0 + 1e-6, 1.0 - 1e-6))).mean() / 10.0
+
+
+def run_epoch(forward, loader, opt, lr_at, step: int, loss_weights: dict, spec: ModelSpec, progress, task,
+              clip_grad: float | None = None):
+    """One pass over ``loader`` (FP32 training and QAT share it): returns (summed [pose, blur] losses, step).
+
+    ``forward`` returns (blur, pose) or (blur, pose, rotation); a rotation adds the geodesic loss."""
     import torch
 
     sums = np.zeros(2)
@@ -337,11 +374,17 @@ def run_epoch(forward, loader, opt, lr_at, step: int, loss_weights: dict, spec: 
     for i, (imgs, poses, blurs) in enumerate(loader):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        bp, pp = forward(torch.from_numpy(to_input(imgs, spec)))
-        pl, bl = masked_losses(bp, pp, torch.from_numpy(blurs), torch.from_numpy(poses), loss_weights["pose_beta"])
-        loss = loss_weights["pose"] * pl + loss_weights["blur"] * bl
+        bp, pp, *rotation = forward(torch.from_numpy(to_input(imgs, spec)))
+        pose_t = torch.from_numpy(poses)
+        pl, bl = masked_losses(bp, pp, torch.from_numpy(blurs), pose_t, loss_weights["pose_beta"])
+        pl = loss_weights["pose"] * pl  # the logged pose loss is the weighted one, geodesic term included
+        if loss_weights.get("geodesic") and rotation and rotation[0] is not None:
+            pl = pl + loss_weights["geodesic"] * geodesic_loss(rotation[0], pose_t)
+        loss = pl + loss_weights["blur"] * bl
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip_grad)
         opt.step()
         step += 1
         seen += len(imgs)
@@ -472,13 +515,21 @@ def load_dev_sets(recipe: dict, root: Path) -> dict[str, list[Sample]]:
 
 def _init_state(path: str, spec: ModelSpec) -> dict:
     """The start weights of ``train.init``/``--init``, checked against the recipe's network before any data
-    is read: a checkpoint of another width or input size is one line, not a torch traceback."""
+    is read: a checkpoint of another width or input size is one line, not a torch traceback.
+
+    A checkpoint with the other kind of pose head gives its trunk and blur head; the recipe's pose head
+    starts fresh (build_model's initialisation)."""
     from ..engines.torch.checkpoint import read_checkpoint
     from ..engines.torch.network import build_model
 
-    state = read_checkpoint(path)["state_dict"]
+    ck = read_checkpoint(path)
+    state = ck["state_dict"]
+    model = build_model(spec)
+    if ModelSpec.from_dict(ck["spec"]).pose_head != spec.pose_head:
+        state = {**{k: v for k, v in state.items() if not k.startswith("pose_head.")},
+                 **{k: v for k, v in model.state_dict().items() if k.startswith("pose_head.")}}
     try:
-        build_model(spec).load_state_dict(state)
+        model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise EdgefaceError(f"--init {path} holds a network of other shapes than the recipe's model section "
@@ -523,11 +574,11 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
         raise EdgefaceError(f"recipe {recipe_path}: field 'train.init' names {recipe['train']['init']}, which does "
                             f"not exist; train it first or pass --init CHECKPOINT")
     check_ranges(recipe, f"recipe {recipe_path}")  # again: --epochs, --epoch-size, --limit, --seed overrode it
+    t = recipe["train"]
+    torch.manual_seed(t["seed"])  # before _init_state, which may build a fresh pose head
     init_state = _init_state(recipe["train"]["init"], spec_from_recipe(recipe)) if recipe["train"]["init"] else None
     out_dir = Path(out or recipe["out"])
     root = data_root_of(recipe)
-    t = recipe["train"]
-    torch.manual_seed(t["seed"])
     torch.set_num_threads(t["threads"])
     spec = spec_from_recipe(recipe)
     data = prepare_training_data(recipe, spec, root, console)
@@ -574,8 +625,8 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
             model.train()
             started = time.perf_counter()
             task = progress.add_task(f"epoch {epoch + 1}/{t['epochs']}", total=steps_per_epoch, info="")
-            sums, step = run_epoch(lambda x: model(x.contiguous(memory_format=torch.channels_last)), loader, opt,
-                                   lr_at, step, recipe["loss"], spec, progress, task)
+            sums, step = run_epoch(lambda x: model(x.contiguous(memory_format=torch.channels_last), with_rotation=True),
+                                   loader, opt, lr_at, step, recipe["loss"], spec, progress, task, t["clip_grad"])
             model.eval()
             val = data.evaluate(torch_runner, blur=False)
             summary = {"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch, "blur_loss": sums[1] / steps_per_epoch,

@@ -6,6 +6,7 @@ files are renamed into place only once all exist, the .param last (it is what a 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import warnings
@@ -43,6 +44,9 @@ def export_ncnn(model_or_checkpoint=None, out_param: str | Path = "model.ncnn.pa
     if not param_out.name.endswith(".ncnn.param"):
         raise EdgefaceError(f"ncnn artifact name {param_out.name} must end in .ncnn.param")
     model, spec = resolve_model(model_or_checkpoint, spec)
+    rot6d = getattr(model, "pose_head_kind", "euler") == "rot6d"
+    if rot6d:  # pnnx cannot convert the in-graph decode: export the 6D head, then append the decode as ncnn layers
+        model = _raw_pose_head(model)
     if len(spec.output_names) != len(NCNN_OUTPUT_BLOBS):
         raise EdgefaceError(f"ncnn export expects {len(NCNN_OUTPUT_BLOBS)} outputs, the spec has {spec.output_names}")
     s = spec.input_size
@@ -62,7 +66,12 @@ def export_ncnn(model_or_checkpoint=None, out_param: str | Path = "model.ncnn.pa
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
             raise EdgefaceError(f"pnnx wrote no ncnn files ({tail[0][:160] if tail else 'no output'})")
         blobs = {spec.input_name: NCNN_INPUT_BLOB, **dict(zip(spec.output_names, NCNN_OUTPUT_BLOBS))}
-        renamed = rename_ncnn_blobs(raw_param.read_text(), {v: k for k, v in blobs.items()})
+        names = {v: k for k, v in blobs.items()}
+        if rot6d:
+            names[NCNN_OUTPUT_BLOBS[1]] = ROT6D_BLOB
+        renamed = rename_ncnn_blobs(raw_param.read_text(), names)
+        if rot6d:
+            renamed = append_layers(renamed, rot6d_decode_layers(ROT6D_BLOB, spec.output_names[1]))
         (td / "final.param").write_text(renamed)
         info = {"format": "ncnn", "precision": precision, "input_kind": FLOAT_NCHW,
                 "blobs": {k: k for k in blobs}, "pnnx_blobs": blobs, "spec": spec.to_dict()}
@@ -72,6 +81,111 @@ def export_ncnn(model_or_checkpoint=None, out_param: str | Path = "model.ncnn.pa
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
     return param_out
+
+
+ROT6D_BLOB = "pose_rot6d"  # the 6D head's output inside an ncnn graph with a rot6d pose head
+
+
+def _raw_pose_head(model):
+    """The rot6d network as a module that returns (blur, 6D head), for pnnx to trace without the decode (the
+    decode follows as ncnn layers: rot6d_decode_layers)."""
+    torch = require_torch()
+
+    class RawPoseHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            n = self.net
+            x = n.stem(x)
+            pooled = []
+            for stage in n.stages:
+                x = stage(x)
+                pooled.append(torch.flatten(n.pool(x), 1))
+            return torch.sigmoid(n.blur_head(torch.cat(pooled, 1))), n.pose_head(pooled[-1])
+
+    return RawPoseHead().eval()
+
+
+def rot6d_decode_layers(src: str, dst: str) -> list[tuple]:
+    """The rot6d decode of ``engines/torch/network.py`` (Gram-Schmidt, then yaw/pitch/roll in degrees) as ncnn
+    layers on the 1-D blob ``src`` (6 values), ending in ``dst`` (3 values).
+
+    Each layer is (type, name, bottoms, tops, params). ncnn op codes: BinaryOp 0 add, 1 sub, 2 mul, 3 div;
+    UnaryOp 1 neg, 5 sqrt, 12 asin, 14 atan; Clip 0=min 1=max; Slice/Concat on axis 0."""
+    layers: list[tuple] = []
+
+    def op(kind, bottoms, params):
+        top = f"r6_{len(layers)}"
+        layers.append((kind, f"rot6d_{len(layers)}", list(bottoms), [top], params))
+        return top
+
+    def binary(a, b, code):
+        return op("BinaryOp", [a, b], f"0={code}")
+
+    def scalar(a, code, value):
+        return op("BinaryOp", [a], f"0={code} 1=1 2={value!r}")
+
+    def dot(u, v):
+        return binary(binary(binary(u[0], v[0], 2), binary(u[1], v[1], 2), 0), binary(u[2], v[2], 2), 0)
+
+    def normalised(v):
+        norm = op("Clip", [op("UnaryOp", [dot(v, v)], "0=5")], "0=1.000000e-06 1=3.402823e+38")
+        return [binary(c, norm, 3) for c in v]
+
+    parts = [f"r6_in{i}" for i in range(6)]
+    layers.append(("Slice", "rot6d_slice", [src], parts, "-23300=6,1,1,1,1,1,1 1=0"))
+    c1 = normalised(parts[:3])
+    d = dot(c1, parts[3:])
+    c2 = normalised([binary(a, binary(d, c, 2), 1) for a, c in zip(parts[3:], c1)])
+
+    def cross(i, j):
+        return binary(binary(c1[i], c2[j], 2), binary(c1[j], c2[i], 2), 1)
+
+    c3 = [cross(1, 2), cross(2, 0), cross(0, 1)]
+    deg = 180.0 / math.pi
+    yaw = scalar(op("UnaryOp", [op("Clip", [c3[0]], "0=-9.999990e-01 1=9.999990e-01")], "0=12"), 2, -deg)
+    pitch = scalar(op("UnaryOp", [binary(c3[1], op("Clip", [c3[2]], "0=1.000000e-05 1=3.402823e+38"), 3)], "0=14"),
+                   2, deg)
+    roll = scalar(op("UnaryOp", [binary(c2[0], op("Clip", [c1[0]], "0=1.000000e-05 1=3.402823e+38"), 3)], "0=14"),
+                  2, deg)
+    layers.append(("Concat", "rot6d_euler", [yaw, pitch, roll], [dst], "0=0"))
+    return layers
+
+
+def append_layers(param_text: str, layers: list[tuple]) -> str:
+    """An ncnn .param with ``layers`` appended. A blob read by several layers gets a Split, as ncnn expects
+    (one consumer per blob); the header's layer and blob counts are rewritten."""
+    lines = param_text.strip().splitlines()
+    readers: dict[str, int] = {}
+    for _, _, bottoms, _, _ in layers:
+        for b in bottoms:
+            readers[b] = readers.get(b, 0) + 1
+    splits = {b: [f"{b}_s{i}" for i in range(n)] for b, n in readers.items() if n > 1}
+    produced = {t for _, _, _, tops, _ in layers for t in tops}
+    out: list[str] = []
+
+    def emit_split(blob):
+        if blob in splits:
+            out.append(f"Split split_{blob} 1 {len(splits[blob])} {blob} {' '.join(splits[blob])}")
+
+    for blob in splits:
+        if blob not in produced:  # a blob of the original graph: split it before the new layers read it
+            emit_split(blob)
+    taken: dict[str, int] = {}
+    for kind, name, bottoms, tops, params in layers:
+        ins = []
+        for b in bottoms:
+            ins.append(splits[b][taken.get(b, 0)] if b in splits else b)
+            taken[b] = taken.get(b, 0) + 1
+        out.append(f"{kind} {name} {len(ins)} {len(tops)} {' '.join(ins)} {' '.join(tops)} {params}".rstrip())
+        for t in tops:
+            emit_split(t)
+    layer_count, blob_count = (int(v) for v in lines[1].split())
+    new_blobs = sum(len(l[3]) for l in layers) + sum(len(v) for v in splits.values())
+    header = f"{layer_count + len(out)} {blob_count + new_blobs}"
+    return "\n".join([lines[0], header, *lines[2:], *out]) + "\n"
 
 
 def rename_ncnn_blobs(param_text: str, mapping: dict[str, str]) -> str:

@@ -61,11 +61,11 @@ def rot6d_to_matrix_columns(r6):
     ONNX, ncnn (pnnx), TensorRT and OpenVINO without special operators."""
     a1 = [_column(r6, i) for i in range(3)]
     a2 = [_column(r6, i) for i in range(3, 6)]
-    n1 = torch.sqrt(a1[0] * a1[0] + a1[1] * a1[1] + a1[2] * a1[2]).clamp_min(1e-6)
+    n1 = torch.sqrt(a1[0] * a1[0] + a1[1] * a1[1] + a1[2] * a1[2]).clamp(min=1e-6)
     c1 = [v / n1 for v in a1]
     dot = c1[0] * a2[0] + c1[1] * a2[1] + c1[2] * a2[2]
     b2 = [a - dot * c for a, c in zip(a2, c1)]
-    n2 = torch.sqrt(b2[0] * b2[0] + b2[1] * b2[1] + b2[2] * b2[2]).clamp_min(1e-6)
+    n2 = torch.sqrt(b2[0] * b2[0] + b2[1] * b2[1] + b2[2] * b2[2]).clamp(min=1e-6)
     c2 = [v / n2 for v in b2]
     c3 = [c1[1] * c2[2] - c1[2] * c2[1], c1[2] * c2[0] - c1[0] * c2[2], c1[0] * c2[1] - c1[1] * c2[0]]
     return c1, c2, c3
@@ -79,8 +79,8 @@ def matrix_columns_to_euler(c1, c2, c3):
     clamping them above zero saturates a pitch or roll beyond 90 at +-90 instead of wrapping it."""
     deg = 180.0 / torch.pi
     yaw = -torch.asin(c3[0].clamp(-1.0 + 1e-6, 1.0 - 1e-6)) * deg
-    pitch = torch.atan(c3[1] / c3[2].clamp_min(1e-5)) * deg
-    roll = torch.atan(c2[0] / c1[0].clamp_min(1e-5)) * deg
+    pitch = torch.atan(c3[1] / c3[2].clamp(min=1e-5)) * deg
+    roll = torch.atan(c2[0] / c1[0].clamp(min=1e-5)) * deg
     return torch.cat([yaw, pitch, roll], 1)
 
 

@@ -113,8 +113,11 @@ def arm_python(rootfs: Path, repo: Path, wrapper: Path) -> Path:
     .ci/arm_emulated.sh and this checkout's edgeface. Ansible's own modules still run natively; everything
     edgeface does on this device (probe, verify, swap, bench) runs as aarch64 code."""
     qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
-    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={rootfs}/opt/site:{repo} PYTHONNOUSERSITE=1 "
-                       f"exec {qemu} -L {rootfs} -cpu cortex-a72 {rootfs}/usr/bin/python3 \"$@\"\n")
+    # QEMU_LD_PREFIX / QEMU_CPU: a process the emulated Python starts (bench's worker is `sys.executable`, the
+    # rootfs's aarch64 python3) is run by the kernel's binfmt qemu handler, which takes -L and -cpu from them;
+    # without them that child cannot find the aarch64 loader.
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={rootfs}/opt/site:{repo} PYTHONNOUSERSITE=1 QEMU_LD_PREFIX={rootfs} "
+                       f"QEMU_CPU=cortex-a72 exec {qemu} -L {rootfs} -cpu cortex-a72 {rootfs}/usr/bin/python3 \"$@\"\n")
     wrapper.chmod(0o755)
     return wrapper
 

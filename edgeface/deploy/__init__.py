@@ -9,6 +9,6 @@
 """
 from __future__ import annotations
 
-from .pipeline import DeployResult, deploy
+from .pipeline import DeployOptions, DeployResult, deploy
 
-__all__ = ["DeployResult", "deploy"]
+__all__ = ["DeployOptions", "DeployResult", "deploy"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -222,210 +222,287 @@ def _default_candidate(target: dict, candidates: dict) -> str:
     return own[0] if own else next(iter(candidates))
 
 
-def deploy(target_name: str, model: Optional[str | Path] = None, *, precision: Optional[str] = None,
-           calib: Optional[str | Path] = None, out: Optional[str | Path] = None, force: bool = False,
-           verify: bool = True, verify_data: Optional[str | Path] = None, host: Optional[str] = None,
-           ssh_options: Optional[dict] = None, console=None, backend: Optional[str] = None,
-           batch: Optional[int] = None, measure_seconds: Optional[float] = None,
-           sign: Optional[str | Path] = None) -> DeployResult:
-    """Export, quantize, verify and write a bundle for ``target_name``; see the module docstring.
+@dataclass
+class DeployOptions:
+    """What `edgeface deploy` takes besides the target and the model (the command line's flags).
 
     ``backend`` forces the engine (one the target can run its bundle on); otherwise a target that lists
     ``measure`` engines measures every candidate, an (engine, precision, hint) triple, on the machine the
     bundle runs on (``host``, or this one) at its ``batch`` (``batch`` overrides it) and thread count, then
-    verifies them fastest first and keeps the first within its precision's budget; the manifest's
-    ``engine_choice`` records every candidate with its figures. ``precision="fastest"``: the candidates of
-    every precision the target lists (INT8 with ``calib``, bf16 where the CPU computes it).
+    verifies them fastest first and keeps the first within its precision's budget. ``precision="fastest"``:
+    the candidates of every precision the target lists (INT8 with ``calib``, bf16 where the CPU computes it).
     ``sign``: an Ed25519 private key that signs the manifest (docs/security.md)."""
-    from .candidates import FASTEST, all_failed, plan_candidates, plan_precisions, verify_summary
-    from .choose import DEFAULT_SECONDS
 
+    precision: Optional[str] = None
+    calib: Optional[str | Path] = None
+    out: Optional[str | Path] = None
+    force: bool = False
+    verify: bool = True
+    verify_data: Optional[str | Path] = None
+    host: Optional[str] = None
+    ssh_options: Optional[dict] = None
+    backend: Optional[str] = None
+    batch: Optional[int] = None
+    measure_seconds: Optional[float] = None
+    sign: Optional[str | Path] = None
+
+
+@dataclass
+class DeployPlan:
+    """Everything decided before any work: the target, the model, the candidates, the data and the folder."""
+
+    target: dict
+    source: Optional[Source]
+    precision: str                 # as asked ("fastest" included)
+    precisions: list
+    candidates: dict               # name -> Candidate
+    not_run_here: dict             # candidate or precision -> why it cannot run here
+    measuring: bool
+    calib: Optional[Path]
+    verify_data: Optional[Path]
+    out: Path
+    force: bool
+    inputs: list                   # the user's files, never inside the folder --force replaces
+
+
+def deploy(target_name: str, model: Optional[str | Path] = None, options: Optional[DeployOptions] = None,
+           console=None, **fields) -> DeployResult:
+    """Export, quantize, verify and write a bundle for ``target_name``; see the module docstring.
+
+    ``options`` (DeployOptions), or its fields as keywords. The manifest's ``engine_choice`` records every
+    candidate with its figures."""
+    opts = replace(options or DeployOptions(), **fields)
     t_start = time.perf_counter()
-    if sign is not None:
+    plan = plan_deploy(target_name, model, opts)
+    staged, work = make_staging_dir(plan.out), make_staging_dir(plan.out)  # work: one folder per artifact kind
+    bundle = _StagedBundle(plan, staged, work)
+    try:
+        with Steps(console) as steps:
+            bundle.made = build_artifacts(plan, work, steps)
+            order = choose_order(plan, bundle, opts, steps)
+            winner, verified = verify_fastest_first(plan, bundle, order, opts.verify, steps)
+            manifest = seal_bundle(plan, bundle, winner, verified, opts.sign, steps)
+    finally:
+        bundle.close()
+        for folder in (staged, work):
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+    result = DeployResult(bundle=plan.out, target=plan.target["name"], backend=winner.engine,
+                          precision=winner.precision, manifest=manifest, verify=verified,
+                          seconds=time.perf_counter() - t_start, steps=dict(steps.times))
+    if opts.host:
+        from .remote import deploy_remote
+
+        ssh_options = dict(opts.ssh_options or {})
+        result.remote = deploy_remote(plan.out, opts.host, dict(plan.target, backend=winner.engine), console,
+                                      remote_python=ssh_options.pop("remote_python", None) or "python3", **ssh_options)
+    return result
+
+
+def plan_deploy(target_name: str, model: Optional[str | Path], opts: DeployOptions) -> DeployPlan:
+    """Every check that needs no work, in the order a user would fix them; then the output folder is prepared."""
+    from .candidates import FASTEST, plan_candidates, plan_precisions
+
+    if opts.sign is not None:
         from ..runtime.signing import load_private_key
 
-        load_private_key(sign)  # a bad key fails before minutes of export
+        load_private_key(opts.sign)  # a bad key fails before minutes of export
+    batch = opts.batch
     if batch is not None:  # before any work: 1e8 failed after the export, allocating terabytes in numpy
         if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_TARGET_BATCH:
             raise EdgefaceError(f"--batch must be an integer from 1 to {MAX_TARGET_BATCH}, got {short(batch)}")
     target = load_target(target_name)
     if batch is not None:
         target["batch"] = batch
-    name = target["name"]
-    if backend is not None:
-        check_forced_backend(target, backend)
-    precision = precision or target["default_precision"]
+    if opts.backend is not None:
+        check_forced_backend(target, opts.backend)
+    precision = opts.precision or target["default_precision"]
     source = resolve_source(model) if precision in target["precisions"] or precision == FASTEST else None
-    calib_path = Path(calib) if calib is not None else None
-    precisions, left_out = plan_precisions(target, precision, calib=calib_path is not None,
-                                           qat=bool(source and source.qat))
-    if precision == "int8" and calib_path is None and not source.qat:
+    calib = Path(opts.calib) if opts.calib is not None else None
+    precisions, left_out = plan_precisions(target, precision, calib=calib is not None, qat=bool(source and source.qat))
+    if precision == "int8" and calib is None and not source.qat:
         raise EdgefaceError("--precision int8 needs calibration images: pass --calib DIR (face crops, or images "
                             "with labels.csv), or deploy a quantization-aware checkpoint (edgeface train --recipe "
                             "recipes/qat/...)")
-    if calib_path is not None and not calib_path.is_dir():
-        raise EdgefaceError(f"--calib {calib_path} is not a folder of calibration images")
-    measuring = bool(target["measure"]) and backend is None
-    many = precision == FASTEST
-    candidates, problems = plan_candidates(target, precisions, backend=backend, measuring=measuring or many, many=many)
+    if calib is not None and not calib.is_dir():
+        raise EdgefaceError(f"--calib {calib} is not a folder of calibration images")
+    measuring = bool(target["measure"]) and opts.backend is None
+    candidates, problems = plan_candidates(target, precisions, backend=opts.backend,
+                                           measuring=measuring or precision == FASTEST, many=precision == FASTEST)
     if not candidates:  # before any work: e.g. bf16 on a CPU without it names the missing flag
         raise EdgefaceError(f"--precision {precision} cannot run here: "
                             + "; ".join(f"{n}: {w}" for n, w in problems.items()))
-    vdata = Path(verify_data) if verify_data is not None else default_verify_data()
+    vdata = Path(opts.verify_data) if opts.verify_data is not None else default_verify_data()
     if vdata is not None and not vdata.is_dir():
         raise EdgefaceError(f"--verify-data {vdata} is not a folder")
-    out = Path(out) if out is not None else Path("bundles") / f"{name}-{precision}"
-    out = out.absolute()
-    inputs = [model, calib_path, verify_data, sign, target_name]  # never inside the folder --force replaces
-    check_out(out, force, inputs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_partials(out)
+    out = Path(opts.out) if opts.out is not None else Path("bundles") / f"{target['name']}-{precision}"
+    plan = DeployPlan(target, source, precision, precisions, candidates, {**problems, **left_out}, measuring, calib,
+                      vdata, out.absolute(), opts.force, [model, calib, opts.verify_data, opts.sign, target_name])
+    check_out(plan.out, opts.force, plan.inputs)
+    plan.out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_partials(plan.out)
     clean_stale_temp()
+    return plan
 
-    staged = make_staging_dir(out)
-    work = make_staging_dir(out)  # each artifact a candidate runs, in a folder of its own
-    verify_result = reference = None
-    try:
-        with Steps(console) as steps:
-            # kind -> artifact, input kind, cache, calibration
-            made: dict[str, tuple[str, str, Optional[str], Optional[dict]]] = {}
-            if any(c.artifact_kind == "float" for c in candidates.values()):
-                float_precision = next(p for p in precisions if p != "int8")
-                (work / "float").mkdir()
-                artifact, input_kind, calib_cache = steps.run(
-                    f"export {target['backend']} "
-                    f"({float_precision if float_precision != 'bf16' else 'fp32, run at bf16'}) "
-                    f"from {source.label}", export_artifact, target, source, float_precision, work / "float")
-                made["float"] = (artifact, input_kind, calib_cache, None)
-            if any(c.artifact_kind == "int8" for c in candidates.values()):
-                (work / "int8").mkdir()
-                artifact, calib_cache, calibration = steps.run(
-                    f"export + quantize int8 for {target['backend']}"
-                    + (" (quantization-aware checkpoint)" if source.qat and calib_path is None
-                       else f" from {calib_path}"),
-                    quantize_artifact, target, source, calib_path, work / "int8", steps.note)
-                check_bundle_artifact(registry.get(target["backend"]), work / "int8" / artifact,
-                                      int(target["onnx"]["opset"]))
-                _drop_unused(work / "int8", keep={artifact, calib_cache, *_companions(work / "int8" / artifact)})
-                made["int8"] = (artifact, _input_kind(work / "int8" / artifact), calib_cache, calibration)
-            artifacts = {kind: work / kind / entry[0] for kind, entry in made.items()}
-            measure_args = dict(host=host, ssh_options=dict(ssh_options or {}),
-                                seconds=measure_seconds or DEFAULT_SECONDS)
-            if measuring or len(candidates) > 1:
-                default = _default_candidate(target, candidates)
-                choice = steps.run(
-                    f"measure {', '.join(candidates)} on {host or 'this machine'} (batch {target['batch']}, "
-                    f"threads {target['threads'] or 'all'})", measure_candidates, target, candidates, artifacts,
-                    default=default, **measure_args)
-                order = [choice["candidate"]] + [n for n in choice.get("ranked", []) if n != choice["candidate"]]
-                order = [n for n in order if n in candidates]
-                steps.note(f"measured: {choice['reason']}")
-            else:  # the target's engine, or the one --backend forces
-                (only,) = candidates
-                choice = ({"forced": True, "reason": f"--backend {backend}"} if backend is not None and
-                          (target["measure"] or backend != target["backend"]) else None)
-                order = [only]
-            if choice is not None:
-                choice["precision_requested"] = precision
-                choice["candidates"] = {n: c.to_json() for n, c in candidates.items()}
-                if problems or left_out:
-                    choice["not_run_here"] = {**problems, **left_out}
-            spec = crops = poses = desc = None
-            results: dict[str, dict] = {}   # candidate -> its verification
-            placed = None
 
-            def place(cand) -> dict:
-                """The candidate's artifact in the bundle folder, and a manifest naming it (for Predictor(bundle))."""
-                nonlocal placed, spec
-                artifact, input_kind, calib_cache, calibration = made[cand.artifact_kind]
-                if placed != cand.artifact_kind:
-                    _place(work / cand.artifact_kind, staged)
-                    placed = cand.artifact_kind
-                if choice is not None and not choice.get("forced"):
-                    choice.update(chosen=cand.engine, candidate=cand.name, options=cand.options,
-                                  precision=cand.precision)
-                args = dict(
-                    target=name, backend=cand.engine, precision=cand.precision, artifact=artifact, engine_choice=choice,
-                    target_recipe=target, options=chosen_options(target, cand.precision, cand.engine, choice),
+def build_artifacts(plan: DeployPlan, work: Path, steps: Steps) -> dict[str, tuple]:
+    """The float and/or INT8 artifact the candidates run, each in a folder of its own under ``work``:
+    {kind: (artifact name, input kind, calibration cache or None, calibration summary or None)}."""
+    target, source, made = plan.target, plan.source, {}
+    kinds = {c.artifact_kind for c in plan.candidates.values()}
+    if "float" in kinds:
+        float_precision = next(p for p in plan.precisions if p != "int8")
+        (work / "float").mkdir()
+        shown = float_precision if float_precision != "bf16" else "fp32, run at bf16"
+        artifact, input_kind, calib_cache = steps.run(
+            f"export {target['backend']} ({shown}) from {source.label}", export_artifact, target, source,
+            float_precision, work / "float")
+        made["float"] = (artifact, input_kind, calib_cache, None)
+    if "int8" in kinds:
+        (work / "int8").mkdir()
+        how = (" (quantization-aware checkpoint)" if source.qat and plan.calib is None else f" from {plan.calib}")
+        artifact, calib_cache, calibration = steps.run(
+            f"export + quantize int8 for {target['backend']}{how}", quantize_artifact, target, source, plan.calib,
+            work / "int8", steps.note)
+        check_bundle_artifact(registry.get(target["backend"]), work / "int8" / artifact, int(target["onnx"]["opset"]))
+        _drop_unused(work / "int8", keep={artifact, calib_cache, *_companions(work / "int8" / artifact)})
+        made["int8"] = (artifact, _input_kind(work / "int8" / artifact), calib_cache, calibration)
+    return made
+
+
+def choose_order(plan: DeployPlan, bundle: "_StagedBundle", opts: DeployOptions, steps: Steps) -> list[str]:
+    """The candidates in the order they are verified: measured fastest first when the target measures (or there
+    are several), else the one engine. Sets ``bundle.choice`` (the manifest's engine_choice, or None)."""
+    from .choose import DEFAULT_SECONDS
+
+    target, candidates = plan.target, plan.candidates
+    if plan.measuring or len(candidates) > 1:
+        artifacts = {kind: bundle.work / kind / entry[0] for kind, entry in bundle.made.items()}
+        choice = steps.run(
+            f"measure {', '.join(candidates)} on {opts.host or 'this machine'} (batch {target['batch']}, "
+            f"threads {target['threads'] or 'all'})", measure_candidates, target, candidates, artifacts,
+            default=_default_candidate(target, candidates), host=opts.host, ssh_options=dict(opts.ssh_options or {}),
+            seconds=opts.measure_seconds or DEFAULT_SECONDS)
+        order = [choice["candidate"]] + [n for n in choice.get("ranked", []) if n != choice["candidate"]]
+        order = [n for n in order if n in candidates]
+        steps.note(f"measured: {choice['reason']}")
+    else:  # the target's engine, or the one --backend forces
+        order = list(candidates)
+        forced = opts.backend is not None and (target["measure"] or opts.backend != target["backend"])
+        choice = {"forced": True, "reason": f"--backend {opts.backend}"} if forced else None
+    if choice is not None:
+        choice["precision_requested"] = plan.precision
+        choice["candidates"] = {n: c.to_json() for n, c in candidates.items()}
+        if plan.not_run_here:
+            choice["not_run_here"] = dict(plan.not_run_here)
+    bundle.choice = choice
+    return order
+
+
+def verify_fastest_first(plan: DeployPlan, bundle: "_StagedBundle", order: list[str], verify: bool,
+                         steps: Steps) -> tuple:
+    """(winner, its verification or None). Every measured candidate is verified, fastest first (the manifest
+    records each one's figures), and the first within its precision's budget is the bundle."""
+    from .candidates import all_failed, verify_summary
+
+    if not verify:
+        return plan.candidates[order[0]], None
+    choice, results, winner = bundle.choice, {}, None
+    for name in order:
+        cand = plan.candidates[name]
+        res = steps.run(f"verify {name} ({cand.precision}) against the FP32 reference" if len(order) > 1
+                        else "verify against the FP32 reference", bundle.check, cand)
+        results[name] = res
+        steps.note((f"{name}: " if len(order) > 1 else "") + verify_line(res))
+        if choice is not None:
+            choice.setdefault("verification", {})[name] = verify_summary(res)
+        if res["passed"] and winner is None:
+            winner = cand
+            if choice is None:
+                break
+    if winner is None:
+        raise all_failed(plan.target["name"], {n: (plan.candidates[n], r) for n, r in results.items()})
+    failed = [n for n in order[:order.index(winner.name)] if not results[n]["passed"]]
+    if choice is not None and not choice.get("forced") and failed:
+        why_not = ", ".join(f"{n} failed verification ({'; '.join(results[n]['exceeded'])})" for n in failed)
+        choice["reason"] = (f"{winner.name} ({winner.precision}) is the fastest within its budget: {why_not}; "
+                            f"measured: {choice['reason']}")
+    return winner, results[winner.name]
+
+
+def seal_bundle(plan: DeployPlan, bundle: "_StagedBundle", winner, verified: Optional[dict],
+                sign: Optional[str | Path], steps: Steps) -> dict:
+    """The winner's files and manifest, sealed (and signed), checked as a device will, then moved into place."""
+    manifest_args = bundle.place(winner)
+    choice = bundle.choice
+    if choice is not None and not choice.get("forced"):
+        steps.note(f"engine: {winner.engine} {winner.precision} ({choice['reason']})")
+    manifest = steps.run("seal bundle", write_manifest, bundle.staged, spec=bundle.spec,
+                         accuracy=verified or {"verified": False, "reason": "--no-verify"}, tools=tool_versions(),
+                         **manifest_args)
+    own_key = None
+    if sign is not None:
+        from ..runtime.signing import load_private_key, sign_manifest
+
+        steps.run("sign manifest", sign_manifest, bundle.staged, sign)
+        own_key = [load_private_key(sign).public_key()]
+    open_bundle(bundle.staged, device=ANY_DEVICE, trusted_keys=own_key)  # the files, manifest, signature
+    move_into_place(bundle.staged, plan.out, plan.force, plan.inputs)
+    return manifest
+
+
+class _StagedBundle:
+    """The bundle being written: the candidates' artifacts (``made``, one folder per kind under ``work``), the one
+    placed in ``staged`` with a manifest naming it, and the FP32 reference every candidate is verified against."""
+
+    def __init__(self, plan: DeployPlan, staged: Path, work: Path):
+        self.plan, self.staged, self.work = plan, staged, work
+        self.made: dict[str, tuple] = {}
+        self.choice: Optional[dict] = None  # the manifest's engine_choice
+        self.spec = None
+        self._placed: Optional[str] = None
+        self._reference: Optional[_Remembered] = None
+        self._verify_set = None
+
+    def place(self, cand) -> dict:
+        """The candidate's artifact in the bundle folder, and a manifest naming it (for Predictor(bundle)); returns
+        the manifest's arguments."""
+        plan, choice, source = self.plan, self.choice, self.plan.source
+        artifact, input_kind, calib_cache, calibration = self.made[cand.artifact_kind]
+        if self._placed != cand.artifact_kind:
+            _place(self.work / cand.artifact_kind, self.staged)
+            self._placed = cand.artifact_kind
+        if choice is not None and not choice.get("forced"):
+            choice.update(chosen=cand.engine, candidate=cand.name, options=cand.options, precision=cand.precision)
+        args = dict(target=plan.target["name"], backend=cand.engine, precision=cand.precision, artifact=artifact,
+                    engine_choice=choice, target_recipe=plan.target,
+                    options=chosen_options(plan.target, cand.precision, cand.engine, choice),
                     input_kind=input_kind, calibration=calibration, calib_cache=calib_cache,
                     source={**source.record, "qat": source.qat, "model_version": source.meta.get("version")},
                     weights_terms=source.terms)
-                spec = _artifact_spec(staged / artifact)
-                write_manifest(staged, spec=spec, **args)
-                return args
+        self.spec = _artifact_spec(self.staged / artifact)
+        write_manifest(self.staged, spec=self.spec, **args)
+        return args
 
-            def check(cand) -> dict:
-                nonlocal reference, crops, poses, desc
-                place(cand)
-                if reference is None:
-                    reference = _Remembered(open_model(source.checkpoint)[0])  # the FP32 torch model, run once
-                    crops, poses, desc = load_verify_set(vdata, spec)
-                runner, pred, how = bundle_runner(staged, dict(target, backend=cand.engine))
-                try:
-                    res = verify_bundle(runner, reference, crops, poses, target["verify"][cand.precision])
-                finally:
-                    pred.close()
-                res.update(data=desc, runtime=how, reference_model=f"{source.record['model']} (FP32 torch)")
-                return res
+    def check(self, cand) -> dict:
+        """The candidate verified through the loader a device uses, against the FP32 torch reference."""
+        self.place(cand)
+        plan = self.plan
+        if self._reference is None:  # the torch model runs the verification faces once for all candidates
+            self._reference = _Remembered(open_model(plan.source.checkpoint)[0])
+            self._verify_set = load_verify_set(plan.verify_data, self.spec)
+        crops, poses, desc = self._verify_set
+        runner, pred, how = bundle_runner(self.staged, dict(plan.target, backend=cand.engine))
+        try:
+            res = verify_bundle(runner, self._reference, crops, poses, plan.target["verify"][cand.precision])
+        finally:
+            pred.close()
+        res.update(data=desc, runtime=how, reference_model=f"{plan.source.record['model']} (FP32 torch)")
+        return res
 
-            # Fastest first; every measured candidate is verified (the manifest records each one's figures), and
-            # the first within its precision's budget is the bundle.
-            winner = None
-            for cand_name in order if verify else order[:1]:
-                cand = candidates[cand_name]
-                if not verify:
-                    winner = cand
-                    break
-                res = steps.run(f"verify {cand_name} ({cand.precision}) against the FP32 reference"
-                                if len(order) > 1 else "verify against the FP32 reference", check, cand)
-                results[cand_name] = res
-                steps.note((f"{cand_name}: " if len(order) > 1 else "") + verify_line(res))
-                if choice is not None:
-                    choice.setdefault("verification", {})[cand_name] = verify_summary(res)
-                if res["passed"] and winner is None:
-                    winner = cand
-                    if choice is None:
-                        break
-            if winner is None:
-                raise all_failed(name, {n: (candidates[n], r) for n, r in results.items()})
-            verify_result = results.get(winner.name)
-            failed = [n for n in order[:order.index(winner.name)] if not results[n]["passed"]]
-            if choice is not None and not choice.get("forced") and failed:
-                why_not = ", ".join(f"{n} failed verification ({'; '.join(results[n]['exceeded'])})" for n in failed)
-                choice["reason"] = (f"{winner.name} ({winner.precision}) is the fastest within its budget: {why_not}; "
-                                    f"measured: {choice['reason']}")
-            manifest_args = place(winner)
-            engine = winner.engine
-            if choice is not None and not choice.get("forced"):
-                steps.note(f"engine: {engine} {winner.precision} ({choice['reason']})")
-            manifest = steps.run("seal bundle", write_manifest, staged, spec=spec,
-                                 accuracy=verify_result or {"verified": False, "reason": "--no-verify"},
-                                 tools=tool_versions(), **manifest_args)
-            own_key = None
-            if sign is not None:
-                from ..runtime.signing import load_private_key, sign_manifest
-
-                steps.run("sign manifest", sign_manifest, staged, sign)
-                own_key = [load_private_key(sign).public_key()]
-            # The files, manifest (and signature) a device will check.
-            open_bundle(staged, device=ANY_DEVICE, trusted_keys=own_key)
-            move_into_place(staged, out, force, inputs)
-    finally:
-        if reference is not None:
-            reference.close()
-        for folder in (staged, work):
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-
-    result = DeployResult(bundle=out, target=name, backend=engine, precision=winner.precision, manifest=manifest,
-                          verify=verify_result, seconds=time.perf_counter() - t_start, steps=dict(steps.times))
-    if host:
-        from .remote import deploy_remote
-
-        ssh_options = dict(ssh_options or {})
-        result.remote = deploy_remote(out, host, dict(target, backend=engine), console,
-                                      remote_python=ssh_options.pop("remote_python", None) or "python3", **ssh_options)
-    return result
+    def close(self) -> None:
+        if self._reference is not None:
+            self._reference.close()
 
 
 class _Remembered:

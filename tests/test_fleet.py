@@ -287,23 +287,32 @@ def test_plain_ansible_playbook_runs_the_shipped_playbook(fleet, bundles, tmp_pa
     assert r.stdout.count('"status": "deployed"') == len(HEALTHY)
 
 
-def test_deploying_to_four_at_once_beats_one_after_another(fleet, bundles, tmp_path):
-    """Parallel: 4 devices with --forks 4 vs the same 4 with --forks 1 (fresh root folders each time), and the
-    ratio to 1 device printed as JSON. The issue's "4 devices <= 2x one device" needs devices with CPUs of their
-    own; here the simulated devices' edgeface work shares this machine's 2 cores with Ansible, so the test
-    asserts what holds on any machine: the parallel rollout is clearly faster than the sequential one."""
-    write_inventory(fleet, tmp_path / "one.yml", {"one": ["a"]})
-    write_inventory(fleet, tmp_path / "four.yml", {"four": list(HEALTHY)})
-    write_inventory(fleet, tmp_path / "seq.yml", {"seq": list(HEALTHY)})
-    times = {}
-    for name, forks in (("one", 4), ("four", 4), ("seq", 1)):
+def test_deploying_to_four_takes_at_most_twice_one(fleet, bundles, tmp_path):
+    """Parallel: 4 devices (--forks 4) take <= 2x the time of 1, and clearly less than the same 4 one after another
+    (--forks 1); fresh root folders every time. Best of three rounds, since the machine is shared. The simulated
+    devices' edgeface work runs on this machine's cores alongside Ansible, so the 2x bound needs 2 of them: on
+    one core only the parallel-vs-sequential bound is asserted. Prints the seconds as JSON (-s)."""
+    times: dict[str, list[float]] = {"one": [], "four": [], "seq": []}
+    runs = [("one", 4), ("four", 4), ("seq", 1), ("one", 4), ("four", 4), ("one", 4), ("four", 4)]
+    for i, (name, forks) in enumerate(runs):
+        inventory = tmp_path / f"{name}{i}.yml"
+        write_inventory(fleet, inventory, {name: ["a"] if name == "one" else list(HEALTHY)})
         t = time.perf_counter()
-        r = edgeface("deploy", "--inventory", tmp_path / f"{name}.yml", "--bundle", bundles["A"], "--forks", forks)
-        times[name] = time.perf_counter() - t
+        r = edgeface("deploy", "--inventory", inventory, "--bundle", bundles["A"], "--forks", forks)
+        times[name].append(time.perf_counter() - t)
         assert r.returncode == 0, r.stderr[-3000:]
-    print(json.dumps({"deploy_seconds": times, "four_vs_one": times["four"] / times["one"],
-                      "parallel_vs_sequential": times["four"] / times["seq"], "cpus": os.cpu_count()}))
-    assert times["four"] <= 0.8 * times["seq"], times
+    one, four, seq = (min(times[k]) for k in ("one", "four", "seq"))
+    print(json.dumps({"deploy_seconds": times, "four_vs_one": four / one, "parallel_vs_sequential": four / seq,
+                      "cpus": os.cpu_count()}))
+    assert four <= 0.8 * seq, times
+    if (os.cpu_count() or 1) >= 2:
+        assert four <= 2.0 * one, times
+
+
+def test_the_device_script_survives_the_playbooks_template():
+    """The playbooks send edgeface_device.py inside the command, through Jinja: no Jinja markers in it."""
+    text = (PLAYBOOKS / "files" / "edgeface_device.py").read_text()
+    assert not any(marker in text for marker in ("{" + "{", "{" + "%", "{" + "#")), "Jinja would rewrite the script"
 
 
 def test_a_device_with_an_unknown_host_key_is_refused(fleet, tmp_path):
@@ -349,3 +358,4 @@ def test_missing_ansible_names_the_extra(tmp_path):
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.count("error:") == 1 and "edgeface[fleet]" in r.stderr
+

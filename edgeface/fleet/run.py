@@ -22,7 +22,7 @@ from .inventory import Host, require_ansible
 
 PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
 RESULT_TASK = "edgeface result"
-COPY_TASK = "copy the bundle files"
+COPY_TASK = "copy the bundle archive"  # the task in roles/edgeface_push: its "changed" means bytes were copied
 OK, UNCHANGED, FAILED, UNREACHABLE, STOPPED, NOT_ATTEMPTED = ("ok", "unchanged", "failed", "unreachable", "stopped",
                                                            "not attempted")
 

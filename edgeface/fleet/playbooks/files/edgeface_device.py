@@ -4,12 +4,17 @@ a bundle (its digest, every file's sha256 and, when the device trusts keys, the 
 
     probe   ROOT DIGEST   what the device is, which bundle `current` and `previous` hold, whether DIGEST is there
     verify  PATH          open the bundle with the device's edgeface (EDGEFACE_TRUSTED_KEYS from ROOT/trusted.pub)
+    receive ROOT DIGEST   unpack ROOT/bundles/.incoming-DIGEST.tar (the pushed bundle: plain files, no path outside
+                          the folder) into ROOT/bundles/.incoming-DIGEST, remove the archive, then verify it
     swap    ROOT DIGEST   ROOT/bundles/.incoming-DIGEST -> ROOT/bundles/DIGEST, `current` -> it, the old
                           `current` becomes `previous`; each link is replaced by rename(2), so a reader sees the
                           old or the new bundle, never none; versions other than current and previous are removed
     rollback ROOT         `current` <-> `previous` (the previous bundle is verified first)
 
 Prints one JSON object on stdout; a failure prints `error: ...` on stderr and exits 2.
+
+The playbooks send this file inside the command (a here-document Python reads), through Jinja: it must never
+hold Jinja's markers (two braces, brace-percent, brace-hash); tests/test_fleet.py checks.
 """
 import json
 import os
@@ -109,6 +114,64 @@ def verify(path):
     return describe(path)
 
 
+MAX_MEMBERS = 1000          # a bundle is a handful of files; an archive with more is not one of ours
+MAX_BYTES = 4 << 30         # nor one that unpacks to more than 4 GiB
+
+
+def unpack(archive, dest):
+    """The pushed archive's plain files (and folders) under ``dest``; anything else (links, devices, absolute
+    paths, '..') is refused before a byte is written, and sizes are bounded."""
+    import tarfile
+
+    with tarfile.open(archive, "r:") as tar:
+        members = []
+        for m in tar:
+            members.append(m)
+            if len(members) > MAX_MEMBERS:
+                fail(f"{archive} holds more than {MAX_MEMBERS} entries: not an edgeface bundle")
+        names = [os.path.normpath(m.name) for m in members]
+        for m, name in zip(members, names):
+            if os.path.isabs(name) or name == ".." or name.startswith("../") or not (m.isfile() or m.isdir()):
+                fail(f"{archive} holds {m.name!r}, which is not a plain file inside the bundle: refused")
+        if sum(m.size for m in members if m.isfile()) > MAX_BYTES:
+            fail(f"{archive} unpacks to more than {MAX_BYTES >> 30} GiB: not an edgeface bundle")
+        os.makedirs(dest)
+        for m, name in zip(members, names):
+            target = os.path.join(dest, name)
+            if m.isdir():
+                os.makedirs(target, exist_ok=True)
+                continue
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with tar.extractfile(m) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+
+
+def receive(root, digest):
+    bundles = os.path.join(root, BUNDLES)
+    staged = os.path.join(bundles, INCOMING + digest)
+    archive = staged + ".tar"
+    if not os.path.isfile(archive):
+        fail(f"{archive} is missing: the bundle was not copied")
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        unpack(archive, staged)
+    finally:
+        os.remove(archive)
+    return verify(staged)
+
+
+def clear_incoming(root):
+    """Copies an earlier run left half done (interrupted, or refused without cleanup) take no disk."""
+    bundles = os.path.join(root, BUNDLES)
+    for name in os.listdir(bundles):
+        if name.startswith(INCOMING):
+            path = os.path.join(bundles, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+
+
 def swap(root, digest):
     bundles = os.path.join(root, BUNDLES)
     staged, final = os.path.join(bundles, INCOMING + digest), os.path.join(bundles, digest)
@@ -151,15 +214,18 @@ def rollback(root):
 
 def main(argv):
     if len(argv) < 2:
-        fail("usage: edgeface_device.py probe|verify|swap|rollback ARGS")
+        fail("usage: edgeface_device.py probe|verify|receive|swap|rollback ARGS")
     verb, args = argv[1], argv[2:]
     try:
         if verb == "probe":
             root = os.path.abspath(os.path.expanduser(args[0]))
             os.makedirs(os.path.join(root, BUNDLES), exist_ok=True)
+            clear_incoming(root)
             out = probe(root, args[1] if len(args) > 1 else "")
         elif verb == "verify":
             out = verify(os.path.expanduser(args[0]))
+        elif verb == "receive":
+            out = receive(os.path.abspath(os.path.expanduser(args[0])), args[1])
         elif verb == "swap":
             out = swap(os.path.abspath(os.path.expanduser(args[0])), args[1])
         elif verb == "rollback":

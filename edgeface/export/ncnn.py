@@ -97,13 +97,7 @@ def _raw_pose_head(model):
             self.net = model
 
         def forward(self, x):
-            n = self.net
-            x = n.stem(x)
-            pooled = []
-            for stage in n.stages:
-                x = stage(x)
-                pooled.append(torch.flatten(n.pool(x), 1))
-            return torch.sigmoid(n.blur_head(torch.cat(pooled, 1))), n.pose_head(pooled[-1])
+            return self.net.heads(x)
 
     return RawPoseHead().eval()
 

@@ -133,15 +133,18 @@ class EdgeFaceNet(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x, with_rotation: bool = False):
-        """(blur, pose); with ``with_rotation`` (training a rot6d head) also the (N, 3, 3) rotation, else None."""
+    def heads(self, x):
+        """(blur (N, 1), the pose head's own output): Euler angles / 90, or the rotation's two columns (N, 6)."""
         x = self.stem(x)
         pooled = []
         for stage in self.stages:
             x = stage(x)
             pooled.append(torch.flatten(self.pool(x), 1))
-        blur = torch.sigmoid(self.blur_head(torch.cat(pooled, 1)))
-        head = self.pose_head(pooled[-1])
+        return torch.sigmoid(self.blur_head(torch.cat(pooled, 1))), self.pose_head(pooled[-1])
+
+    def forward(self, x, with_rotation: bool = False):
+        """(blur, pose); with ``with_rotation`` (training a rot6d head) also the (N, 3, 3) rotation, else None."""
+        blur, head = self.heads(x)
         if self.pose_head_kind == "euler":
             return (blur, head * POSE_SCALE, None) if with_rotation else (blur, head * POSE_SCALE)
         columns = rot6d_to_matrix_columns(head)

@@ -179,123 +179,171 @@ def vs_reference(out: dict, ref: dict, truth=None) -> dict:
     return vs_fp32(out["blur"], out["pose"], ref["blur"], ref["pose"], truth)
 
 
+@dataclass
+class _Run:
+    """One `bench` run's shared state: what is measured, where the inputs are, and what the first configuration
+    measured once for all (accuracy, outputs for the deviation from the reference, each artifact's load info)."""
+
+    cfg: BenchConfig
+    labels: list[str]
+    sizes: list[float]
+    device: dict
+    work: Path
+    progress: object = None
+    task: object = None
+    accuracy: dict = field(default_factory=dict)   # artifact index -> accuracy on the labelled faces
+    outputs: dict = field(default_factory=dict)    # artifact index (-1: an outside reference) -> outputs
+    info: dict = field(default_factory=dict)       # artifact index -> its first load's answer
+    ref_index: Optional[int] = None
+    ref_label: Optional[str] = None
+
+    @property
+    def inputs(self) -> Path:
+        return self.work / "inputs.npz"
+
+
 def run_bench(cfg: BenchConfig, device: Optional[dict] = None, progress=None,
               faces_out: Optional[dict] = None) -> tuple[list[dict], list[str]]:
     """Benchmark every artifact x batch x threads. Returns (rows in the contract's shape, warnings).
     ``faces_out``: filled with {"crops", "reference_pose", "poses": {label: pose}} for the report's pictures."""
     cfg.check()
-    device = device if device is not None else device_info()
     labels = [artifact_label(a) for a in cfg.artifacts]
     if len(set(labels)) < len(labels):  # same file name in different folders: fall back to full paths
         labels = [str(a) for a in cfg.artifacts]
-    sizes = [stats.file_size_mb(artifact_files(a)) for a in cfg.artifacts]
     clean_stale_temp()
     work = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}bench-{os.getpid()}-"))  # PID: a killed run is cleaned next time
-    rows: list[dict] = []
-    warnings: list[str] = []
-    accuracy: dict[int, dict] = {}
-    outputs: dict[int, dict] = {}
-    info: dict[int, dict] = {}
-    ref_index: Optional[int] = None
-    ref_label: Optional[str] = None
-    inputs_path = work / "inputs.npz"
+    run = _Run(cfg, labels, [stats.file_size_mb(artifact_files(a)) for a in cfg.artifacts],
+               device if device is not None else device_info(), work, progress)
     try:
-        configs = [(t, b) for t in cfg.threads for b in cfg.batches]
-        # The crop geometry comes from the spec that travels with the (first) artifact.
-        probe = Worker(labels[0])
-        try:
-            spec = _spec_from_dict(probe.call("load", artifact=str(cfg.artifacts[0]), backend=cfg.backend,
-                                              threads=1, inputs=None, precision=cfg.precision)["spec"])
-        finally:
-            probe.close()
+        spec = _first_artifact_spec(run)  # the crop geometry travels with the (first) artifact
         check_batch(max(cfg.batches), spec.input_size)
-        faces_name, labelled = _write_inputs(inputs_path, cfg, spec, batch_max=max(cfg.batches))
-        truth = dict(np.load(inputs_path)).get("eval_pose") if labelled else None
-        task = (progress.add_task("benchmark", total=len(configs) * len(cfg.artifacts) * cfg.rounds)
-                if progress else None)
+        faces_name, labelled = _write_inputs(run.inputs, cfg, spec, batch_max=max(cfg.batches))
+        truth = dict(np.load(run.inputs)).get("eval_pose") if labelled else None
+        configs = [(t, b) for t in cfg.threads for b in cfg.batches]
+        run.task = progress.add_task("benchmark", total=len(configs) * len(cfg.artifacts) * cfg.rounds) \
+            if progress else None
+        rows: list[dict] = []
         for ci, (threads, batch) in enumerate(configs):
-            workers = [Worker(lb) for lb in labels]
-            try:
-                loaded = [w.call("load", artifact=str(a), backend=cfg.backend, threads=threads,
-                                 inputs=str(inputs_path), precision=cfg.precision)
-                          for a, w in zip(cfg.artifacts, workers)]
-                for i, d in enumerate(loaded):
-                    info.setdefault(i, d)
-                firsts = [w.call("first", batch=batch)["first_inference_ms"] for w in workers]
-                for w in workers:
-                    if cfg.warmup:
-                        w.call("warmup", batch=batch, n=cfg.warmup)
-                timings: list[list[int]] = [[] for _ in workers]
-                for r in range(cfg.rounds):
-                    for k in range(len(workers)):
-                        i = (k + r) % len(workers)  # rotate who goes first, so no one always follows another
-                        if cfg.iters is not None:
-                            n = cfg.iters // cfg.rounds + (1 if r < cfg.iters % cfg.rounds else 0)
-                            if n:
-                                timings[i] += workers[i].call("time", batch=batch, iters=n)["ns"]
-                        else:
-                            timings[i] += workers[i].call("time", batch=batch, seconds=cfg.duration / cfg.rounds)["ns"]
-                        if progress:
-                            progress.advance(task)
-                rss = [w.call("rss") for w in workers]
-                if ci == 0:
-                    _choose_reference_and_measure(labelled, workers, work, outputs, accuracy)
-                    if cfg.reference not in ("auto", "none"):
-                        ref_index, ref_label = -1, str(cfg.reference)
-                        outputs[-1] = reference_outputs(cfg.reference, cfg.backend, inputs_path, work)
-                    elif cfg.reference == "auto":
-                        ref_index = _auto_reference(info)
-                        ref_label = labels[ref_index] if ref_index is not None else None
-                for i, w in enumerate(workers):
-                    lat = stats.latency_stats(timings[i])
-                    measured_s = sum(timings[i]) / 1e9
-                    row_warn = pitfall_warnings({}, iters=len(timings[i]), measured_s=measured_s, warmup=cfg.warmup)
-                    rows.append({
-                        "artifact": labels[i], "backend": loaded[i]["backend"], "precision": loaded[i]["precision"],
-                        "batch": batch, "threads": threads, "latency_ms": lat,
-                        "throughput_ips": stats.throughput(timings[i], batch),
-                        "load_ms": loaded[i]["load_ms"], "first_inference_ms": firsts[i],
-                        "peak_rss_mb": rss[i]["peak_rss_mb"], "size_mb": sizes[i],
-                        "accuracy": None, "vs_reference": None, "device": device,
-                        # beyond the contract: how the numbers were taken
-                        "path": str(cfg.artifacts[i]), "iterations": len(timings[i]), "measured_s": measured_s,
-                        "warmup": cfg.warmup, "rounds": cfg.rounds,
-                        "rss_before_load_mb": loaded[i]["rss_before_load_mb"],
-                        "import_ms": loaded[i].get("import_ms"),
-                        "reference": None, "warnings": row_warn, "edgeface": __version__,
-                        "latencies_ms": [round(d / 1e6, 5) for d in timings[i]],
-                    })
-            finally:
-                for w in workers:
-                    w.close()
-        # Fill accuracy / vs_reference per artifact (measured once, on the first configuration).
-        for row in rows:
-            i = labels.index(row["artifact"])
-            acc = accuracy.get(i)
-            row["accuracy"] = {k: acc.get(k) for k in ACCURACY_KEYS} if acc else None
-            if ref_index is not None and i in outputs and ref_index in outputs:
-                row["vs_reference"] = vs_reference(outputs[i], outputs[ref_index], truth)
-                row["reference"] = ref_label
-            row["faces"] = faces_name
-        if faces_out is not None and ref_index is not None and ref_index in outputs:
-            faces_out.update(crops=np.load(inputs_path)["reference"], reference_pose=outputs[ref_index]["pose"],
-                             poses={labels[i]: outputs[i]["pose"] for i in outputs
-                                    if i >= 0 and i != ref_index and info[i].get("precision") == "int8"})
-        end = device_info()
-        if is_throttled(end) and not is_throttled(device):
-            warnings.append(f"throttling began during the run: {is_throttled(end)}")
-        warnings[:0] = pitfall_warnings(device)
-        device_warnings = list(warnings)
-        warnings += sampling_warnings(rows, cfg.warmup)
-        if cfg.reference == "auto" and ref_index is None:
-            warnings.append("no FP32 artifact among those benchmarked: vs_reference is null "
-                            "(pass --reference model.onnx or a checkpoint .pt)")
-        for row in rows:
-            row["device_after"] = {"temperature_c": end.get("temperature_c"), "throttled": end.get("throttled")}
-            row["warnings"] = list(dict.fromkeys(device_warnings + row["warnings"]))
+            rows += _bench_configuration(run, threads, batch, first=ci == 0, labelled=labelled)
+        _fill_accuracy(run, rows, truth, faces_name)
+        if faces_out is not None and run.ref_index is not None and run.ref_index in run.outputs:
+            faces_out.update(crops=np.load(run.inputs)["reference"], reference_pose=run.outputs[run.ref_index]["pose"],
+                             poses={labels[i]: run.outputs[i]["pose"] for i in run.outputs
+                                    if i >= 0 and i != run.ref_index and run.info[i].get("precision") == "int8"})
+        warnings = _run_warnings(run, rows)
         return [stats.clean(r) for r in rows], warnings
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _first_artifact_spec(run: _Run) -> ModelSpec:
+    probe = Worker(run.labels[0])
+    try:
+        return _spec_from_dict(probe.call("load", artifact=str(run.cfg.artifacts[0]), backend=run.cfg.backend,
+                                          threads=1, inputs=None, precision=run.cfg.precision)["spec"])
+    finally:
+        probe.close()
+
+
+def _bench_configuration(run: _Run, threads: int, batch: int, first: bool, labelled: bool) -> list[dict]:
+    """Every artifact at one (threads, batch), in worker processes of their own, timed in interleaved rounds; on
+    the first configuration also their accuracy and outputs (and the reference's)."""
+    cfg = run.cfg
+    workers = [Worker(lb) for lb in run.labels]
+    try:
+        loaded = [w.call("load", artifact=str(a), backend=cfg.backend, threads=threads, inputs=str(run.inputs),
+                         precision=cfg.precision) for a, w in zip(cfg.artifacts, workers)]
+        for i, d in enumerate(loaded):
+            run.info.setdefault(i, d)
+        firsts = [w.call("first", batch=batch)["first_inference_ms"] for w in workers]
+        for w in workers:
+            if cfg.warmup:
+                w.call("warmup", batch=batch, n=cfg.warmup)
+        timings = _interleaved_rounds(run, workers, batch)
+        rss = [w.call("rss") for w in workers]
+        if first:
+            _choose_reference_and_measure(labelled, workers, run.work, run.outputs, run.accuracy)
+            if cfg.reference not in ("auto", "none"):
+                run.ref_index, run.ref_label = -1, str(cfg.reference)
+                run.outputs[-1] = reference_outputs(cfg.reference, cfg.backend, run.inputs, run.work)
+            elif cfg.reference == "auto":
+                run.ref_index = _auto_reference(run.info)
+                run.ref_label = run.labels[run.ref_index] if run.ref_index is not None else None
+        return [_row(run, i, loaded[i], firsts[i], timings[i], rss[i], batch, threads) for i in range(len(workers))]
+    finally:
+        for w in workers:
+            w.close()
+
+
+def _interleaved_rounds(run: _Run, workers: list, batch: int) -> list[list[int]]:
+    """Each worker's call times (ns) over ``cfg.rounds`` rounds; who goes first rotates, so no one always follows
+    another."""
+    cfg = run.cfg
+    timings: list[list[int]] = [[] for _ in workers]
+    for r in range(cfg.rounds):
+        for k in range(len(workers)):
+            i = (k + r) % len(workers)
+            if cfg.iters is not None:
+                n = cfg.iters // cfg.rounds + (1 if r < cfg.iters % cfg.rounds else 0)
+                if n:
+                    timings[i] += workers[i].call("time", batch=batch, iters=n)["ns"]
+            else:
+                timings[i] += workers[i].call("time", batch=batch, seconds=cfg.duration / cfg.rounds)["ns"]
+            if run.progress:
+                run.progress.advance(run.task)
+    return timings
+
+
+def _row(run: _Run, i: int, loaded: dict, first_ms: float, timings: list[int], rss: dict, batch: int,
+         threads: int) -> dict:
+    """One artifact at one configuration, in the contract's shape (accuracy filled in later)."""
+    measured_s = sum(timings) / 1e9
+    return {
+        "artifact": run.labels[i], "backend": loaded["backend"], "precision": loaded["precision"],
+        "batch": batch, "threads": threads, "latency_ms": stats.latency_stats(timings),
+        "throughput_ips": stats.throughput(timings, batch),
+        "load_ms": loaded["load_ms"], "first_inference_ms": first_ms,
+        "peak_rss_mb": rss["peak_rss_mb"], "size_mb": run.sizes[i],
+        "accuracy": None, "vs_reference": None, "device": run.device,
+        # beyond the contract: how the numbers were taken
+        "path": str(run.cfg.artifacts[i]), "iterations": len(timings), "measured_s": measured_s,
+        "warmup": run.cfg.warmup, "rounds": run.cfg.rounds,
+        "rss_before_load_mb": loaded["rss_before_load_mb"], "import_ms": loaded.get("import_ms"),
+        "reference": None,
+        "warnings": pitfall_warnings({}, iters=len(timings), measured_s=measured_s, warmup=run.cfg.warmup),
+        "edgeface": __version__, "latencies_ms": [round(d / 1e6, 5) for d in timings],
+    }
+
+
+def _fill_accuracy(run: _Run, rows: list[dict], truth, faces_name: str) -> None:
+    """Accuracy and the deviation from the reference per artifact (measured once, on the first configuration)."""
+    for row in rows:
+        i = run.labels.index(row["artifact"])
+        acc = run.accuracy.get(i)
+        row["accuracy"] = {k: acc.get(k) for k in ACCURACY_KEYS} if acc else None
+        if run.ref_index is not None and i in run.outputs and run.ref_index in run.outputs:
+            row["vs_reference"] = vs_reference(run.outputs[i], run.outputs[run.ref_index], truth)
+            row["reference"] = run.ref_label
+        row["faces"] = faces_name
+
+
+def _run_warnings(run: _Run, rows: list[dict]) -> list[str]:
+    """The run's warnings (the device's at the start and the end, sampling, a missing reference); each row gets
+    the device's too, and the temperature / throttling state at the end."""
+    end = device_info()
+    warnings: list[str] = []
+    if is_throttled(end) and not is_throttled(run.device):
+        warnings.append(f"throttling began during the run: {is_throttled(end)}")
+    warnings[:0] = pitfall_warnings(run.device)
+    device_warnings = list(warnings)
+    warnings += sampling_warnings(rows, run.cfg.warmup)
+    if run.cfg.reference == "auto" and run.ref_index is None:
+        warnings.append("no FP32 artifact among those benchmarked: vs_reference is null "
+                        "(pass --reference model.onnx or a checkpoint .pt)")
+    for row in rows:
+        row["device_after"] = {"temperature_c": end.get("temperature_c"), "throttled": end.get("throttled")}
+        row["warnings"] = list(dict.fromkeys(device_warnings + row["warnings"]))
+    return warnings
 
 
 def sampling_warnings(rows: list[dict], warmup: Optional[int]) -> list[str]:

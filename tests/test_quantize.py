@@ -248,3 +248,21 @@ def test_cli_error_is_one_line(tmp_path):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "empty" in lines[0], r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_max_drop_keeps_the_most_sensitive_layers_in_float(run):
+    """--max-drop ranks the layers (as --analyze does) and keeps the fewest most sensitive ones in float: none when
+    INT8 already fits, the top 1, 2, 4 ... otherwise; the search's outcome is in the report."""
+    from edgeface.quantize import quantize
+
+    tmp = run["tmp"]
+    loose = quantize(run["ckpt"], run["calib"], backend="onnxruntime", num=16, out=tmp / "loose", max_drop=90.0,
+                     cache_dir=tmp / "cache")
+    ranking = loose["sensitivity"]["ranking"]
+    assert len(ranking) > 10 and all({"layer", "pose_gain"} <= set(r) for r in ranking)
+    assert loose["max_drop"]["onnxruntime"] == {**loose["max_drop"]["onnxruntime"], "float_layers": [], "fits": True}
+    tight = quantize(run["ckpt"], run["calib"], backend="onnxruntime", num=16, out=tmp / "tight", max_drop=0.0,
+                     cache_dir=tmp / "cache")
+    kept = tight["artifacts"]["onnxruntime"]["extra_float_layers"]
+    assert kept and kept == tight["max_drop"]["onnxruntime"]["float_layers"]
+    assert kept == [r["layer"] for r in tight["sensitivity"]["ranking"][:len(kept)]]  # the most sensitive first

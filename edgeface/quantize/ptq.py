@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -120,8 +121,6 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
              eval_per_set: Optional[int] = None, opset: int = 17) -> dict:
     """INT8 artifacts for ``backend`` (an engine, "all", or a list) from one calibration pass, in ``out``
     (see the module docstring); the report, also written to ``out/quantize.json``."""
-    import onnx
-
     t0 = time.time()
     backends = parse_backends(backend)
     if method not in CALIBRATORS:
@@ -139,77 +138,22 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
     staging = make_staging_dir(out)
     try:
         with _progress(console) as progress, temp_dir("fp32") as work:
-            work = Path(work)
-            # Read the calibration images before exporting: a bad image fails in seconds, not after pnnx.
-            calib_set = load_calibration_set(calib, model_spec(model), num=num, progress=progress)
-            if console is not None:
-                console.print(calib_set.describe(), highlight=False, soft_wrap=True)
-                for w in calib_set.warnings:
-                    console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
-            sources, spec = prepare_fp32(model, work, backends, opset=opset)
-            if spec != model_spec(model):
-                calib_set = load_calibration_set(calib, spec, num=num, progress=progress)
-            stats, cache_file, reused = load_or_collect(sources.onnx, calib_set, spec, stats_cache, cache_dir,
-                                                        progress)
-            sources.onnx_model = onnx_model = onnx.load(str(sources.onnx))
-            plan = make_plan(onnx_model, stats, method)
-            eval_sets = load_eval_sets(eval_data, spec, per_set=eval_per_set, progress=progress) if eval_data else {}
-            reference = artifact_runner(sources.onnx, registry.by_format("onnx").name)
-            # Names and digests, never this host's paths: the report travels with the artifacts.
-            report = {"model": model_record(model), "method": method, "backends": backends,
-                      "calibration": {**calib_set.summary(), "warnings": calib_set.warnings,
-                                      "stats_cache": Path(cache_file).name, "stats_sha256": sha256_file(cache_file),
-                                      "stats_reused": reused, "tensors": len(stats.names)},
-                      "policy": plan.summary(), "artifacts": {}}
-
-            def build_for(b):
-                scratch = work / f"try-{b}"
-
-                def build(extra_float: set):
-                    shutil.rmtree(scratch, ignore_errors=True)
-                    emit_int8(b, sources, plan.with_float_nodes(extra_float), scratch, ort_format)
-                    return check_runner(scratch / int8_artifact(b), b)
-                return build
-
-            quantizable = [n.name for n in onnx_model.graph.node
-                           if n.op_type in ("Conv", "Gemm", "MatMul") and n.name not in plan.float_nodes]
+            cal = _calibrate(model, calib, Path(work), backends, method, num, stats_cache, cache_dir, opset, progress,
+                             console)
+            eval_sets = (load_eval_sets(eval_data, cal.spec, per_set=eval_per_set, progress=progress)
+                         if eval_data else {})
+            report = _report_header(model, method, backends, cal)
             ranking = None
             if analyze or max_drop is not None:
-                # Ranked on onnxruntime's form where it is asked for: the quickest to emit and run on a build machine.
-                rank_backend = "onnxruntime" if "onnxruntime" in backends else backends[0]
-                ranking = sensitivity(build_for(rank_backend), plan, quantizable, reference,
-                                      calib_set.crops[:128], progress)
-                report["sensitivity"] = {"backend": rank_backend, "measure": "drop in mean |pose - FP32 pose| "
-                                         "(deg) when only this layer stays float", "ranking": ranking}
+                ranking = _rank_layers(cal, backends, ort_format, progress, report)
             runners = {}
             for b in backends:
-                extra: list[str] = []
-                if max_drop is not None:
-                    build = build_for(b)
-                    ref_metrics = evaluate_runner(reference, eval_sets) if eval_sets else None
-                    k = 0
-                    while True:
-                        pose_drop, blur_drop, measured = drop(build(set(extra)), reference, eval_sets,
-                                                              calib_set.crops, ref_metrics)
-                        if (pose_drop <= max_drop and blur_drop <= BLUR_BUDGET) or k >= len(ranking):
-                            break
-                        k = max(1, 2 * k)  # 1, 2, 4, 8 ... most sensitive layers in float
-                        extra = [r["layer"] for r in ranking[:k]]
-                    report.setdefault("max_drop", {"degrees": max_drop, "measure": measured})[b] = {
-                        "float_layers": extra, "pose_drop": pose_drop, "blur_drop": blur_drop,
-                        "fits": bool(pose_drop <= max_drop and blur_drop <= BLUR_BUDGET)}
-                info = emit_int8(b, sources, plan.with_float_nodes(extra), staging, ort_format)
-                info["extra_float_layers"] = extra
-                report["artifacts"][b] = info
+                extra = _float_layers_within(b, cal, ort_format, max_drop, ranking, eval_sets, report) \
+                    if max_drop is not None else []
+                info = emit_int8(b, cal.sources, cal.plan.with_float_nodes(extra), staging, ort_format)
+                report["artifacts"][b] = {**info, "extra_float_layers": extra}
                 runners[b] = check_runner(staging / int8_artifact(b), b)
-            for b, r in runners.items():
-                report["artifacts"][b]["vs_fp32_on_calib"] = deviation(r, reference, calib_set.crops)
-            report["vs_fp32_faces"], compare = compare_with_fp32(model, spec, runners, eval_data, calib_set,
-                                                                 staging)
-            for b, v in compare.items():
-                report["artifacts"][b]["vs_fp32"] = v
-            if eval_sets:
-                report["accuracy"] = accuracy_table(runners, reference, eval_sets)
+            _compare(report, model, cal, runners, eval_data, eval_sets, staging)
             report["seconds"] = round(time.time() - t0, 2)
             # Sealed: the digest of every file's sha256 is what lets a later --force replace this folder.
             atomic_write_json(staging / REPORT_NAME, seal_record(report, staging, skip={REPORT_NAME}))
@@ -220,8 +164,112 @@ def quantize(model=None, calib=None, *, method: str = DEFAULT_METHOD, backend="a
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     report["out"] = str(out)
-    report["stats_cache_path"] = str(cache_file)  # for the caller on this host; not in quantize.json
+    report["stats_cache_path"] = str(cal.cache_file)  # for the caller on this host; not in quantize.json
     return report
+
+
+@dataclass
+class _Calibration:
+    """What one calibration pass gives every backend: the FP32 sources, the crops, the statistics, the plan."""
+
+    calib_set: object
+    sources: object
+    spec: object
+    stats: object
+    cache_file: object
+    reused: bool
+    plan: object
+    reference: object       # the FP32 ONNX, run by onnxruntime
+    work: Path
+
+    @property
+    def quantizable(self) -> list[str]:
+        return [n.name for n in self.sources.onnx_model.graph.node
+                if n.op_type in ("Conv", "Gemm", "MatMul") and n.name not in self.plan.float_nodes]
+
+
+def _calibrate(model, calib, work: Path, backends, method, num, stats_cache, cache_dir, opset, progress,
+               console) -> _Calibration:
+    import onnx
+
+    # Read the calibration images before exporting: a bad image fails in seconds, not after pnnx.
+    calib_set = load_calibration_set(calib, model_spec(model), num=num, progress=progress)
+    if console is not None:
+        console.print(calib_set.describe(), highlight=False, soft_wrap=True)
+        for w in calib_set.warnings:
+            console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+    sources, spec = prepare_fp32(model, work, backends, opset=opset)
+    if spec != model_spec(model):
+        calib_set = load_calibration_set(calib, spec, num=num, progress=progress)
+    stats, cache_file, reused = load_or_collect(sources.onnx, calib_set, spec, stats_cache, cache_dir, progress)
+    sources.onnx_model = onnx.load(str(sources.onnx))
+    plan = make_plan(sources.onnx_model, stats, method)
+    reference = artifact_runner(sources.onnx, registry.by_format("onnx").name)
+    return _Calibration(calib_set, sources, spec, stats, cache_file, reused, plan, reference, work)
+
+
+def _report_header(model, method: str, backends, cal: _Calibration) -> dict:
+    # Names and digests, never this host's paths: the report travels with the artifacts.
+    return {"model": model_record(model), "method": method, "backends": backends,
+            "calibration": {**cal.calib_set.summary(), "warnings": cal.calib_set.warnings,
+                            "stats_cache": Path(cal.cache_file).name, "stats_sha256": sha256_file(cal.cache_file),
+                            "stats_reused": cal.reused, "tensors": len(cal.stats.names)},
+            "policy": cal.plan.summary(), "artifacts": {}}
+
+
+def _builder(b: str, cal: _Calibration, ort_format: str):
+    """A function: the float layers to keep -> a runner of backend ``b``'s INT8 artifact with them in float."""
+    scratch = cal.work / f"try-{b}"
+
+    def build(extra_float: set):
+        shutil.rmtree(scratch, ignore_errors=True)
+        emit_int8(b, cal.sources, cal.plan.with_float_nodes(extra_float), scratch, ort_format)
+        return check_runner(scratch / int8_artifact(b), b)
+    return build
+
+
+def _rank_layers(cal: _Calibration, backends, ort_format: str, progress, report: dict) -> list[dict]:
+    """Each quantizable layer's sensitivity, ranked on onnxruntime's form where it is asked for (the quickest to
+    emit and run on a build machine); also in the report."""
+    rank_backend = "onnxruntime" if "onnxruntime" in backends else backends[0]
+    ranking = sensitivity(_builder(rank_backend, cal, ort_format), cal.plan, cal.quantizable, cal.reference,
+                          cal.calib_set.crops[:128], progress)
+    report["sensitivity"] = {"backend": rank_backend, "measure": "drop in mean |pose - FP32 pose| "
+                             "(deg) when only this layer stays float", "ranking": ranking}
+    return ranking
+
+
+def _float_layers_within(b: str, cal: _Calibration, ort_format: str, max_drop: float, ranking: list[dict],
+                         eval_sets: dict, report: dict) -> list[str]:
+    """The fewest most-sensitive layers (1, 2, 4, 8 ...) kept in float for backend ``b`` to stay within
+    ``max_drop`` degrees (and the blur budget); the search's outcome goes in the report."""
+    build = _builder(b, cal, ort_format)
+    ref_metrics = evaluate_runner(cal.reference, eval_sets) if eval_sets else None
+    extra: list[str] = []
+    k = 0
+    while True:
+        pose_drop, blur_drop, measured = drop(build(set(extra)), cal.reference, eval_sets, cal.calib_set.crops,
+                                              ref_metrics)
+        if (pose_drop <= max_drop and blur_drop <= BLUR_BUDGET) or k >= len(ranking):
+            break
+        k = max(1, 2 * k)
+        extra = [r["layer"] for r in ranking[:k]]
+    report.setdefault("max_drop", {"degrees": max_drop, "measure": measured})[b] = {
+        "float_layers": extra, "pose_drop": pose_drop, "blur_drop": blur_drop,
+        "fits": bool(pose_drop <= max_drop and blur_drop <= BLUR_BUDGET)}
+    return extra
+
+
+def _compare(report: dict, model, cal: _Calibration, runners: dict, eval_data, eval_sets: dict, staging: Path) -> None:
+    """Each INT8 artifact against FP32: on the calibration crops, on the comparison faces, and (with --eval-data)
+    accuracy per set."""
+    for b, r in runners.items():
+        report["artifacts"][b]["vs_fp32_on_calib"] = deviation(r, cal.reference, cal.calib_set.crops)
+    report["vs_fp32_faces"], compare = compare_with_fp32(model, cal.spec, runners, eval_data, cal.calib_set, staging)
+    for b, v in compare.items():
+        report["artifacts"][b]["vs_fp32"] = v
+    if eval_sets:
+        report["accuracy"] = accuracy_table(runners, cal.reference, eval_sets)
 
 
 def compare_with_fp32(model, spec, runners: dict, eval_data, calib_set, out: Optional[Path] = None

@@ -119,3 +119,18 @@ def one_line_error(r, match: str = ""):
     assert lines and lines[-1].startswith("error:"), r.stderr[-2000:]
     assert match.lower() in r.stderr.lower(), r.stderr[-2000:]
 
+
+# -- signing keys ----------------------------------------------------------------------------------------------
+def ed25519_keypair(folder: Path, name: str):
+    """A fresh Ed25519 pair as files: (NAME.key PEM PKCS8, NAME.pub PEM, the public PEM bytes, the OpenSSH line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    k = ed25519.Ed25519PrivateKey.generate()
+    (folder / f"{name}.key").write_bytes(k.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    pem = k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ssh = k.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    (folder / f"{name}.pub").write_bytes(pem)
+    return folder / f"{name}.key", folder / f"{name}.pub", pem, ssh

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import ed25519_keypair
 from fleet_devices import arm_missing, arm_python, connection_vars, make_fleet, sshd_missing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,16 +116,9 @@ def by_host(rows):
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
     d = tmp_path_factory.mktemp("keys")
     for name in ("fleet", "other"):
-        k = ed25519.Ed25519PrivateKey.generate()
-        (d / f"{name}.key").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                        serialization.NoEncryption()))
-        (d / f"{name}.pub").write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
-                                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+        ed25519_keypair(d, name)
     return d
 
 

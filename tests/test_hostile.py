@@ -15,7 +15,7 @@ import pytest
 
 from edgeface.core.errors import EdgefaceError
 from edgeface.core.spec import ModelSpec
-from conftest import edgeface_cli as _cli, one_line_error as _one_line_error
+from conftest import ed25519_keypair, edgeface_cli as _cli, one_line_error as _one_line_error
 
 
 
@@ -381,19 +381,8 @@ def _edit_manifest(d, change, reseal: bool):
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
     d = tmp_path_factory.mktemp("keys")
-    out = {}
-    for name in ("good", "other"):
-        k = ed25519.Ed25519PrivateKey.generate()
-        (d / f"{name}.key").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                        serialization.NoEncryption()))
-        (d / f"{name}.pub").write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
-                                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
-        out[name] = (d / f"{name}.key", d / f"{name}.pub")
-    return out
+    return {name: ed25519_keypair(d, name)[:2] for name in ("good", "other")}
 
 
 def test_manifest_is_covered_by_its_digest(arts, tmp_path):

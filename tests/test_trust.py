@@ -18,7 +18,7 @@ import pytest
 
 from edgeface.core.errors import EdgefaceError
 from edgeface.core.spec import ModelSpec
-from conftest import edgeface_cli as _cli, one_line_error as _one_line_error
+from conftest import ed25519_keypair, edgeface_cli as _cli, one_line_error as _one_line_error
 
 CROPS = np.random.default_rng(7).integers(0, 255, (3, 112, 112, 3), np.uint8)
 
@@ -42,23 +42,10 @@ def _one_line(e) -> str:
 
 
 # -- keys, bundles, models --------------------------------------------------------------------------------------
-def _keypair(d: Path, name: str):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    k = ed25519.Ed25519PrivateKey.generate()
-    (d / f"{name}.key").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption()))
-    pem = k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    ssh = k.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    (d / f"{name}.pub").write_bytes(pem)
-    return d / f"{name}.key", d / f"{name}.pub", pem, ssh
-
-
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
-    return {name: _keypair(d, name) for name in ("good", "other", "third")}
+    return {name: ed25519_keypair(d, name) for name in ("good", "other", "third")}
 
 
 def _bundle(src_files: dict, d: Path, backend="onnxruntime", artifact="model.onnx", target="x86", sign=None,

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from ..core.errors import EdgefaceError
+from ..core.io import move_files_into
 from ..engines import registry
 from .output import check_output_dir, check_output_file, console, out_console, table_console, write_json
 
@@ -130,7 +131,7 @@ def command(
                                                keep_remote=keep_remote, console=console)
         try:
             if report is not None and (fetched / "report").is_dir():
-                _place_folder(fetched / "report", report)
+                move_files_into(fetched / "report", report)
         finally:
             shutil.rmtree(fetched, ignore_errors=True)
     else:
@@ -181,18 +182,6 @@ def _shipped_onnx() -> Path:
     from ..core.artifact import WEIGHTS_DIR, shipped_artifact
 
     return shipped_artifact(".onnx", WEIGHTS_DIR)
-
-
-def _place_folder(src: Path, dest: Path) -> None:
-    """Move a finished folder into place; files of an older report with the same names are replaced."""
-    import os
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        target = dest / f.name
-        if target.is_dir() and f.is_dir():
-            shutil.rmtree(target)
-        os.replace(f, target)
 
 
 def _frames(artifacts, frames, faces, threads, count, backend, json_out, report) -> None:

@@ -392,6 +392,18 @@ def replace_folder(staged: Path, out: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def move_files_into(src: Path, dest: Path) -> None:
+    """Move every entry of the finished folder ``src`` into ``dest`` (made if missing): a report's files land
+    beside the user's other files there, and those of an older report with the same names are replaced."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in Path(src).iterdir():
+        target = dest / f.name
+        if target.is_dir() and f.is_dir():
+            shutil.rmtree(target)
+        os.replace(f, target)
+
+
 def _staging_stem(out: Path) -> str:
     return sibling_stem(out.name, 40, out.parent if out.parent.is_dir() else ".")
 

@@ -55,26 +55,7 @@ class FolderSnapshot:
     def read(self, rel: str, limit: int = MAX_FILE_BYTES) -> bytes:
         """The bytes of ``rel`` ('/'-separated, inside the folder). FileNotFoundError when it is not there
         (the caller words that); EdgefaceError for a link, a non-regular file or one over ``limit`` bytes."""
-        fd = self._open(rel)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise EdgefaceError(f"{self.path / rel} is not a regular file")
-            if st.st_size > limit:
-                raise EdgefaceError(f"{self.path / rel} has {st.st_size} bytes, more than the {limit} expected")
-            chunks, left = [], limit + 1   # one byte past the limit tells a file that grew while read
-            while left > 0:
-                block = os.read(fd, min(left, 1 << 24))
-                if not block:
-                    break
-                chunks.append(block)
-                left -= len(block)
-            data = b"".join(chunks)
-            if len(data) > limit:
-                raise EdgefaceError(f"{self.path / rel} grew past {limit} bytes while it was read")
-            return data
-        finally:
-            os.close(fd)
+        return _read_regular(self._open(rel), str(self.path / rel), limit)
 
     def _open(self, rel: str) -> int:
         parts = rel.split("/")
@@ -154,16 +135,28 @@ def read_file_once(path: str | Path, what: str = "file", limit: int = MAX_FILE_B
         raise EdgefaceError(f"{what} {p} does not exist") from None
     except OSError as e:
         raise EdgefaceError(f"{what} {p} cannot be read ({e.strerror or type(e).__name__})") from None
+    return _read_regular(fd, f"{what} {p}", limit)
+
+
+def _read_regular(fd: int, name: str, limit: int) -> bytes:
+    """The bytes behind an open descriptor, which this closes: ``name`` (how errors call the file) must be a
+    regular file of at most ``limit`` bytes, and may not grow past it while it is read."""
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise EdgefaceError(f"{what} {p} is not a regular file")
+            raise EdgefaceError(f"{name} is not a regular file")
         if st.st_size > limit:
-            raise EdgefaceError(f"{what} {p} has {st.st_size} bytes, more than the {limit} expected")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(limit + 1)
+            raise EdgefaceError(f"{name} has {st.st_size} bytes, more than the {limit} expected")
+        chunks, left = [], limit + 1   # one byte past the limit tells a file that grew while read
+        while left > 0:
+            block = os.read(fd, min(left, 1 << 24))
+            if not block:
+                break
+            chunks.append(block)
+            left -= len(block)
+        data = b"".join(chunks)
         if len(data) > limit:
-            raise EdgefaceError(f"{what} {p} grew past {limit} bytes while it was read")
+            raise EdgefaceError(f"{name} grew past {limit} bytes while it was read")
         return data
     finally:
         os.close(fd)

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from ..core.io import atomic_write_json
+from ..core.io import atomic_write_json, move_files_into
 from .run import HostResult
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "fleet.json", "README.md", "latency_by_model.png"
@@ -183,12 +183,7 @@ def write_report(rows: list[dict], out_dir: str | Path, title: str, host_files: 
             plot_latency_by_model(rows, tmp / REPORT_PNG)
         if host_files is not None and host_files.is_dir():
             shutil.copytree(host_files, tmp / "hosts")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            dest = out_dir / f.name
-            if dest.is_dir() and f.is_dir():
-                shutil.rmtree(dest)
-            os.replace(f, dest)
+        move_files_into(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

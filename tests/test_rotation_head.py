@@ -92,12 +92,11 @@ def test_ncnn_decode_layers_match_torch():
 def test_warm_start_across_head_kinds_keeps_the_trunk(tmp_path, checkpoint):
     import dataclasses
 
+    from edgeface.core.spec import ModelSpec
     from edgeface.engines.torch.checkpoint import read_checkpoint
     from edgeface.model.train import _init_state
 
     src = read_checkpoint(checkpoint)
-    from edgeface.core.spec import ModelSpec
-
     other = "euler" if ModelSpec.from_dict(src["spec"]).pose_head == "rot6d" else "rot6d"
     spec = dataclasses.replace(ModelSpec.from_dict(src["spec"]), pose_head=other)
     state = _init_state(str(checkpoint), spec)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -66,10 +67,10 @@ class Source:
     def label(self) -> str:
         return str(self.checkpoint) if self.checkpoint else "shipped default model"
 
-    @property
+    @cached_property
     def record(self) -> dict:
         """What the manifest says of the model: its file name and sha256 (a bundle copied to a device carries no
-        path of the host that built it)."""
+        path of the host that built it). Hashed once: every candidate's manifest and verification names it."""
         if not self.checkpoint:
             return {"model": "shipped default model"}
         from ..core.io import sha256_file

@@ -430,21 +430,45 @@ def figures_bench_three() -> str:
                              "blur ρ", "Δpose max / mean vs FP32"], rows), "", caption(rel, doc=IN_DOCS)])
 
 
-def figures_ort_int8() -> str:
-    rel = "docs/bench/ort_int8_b64.json"
+def _ort_int8(rel: str, fp32: str) -> str:
     rs = load(rel)
-    names = {"weights/default.onnx": "FP32", "onnxruntime/model.onnx": "INT8 U8S8 Q/DQ (the x86 artifact)",
+    names = {fp32: "FP32", "onnxruntime/model.onnx": "INT8 U8S8 Q/DQ (the x86 artifact)",
              "tensorrt/model.onnx": "INT8 S8S8 Q/DQ (TensorRT's form, run in ORT)"}
     rows = []
     for art, label in names.items():
         cells = []
         for th in (1, 2):
             r = next(x for x in rs if x["artifact"] == art and x["threads"] == th)
-            base = next(x for x in rs if x["artifact"] == "weights/default.onnx" and x["threads"] == th)
+            base = next(x for x in rs if x["artifact"] == fp32 and x["threads"] == th)
             ratio = r["throughput_ips"] / base["throughput_ips"]
             cells.append(f"{n0(r['throughput_ips'])} img/s" + ("" if r is base else f" ({ratio:.2f}×)"))
         rows.append([label, *cells])
     return "\n".join([table(["ORT, batch 64", "1 thread", "2 threads"], rows), "", caption(rel, doc=IN_DOCS)])
+
+
+def figures_ort_int8() -> str:
+    return _ort_int8("docs/bench/ort_int8_b64.json", "weights/default.onnx")
+
+
+def figures_v1_ort_int8() -> str:
+    return _ort_int8("docs/bench/v1/ort_int8_b64.json", "x86/model.onnx")
+
+
+def figures_v1_quantize() -> str:
+    rel = "docs/bench/quantize.json"
+    d = load(rel)
+    rows = []
+    for m in ("minmax", "percentile", "mse", "entropy"):
+        x = d["methods"][m]
+        cells = []
+        for b in ("onnxruntime", "tensorrt", "ncnn"):
+            c = f"{sgn(x[b]['pose_mae_rise'], 3)} / {x[b]['blur_mae_rise']:+.4f}".replace("-", "−")
+            cells.append(c if x[b]["within_budget"] else f"**{c} (refused)**")
+        rows.append([m + (" (default)" if m == "minmax" else ""), *cells])
+    fp = d["methods"]["minmax"]["fp32"]
+    return "\n".join([table(["method", "ORT U8S8 pose / blur MAE rise", "TensorRT Q/DQ", "ncnn INT8"], rows), "",
+                      f"FP32 pose mean MAE {fp['pose_mean_mae']:.3f}°, blur MAE {fp['blur_mae']:.4f}.", "",
+                      caption(rel, doc=IN_DOCS)])
 
 
 BACKEND_LABEL = {"onnxruntime": "ORT U8S8", "ncnn": "ncnn INT8",
@@ -554,6 +578,8 @@ BLOCKS = {
     "figures-quantize-v2": ("docs/figures.md", figures_quantize_v2),
     "figures-deploy": ("docs/figures.md", figures_deploy),
     "figures-qat-v2": ("docs/figures.md", figures_qat_v2),
+    "figures-v1-ort-int8": ("docs/figures.md", figures_v1_ort_int8),
+    "figures-v1-quantize": ("docs/figures.md", figures_v1_quantize),
     "experiments": ("docs/experiments.md", experiments_table),
 }
 

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ..core.device import measured_on
 from ..engines import registry
 from .output import check_output_file, console, table_console, write_json
 
@@ -58,7 +59,7 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint or arti
                     results["rendered"] = evaluate_crops(pred.blur_and_pose, *views, blur=False)
                     break
     table_console().print(format_table(results, title=f"{label} on split '{split}'"))
-    write_json(json_out, {"model": label, "split": split, "sets": results})
+    write_json(json_out, {"model": label, "split": split, "sets": results, **measured_on()})
     console.print(f"eval: {label} on {len(results)} set(s), {sum(r.get('n', 0) for r in results.values())} faces",
                   highlight=False, soft_wrap=True)
 
@@ -105,4 +106,4 @@ def _detect(pred, label, sets, split, json_out) -> None:
                       num(r.get("detector_boxes", {}).get("mean_mae")),
                       num(r.get("mean_mae_delta"), "{:+.2f}"), num(r.get("blur_detector_vs_labelled_mae"), "{:.3f}"))
     table_console().print(table)
-    write_json(json_out, {"model": label, "split": split, "detector": det.info(), "sets": results})
+    write_json(json_out, {"model": label, "split": split, "detector": det.info(), "sets": results, **measured_on()})

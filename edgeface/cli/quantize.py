@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..core.errors import EdgefaceError
+from ..core.device import measured_on
 from ..engines import registry
 from .output import check_output_dir, check_output_file, console, out_console, table_console, write_json
 
@@ -74,4 +75,4 @@ def command(model: Optional[str] = typer.Argument(None,
     console.print(f"[green]wrote[/green] {rep['out']} (statistics "
                   f"{'reused' if rep['calibration']['stats_reused'] else 'collected'}: "
                   f"{rep['stats_cache_path']})")
-    write_json(json_out, rep)
+    write_json(json_out, {**rep, **measured_on()})

@@ -345,6 +345,17 @@ def _loadavg() -> Optional[list]:
         return None
 
 
+def measured_on() -> dict:
+    """Where and when a measurement was taken, for the JSON reports that carry figures (eval, quantize):
+    the UTC date, the CPU model, its ISA features of note and its core count."""
+    import datetime
+
+    cpu = parse_cpuinfo(_read("/proc/cpuinfo") or "")
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+            "cpu_model": cpu["cpu_model"] or platform.processor() or platform.machine(),
+            "isa_flags": cpu["isa_flags"], "cpu_count": os.cpu_count()}
+
+
 def device_info(include_power: bool = True) -> dict:
     """A JSON-able snapshot of the machine; keys absent from a platform are None, never guessed."""
     cpu = parse_cpuinfo(_read("/proc/cpuinfo") or "")

@@ -54,11 +54,12 @@ def cpu_name() -> str:
             f"{fields.get('model', '?')}, {os.cpu_count()} cores, up to {best[0]})")
 
 
-def measure(name: str, checkpoint: Path, data: Path, minutes: float | None, note: str) -> dict:
+def measure(name: str, checkpoint: Path, data: Path, minutes: float | None, note: str,
+            box_map: Path | None = None) -> dict:
     from edgeface.export.onnx import export_onnx
     from edgeface.model.data import load_samples
     from edgeface.model.evaluate import evaluate_detected, evaluate_samples
-    from edgeface.runtime.detector import FaceDetector
+    from edgeface.runtime.detector import BOX_MAP, FaceDetector
     from edgeface.runtime.predictor import Predictor
 
     row = {"name": name, "checkpoint": str(checkpoint), "note": note, "date": date.today().isoformat(),
@@ -73,8 +74,10 @@ def measure(name: str, checkpoint: Path, data: Path, minutes: float | None, note
         r = evaluate_samples(pred.blur_and_pose, dev, spec, blur=False)
         row["dev"] = {"n": r["n"], "mean": r["mean_mae"], "yaw": r["yaw_mae"], "pitch": r["pitch_mae"],
                       "roll": r["roll_mae"], "by_yaw": {b: v["mean_mae"] for b, v in r["by_yaw"].items()}}
-        d = evaluate_detected(pred.blur_and_pose, FaceDetector(), dev, spec)
+        det = FaceDetector(box_map=box_map or "default")
+        d = evaluate_detected(pred.blur_and_pose, det, dev, spec)
         row["dev_detected"] = {"found": d["detection"]["all"]["detected"], "n": d["n"],
+                               "box_map": json.loads(Path(box_map or BOX_MAP).read_text()).get("target", "data"),
                                "mean": d["detector_boxes"]["mean_mae"],
                                "by_yaw": {b: v["mean_mae"] for b, v in d["detector_boxes"]["by_yaw"].items()}}
         val = {s: evaluate_samples(pred.blur_and_pose, load_samples(data / s, split="val", require_labels=True), spec)
@@ -128,6 +131,11 @@ def latency(names: list[str], rounds: int = 15, iters: int = 300) -> dict[str, f
     return out
 
 
+# The detector's box map a row was measured with (scripts/fit_box_map.py --target); rows from before the
+# landmark-box map used the data-pack map.
+BOX_MAP_NOTE = {"data": "", "landmark": ", landmark-box map"}
+
+
 def _f(v, fmt="{:.2f}"):
     return "–" if v is None else fmt.format(v)
 
@@ -144,7 +152,7 @@ def render_table() -> str:
         det = r["dev_detected"]
         lines.append(
             f"| {r['name']}{' — ' + r['note'] if r.get('note') else ''} | **{_f(r['dev']['mean'])}** | {bins} "
-            f"| {_f(det['mean'])} ({det['found']}/{det['n']}) "
+            f"| {_f(det['mean'])} ({det['found']}/{det['n']}{BOX_MAP_NOTE.get(det.get('box_map', 'data'), '')}) "
             f"| {_f(r['teacher_mae']['utkface'])} / {_f(r['teacher_mae']['celeba'])} "
             f"| {_f(min(v for v in r['blur_spearman'].values() if v is not None), '{:.3f}')} "
             f"| {r['onnx_bytes'] / 1e6:.2f} MB | {_f(r.get('latency_b1_ort_vs_v2'), '{:.2f}×')} "
@@ -167,6 +175,7 @@ def main(argv=None) -> int:
     m.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     m.add_argument("--minutes", type=float, default=None, help="training time, wall clock")
     m.add_argument("--note", default="")
+    m.add_argument("--box-map", type=Path, default=None, help="the detector's box map (default: the shipped one)")
     lat = sub.add_parser("latency")
     lat.add_argument("names", nargs="+")
     t = sub.add_parser("table")
@@ -174,7 +183,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "measure":
         ROWS.mkdir(parents=True, exist_ok=True)
-        row = measure(args.name, args.checkpoint, args.data, args.minutes, args.note)
+        row = measure(args.name, args.checkpoint, args.data, args.minutes, args.note, args.box_map)
         (ROWS / f"{args.name}.json").write_text(json.dumps(row, indent=1) + "\n")
         print(json.dumps(row, indent=1))
         return 0

@@ -7,7 +7,19 @@ Needs only numpy, OpenCV, PyYAML and one engine's package; never torch (tests/te
 """
 from __future__ import annotations
 
-from .bundle import BundleInfo, open_bundle
-from .predictor import Predictor, Result, open_model
-
 __all__ = ["BundleInfo", "Predictor", "Result", "open_bundle", "open_model"]
+
+
+def __getattr__(name):
+    """Lazy, so importing one module (``edgeface.runtime.bundle``, which a device runs to verify a bundle) does
+    not import numpy, OpenCV and the predictor with it: the fleet playbooks start a Python on every device for
+    every step."""
+    if name in ("BundleInfo", "open_bundle"):
+        from . import bundle
+
+        return getattr(bundle, name)
+    if name in ("Predictor", "Result", "open_model"):
+        from . import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

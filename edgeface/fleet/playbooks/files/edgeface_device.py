@@ -2,6 +2,7 @@
 Python (the one that has edgeface installed: `edgeface_python`). Only the device's edgeface is used to judge
 a bundle (its digest, every file's sha256 and, when the device trusts keys, the signature).
 
+    trust   ROOT KEY      install KEY (base64 of a public key file) as ROOT/trusted.pub, atomically
     probe   ROOT DIGEST   what the device is, which bundle `current` and `previous` hold, whether DIGEST is there
     verify  PATH          open the bundle with the device's edgeface (EDGEFACE_TRUSTED_KEYS from ROOT/trusted.pub)
     receive ROOT DIGEST   unpack ROOT/bundles/.incoming-DIGEST.tar (the pushed bundle: plain files, no path outside
@@ -37,6 +38,33 @@ def trust(root):
     if os.path.isfile(key):
         old = os.environ.get("EDGEFACE_TRUSTED_KEYS", "").strip()
         os.environ["EDGEFACE_TRUSTED_KEYS"] = os.pathsep.join(p for p in (key, old) if p)
+
+
+MAX_KEY_BYTES = 16 << 10   # a public key file is a few hundred bytes
+
+
+def install_key(root, key_b64):
+    """ROOT/trusted.pub from the key's base64 (the controller's file, sent in the command): written to a
+    temporary sibling and renamed, so the device never trusts half a key."""
+    import base64
+    import binascii
+
+    try:
+        key = base64.b64decode(key_b64, validate=True)
+    except (binascii.Error, ValueError):
+        fail("the trusted key did not arrive intact (not base64)")
+    if not key or len(key) > MAX_KEY_BYTES:
+        fail(f"the trusted key is {len(key)} bytes: not a public key file")
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, TRUSTED)
+    changed = not os.path.isfile(path) or open(path, "rb").read() != key
+    if changed:
+        tmp = path + ".new"
+        with open(tmp, "wb") as f:
+            f.write(key)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    return {"trusted_key": path, "changed": changed}
 
 
 def open_any(path):
@@ -214,10 +242,12 @@ def rollback(root):
 
 def main(argv):
     if len(argv) < 2:
-        fail("usage: edgeface_device.py probe|verify|receive|swap|rollback ARGS")
+        fail("usage: edgeface_device.py trust|probe|verify|receive|swap|rollback ARGS")
     verb, args = argv[1], argv[2:]
     try:
-        if verb == "probe":
+        if verb == "trust":
+            out = install_key(os.path.abspath(os.path.expanduser(args[0])), args[1])
+        elif verb == "probe":
             root = os.path.abspath(os.path.expanduser(args[0]))
             os.makedirs(os.path.join(root, BUNDLES), exist_ok=True)
             clear_incoming(root)

@@ -37,7 +37,7 @@ ALLOWED = {
     "bench": {"core", "engines", "model", "remote", "runtime"},
     "deploy": {"bench", "core", "engines", "model", "quantize", "remote", "runtime"},
     "fleet": {"core", "deploy", "runtime"},
-    "cli": {"bench", "core", "deploy", "engines", "export", "fleet", "model", "quantize", "remote", "runtime"},
+    "cli": {"bench", "core", "deploy", "engines", "export", "fleet", "model", "quantize", "runtime"},
     "edgeface": {"cli", "core", "runtime"},
 }
 # Known exceptions (issue 25: "an engine is its package plus one registry entry" will remove them): the engine

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shlex
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,7 +9,6 @@ from typing import Optional
 import typer
 
 from ..core.errors import EdgefaceError
-from ..core.io import move_files_into
 from ..engines import registry
 from .output import check_output_dir, check_output_file, console, out_console, table_console, write_json
 
@@ -95,58 +93,47 @@ def command(
     if inventory is not None:
         return _fleet(artifacts, inventory, hosts=hosts, forks=forks, batch=batch, threads=threads, warmup=warmup,
                       iters=iters, duration=duration, json_out=json_out, report=report, host=host)
+    _check_report_dir(report)
+    if frames is not None:
+        return _frames(artifacts, frames, faces, threads, limit or frame_count, backend, json_out, report)
+    cfg = _config(artifacts, data, split, limit, batch, threads, warmup, iters, duration, rounds, backend, precision,
+                  reference)
+    from ..bench.session import bench
+
+    rows, warnings = bench(cfg, host=host, report=report, command=_command_line(), console=console,
+                           ssh_options=dict(port=port, identity=identity, known_hosts=known_hosts,
+                                            remote_python=remote_python, keep_remote=keep_remote))
+    _print_results(rows, warnings, cfg, host=host, json_out=json_out, report=report)
+
+
+def _check_report_dir(report: Optional[Path]) -> None:
     if report is not None:
         from ..bench.report import check_report_dir
 
         check_report_dir(report)
+
+
+def _config(artifacts, data, split, limit, batch, threads, warmup, iters, duration, rounds, backend, precision,
+            reference):
+    """The flags as a BenchConfig (checked by the bench itself)."""
     from ..bench.runner import BenchConfig
 
-    if frames is not None:
-        return _frames(artifacts, frames, faces, threads, limit or frame_count, backend, json_out, report)
     if iters is not None and duration is not None:
         raise EdgefaceError("pass --iters N or --duration S, not both")
-    cfg = BenchConfig(artifacts=[str(a) for a in artifacts], batches=parse_int_list(batch, "--batch"),
-                      threads=parse_int_list(threads, "--threads", allow_auto=True), warmup=warmup, iters=iters,
-                      duration=None if iters is not None else (duration if duration is not None else 2.0),
-                      rounds=rounds, backend=backend, data=str(data) if data else None, split=split or None,
-                      limit=limit, reference=reference, precision=precision)
-    cfg.check()
-    if reference not in ("auto", "none") and not Path(reference).exists():
-        raise EdgefaceError(f"--reference {reference} does not exist (use auto, none or a path)")
-    if data is not None:  # refuse a folder without labels before any work (and before connecting)
-        from ..bench.runner import check_labelled
+    return BenchConfig(artifacts=[str(a) for a in artifacts], batches=parse_int_list(batch, "--batch"),
+                       threads=parse_int_list(threads, "--threads", allow_auto=True), warmup=warmup, iters=iters,
+                       duration=None if iters is not None else (duration if duration is not None else 2.0),
+                       rounds=rounds, backend=backend, data=str(data) if data else None, split=split or None,
+                       limit=limit, reference=reference, precision=precision)
 
-        check_labelled(str(data), cfg.split)
-    command_line = "edgeface bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+def _command_line() -> str:
+    """The command as typed, for the report's README."""
+    return "edgeface bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
 
-    if host:
-        from ..bench.remote import bench_remote
-        from ..remote.ssh import SshTarget
 
-        target = SshTarget(host, port=port, identity=identity, known_hosts=known_hosts)
-        console.print(f"benchmarking on {target.where} over SSH")
-        rows, warnings, fetched = bench_remote(cfg, target, remote_python=remote_python, want_report=report is not None,
-                                               keep_remote=keep_remote, console=console)
-        try:
-            if report is not None and (fetched / "report").is_dir():
-                move_files_into(fetched / "report", report)
-        finally:
-            shutil.rmtree(fetched, ignore_errors=True)
-    else:
-        from ..bench.runner import run_bench
-
-        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total} blocks"), TimeElapsedColumn(),
-                      console=console, transient=True) as progress:
-            faces: dict = {}
-            rows, warnings = run_bench(cfg, progress=progress, faces_out=faces)
-        if report is not None:
-            from ..bench.report import write_report
-
-            write_report(rows, warnings, report, command=command_line, data=cfg.data, faces=faces)
-
+def _print_results(rows: list[dict], warnings: list[str], cfg, *, host, json_out, report) -> None:
+    """Tables and the vs-FP32 lines on stdout, warnings and the summary line on stderr; --json written."""
     from ..bench.report import make_tables
 
     tables_console = table_console()
@@ -159,7 +146,7 @@ def command(
     write_json(json_out, rows)
     if report is not None:
         console.print(f"report: {report}/README.md")
-    console.print(f"bench: {len(artifacts)} artifact(s) x {len(cfg.batches)} batch size(s) x {len(cfg.threads)} "
+    console.print(f"bench: {len(cfg.artifacts)} artifact(s) x {len(cfg.batches)} batch size(s) x {len(cfg.threads)} "
                   f"thread count(s), {len(rows)} rows; accuracy on {rows[0].get('faces') if rows else '-'}",
                   highlight=False, soft_wrap=True)
 
@@ -206,8 +193,7 @@ def _frames(artifacts, frames, faces, threads, count, backend, json_out, report)
         dev = device_info()
         for r in rows:
             r.setdefault("device", dev)
-        command_line = "edgeface bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
-        write_frames_report(rows, report, command=command_line)
+        write_frames_report(rows, report, command=_command_line())
         console.print(f"report: {report}/README.md")
     console.print(f"bench --frames: {len(artifacts)} artifact(s), {rows[0]['frames'] if rows else 0} frames of "
                   f"{Path(frames).name}, faces per frame {faces}; {len(rows)} rows", highlight=False, soft_wrap=True)

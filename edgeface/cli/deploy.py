@@ -83,27 +83,37 @@ def command(target: Optional[str] = typer.Option(None, "--target", "-t",
     check_output_file(json_out, "--json", inputs=[model, calib, verify_data, sign, identity, known_hosts, target,
                                                   inventory])
     check_output_dir(out, "--out")
+    build_options = dict(model=model, precision=precision, calib=calib, out=out, force=force, verify=not no_verify,
+                         verify_data=verify_data, backend=backend, batch=batch, sign=sign)
     if inventory is not None:
         return _fleet(inventory, target=target, bundle=bundle, rollback=rollback, limit=limit, forks=forks,
                       serial=serial, max_fail=max_fail, json_out=json_out, report=report, host=host,
-                      build_options=dict(model=model, precision=precision, calib=calib, out=out, force=force,
-                                         verify=not no_verify, verify_data=verify_data, backend=backend, batch=batch,
-                                         sign=sign))
-    fleet_only = [flag for flag, v in (("--rollback", rollback), ("--bundle", bundle), ("--limit", limit),
-                                       ("--serial", serial), ("--max-fail", max_fail), ("--report", report)) if v]
-    if fleet_only:
-        raise EdgefaceError(f"{fleet_only[0]} works with --inventory hosts.yml (a fleet of devices)")
-    if target is None:
-        raise EdgefaceError(f"pass --target {_targets_help()} (the device the bundle is for)")
-    from rich.markup import escape
-
+                      build_options=build_options)
+    _check_one_device(target, rollback=rollback, bundle=bundle, limit=limit, serial=serial, max_fail=max_fail,
+                      report=report)
     from ..deploy import deploy as run_deploy
 
-    result = run_deploy(target, model, precision=precision, calib=calib, out=out, force=force, sign=sign,
-                        verify=not no_verify, verify_data=verify_data, host=host, console=console,
-                        backend=backend, batch=batch,
+    result = run_deploy(target, host=host, console=console, **build_options,
                         ssh_options={"port": port, "identity": identity, "known_hosts": known_hosts,
                                      "remote_python": remote_python})
+    _print_result(result, host)
+    write_json(json_out, result.to_json())
+
+
+def _check_one_device(target: Optional[str], **fleet_flags) -> None:
+    """One device: the flags that only mean something with --inventory are refused (the first one given), and
+    --target is needed."""
+    given = [f"--{name.replace('_', '-')}" for name, v in fleet_flags.items() if v]
+    if given:
+        raise EdgefaceError(f"{given[0]} works with --inventory hosts.yml (a fleet of devices)")
+    if target is None:
+        raise EdgefaceError(f"pass --target {_targets_help()} (the device the bundle is for)")
+
+
+def _print_result(result, host: Optional[str]) -> None:
+    """The bundle, the engine choice, what is left to do on the device and the device's own bench, on stdout."""
+    from rich.markup import escape
+
     files = ", ".join(f"{k} ({v['bytes'] / 1e6:.2f} MB)" for k, v in result.manifest["files"].items())
     out_console.print(f"[green]bundle[/green] {result.bundle}  target={result.target} backend={result.backend} "
                       f"precision={result.precision}  ({escape(files)})  {result.seconds:.1f} s", highlight=False)
@@ -121,7 +131,6 @@ def command(target: Optional[str] = typer.Option(None, "--target", "-t",
             lat = row.get("latency_ms") or {}
             out_console.print(f"{host}: {row.get('backend')} {row.get('precision')} batch {row.get('batch')} "
                               f"p50 {lat.get('p50')} ms, {row.get('throughput_ips')} img/s", highlight=False)
-    write_json(json_out, result.to_json())
 
 
 def _fleet(inventory: Path, *, target, bundle, rollback, limit, forks, serial, max_fail, json_out, report, host,

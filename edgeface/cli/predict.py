@@ -118,87 +118,110 @@ def command(paths: Optional[list[str]] = typer.Argument(None, metavar="[MODEL] I
     tracking) and optional --smooth, and ends with a summary on stderr (frames, faces, tracks, FPS).
     """
     artifact, images = split_model_and_inputs(list(paths or []), model)
-    check_output_file(json_out, "--json", inputs=[*images, boxes_csv, None if artifact == "default" else artifact])
+    inputs = [*images, boxes_csv, None if artifact == "default" else artifact]  # what no output may replace
+    check_output_file(json_out, "--json", inputs=inputs)
+    _check_sources(images, artifact, camera, max_frames)
+    boxes = read_boxes_csv(boxes_csv) if boxes_csv else {}
+    sources, frames, camera_frames = _open_sources(images, camera)
+    if draw is not None:
+        _check_draw_targets(draw, [s for s in sources if isinstance(s, Path)], frames, len(sources), inputs=inputs)
+        if len(sources) > 1:
+            draw.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    detector_options = dict(score_threshold=score_threshold, nms_threshold=nms_threshold, largest_only=largest,
+                            min_size=min_size)
+    rows, no_face, engine = _predict_sources(artifact, backend, threads, detector_options, sources, frames,
+                                             camera_frames, boxes, crops, smooth, max_frames, draw)
+    write_json(json_out, rows)
+    n_faces = sum(1 for r in rows if "face" in r)
+    console.print(f"predict: {len(frames)} image(s), {len(sources) - len(frames)} video/camera source(s), "
+                  f"{n_faces} face record(s){f', {no_face} image(s) without a face' if no_face else ''}; "
+                  f"{engine}, {time.perf_counter() - t_start:.1f} s", highlight=False, soft_wrap=True)
+
+
+def _check_sources(images: list[Path], artifact: str, camera: Optional[int], max_frames: Optional[int]) -> None:
     if max_frames is not None and max_frames < 1:
         raise EdgefaceError(f"--max-frames must be >= 1, got {max_frames}")
-    from ..core.preprocess import read_image
-    from ..runtime.detector import FaceDetector
-    from ..runtime.predictor import Predictor
-    from ..runtime.stream import video_frames
-
     if not images and camera is None:
         raise EdgefaceError(f"give images or video files{' after the model' if artifact != 'default' else ''} "
                             f"(`edgeface predict photo.jpg`), or --camera N")
     if camera is not None and not 0 <= camera <= MAX_CAMERA_INDEX:
         raise EdgefaceError(f"--camera takes a camera index from 0 to {MAX_CAMERA_INDEX}, got {str(camera)[:20]}")
-    boxes = read_boxes_csv(boxes_csv) if boxes_csv else {}
-    videos = [p for p in images if p.suffix.lower() in VIDEO_SUFFIXES]
-    sources: list = [p for p in images]
-    # Read every image and open every video first: a bad input fails the command before any output.
+
+
+def _open_sources(images: list[Path], camera: Optional[int]) -> tuple[list, dict, object]:
+    """(sources in order, {image: its pixels}, the camera's frames or None). Every image is read and every
+    video opened first: a bad input fails the command before any output."""
+    from ..core.preprocess import read_image
+    from ..runtime.stream import video_frames
+
+    sources: list = list(images)
     frames = {}
     for p in images:
-        if p in videos:
+        if p.suffix.lower() in VIDEO_SUFFIXES:
             next(iter(video_frames(p)))  # exists, opens, has a first frame
         else:
             frames[p] = read_image(p)
+    camera_frames = None
     if camera is not None:
         cam = video_frames(camera)
-        first_cam = next(iter(cam))
+        camera_frames = _chain_first(next(iter(cam)), cam)  # the camera delivers a frame before any output
         sources.append(camera)
-    n_out = len(sources)
-    if draw is not None:
-        _check_draw_targets(draw, [s for s in sources if isinstance(s, Path)], frames, n_out,
-                            inputs=[*images, boxes_csv, None if artifact == "default" else artifact])
-    if draw is not None and n_out > 1:
-        draw.mkdir(parents=True, exist_ok=True)
-    rows = []
+    return sources, frames, camera_frames
+
+
+def _predict_sources(artifact, backend, threads, detector_options: dict, sources: list, frames: dict, camera_frames,
+                     boxes: dict, crops: bool, smooth: bool, max_frames, draw) -> tuple[list[dict], int, str]:
+    """Every source through one Predictor, each record printed as a JSON line as it comes; returns (records,
+    images without a face, "backend precision")."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..runtime.detector import FaceDetector
+    from ..runtime.predictor import Predictor
+    from ..runtime.stream import video_frames
+
+    rows, no_face, n_out = [], 0, len(sources)
 
     def emit(row):
         rows.append(row)
         out_console.print(json.dumps(row), highlight=False, soft_wrap=True)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    t_start = time.perf_counter()
-    no_face = 0
     with Predictor(None if artifact == "default" else artifact, backend=backend, threads=threads) as pred, \
             Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      console=console, transient=True, disable=not console.is_terminal) as progress:
         tag = {"backend": pred.backend, "precision": pred.precision}
-        detector = FaceDetector(score_threshold=score_threshold, nms_threshold=nms_threshold, largest_only=largest,
-                                min_size=min_size)
+        detector = FaceDetector(**detector_options)
         images_task = progress.add_task("images", total=len(frames)) if frames else None
         for src in sources:
             if isinstance(src, Path) and src in frames:
-                frame = frames[src]
-                these = _boxes_for(boxes, src)
-                if these is not None or crops:
-                    res, used = ((pred.predict_image(frame, np.asarray(these, dtype=np.float64)), these)
-                                 if these is not None else (pred.predict(frame), [None]))
-                    for i, (d, box) in enumerate(zip(res.as_dicts(), used)):
-                        emit({"image": str(src), "face": i, **({"box": [round(v, 3) for v in box]}
-                                                               if box is not None else {}),
-                              **_rounded(d), **tag})
-                else:
-                    faces = pred.predict_frame(frame, detector=detector)
-                    for i, f in enumerate(faces):
-                        emit({"image": str(src), "face": i, **f.as_dict(), **tag})
-                    if not faces:
-                        no_face += 1
-                        emit({"image": str(src), "faces": 0, **tag})
-                    if draw is not None:
-                        _write_image(_draw_path(draw, src, True, n_out), frame, faces)
+                no_face += _predict_image(pred, detector, src, frames[src], _boxes_for(boxes, src), crops, draw,
+                                          n_out, emit, tag)
                 progress.advance(images_task)
             else:
-                it = _chain_first(first_cam, cam) if src == camera and not isinstance(src, Path) else video_frames(src)
+                it = camera_frames if not isinstance(src, Path) else video_frames(src)
                 summary = _stream(pred, detector, it, src, smooth, max_frames, draw, n_out, emit, tag, progress)
                 console.print(summary, highlight=False, soft_wrap=True)
-    write_json(json_out, rows)
-    n_faces = sum(1 for r in rows if "face" in r)
-    console.print(f"predict: {len(frames)} image(s), {len(sources) - len(frames)} video/camera source(s), "
-                  f"{n_faces} face record(s){f', {no_face} image(s) without a face' if no_face else ''}; "
-                  f"{pred.backend} {pred.precision}, {time.perf_counter() - t_start:.1f} s", highlight=False,
-                  soft_wrap=True)
+    return rows, no_face, f"{pred.backend} {pred.precision}"
+
+
+def _predict_image(pred, detector, src: Path, frame, these, crops: bool, draw, n_out: int, emit, tag) -> bool:
+    """One image's records: at its --boxes, as one face crop (--crops), or at the faces detected (drawn with
+    --draw). True when detection found no face."""
+    if these is not None or crops:
+        res, used = ((pred.predict_image(frame, np.asarray(these, dtype=np.float64)), these)
+                     if these is not None else (pred.predict(frame), [None]))
+        for i, (d, box) in enumerate(zip(res.as_dicts(), used)):
+            emit({"image": str(src), "face": i, **({"box": [round(v, 3) for v in box]} if box is not None else {}),
+                  **_rounded(d), **tag})
+        return False
+    faces = pred.predict_frame(frame, detector=detector)
+    for i, f in enumerate(faces):
+        emit({"image": str(src), "face": i, **f.as_dict(), **tag})
+    if not faces:
+        emit({"image": str(src), "faces": 0, **tag})
+    if draw is not None:
+        _write_image(_draw_path(draw, src, True, n_out), frame, faces)
+    return not faces
 
 
 def _rounded(d: dict) -> dict:

@@ -613,12 +613,13 @@ def _resume(last: Path, model, opt, average: WeightAverage | None) -> tuple[int,
     return int(state["epoch"]), list(ck["meta"].get("history", []))
 
 
-def _epoch_loader(dataset, weights: np.ndarray, t: dict, epoch: int, steps_per_epoch: int):
-    """This epoch's batches: ``steps_per_epoch`` batches drawn by set weight, reproducible from the seed."""
+def epoch_loader(dataset, weights: np.ndarray, t: dict, epoch: int, steps_per_epoch: int, seed_offset: int = 0):
+    """This epoch's batches: ``steps_per_epoch`` batches drawn by set weight, reproducible from the seed
+    (FP32 training and QAT share it; QAT offsets its seeds)."""
     import torch
 
     dataset.epoch = epoch
-    g = torch.Generator().manual_seed(t["seed"] * 1000 + epoch)
+    g = torch.Generator().manual_seed(t["seed"] * 1000 + epoch + seed_offset)
     sampler = torch.utils.data.WeightedRandomSampler(torch.from_numpy(weights), steps_per_epoch * t["batch_size"],
                                                      replacement=True, generator=g)
     return torch.utils.data.DataLoader(dataset, batch_size=t["batch_size"], sampler=sampler,
@@ -702,7 +703,7 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
             TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*cols, console=console) as progress:
         for epoch in range(start_epoch, t["epochs"]):
-            loader = _epoch_loader(dataset, data.weights, t, epoch, steps_per_epoch)
+            loader = epoch_loader(dataset, data.weights, t, epoch, steps_per_epoch)
             model.train()
             started = time.perf_counter()
             task = progress.add_task(f"epoch {epoch + 1}/{t['epochs']}", total=steps_per_epoch, info="")

@@ -290,11 +290,52 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str = "f
     facts_onnx = _onnx_facts(onnx_path, onnx_bytes)
     trt_ver = str(trt.__version__)
     if facts_onnx:  # preflight with the rules of this TensorRT's parser, naming every problem at once
-        problems = check_onnx_for_tensorrt(onnx_path, max_opset=17 if trt_version_tuple(trt_ver)[0] < 10 else 20,
-                                           data=onnx_bytes)
-        if problems:
-            raise EdgefaceError(f"{onnx_path.name} is not buildable by TensorRT {trt_ver}: {'; '.join(problems)}")
+        _preflight(onnx_path, onnx_bytes, trt_ver)
+    # The parser owns the weights it parsed and TensorRT keeps no reference to the calibrator: both stay in
+    # this frame until the engine is built.
+    builder, network, parser = _parse_network(trt, onnx_path, onnx_bytes, trt_ver)
+    inp = network.get_input(0)
+    opts = plan_build(precision, inp.name, list(inp.shape), has_qdq=_has_qdq(trt, network), trt_version=trt_ver,
+                      workspace_mb=workspace_mb, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                      calib_cache=calib_cache, calib_images=calib_images is not None, timing_cache=timing_cache)
+    for note in opts.notes:
+        log(f"note: {note}")
+    config = _builder_config(trt, builder, opts)
+    calibrator = None
+    if opts.uses_calibrator:
+        calibrator = _attach_calibrator(builder, config, opts, calib_cache, calib_images, onnx_path, facts_onnx)
+    cache_obj = _attach_timing_cache(config, opts, log)
 
+    log(f"building the TensorRT {trt_ver} {precision} engine for {onnx_path.name} "
+        f"(batch {opts.min_batch}/{opts.opt_batch}/{opts.max_batch}; minutes on a Jetson)")
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EdgefaceError(f"TensorRT failed to build an engine from {onnx_path.name} (see the TensorRT log above)")
+    build_s = time.perf_counter() - t0
+    del parser, calibrator  # built: what they held is in the serialized engine now
+    if cache_obj is not None:
+        atomic_write_bytes(Path(opts.timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
+
+    rec = dict(record) if record is not None else expected_record(hashlib.sha256(onnx_bytes).hexdigest(), precision,
+                                                                  _device_facts(trt_ver))
+    rec.update(onnx_file=onnx_path.name, build=opts.to_dict(), build_seconds=round(build_s, 2),
+               spec=facts_onnx.get("spec") or spec_beside(onnx_path),
+               input_kind=facts_onnx.get("input_kind"))
+    rec["edgeface"] = __version__
+    return write_engine(engine_path, bytes(memoryview(serialized)), rec)
+
+
+def _preflight(onnx_path: Path, onnx_bytes: bytes, trt_ver: str) -> None:
+    """The ONNX checked with the rules of this TensorRT's parser, every problem named in one error."""
+    problems = check_onnx_for_tensorrt(onnx_path, max_opset=17 if trt_version_tuple(trt_ver)[0] < 10 else 20,
+                                       data=onnx_bytes)
+    if problems:
+        raise EdgefaceError(f"{onnx_path.name} is not buildable by TensorRT {trt_ver}: {'; '.join(problems)}")
+
+
+def _parse_network(trt, onnx_path: Path, onnx_bytes: bytes, trt_ver: str):
+    """(builder, network, parser) with the ONNX parsed into the network; the network has one input."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     major = trt_version_tuple(trt_ver)[0]
@@ -308,68 +349,65 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str = "f
         raise EdgefaceError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {_parser_errors(parser)}")
     if network.num_inputs != 1:
         raise EdgefaceError(f"{onnx_path.name} has {network.num_inputs} inputs; edgeface models have one")
-    inp = network.get_input(0)
-    has_qdq = any(network.get_layer(i).type in (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
-                  for i in range(network.num_layers))
-    opts = plan_build(precision, inp.name, list(inp.shape), has_qdq=has_qdq, trt_version=trt_ver,
-                      workspace_mb=workspace_mb, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                      calib_cache=calib_cache, calib_images=calib_images is not None, timing_cache=timing_cache)
-    for note in opts.notes:
-        log(f"note: {note}")
+    return builder, network, parser
 
+
+def _has_qdq(trt, network) -> bool:
+    """The parsed network quantizes explicitly (Q/DQ layers): INT8 without a calibrator."""
+    return any(network.get_layer(i).type in (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
+               for i in range(network.num_layers))
+
+
+def _builder_config(trt, builder, opts: BuildOptions):
+    """Workspace, precision flags and the batch profile of the plan."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_bytes)
     for name in opts.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
     config.add_optimization_profile(_profile(builder, opts.profile))
+    return config
 
-    calibrator = None
-    if opts.uses_calibrator:
-        from .calibrator import make_calibrator
 
-        spec_dict = facts_onnx.get("spec") or spec_beside(onnx_path)
-        calibrator = make_calibrator(calib_cache, images=calib_images,
-                                     spec=ModelSpec.from_dict(spec_dict) if spec_dict else ModelSpec(),
-                                     input_kind=facts_onnx.get("input_kind", FLOAT_NCHW),
-                                     batch_size=opts.opt_batch)
-        config.int8_calibrator = calibrator
-        if hasattr(config, "set_calibration_profile"):
-            # Dynamic batch: calibration runs at one fixed shape, the calibrator's batch size.
-            config.set_calibration_profile(_profile(builder, {n: (o, o, o) for n, (_, o, _) in opts.profile.items()}))
+def _attach_calibrator(builder, config, opts: BuildOptions, calib_cache, calib_images, onnx_path: Path,
+                       facts_onnx: dict):
+    """Implicit INT8: the calibrator (reading the cache, or calibrating on the images) set on the config."""
+    from .calibrator import make_calibrator
 
-    cache_obj = None
-    if opts.timing_cache:
-        tc = Path(opts.timing_cache)
-        blob = tc.read_bytes() if tc.is_file() else b""
-        cache_obj = config.create_timing_cache(blob)
-        if cache_obj is None or not config.set_timing_cache(cache_obj, ignore_mismatch=False):
-            log(f"note: timing cache {tc.name} is unusable here (other TensorRT/GPU?); starting a fresh one")
-            cache_obj = config.create_timing_cache(b"")
-            config.set_timing_cache(cache_obj, ignore_mismatch=True)
+    spec_dict = facts_onnx.get("spec") or spec_beside(onnx_path)
+    calibrator = make_calibrator(calib_cache, images=calib_images,
+                                 spec=ModelSpec.from_dict(spec_dict) if spec_dict else ModelSpec(),
+                                 input_kind=facts_onnx.get("input_kind", FLOAT_NCHW),
+                                 batch_size=opts.opt_batch)
+    config.int8_calibrator = calibrator
+    if hasattr(config, "set_calibration_profile"):
+        # Dynamic batch: calibration runs at one fixed shape, the calibrator's batch size.
+        config.set_calibration_profile(_profile(builder, {n: (o, o, o) for n, (_, o, _) in opts.profile.items()}))
+    return calibrator
 
-    log(f"building the TensorRT {trt_ver} {precision} engine for {onnx_path.name} "
-        f"(batch {opts.min_batch}/{opts.opt_batch}/{opts.max_batch}; minutes on a Jetson)")
-    t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EdgefaceError(f"TensorRT failed to build an engine from {onnx_path.name} (see the TensorRT log above)")
-    build_s = time.perf_counter() - t0
-    if cache_obj is not None:
-        atomic_write_bytes(Path(opts.timing_cache), bytes(memoryview(config.get_timing_cache().serialize())))
 
+def _attach_timing_cache(config, opts: BuildOptions, log: Callable[[str], None]):
+    """The timing cache object set on the config (None without --timing-cache); one from another TensorRT or
+    GPU is replaced by a fresh one rather than failing the build."""
+    if not opts.timing_cache:
+        return None
+    tc = Path(opts.timing_cache)
+    blob = tc.read_bytes() if tc.is_file() else b""
+    cache_obj = config.create_timing_cache(blob)
+    if cache_obj is None or not config.set_timing_cache(cache_obj, ignore_mismatch=False):
+        log(f"note: timing cache {tc.name} is unusable here (other TensorRT/GPU?); starting a fresh one")
+        cache_obj = config.create_timing_cache(b"")
+        config.set_timing_cache(cache_obj, ignore_mismatch=True)
+    return cache_obj
+
+
+def _device_facts(trt_ver: str) -> DeviceFacts:
+    """This TensorRT, GPU name and compute capability, for the engine's record."""
     try:
         from .cuda_memory import device_properties
 
         name, cc = device_properties()
-        facts = DeviceFacts(trt_ver, name, normalize_cc(cc))
+        return DeviceFacts(trt_ver, name, normalize_cc(cc))
     except Exception:  # noqa: BLE001 - the record is still useful without the GPU name
-        facts = DeviceFacts(trt_ver, "unknown", "0.0")
-    rec = dict(record) if record is not None else expected_record(hashlib.sha256(onnx_bytes).hexdigest(), precision,
-                                                                  facts)
-    rec.update(onnx_file=onnx_path.name, build=opts.to_dict(), build_seconds=round(build_s, 2),
-               spec=facts_onnx.get("spec") or spec_beside(onnx_path),
-               input_kind=facts_onnx.get("input_kind"))
-    rec["edgeface"] = __version__
-    return write_engine(engine_path, bytes(memoryview(serialized)), rec)
+        return DeviceFacts(trt_ver, "unknown", "0.0")
 
 

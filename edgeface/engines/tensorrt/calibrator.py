@@ -163,68 +163,82 @@ def make_calibrator(cache_path: str | Path | None, images: Optional[np.ndarray] 
         raise EdgefaceError("the TensorRT calibrator needs calibration images or an existing calib.cache")
     batches = _prepare_batches(images, spec, input_kind, batch_size) if images is not None else []
 
-    class EdgefaceCalibrator(base):
+    # The base is TensorRT's class, known only now; the methods TensorRT calls live in _Calibration.
+    class EdgefaceCalibrator(_Calibration, base):
         def __init__(self):
             base.__init__(self)  # pybind11 trampolines need the base initialiser called explicitly
-            self.batch_size = int(batch_size)
-            self._batches = batches
-            self._next = 0
-            self._cuda = None
-            self._device = None
-            self._cache_text: Optional[bytes] = None
-
-        def get_batch_size(self):
-            return self.batch_size
-
-        def get_batch(self, names, *args):
-            if self._next >= len(self._batches):
-                return None
-            batch = self._batches[self._next]
-            self._next += 1
-            if self._cuda is None:
-                from .cuda_memory import open_cuda
-
-                self._cuda = open_cuda()
-                self._host = self._cuda.pinned_empty(batch.shape, batch.dtype)
-                self._device = self._cuda.malloc(batch.nbytes)
-            np.copyto(self._host, batch)
-            self._cuda.htod_async(self._device, self._host, batch.nbytes)
-            self._cuda.synchronize()
-            return [int(self._device)] * len(names)
-
-        def read_calibration_cache(self, *args):
-            if cache_path is None or not cache_path.is_file():
-                return None
-            text = cache_path.read_text(encoding="ascii")
-            header, scales = parse_calibration_cache(text, where=f"calibration cache {cache_path.name}")
-            stamped = restamp(text, trt.__version__)
-            if stamped.split("\n", 1)[0] != header:
-                log(f"note: {cache_path.name} header {header} re-stamped for TensorRT {trt.__version__} "
-                    f"({len(scales)} tensor scales)")
-            self._cache_text = stamped.encode("ascii")
-            return self._cache_text
-
-        def write_calibration_cache(self, cache, *args):
-            if cache_path is None:
-                return
-            data = bytes(memoryview(cache))
-            parse_calibration_cache(data.decode("ascii"), where="TensorRT's calibration cache")
-            atomic_write_bytes(cache_path, data)
-
-        def free(self):
-            if self._cuda is not None:
-                self._cuda.free(self._device)
-                self._cuda.free_pinned(self._host)
-                self._cuda.close()
-                self._cuda = None
-
-        def __del__(self):
-            try:
-                self.free()
-            except Exception:  # noqa: BLE001 - interpreter shutdown
-                pass
+            _Calibration.__init__(self, batches, batch_size, cache_path, str(trt.__version__), log)
 
     return EdgefaceCalibrator()
+
+
+class _Calibration:
+    """What an edgeface calibrator does for TensorRT: hand it the batches (copied to the GPU), read the cache
+    (re-stamped for this TensorRT) and write the one it computed. Mixed in before TensorRT's calibrator base."""
+
+    def __init__(self, batches: list, batch_size: int, cache_path: Optional[Path], trt_version: str,
+                 log: Callable[[str], None]):
+        self.batch_size = int(batch_size)
+        self._batches = batches
+        self._next = 0
+        self._cuda = None
+        self._device = None
+        self._cache_text: Optional[bytes] = None
+        self._cache_path = cache_path
+        self._trt_version = trt_version
+        self._log = log
+
+    def get_batch_size(self):
+        return self.batch_size
+
+    def get_batch(self, names, *args):
+        if self._next >= len(self._batches):
+            return None
+        batch = self._batches[self._next]
+        self._next += 1
+        if self._cuda is None:
+            from .cuda_memory import open_cuda
+
+            self._cuda = open_cuda()
+            self._host = self._cuda.pinned_empty(batch.shape, batch.dtype)
+            self._device = self._cuda.malloc(batch.nbytes)
+        np.copyto(self._host, batch)
+        self._cuda.htod_async(self._device, self._host, batch.nbytes)
+        self._cuda.synchronize()
+        return [int(self._device)] * len(names)
+
+    def read_calibration_cache(self, *args):
+        cache_path = self._cache_path
+        if cache_path is None or not cache_path.is_file():
+            return None
+        text = cache_path.read_text(encoding="ascii")
+        header, scales = parse_calibration_cache(text, where=f"calibration cache {cache_path.name}")
+        stamped = restamp(text, self._trt_version)
+        if stamped.split("\n", 1)[0] != header:
+            self._log(f"note: {cache_path.name} header {header} re-stamped for TensorRT {self._trt_version} "
+                      f"({len(scales)} tensor scales)")
+        self._cache_text = stamped.encode("ascii")
+        return self._cache_text
+
+    def write_calibration_cache(self, cache, *args):
+        if self._cache_path is None:
+            return
+        data = bytes(memoryview(cache))
+        parse_calibration_cache(data.decode("ascii"), where="TensorRT's calibration cache")
+        atomic_write_bytes(self._cache_path, data)
+
+    def free(self):
+        if self._cuda is not None:
+            self._cuda.free(self._device)
+            self._cuda.free_pinned(self._host)
+            self._cuda.close()
+            self._cuda = None
+
+    def __del__(self):
+        try:
+            self.free()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
 
 def _prepare_batches(images: np.ndarray, spec, input_kind: str, batch_size: int) -> list[np.ndarray]:

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...core.errors import EdgefaceError
@@ -52,24 +53,67 @@ def check_qat_out(out_dir: Path, inputs=()) -> None:
                                 f"({why}); choose another --out (training never replaces a folder it did not write)")
 
 
+@dataclass
+class _QatRun:
+    """What every step of one QAT run reads: the checked recipe, the start weights, the data, the timings."""
+
+    recipe_path: object
+    recipe: dict
+    start: dict
+    spec: object
+    out_dir: Path
+    t_start: float
+    timings: dict = field(default_factory=dict)
+    data: object = None
+    history: list = field(default_factory=list)
+
+
 def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, limit: int | None = None,
               data_root: str | None = None, console=None, epoch_size: int | None = None) -> Path:
+    """Start checkpoint -> fake-quantized graph -> QAT epochs -> converted INT8 artifacts, sealed in ``out``;
+    returns the QAT checkpoint's path."""
     import torch
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    from ...core.preprocess import to_input
+    from ...model.train import prepare_training_data
+
+    run, root = _start_run(recipe_path, out, epochs, limit, data_root, epoch_size)
+    t0 = time.perf_counter()
+    run.data = prepare_training_data(run.recipe, run.spec, root, console)
+    run.timings["cache_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    model, prepared = _prepare_fake_quant(run, console)
+    run.timings["prepare_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    run.history = _train_epochs(run, prepared, console)
+    run.timings["train_s"] = time.perf_counter() - t0
+    # The trained fake-quant state, kept until the artifacts are written: export problems never cost the training.
+    run.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    trained_state = run.out_dir.parent / f".{run.out_dir.name}.trained.pt"
+    torch.save({"prepared": prepared.state_dict(), "history": run.history, "timings_s": run.timings}, trained_state)
+
+    t0 = time.perf_counter()
+    shadow, converted = _convert(prepared, model, console)
+    run.timings["convert_s"] = time.perf_counter() - t0
+
+    final = _write_output(run, converted, shadow)
+    trained_state.unlink(missing_ok=True)
+    if console is not None:
+        _print_summary(run, final, console)
+    return run.out_dir / "model.pt"
+
+
+def _start_run(recipe_path, out, epochs, limit, data_root, epoch_size) -> tuple[_QatRun, Path]:
+    """(the run, the data root): recipe, overrides, output folder and start weights checked before any work;
+    torch seeded and its threads set."""
+    import torch
+
     from ...core.spec import ModelSpec
-    from ...engines.torch.checkpoint import read_checkpoint, save_checkpoint, weights_terms
-    from ...engines.torch.network import build_model
-    from ...model.evaluate import format_table
-    from ...model.train import (AugmentedFaces, apply_cli_overrides, collate_batch, data_root_of,
-                                prepare_training_data, run_epoch, warmup_cosine)
+    from ...engines.torch.checkpoint import read_checkpoint
+    from ...model.train import apply_cli_overrides, data_root_of
 
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
     recipe = load_qat_recipe(recipe_path)  # every field checked before any work
     if epochs is not None and epochs < 1:
         raise EdgefaceError(f"--epochs must be >= 1, got {epochs}")
@@ -82,67 +126,56 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
         raise EdgefaceError(f"start weights {recipe['start']} are already quantization-aware; start from an FP32 "
                             "checkpoint")
     spec = ModelSpec.from_dict(start["spec"])
-    t, a = recipe["train"], recipe["augment"]
-    torch.manual_seed(t["seed"])
-    torch.set_num_threads(t["threads"])
+    torch.manual_seed(recipe["train"]["seed"])
+    torch.set_num_threads(recipe["train"]["threads"])
+    return _QatRun(recipe_path, recipe, start, spec, out_dir, t_start), root
 
-    t0 = time.perf_counter()
-    data = prepare_training_data(recipe, spec, root, console)
-    cache, weights = data.cache, data.weights
-    timings["cache_s"] = time.perf_counter() - t0
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn())
 
-    t0 = time.perf_counter()
-    model = build_model(spec)
+def _prepare_fake_quant(run: _QatRun, console):
+    """(the FP32 model with the start weights, its fake-quantized graph ready for QAT)."""
+    from ...engines.torch.network import build_model
+
+    model = build_model(run.spec)
     try:
-        model.load_state_dict(start["state_dict"])
+        model.load_state_dict(run.start["state_dict"])
     except RuntimeError as e:
-        raise EdgefaceError(f"start weights {recipe['start']} do not fit their ModelSpec "
+        raise EdgefaceError(f"start weights {run.recipe['start']} do not fit their ModelSpec "
                             f"({str(e).splitlines()[0][:120]})") from None
-    scheme = scheme_from_recipe(recipe)
+    scheme = scheme_from_recipe(run.recipe)
     if console is not None:
         console.print("preparing the fake-quantized graph (torch.export + prepare_qat_pt2e) ...")
-    prepared = prepare_qat_model(model, spec, scheme)
-    timings["prepare_s"] = time.perf_counter() - t0
+    return model, prepare_qat_model(model, run.spec, scheme)
 
+
+def _train_epochs(run: _QatRun, prepared, console) -> list[dict]:
+    """The recipe's epochs on the fake-quantized graph (FP32 training's data pipeline and losses), each
+    measured on the validation sets; returns the per-epoch history."""
+    import torch
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    from ...model.train import AugmentedFaces, epoch_loader, run_epoch, warmup_cosine
+
+    t, spec, data = run.recipe["train"], run.spec, run.data
     opt = torch.optim.AdamW(prepared.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     steps_per_epoch = max(1, t["epoch_size"] // t["batch_size"])
     lr_at = warmup_cosine(t, steps_per_epoch)
-
-    dataset = AugmentedFaces(cache, a, t["seed"])
-    bn_frozen = obs_frozen = False
-
-    def runner(batch_bgr):
-        with torch.no_grad(), observers_paused(prepared):  # validation images never move a range
-            b, p = prepared(torch.from_numpy(to_input(batch_bgr, spec)))
-        return b.numpy()[:, 0], p.numpy()
-
+    dataset = AugmentedFaces(data.cache, run.recipe["augment"], t["seed"])
+    runner = _fake_quant_runner(prepared, spec)
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn())
     history, step = [], 0
-    t0 = time.perf_counter()
+    bn_frozen = obs_frozen = False
     with Progress(*cols, console=console, disable=console is None) as progress:
         for epoch in range(t["epochs"]):
-            if not bn_frozen and epoch >= t["freeze_bn_after_epoch"]:
-                bn_frozen = True  # BN now uses its running statistics: the graph computes what folding deploys
-            if not obs_frozen and epoch >= t["freeze_observers_after_epoch"]:
-                obs_frozen = True
-                freeze_activation_observers(prepared)
-            if bn_frozen:
-                move_exported_model_to_eval(prepared)
-            else:
-                move_exported_model_to_train(prepared)
-            dataset.epoch = epoch
-            g = torch.Generator().manual_seed(t["seed"] * 1000 + epoch + 7919)
-            sampler = torch.utils.data.WeightedRandomSampler(torch.from_numpy(weights),
-                                                             steps_per_epoch * t["batch_size"],
-                                                             replacement=True, generator=g)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=t["batch_size"], sampler=sampler,
-                                                 num_workers=t["workers"], collate_fn=collate_batch,
-                                                 prefetch_factor=4 if t["workers"] else None)
+            bn_frozen, obs_frozen = _freeze_for_epoch(prepared, t, epoch, bn_frozen, obs_frozen)
+            # Seeds apart from FP32 training's (offset 7919): QAT draws other batches than its start did.
+            loader = epoch_loader(dataset, data.weights, t, epoch, steps_per_epoch, seed_offset=7919)
             state = ("BN frozen" if bn_frozen else "BN live") + (", ranges frozen" if obs_frozen else "")
             task = progress.add_task(f"QAT epoch {epoch + 1}/{t['epochs']} ({state})", total=steps_per_epoch, info="")
             te = time.perf_counter()
-            sums, step = run_epoch(prepared, loader, opt, lr_at, step, recipe["loss"], spec, progress, task)
+            sums, step = run_epoch(prepared, loader, opt, lr_at, step, run.recipe["loss"], spec, progress, task)
             move_exported_model_to_eval(prepared)
             val = data.evaluate(runner, blur=False)
             history.append({"epoch": epoch + 1, "pose_loss": sums[0] / steps_per_epoch,
@@ -152,74 +185,125 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
                             "seconds": time.perf_counter() - te})
             progress.console.print(f"QAT epoch {epoch + 1}: " + "  ".join(
                 f"{k} {v['mean_mae']:.2f}" for k, v in val.items() if v.get("mean_mae") is not None))
-    timings["train_s"] = time.perf_counter() - t0
-    # The trained fake-quant state, kept until the artifacts are written: export problems never cost the training.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    trained_state = out_dir.parent / f".{out_dir.name}.trained.pt"
-    torch.save({"prepared": prepared.state_dict(), "history": history, "timings_s": timings}, trained_state)
+    return history
 
-    # convert: BN folded into the conv weights, weights stored int8 with per-channel scales
-    t0 = time.perf_counter()
+
+def _freeze_for_epoch(prepared, t: dict, epoch: int, bn_frozen: bool, obs_frozen: bool) -> tuple[bool, bool]:
+    """(BN frozen, observers frozen) from this epoch on, the graph put in the matching mode."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+    if not bn_frozen and epoch >= t["freeze_bn_after_epoch"]:
+        bn_frozen = True  # BN now uses its running statistics: the graph computes what folding deploys
+    if not obs_frozen and epoch >= t["freeze_observers_after_epoch"]:
+        obs_frozen = True
+        freeze_activation_observers(prepared)
+    if bn_frozen:
+        move_exported_model_to_eval(prepared)
+    else:
+        move_exported_model_to_train(prepared)
+    return bn_frozen, obs_frozen
+
+
+def _fake_quant_runner(prepared, spec):
+    """Predictor-style runner over the fake-quantized graph, its observers paused."""
+    import torch
+
+    from ...core.preprocess import to_input
+
+    def runner(batch_bgr):
+        with torch.no_grad(), observers_paused(prepared):  # validation images never move a range
+            b, p = prepared(torch.from_numpy(to_input(batch_bgr, spec)))
+        return b.numpy()[:, 0], p.numpy()
+    return runner
+
+
+def _convert(prepared, model, console):
+    """(the float weights for the checkpoint, the converted graph): BN folded into the conv weights, weights
+    stored int8 with per-channel scales."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
     move_exported_model_to_eval(prepared)
     shadow = float_state_dict(prepared, model)
     if console is not None:
         console.print("converting (convert_pt2e: BatchNorm folded, int8 weights) and exporting the Q/DQ ONNX ...")
-    converted = convert_pt2e(prepared)
-    timings["convert_s"] = time.perf_counter() - t0
+    return shadow, convert_pt2e(prepared)
 
+
+def _write_output(run: _QatRun, converted, shadow: dict) -> dict:
+    """Export, convert and measure every artifact in a staging folder, seal it and put it at ``out_dir`` whole;
+    returns the final accuracy per artifact."""
+    from ...engines.torch.checkpoint import save_checkpoint, weights_terms
+
+    recipe, timings, out_dir = run.recipe, run.timings, run.out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
+        quant_info, qdq, artifacts = _export_artifacts(run, converted, staging)
         t0 = time.perf_counter()
-        quant_info = quant_metadata(recipe, {"recipe": str(recipe_path), "start": recipe["start"]})
-        # The Q/DQ graph lands where the engine whose form it is keeps its INT8 artifact (TensorRT's).
-        native = QDQ_NATIVE_ENGINE
-        qdq = export_qdq_onnx(converted, spec, staging / int8_artifact(native), recipe["export"]["opset"],
-                              recipe["export"]["dynamic_batch"], quant_info)
-        timings["export_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        artifacts = {}
-        for b in recipe["export"]["emit"]:
-            artifacts[b] = convert_qdq(qdq, b, staging / int8_artifact(b), spec)
-            artifacts[b]["path"] = int8_artifact(b)
-        if native not in recipe["export"]["emit"]:
-            kept = staging / "qdq.onnx"
-            os.replace(qdq, kept)
-            shutil.rmtree(qdq.parent, ignore_errors=True)
-            qdq = kept
-        timings["convert_artifacts_s"] = time.perf_counter() - t0
-
-        # Final accuracy of every artifact (pose and blur) through the Predictor, what users load.
-        t0 = time.perf_counter()
-        final = {}
-        for b in artifacts:
-            runner = check_runner(staging / int8_artifact(b), b)
-            final[b] = data.evaluate(runner, blur=True)
-            runner.__self__.close()  # the Predictor behind the runner
+        final = _final_accuracy(staging, artifacts, run.data)
         timings["final_eval_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - t_start
-        first = next(iter(final.values()), {})
-        meta = {"kind": "qat", "qat": quant_info, "recipe": recipe, "recipe_path": str(recipe_path),
-                "start": recipe["start"], "terms": weights_terms(start.get("meta"), shipped=recipe["start"] is None),
-                "history": history, "n_train": len(cache), "val": first,
+        timings["total_s"] = time.perf_counter() - run.t_start
+        meta = {"kind": "qat", "qat": quant_info, "recipe": recipe, "recipe_path": str(run.recipe_path),
+                "start": recipe["start"],
+                "terms": weights_terms(run.start.get("meta"), shipped=recipe["start"] is None),
+                "history": run.history, "n_train": len(run.data.cache), "val": next(iter(final.values()), {}),
                 "val_per_artifact": final, "artifacts": artifacts, "timings_s": timings,
-                "version": spec.model_version}
-        save_checkpoint(staging / "model.pt", _ShadowModule(shadow), spec, meta)
+                "version": run.spec.model_version}
+        save_checkpoint(staging / "model.pt", _ShadowModule(shadow), run.spec, meta)
         _attach_qdq(staging / "model.pt", Path(qdq).read_bytes())
         atomic_write_json(staging / QAT_RECORD, seal_record(meta, staging, skip={QAT_RECORD}))
         if out_dir.exists():
-            check_qat_out(out_dir, inputs=[recipe_path, recipe["start"]])  # it may have changed while we trained
+            check_qat_out(out_dir, inputs=[run.recipe_path, recipe["start"]])  # it may have changed while we trained
         replace_folder(staging, out_dir)
-        trained_state.unlink(missing_ok=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    if console is not None:
-        for b, res in final.items():
-            console.print(format_table(res,
-                                       title=f"QAT {b} ({int8_artifact(b)}) on split '{recipe['data']['val_split']}'"))
-        console.print(f"QAT total {timings['total_s'] / 60:.1f} min (training {timings['train_s'] / 60:.1f} min)")
-    return out_dir / "model.pt"
+    return final
+
+
+def _export_artifacts(run: _QatRun, converted, staging: Path) -> tuple[dict, Path, dict]:
+    """(quantization metadata, the Q/DQ ONNX, {engine: artifact facts}): the Q/DQ export, then each emitted
+    engine's INT8 form converted from it with the same scales."""
+    recipe, timings = run.recipe, run.timings
+    t0 = time.perf_counter()
+    quant_info = quant_metadata(recipe, {"recipe": str(run.recipe_path), "start": recipe["start"]})
+    # The Q/DQ graph lands where the engine whose form it is keeps its INT8 artifact (TensorRT's).
+    native = QDQ_NATIVE_ENGINE
+    qdq = export_qdq_onnx(converted, run.spec, staging / int8_artifact(native), recipe["export"]["opset"],
+                          recipe["export"]["dynamic_batch"], quant_info)
+    timings["export_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    artifacts = {}
+    for b in recipe["export"]["emit"]:
+        artifacts[b] = convert_qdq(qdq, b, staging / int8_artifact(b), run.spec)
+        artifacts[b]["path"] = int8_artifact(b)
+    if native not in recipe["export"]["emit"]:
+        kept = staging / "qdq.onnx"
+        os.replace(qdq, kept)
+        shutil.rmtree(qdq.parent, ignore_errors=True)
+        qdq = kept
+    timings["convert_artifacts_s"] = time.perf_counter() - t0
+    return quant_info, qdq, artifacts
+
+
+def _final_accuracy(staging: Path, artifacts: dict, data) -> dict:
+    """Final accuracy of every artifact (pose and blur) through the Predictor, what users load."""
+    final = {}
+    for b in artifacts:
+        runner = check_runner(staging / int8_artifact(b), b)
+        final[b] = data.evaluate(runner, blur=True)
+        runner.__self__.close()  # the Predictor behind the runner
+    return final
+
+
+def _print_summary(run: _QatRun, final: dict, console) -> None:
+    from ...model.evaluate import format_table
+
+    for b, res in final.items():
+        console.print(format_table(res,
+                                   title=f"QAT {b} ({int8_artifact(b)}) on split '{run.recipe['data']['val_split']}'"))
+    console.print(f"QAT total {run.timings['total_s'] / 60:.1f} min (training {run.timings['train_s'] / 60:.1f} min)")
 
 
 class _ShadowModule:

@@ -33,7 +33,8 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint or arti
     """
     check_output_file(json_out, "--json", inputs=[model, *data])
     from ..model.data import find_sets, load_samples
-    from ..model.evaluate import evaluate_crops, evaluate_samples, format_table, rendered_val
+    from ..model.evaluate import evaluate_crops, evaluate_samples, format_table
+    from ..model.render_bank import rendered_val
     from ..runtime.predictor import open_model
 
     # Check every data folder before loading a model, so a typo fails in a second.

@@ -268,6 +268,23 @@ def _load(folder: Path) -> Bank:
     return Bank(images, boxes, poses, source, folder, marks)
 
 
+def rendered_val(root, spec: ModelSpec, context: float = 1.6, console=None,
+                 limit: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Model crops and labels of the rendered wide-pose val set (val people only), or None where ``root`` has
+    no meshes. One render per near-frontal val face, |yaw| spread uniformly over 0-90 deg."""
+    from dataclasses import replace
+
+    from ..core.preprocess import crop_face
+
+    root = Path(root)
+    if not all((root / name / "mesh.npz").is_file() for name in VAL_CONFIG.sets):
+        return None
+    bank = build_bank(root, replace(VAL_CONFIG, limit=limit), spec, context, split="val", console=console,
+                      seed_offset=1)
+    crops = np.stack([crop_face(np.asarray(bank.images[j]), bank.boxes[j], spec) for j in range(len(bank))])
+    return crops, np.asarray(bank.poses, np.float32)
+
+
 def preview(bank: Bank, sources_root: str | Path, cfg: BankConfig, split: str, spec: ModelSpec, out: str | Path,
             n_faces: int = 5, per_face: int = 4) -> Path:
     """A PNG grid: each row one source face (its model crop) then renders of it, labels printed on each."""

@@ -492,8 +492,7 @@ def prepare_training_data(recipe: dict, spec: ModelSpec, root: Path, console=Non
     context = recipe["augment"]["context"]
     bank = rendered = None
     if recipe["render"]["views"] > 0:
-        from .evaluate import rendered_val
-        from .render_bank import build_bank
+        from .render_bank import build_bank, rendered_val
 
         bank = build_bank(root, bank_config(recipe), spec, context, "train", console=console)
         rendered = rendered_val(root, spec, console=console, limit=recipe["data"]["limit"])

@@ -13,7 +13,7 @@ import numpy as np
 
 from .blur import KINDS, apply_blur, blur_label, sharpness, sigma_for_label
 from .data import Sample, resolve_box
-from ..core.preprocess import crop_face, read_image
+from ..core.preprocess import crop_face, iou, read_image
 from ..core.spec import ModelSpec
 
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -183,8 +183,6 @@ DETECT_WIDE_YAW = 60.0
 def detect_samples(detector, samples: list[Sample], spec: ModelSpec):
     """(crops from detector boxes, crops from labelled boxes, matched mask, IoU of the matched box with the
     label) over full labelled images: the detection whose mapped box best overlaps the labelled box."""
-    from ..runtime.detector import iou
-
     n, s = len(samples), spec.input_size
     det_crops = np.zeros((n, s, s, 3), np.uint8)
     lab_crops = np.empty((n, s, s, 3), np.uint8)

@@ -28,7 +28,7 @@ from ..core.io import npz_shapes
 from ..core.preprocess import context_crop, context_matrix, read_image
 from ..core.recipe import read_csv_utf8
 from ..core.spec import ModelSpec
-from .data import csv_float
+from ..faces.data import csv_float
 from .profiling import N_MESH_POINTS, landmark_box, profile_face
 
 # Part of every bank's digest: bump it when rendering or view planning changes, so cached banks are rebuilt.

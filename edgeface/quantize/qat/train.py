@@ -64,7 +64,7 @@ def train_qat(recipe_path, out: str | None = None, epochs: int | None = None, li
     from ...core.spec import ModelSpec
     from ...engines.torch.checkpoint import read_checkpoint, save_checkpoint, weights_terms
     from ...engines.torch.network import build_model
-    from ...model.evaluate import format_table
+    from ...faces.evaluate import format_table
     from ...model.train import (AugmentedFaces, apply_cli_overrides, collate_batch, data_root_of,
                                 prepare_training_data, run_epoch, warmup_cosine)
 

@@ -97,7 +97,7 @@ def _frames(n_per_set: int = 2):
     """Full val frames (the detector's input) from each set, or none without ../shared/data."""
     import cv2
 
-    from edgeface.model.data import default_verify_data, find_sets, load_samples
+    from edgeface.faces.data import default_verify_data, find_sets, load_samples
 
     data = default_verify_data()
     if data is None:
@@ -121,8 +121,8 @@ def _inputs(n_per_set: int = 8):
     data = default_verify_data()
     if data is None:
         return synthetic_faces(ModelSpec(), 32), "synthetic images (no ../shared/data)"
-    from edgeface.model.data import find_sets, load_samples
-    from edgeface.model.evaluate import load_crops
+    from edgeface.faces.data import find_sets, load_samples
+    from edgeface.faces.evaluate import load_crops
 
     samples = []
     for folder in find_sets(data):

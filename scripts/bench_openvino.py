@@ -216,8 +216,8 @@ def main() -> int:
 
         # -- accuracy -----------------------------------------------------------------------------------------
         if not args.skip_accuracy:
-            from edgeface.model.data import load_samples
-            from edgeface.model.evaluate import load_crops
+            from edgeface.faces.data import load_samples
+            from edgeface.faces.evaluate import load_crops
 
             samples = []
             for name in ("pointing04", "qmul", "utkface", "celeba"):
@@ -234,7 +234,7 @@ def main() -> int:
                                  "blur_max_abs": float(np.abs(r.blur - r0.blur).max()), "n": len(crops)}
             bf16 = None
             if bf16_missing() is None:
-                from edgeface.model.evaluate import pose_metrics
+                from edgeface.faces.evaluate import pose_metrics
 
                 labels = np.array([smp.pose for smp in samples], np.float32)
                 with Predictor(paths["fp32"], backend="openvino", precision="bf16") as p:

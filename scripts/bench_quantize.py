@@ -84,8 +84,8 @@ def main():
         calib.mkdir()
         import cv2
 
-        from edgeface.model.data import load_samples
-        from edgeface.model.evaluate import load_crops
+        from edgeface.faces.data import load_samples
+        from edgeface.faces.evaluate import load_crops
         from edgeface.core.spec import ModelSpec
 
         rng = np.random.default_rng(0)

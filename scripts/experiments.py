@@ -57,8 +57,8 @@ def cpu_name() -> str:
 def measure(name: str, checkpoint: Path, data: Path, minutes: float | None, note: str,
             box_map: Path | None = None) -> dict:
     from edgeface.export.onnx import export_onnx
-    from edgeface.model.data import load_samples
-    from edgeface.model.evaluate import evaluate_detected, evaluate_samples
+    from edgeface.faces.data import load_samples
+    from edgeface.faces.evaluate import evaluate_detected, evaluate_samples
     from edgeface.runtime.detector import BOX_MAP, FaceDetector
     from edgeface.runtime.predictor import Predictor
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeface.core.preprocess import read_image
-from edgeface.model.data import find_sets, load_samples
+from edgeface.core.preprocess import iou, read_image
+from edgeface.faces.data import find_sets, load_samples
 from edgeface.model.profiling import landmark_box
 from edgeface.model.train import set_meshes
-from edgeface.runtime.detector import BOX_MAP, FaceDetector, iou, map_features, map_targets
+from edgeface.runtime.detector import BOX_MAP, FaceDetector, map_features, map_targets
 
 MATCH_IOU = 0.3
 

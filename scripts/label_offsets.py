@@ -31,8 +31,8 @@ ANGLES = ("yaw", "pitch")
 
 def main() -> int:
     from edgeface.core.errors import EdgefaceError
-    from edgeface.model.data import PERSON_OFFSET_MAX_YAW, read_labels_csv, teacher_label_offsets
-    from edgeface.model.evaluate import load_crops, run_batched
+    from edgeface.faces.data import PERSON_OFFSET_MAX_YAW, read_labels_csv, teacher_label_offsets
+    from edgeface.faces.evaluate import load_crops, run_batched
     from edgeface.runtime.predictor import open_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -35,8 +35,8 @@ def int8_artifacts() -> dict[str, str]:
 def calibration_folder(data: Path, dst: Path, num: int) -> Path:
     import cv2
 
-    from edgeface.model.data import load_samples
-    from edgeface.model.evaluate import load_crops
+    from edgeface.faces.data import load_samples
+    from edgeface.faces.evaluate import load_crops
     from edgeface.core.spec import ModelSpec
 
     dst.mkdir(parents=True, exist_ok=True)

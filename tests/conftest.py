@@ -79,8 +79,8 @@ def arts(ckpt) -> dict:
 @pytest.fixture(scope="session")
 def face_crops(shared_data) -> np.ndarray:
     """32 real 112x112 BGR face crops from the val splits (cropped by the shared crop rule)."""
-    from edgeface.model.data import load_samples
-    from edgeface.model.evaluate import load_crops
+    from edgeface.faces.data import load_samples
+    from edgeface.faces.evaluate import load_crops
     from edgeface.core.spec import ModelSpec
 
     samples = []

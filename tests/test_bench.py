@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edgeface.bench import stats
-from edgeface.model.data import default_verify_data, find_sets
+from edgeface.faces.data import default_verify_data, find_sets
 from edgeface.bench.runner import ACCURACY_KEYS, CONTRACT_KEYS, VS_FP32_KEYS, VS_REFERENCE_KEYS
 
 LATENCY_KEYS = ("p50", "p90", "p99", "mean", "min", "max")
@@ -137,7 +137,7 @@ def test_bench_accuracy_on_labelled_data(onnx_model, shared_data, tmp_path):
     assert set(row["accuracy"]) == set(ACCURACY_KEYS) and row["accuracy"]["n"] == 24
     assert row["faces"] == "pointing04 val split (pointing04:24)"
     # the same numbers edgeface.evaluate gives for the same faces and model
-    from edgeface.model.evaluate import comparison_faces, evaluate_crops
+    from edgeface.faces.evaluate import comparison_faces, evaluate_crops
     from edgeface.runtime.predictor import open_model
 
     pred, _ = open_model(str(onnx_model), "onnxruntime")

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeface.model.blur import apply_blur, blur_label, degrade, sharpness, sigma_for_label
+from edgeface.faces.blur import apply_blur, blur_label, degrade, sharpness, sigma_for_label
 from edgeface.core.errors import EdgefaceError
-from edgeface.model.pose import flip_pose, rotate_pose
+from edgeface.faces.pose import flip_pose, rotate_pose
 from edgeface.core.preprocess import crop_face, to_input
 from edgeface.core.spec import ModelSpec
 

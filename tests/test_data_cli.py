@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeface.model.data import find_sets, load_samples
+from edgeface.faces.data import find_sets, load_samples
 from edgeface.core.errors import EdgefaceError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -125,7 +125,7 @@ def test_large_frames_are_shrunk_for_detection(two_faces, monkeypatch):
 def test_detector_engines_find_the_same_faces(shared_data):
     """YuNet on onnxruntime (symbolic input size, OpenCV's decode and NMS reproduced) finds what
     cv2.FaceDetectorYN finds, to a thousandth of a pixel, on real val frames of every set."""
-    from edgeface.model.data import find_sets, load_samples
+    from edgeface.faces.data import find_sets, load_samples
 
     cv = FaceDetector(engine="opencv")
     ours = FaceDetector(engine="onnxruntime")
@@ -261,8 +261,8 @@ def test_cli_bad_inputs(tmp_path):
 
 # -- end to end accuracy and the per-stage bench (functional; the figures are in docs/frames.md) ----------------
 def test_evaluate_detected_on_a_few_val_faces(shared_data):
-    from edgeface.model.data import load_samples
-    from edgeface.model.evaluate import evaluate_detected
+    from edgeface.faces.data import load_samples
+    from edgeface.faces.evaluate import evaluate_detected
 
     samples = load_samples(shared_data / "pointing04", split="val")[::40][:8]
     with Predictor() as p:

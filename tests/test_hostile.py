@@ -347,7 +347,7 @@ def test_in_range_outputs_pass(onnx_pred):
     ("x", "1e300", "box"),
 ])
 def test_labels_out_of_range(tmp_path, col, value, match):
-    from edgeface.model.data import load_samples
+    from edgeface.faces.data import load_samples
 
     row = {"file": "a.png", "x": "1", "y": "1", "w": "10", "h": "10", "yaw": "1", "pitch": "2", "roll": "3",
            "blur": "0.5", "split": "val"}
@@ -692,7 +692,7 @@ def test_numeric_options_out_of_range(tmp_path):
 def test_csv_files_the_csv_module_refuses(tmp_path):
     """A field over the csv module's 128 kB limit used to end in a _csv.Error traceback (labels and boxes)."""
     from edgeface.cli.predict import read_boxes_csv
-    from edgeface.model.data import load_samples
+    from edgeface.faces.data import load_samples
 
     (tmp_path / "labels.csv").write_text("file,x,y,w,h,yaw\na.png,1,2,30,30," + "1" * 200000 + "\n")
     with pytest.raises(EdgefaceError, match="line 2 is not CSV") as e:
@@ -707,7 +707,7 @@ def test_csv_files_the_csv_module_refuses(tmp_path):
 @pytest.mark.parametrize("col,value", [("yaw", "abc"), ("blur", "0,5"), ("t_pitch", "12deg")])
 def test_labels_that_are_not_numbers(tmp_path, col, value):
     """A typo in a label used to read as 'unknown' (NaN) silently: the row dropped out of the metrics."""
-    from edgeface.model.data import load_samples
+    from edgeface.faces.data import load_samples
 
     row = {"file": "a.png", "x": "1", "y": "1", "w": "10", "h": "10", "yaw": "1", "pitch": "2", "roll": "3",
            "t_pitch": "", "blur": "0.5"}

@@ -1,6 +1,6 @@
 """The package's import graph, read with ``ast``: every import goes down the layers, none goes round in a circle.
 
-    core <- engines <- runtime <- remote <- model <- export <- quantize <- bench <- deploy <- fleet <- cli
+    core <- engines <- faces <- runtime <- remote <- model <- export <- quantize <- bench <- deploy <- fleet <- cli
 
 A module may import its own layer and the layers below it, never one above. Imports inside functions count
 too (they run, later). Finer than the line: ``ALLOWED`` (the picture in docs/architecture.md as data) names the
@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgeface"
-LAYERS = ("core", "engines", "runtime", "remote", "model", "export", "quantize", "bench", "deploy", "fleet", "cli")
+LAYERS = ("core", "engines", "faces", "runtime", "remote", "model", "export", "quantize", "bench", "deploy", "fleet",
+          "cli")
 TOP = len(LAYERS)  # the root package: the public API and `python -m edgeface`
 # The diagram in docs/architecture.md as data: package -> the packages it may import (its own is always allowed).
 # Only edges the tree has and the picture draws downward: a new edge (a sideways import such as bench -> export,
@@ -29,15 +30,16 @@ TOP = len(LAYERS)  # the root package: the public API and `python -m edgeface`
 ALLOWED = {
     "core": set(),
     "engines": {"core"},
+    "faces": {"core"},
     "runtime": {"core", "engines"},
     "remote": {"core"},
-    "model": {"core", "engines", "runtime"},
-    "export": {"core", "engines", "model", "runtime"},
-    "quantize": {"core", "engines", "export", "model", "runtime"},
-    "bench": {"core", "engines", "model", "remote", "runtime"},
-    "deploy": {"bench", "core", "engines", "model", "quantize", "remote", "runtime"},
+    "model": {"core", "engines", "faces"},
+    "export": {"core", "engines", "faces", "runtime"},
+    "quantize": {"core", "engines", "export", "faces", "model", "runtime"},
+    "bench": {"core", "engines", "faces", "remote", "runtime"},
+    "deploy": {"bench", "core", "engines", "faces", "quantize", "remote", "runtime"},
     "fleet": {"core", "deploy", "runtime"},
-    "cli": {"bench", "core", "deploy", "engines", "export", "fleet", "model", "quantize", "runtime"},
+    "cli": {"bench", "core", "deploy", "engines", "export", "faces", "fleet", "model", "quantize", "runtime"},
     "edgeface": {"cli", "core", "runtime"},
 }
 # Known exceptions (issue 25: "an engine is its package plus one registry entry" will remove them): the engine
@@ -57,7 +59,7 @@ KNOWN_UPWARD = {
 TORCH_ALLOWED = ("edgeface.engines.torch", "edgeface.model", "edgeface.export", "edgeface.quantize.qat")
 # What a device installs imports no optional package at module level (a Pi's ncnn install has no onnx, no
 # torch), except inside the engine package that needs it.
-DEVICE_LAYERS = ("core", "engines", "runtime")
+DEVICE_LAYERS = ("core", "engines", "faces", "runtime")
 OPTIONAL = {"onnx": None, "onnxruntime": "onnxruntime", "ncnn": "ncnn", "tensorrt": "tensorrt", "pycuda": "tensorrt",
             "cuda": "tensorrt", "torch": "torch", "torchao": "torch"}
 

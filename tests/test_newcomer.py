@@ -305,7 +305,7 @@ def test_bench_over_ssh_sends_the_faces_bench_measures_here(shared_data, tmp_pat
     import tarfile
 
     from edgeface.bench.remote import _add_data
-    from edgeface.model.evaluate import comparison_samples
+    from edgeface.faces.evaluate import comparison_samples
 
     a = _small_set(shared_data, "pointing04", tmp_path / "sets" / "p04", n=10)
     _small_set(shared_data, "qmul", tmp_path / "sets" / "qmul", n=10)

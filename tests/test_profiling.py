@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from edgeface.core.errors import EdgefaceError
-from edgeface.model.evaluate import pose_metrics
-from edgeface.model.pose import matrix_to_pose, pose_to_matrix
+from edgeface.faces.evaluate import pose_metrics
+from edgeface.faces.pose import matrix_to_pose, pose_to_matrix
 from edgeface.model.profiling import profile_face, to_camera
 from edgeface.model.render_bank import BankConfig, build_bank, preview, read_mesh_file, read_sources
 from edgeface.core.spec import ModelSpec
@@ -216,7 +216,7 @@ def test_training_crops_use_the_landmark_box_at_its_rate(shared_data):
     """augment.landmark_box_p frames that share of crops by the landmark box (where the mesh is known) and
     the rest by the set's box; 0 leaves training as it was."""
     from edgeface.core.preprocess import crop_face
-    from edgeface.model.data import load_samples
+    from edgeface.faces.data import load_samples
     from edgeface.model.train import TRAIN_SCHEMA, AugmentedFaces, CropCache, set_meshes
 
     spec = ModelSpec(input_size=112)
@@ -239,8 +239,8 @@ def test_training_crops_use_the_landmark_box_at_its_rate(shared_data):
 def test_in_the_wild_nuisances_hide_or_shrink_the_face_and_drop_the_blur_label(shared_data):
     """occlude_p hides a rectangle of the crop; lowres_p shrinks the face and back, and such a crop carries
     no blur label (its softness is not a blur the model should score)."""
-    from edgeface.model.blur import sharpness
-    from edgeface.model.data import load_samples
+    from edgeface.faces.blur import sharpness
+    from edgeface.faces.data import load_samples
     from edgeface.model.train import TRAIN_SCHEMA, AugmentedFaces, CropCache
 
     spec = ModelSpec(input_size=112)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeface.model.pose import matrix_to_pose, pose_to_matrix
+from edgeface.faces.pose import matrix_to_pose, pose_to_matrix
 
 torch = pytest.importorskip("torch")
 
@@ -31,7 +31,7 @@ def test_decode_recovers_the_pose_para_angles():
     poses = _poses(500)
     decoded = matrix_columns_to_euler(*rot6d_to_matrix_columns(torch.from_numpy(_six_d(poses)))).numpy()
     assert np.abs(decoded - poses).max() < 0.01
-    # and the convention is model.pose's: matrix_to_pose inverts the same matrices
+    # and the convention is faces.pose's: matrix_to_pose inverts the same matrices
     assert np.allclose([matrix_to_pose(pose_to_matrix(*p)) for p in poses[:20]], poses[:20], atol=1e-6)
 
 

@@ -73,6 +73,7 @@ def test_runtime_imports_predicts_and_verifies_a_bundle_without_torch(tmp_path):
         import edgeface, edgeface.runtime
         import edgeface.engines.onnxruntime, edgeface.engines.onnxruntime.runner
         import edgeface.engines.ncnn, edgeface.engines.ncnn.runner
+        import edgeface.faces.data, edgeface.faces.blur, edgeface.faces.pose, edgeface.faces.evaluate  # bench --data
         from edgeface import Predictor
         from edgeface.core.artifact import WEIGHTS_DIR, read_onnx_spec
         from edgeface.runtime.bundle import open_bundle, write_manifest

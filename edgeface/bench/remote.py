@@ -55,9 +55,9 @@ def _add_artifact(tar: tarfile.TarFile, artifact: str, prefix: str) -> str:
 
 def _add_data(tar: tarfile.TarFile, data: str, split: Optional[str], limit: Optional[int]) -> str:
     """Each labelled set of ``data`` (a set or a folder of sets) as data/SET/: its labels.csv rewritten to the rows
-    bench would measure here (``model.evaluate.comparison_samples``: the split, --limit of each set by the same
+    bench would measure here (``faces.evaluate.comparison_samples``: the split, --limit of each set by the same
     seed) and only their images."""
-    from ..model.evaluate import comparison_samples
+    from ..faces.evaluate import comparison_samples
 
     for folder, samples in comparison_samples(data, per_set=limit, split=split or None):
         picked = {Path(s.path).resolve() for s in samples}

@@ -32,7 +32,7 @@ from . import stats
 CONTRACT_KEYS = ("artifact", "backend", "precision", "batch", "threads", "latency_ms", "throughput_ips", "load_ms",
                  "first_inference_ms", "peak_rss_mb", "size_mb", "accuracy", "vs_reference", "device")
 ACCURACY_KEYS = ("yaw_mae", "pitch_mae", "roll_mae", "mean_mae", "blur_mae", "blur_spearman", "n")
-VS_REFERENCE_KEYS = ("pose_max_abs", "pose_mean_abs", "blur_max_abs")  # the contract's; model.evaluate.vs_fp32 adds
+VS_REFERENCE_KEYS = ("pose_max_abs", "pose_mean_abs", "blur_max_abs")  # the contract's; faces.evaluate.vs_fp32 adds
 VS_FP32_KEYS = ("n_faces", "pose_max_abs", "pose_mean_abs", "pose_p99_abs", "blur_max_abs", "blur_mean_abs",
                 "pose_mae", "fp32_pose_mae")
 REFERENCE_INPUTS = 64  # synthetic crops for the vs-reference check when no labelled faces are found
@@ -151,7 +151,7 @@ def _synthetic_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
 def check_labelled(data: str, split: Optional[str]) -> None:
     """--data before any work: a set or a folder of sets (as `eval` takes); one without labels, or without any pose
     label, is refused in one line."""
-    from ..model.data import find_sets, load_samples
+    from ..faces.data import find_sets, load_samples
 
     for folder in find_sets(data):
         samples = load_samples(folder, split=split or None, require_labels=True)
@@ -173,8 +173,8 @@ def artifact_label(artifact: str) -> str:
 
 def vs_reference(out: dict, ref: dict, truth=None) -> dict:
     """A row's ``vs_reference``: the deviation of an artifact's outputs from the reference's (the contract's keys),
-    and beside them what quantize and deploy print (``model.evaluate.vs_fp32``: face count, p99, both MAEs)."""
-    from ..model.evaluate import vs_fp32
+    and beside them what quantize and deploy print (``faces.evaluate.vs_fp32``: face count, p99, both MAEs)."""
+    from ..faces.evaluate import vs_fp32
 
     return vs_fp32(out["blur"], out["pose"], ref["blur"], ref["pose"], truth)
 
@@ -376,8 +376,8 @@ def bench_faces(cfg: BenchConfig, spec) -> tuple[Optional[np.ndarray], Optional[
     """(crops, poses, name) of the faces accuracy and the deviation from FP32 are measured on: --data (a set or a
     folder of sets, as `eval` takes; --limit faces of each), else the default comparison faces (the val splits
     of the shared data pack, as deploy verifies and quantize compares on), else (none here) (None, None, why)."""
-    from ..model.data import default_verify_data
-    from ..model.evaluate import COMPARISON_FACES_PER_SET, comparison_faces
+    from ..faces.data import default_verify_data
+    from ..faces.evaluate import COMPARISON_FACES_PER_SET, comparison_faces
 
     if cfg.data:
         return comparison_faces(cfg.data, spec, per_set=cfg.limit, split=cfg.split)

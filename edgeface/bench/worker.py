@@ -83,14 +83,14 @@ class Subject:
 
     def outputs(self, out):
         """Raw outputs on the reference inputs, saved for the parent's vs-reference comparison."""
-        from ..model.evaluate import run_batched
+        from ..faces.evaluate import run_batched
 
         blur, pose = run_batched(self.predictor.blur_and_pose, self.inputs["reference"])
         np.savez(out, blur=blur, pose=pose)
         return {}
 
     def accuracy(self):
-        from ..model.evaluate import evaluate_crops
+        from ..faces.evaluate import evaluate_crops
 
         return {"accuracy": evaluate_crops(self.predictor.blur_and_pose, self.inputs["eval"],
                                            self.inputs["eval_pose"])}

@@ -153,7 +153,7 @@ def _print_results(rows: list[dict], warnings: list[str], cfg, *, host, json_out
 
 def vs_fp32_lines(rows: list[dict]) -> list[str]:
     """Per artifact (not the reference itself), the line quantize and deploy print for the same faces."""
-    from ..model.evaluate import format_vs_fp32
+    from ..faces.evaluate import format_vs_fp32
 
     out, seen = [], set()
     for r in rows:

@@ -33,8 +33,9 @@ def command(model: Optional[str] = typer.Argument(None, help="Checkpoint or arti
     people's near-frontal faces re-rendered at |yaw| 0-90 deg from their meshes (a visible proxy for wide poses).
     """
     check_output_file(json_out, "--json", inputs=[model, *data])
-    from ..model.data import find_sets, load_samples
-    from ..model.evaluate import evaluate_crops, evaluate_samples, format_table, rendered_val
+    from ..faces.data import find_sets, load_samples
+    from ..faces.evaluate import evaluate_crops, evaluate_samples, format_table
+    from ..model.render_bank import rendered_val
     from ..runtime.predictor import open_model
 
     # Check every data folder before loading a model, so a typo fails in a second.
@@ -77,7 +78,7 @@ def set_progress(n_sets: int):
 def _detect(pred, label, sets, split, json_out) -> None:
     from rich.table import Table
 
-    from ..model.evaluate import evaluate_detected
+    from ..faces.evaluate import evaluate_detected
     from ..runtime.detector import FaceDetector
 
     det = FaceDetector()

@@ -46,7 +46,7 @@ def command(model: Optional[str] = typer.Argument(None,
               eval_data=eval_data, stats_cache=stats_cache, ort_format=ort_format, force=force, console=console)
     from rich.table import Table
 
-    from ..model.evaluate import format_vs_fp32
+    from ..faces.evaluate import format_vs_fp32
 
     faces = rep["vs_fp32_faces"]
     t = Table(title=f"INT8 ({method}) vs FP32 on {faces}")

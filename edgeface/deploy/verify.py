@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core.compare import abs_deviation, deviation
 from ..engines import registry
-from ..model.data import default_verify_data, synthetic_faces  # noqa: F401 - deploy's API
+from ..faces.data import default_verify_data, synthetic_faces  # noqa: F401 - deploy's API
 from ..runtime.bundle import ANY_DEVICE, open_bundle
 from ..runtime.predictor import Predictor
 
@@ -25,18 +25,18 @@ BUDGET_KEYS = ("pose_max_abs", "pose_p99_abs", "pose_mean_abs", "blur_max_abs", 
 
 def load_verify_set(data: Optional[Path], spec, per_set: int = VERIFY_PER_SET, seed: int = 0):
     """(crops uint8 BGR, poses (N, 3) with NaN where unknown, description). Held-out = the val split: the faces
-    quantize and bench compare INT8 with FP32 on by default too (``model.evaluate.comparison_faces``)."""
+    quantize and bench compare INT8 with FP32 on by default too (``faces.evaluate.comparison_faces``)."""
     if data is None:
         return synthetic_faces(spec), np.full((48, 3), np.nan, np.float32), \
             "synthetic images (no held-out faces found; pass --verify-data DIR)"
-    from ..model.evaluate import comparison_faces
+    from ..faces.evaluate import comparison_faces
 
     return comparison_faces(data, spec, per_set, seed)
 
 
 def verify_bundle(runner, reference, crops: np.ndarray, poses: np.ndarray, budget: dict) -> dict:
     """Compare a bundle's outputs with the FP32 reference on faces and on synthetic blur; check the budget."""
-    from ..model.evaluate import pose_metrics, run_batched, spearman, synthetic_blur_set, vs_fp32
+    from ..faces.evaluate import pose_metrics, run_batched, spearman, synthetic_blur_set, vs_fp32
 
     ref_b, ref_p = run_batched(reference, crops)
     art_b, art_p = run_batched(runner, crops)
@@ -102,7 +102,7 @@ def bundle_runner(bundle: Path, target: dict):
 def verify_line(v: dict) -> str:
     """What verification measured, for the terminal: the comparison on the faces (the line quantize and bench
     print for the same faces), then the target's budget with its limits beside the figures it checks."""
-    from ..model.evaluate import format_vs_fp32
+    from ..faces.evaluate import format_vs_fp32
 
     b = v["budget"]
     limits = ", ".join(f"{k.replace('_abs', '').replace('_', ' ')} {v[k]:.2f} {'≤' if v[k] <= b[k] else '>'} {b[k]:g}"

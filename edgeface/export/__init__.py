@@ -111,8 +111,8 @@ def check_source_outputs(model=None, per_set: int = 8) -> None:
 
 
 def _check_faces(spec, per_set: int):
-    from ..model.data import default_verify_data, find_sets, load_samples, synthetic_faces
-    from ..model.evaluate import load_crops
+    from ..faces.data import default_verify_data, find_sets, load_samples, synthetic_faces
+    from ..faces.evaluate import load_crops
 
     data = default_verify_data()
     samples = []

@@ -1,11 +1,7 @@
-"""Training and evaluation of the model (the network itself is ``edgeface.engines.torch.network``).
+"""Training the model (the network itself is ``edgeface.engines.torch.network``; labelled data, blur and pose
+definitions and evaluation are ``edgeface.faces``).
 
-    data.py      readers for labelled face sets (labels.csv, AFLW2000-3D, image folders) -> Sample
-    blur.py      synthetic blur and the blur score's definition (numpy / OpenCV)
-    pose.py      head-pose rotation algebra (numpy)
-    evaluate.py  accuracy on labelled sets through any runner (torch, or any engine via the Predictor)
-    train.py     FP32 training from a recipe (torch)
-
-Only train.py needs torch (imported inside it): data, blur, pose and evaluate run on a torch-free device,
-which is where `edgeface bench --data` measures accuracy.
+    train.py        FP32 training from a recipe (torch, imported inside it)
+    profiling.py    re-rendering a face at a new head rotation from its mesh (numpy / OpenCV / SciPy)
+    render_bank.py  the cached bank of re-rendered faces for training, and the rendered wide-pose val set
 """

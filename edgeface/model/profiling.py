@@ -35,7 +35,7 @@ import numpy as np
 
 from ..core.errors import EdgefaceError
 from ..core.preprocess import check_image
-from .pose import matrix_to_pose, pose_to_matrix
+from ..faces.pose import matrix_to_pose, pose_to_matrix
 
 N_MESH_POINTS = 468
 # MediaPipe FaceMesh's face-oval contour (landmark indices, in order around the face).

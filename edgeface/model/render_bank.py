@@ -28,7 +28,7 @@ from ..core.io import npz_shapes
 from ..core.preprocess import context_crop, context_matrix, read_image
 from ..core.recipe import read_csv_utf8
 from ..core.spec import ModelSpec
-from .data import csv_float
+from ..faces.data import csv_float
 from .profiling import N_MESH_POINTS, landmark_box, profile_face
 
 # Part of every bank's digest: bump it when rendering or view planning changes, so cached banks are rebuilt.
@@ -266,6 +266,23 @@ def _load(folder: Path) -> Bank:
     if not (len(images) == len(boxes) == len(poses) == len(source) == len(marks)):
         raise EdgefaceError(f"cached render bank {folder} is inconsistent; delete the folder and it is rebuilt")
     return Bank(images, boxes, poses, source, folder, marks)
+
+
+def rendered_val(root, spec: ModelSpec, context: float = 1.6, console=None,
+                 limit: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Model crops and labels of the rendered wide-pose val set (val people only), or None where ``root`` has
+    no meshes. One render per near-frontal val face, |yaw| spread uniformly over 0-90 deg."""
+    from dataclasses import replace
+
+    from ..core.preprocess import crop_face
+
+    root = Path(root)
+    if not all((root / name / "mesh.npz").is_file() for name in VAL_CONFIG.sets):
+        return None
+    bank = build_bank(root, replace(VAL_CONFIG, limit=limit), spec, context, split="val", console=console,
+                      seed_offset=1)
+    crops = np.stack([crop_face(np.asarray(bank.images[j]), bank.boxes[j], spec) for j in range(len(bank))])
+    return crops, np.asarray(bank.poses, np.float32)
 
 
 def preview(bank: Bank, sources_root: str | Path, cfg: BankConfig, split: str, spec: ModelSpec, out: str | Path,

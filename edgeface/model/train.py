@@ -15,9 +15,9 @@ from ..core.preprocess import context_crop, context_matrix, crop_face, read_imag
 from ..core.limits import short
 from ..core.recipe import REQUIRED, load_yaml, read_csv_utf8, validate
 from ..core.spec import CropRule, ModelSpec
-from .blur import degrade, random_blur, sharpness
-from .data import Sample, load_samples
-from .pose import rotate_pose
+from ..faces.blur import degrade, random_blur, sharpness
+from ..faces.data import Sample, load_samples
+from ..faces.pose import rotate_pose
 from .profiling import landmark_box
 
 TRAIN_SCHEMA = {
@@ -340,7 +340,7 @@ def masked_losses(blur_pred, pose_pred, blur_t, pose_t, beta: float):
 
 
 def pose_matrices(poses):
-    """(N, 3, 3) rotations of (N, 3) yaw, pitch, roll in degrees, as ``model.pose.pose_to_matrix`` (torch)."""
+    """(N, 3, 3) rotations of (N, 3) yaw, pitch, roll in degrees, as ``faces.pose.pose_to_matrix`` (torch)."""
     import torch
 
     y, p, r = (torch.deg2rad(poses[:, i]) for i in range(3))
@@ -450,7 +450,7 @@ class TrainingData:
     dev_sets: dict[str, list[Sample]] = None  # real photos for model selection (data.dev_sets), never trained on
 
     def evaluate(self, runner, blur: bool) -> dict[str, dict]:
-        from .evaluate import evaluate_crops, evaluate_samples
+        from ..faces.evaluate import evaluate_crops, evaluate_samples
 
         out = {name: evaluate_samples(runner, s, self.cache.spec, blur=blur, seed=0)
                for name, s in {**self.val_sets, **(self.dev_sets or {})}.items() if s}
@@ -492,8 +492,7 @@ def prepare_training_data(recipe: dict, spec: ModelSpec, root: Path, console=Non
     context = recipe["augment"]["context"]
     bank = rendered = None
     if recipe["render"]["views"] > 0:
-        from .evaluate import rendered_val
-        from .render_bank import build_bank
+        from .render_bank import build_bank, rendered_val
 
         bank = build_bank(root, bank_config(recipe), spec, context, "train", console=console)
         rendered = rendered_val(root, spec, console=console, limit=recipe["data"]["limit"])
@@ -674,7 +673,7 @@ def train(recipe_path, out: str | None = None, epochs: int | None = None, limit:
 
     from ..engines.torch.checkpoint import save_checkpoint
     from ..engines.torch.network import build_model
-    from .evaluate import format_table
+    from ..faces.evaluate import format_table
 
     recipe = _train_recipe(recipe_path, epochs, epoch_size, limit, data_root, init, seed)
     t = recipe["train"]

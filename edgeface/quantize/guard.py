@@ -13,7 +13,7 @@ import numpy as np
 from ..core.compare import deviation as output_deviation
 from ..core.spec import ModelSpec
 from ..engines import registry
-from ..model.evaluate import Runner, evaluate_crops, run_batched
+from ..faces.evaluate import Runner, evaluate_crops, run_batched
 from ..runtime.predictor import Predictor
 
 POSE_BUDGET_DEG = 0.5   # allowed rise of pose mean MAE over FP32
@@ -41,8 +41,8 @@ def load_eval_sets(folder, spec: ModelSpec, split: str = "val", per_set: int | N
     """{set name: (crops, poses)} from a labelled set or a folder of sets (the ``split`` rows)."""
     import random
 
-    from ..model.data import find_sets, load_samples
-    from ..model.evaluate import load_crops
+    from ..faces.data import find_sets, load_samples
+    from ..faces.evaluate import load_crops
 
     out = {}
     for folder_ in find_sets(folder):

@@ -279,8 +279,8 @@ def compare_with_fp32(model, spec, runners: dict, eval_data, calib_set, out: Opt
     against the FP32 checkpoint in torch (deploy's reference), or the FP32 ONNX when that is the model given.
     ``out``: each backend's folder there gets int8_disagreement.png, the faces where INT8 disagrees most."""
     from ..runtime.stream import DISAGREEMENT_PNG, write_disagreement
-    from ..model.data import default_verify_data
-    from ..model.evaluate import comparison_faces, run_batched, vs_fp32
+    from ..faces.data import default_verify_data
+    from ..faces.evaluate import comparison_faces, run_batched, vs_fp32
     from ..runtime.predictor import open_model
 
     data = eval_data or default_verify_data()

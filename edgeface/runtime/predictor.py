@@ -234,7 +234,7 @@ class Predictor:
 
     def blur_and_pose(self, crops, rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(blur (N,), pose (N, 3)) for crops: the "runner" form evaluation, deploy's verification, bench
-        and quantize's accuracy guard measure any model through (``edgeface.model.evaluate.Runner``)."""
+        and quantize's accuracy guard measure any model through (``edgeface.faces.evaluate.Runner``)."""
         r = self.predict(crops, rgb=rgb)
         return r.blur, r.pose
 

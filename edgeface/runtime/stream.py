@@ -18,7 +18,8 @@ import numpy as np
 from ..core.errors import EdgefaceError
 from ..core.io import native_path, silence_native_stderr
 from ..core.limits import MAX_CAMERA_INDEX
-from .detector import iou, quiet_opencv
+from ..core.preprocess import iou
+from .detector import quiet_opencv
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 

@@ -72,7 +72,7 @@ def rot6d_to_matrix_columns(r6):
 
 
 def matrix_columns_to_euler(c1, c2, c3):
-    """(N, 3) yaw, pitch, roll in degrees, in the Pose_Para convention of ``model.pose``:
+    """(N, 3) yaw, pitch, roll in degrees, in the Pose_Para convention of ``faces.pose``:
     R = Rx(-pitch) Ry(-yaw) Rz(-roll), so R02 = -sin yaw, R12 / R22 = tan pitch, R01 / R00 = tan roll.
 
     atan of a ratio stands in for atan2: faces have |pitch|, |roll| < 90 deg, where R22 and R00 are positive;

@@ -20,7 +20,7 @@ import numpy as np
 from ...core.errors import EdgefaceError
 from ...core.preprocess import check_crops, crop_face, read_image
 from ...core.spec import ModelSpec
-from ...model.data import IMAGE_EXTS, load_samples, resolve_box
+from ...faces.data import IMAGE_EXTS, load_samples, resolve_box
 
 DEFAULT_NUM = 300
 DEFAULT_SEED = 0

@@ -298,7 +298,7 @@ def _final_accuracy(staging: Path, artifacts: dict, data) -> dict:
 
 
 def _print_summary(run: _QatRun, final: dict, console) -> None:
-    from ...model.evaluate import format_table
+    from ...faces.evaluate import format_table
 
     for b, res in final.items():
         console.print(format_table(res,

@@ -13,7 +13,7 @@ import numpy as np
 
 from .blur import KINDS, apply_blur, blur_label, sharpness, sigma_for_label
 from .data import Sample, resolve_box
-from ..core.preprocess import crop_face, read_image
+from ..core.preprocess import crop_face, iou, read_image
 from ..core.spec import ModelSpec
 
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -175,25 +175,6 @@ def format_table(results: dict[str, dict], title: str = "accuracy"):
     return table
 
 
-def rendered_val(root, spec: ModelSpec, context: float = 1.6, console=None,
-                 limit: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-    """Model crops and labels of the rendered wide-pose val set (val people only), or None where ``root`` has
-    no meshes. One render per near-frontal val face, |yaw| spread uniformly over 0-90 deg."""
-    from pathlib import Path
-
-    from .render_bank import VAL_CONFIG, build_bank
-
-    root = Path(root)
-    if not all((root / name / "mesh.npz").is_file() for name in VAL_CONFIG.sets):
-        return None
-    from dataclasses import replace
-
-    bank = build_bank(root, replace(VAL_CONFIG, limit=limit), spec, context, split="val", console=console,
-                      seed_offset=1)
-    crops = np.stack([crop_face(np.asarray(bank.images[j]), bank.boxes[j], spec) for j in range(len(bank))])
-    return crops, np.asarray(bank.poses, np.float32)
-
-
 # -- end to end: detector -> crop -> model ---------------------------------------------------------------------
 DETECT_MATCH_IOU = 0.3  # a detection is the labelled face when its training-convention box overlaps this much
 DETECT_WIDE_YAW = 60.0
@@ -202,8 +183,6 @@ DETECT_WIDE_YAW = 60.0
 def detect_samples(detector, samples: list[Sample], spec: ModelSpec):
     """(crops from detector boxes, crops from labelled boxes, matched mask, IoU of the matched box with the
     label) over full labelled images: the detection whose mapped box best overlaps the labelled box."""
-    from ..runtime.detector import iou
-
     n, s = len(samples), spec.input_size
     det_crops = np.zeros((n, s, s, 3), np.uint8)
     lab_crops = np.empty((n, s, s, 3), np.uint8)

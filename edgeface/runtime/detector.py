@@ -10,8 +10,8 @@ data pack's train split (``scripts/fit_box_map.py``), shipped as a few numbers i
 
 Engines: ``cv2.FaceDetectorYN`` runs everywhere (OpenCV is a core dependency). Where onnxruntime is installed,
 ``engine="auto"`` runs the same network on it, at the frame's own size, with OpenCV's decode and NMS
-reproduced here: on the same pixels onnxruntime's inference alone took half the time of FaceDetectorYN
-(``scripts/bench_detector.py``, docs/frames.md). Torch-free: numpy, OpenCV, optionally onnxruntime.
+reproduced here: on the same pixels onnxruntime's inference is faster than FaceDetectorYN's
+(``scripts/bench_detector.py``; the figures are in docs/frames.md). Torch-free: numpy, OpenCV, optionally onnxruntime.
 """
 from __future__ import annotations
 

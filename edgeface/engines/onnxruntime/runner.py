@@ -2,10 +2,10 @@
 onnxruntime has them (onnxruntime-gpu). Full graph optimizations, the thread count honoured.
 
 A float-input artifact gets its preprocessing folded in at load time (``core.fold.prepend_preprocess``, in
-memory; the file is untouched), so the session takes the uint8 NHWC BGR crops as they are. Measured on
-2 x86 cores at batch 32 (``scripts/bench_predictor.py``, three runs): numpy's ``to_input`` before the run
-cost 11-14 % of the raw session's throughput, the folded graph 0.5-11 % (median 3.6 %). A graph whose input
-is not one float32 tensor is left as it is. ``fold_preprocess=False`` keeps the float input.
+memory; the file is untouched), so the session takes the uint8 NHWC BGR crops as they are: ORT's threads
+do the preprocessing, and numpy's ``to_input`` beside the session cost more of its throughput than the folded
+graph does (``scripts/bench_predictor.py``; the figures are in docs/figures.md). A graph whose input is not one
+float32 tensor is left as it is. ``fold_preprocess=False`` keeps the float input.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class OnnxRuntimeBackend(Backend):
     nodes as written, around float operators, instead of fusing them into onnxruntime's int8 kernels. That
     is the quantized graph's exact arithmetic, which is what checking another engine's INT8 form here
     needs: on x86 CPUs without VNNI those int8 kernels saturate intermediate sums, and S8S8 graphs deviate
-    about twice as far from FP32 as the graph itself does)."""
+    further from FP32 than the graph itself does; docs/figures.md)."""
 
     name = "onnxruntime"
     OPTIONS = frozenset({"providers", "allow_spinning", "optimized_model_path", "fold_preprocess", "simulate_qdq"})

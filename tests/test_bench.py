@@ -22,6 +22,7 @@ LATENCY_KEYS = ("p50", "p90", "p99", "mean", "min", "max")
 
 @pytest.fixture(scope="module")
 def onnx_model(checkpoint, tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
     from edgeface.export import export_onnx
 
     return Path(export_onnx(checkpoint, tmp_path_factory.mktemp("bench") / "model.onnx"))

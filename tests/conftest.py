@@ -42,7 +42,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def random_checkpoint(path: Path, width: float = 0.25, seed: int = 0) -> Path:
-    import torch
+    torch = pytest.importorskip("torch")
 
     from edgeface.engines.torch.checkpoint import save_checkpoint
     from edgeface.engines.torch.network import build_model
@@ -71,6 +71,7 @@ def ckpt(checkpoint) -> str:
 @pytest.fixture(scope="session")
 def arts(ckpt) -> dict:
     """Artifacts exported once per session from ``ckpt`` (ONNX, folded ONNX, ncnn fp32/fp16)."""
+    pytest.importorskip("torch")
     from export_cache import exported
 
     return exported(ckpt)

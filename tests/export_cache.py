@@ -55,7 +55,9 @@ def parity_checkpoint(checkpoint: str) -> str:
         return checkpoint
     import math
 
-    import torch
+    import pytest
+
+    torch = pytest.importorskip("torch")
 
     from edgeface.engines.torch.checkpoint import save_checkpoint
     from edgeface.engines.torch.network import build_model

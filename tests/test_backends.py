@@ -7,6 +7,8 @@ are printed (``pytest -s``) and recorded as junit properties.
 from __future__ import annotations
 
 import importlib.util
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,6 +110,29 @@ def test_onnxruntime_session_options(arts):
         if "CUDAExecutionProvider" in ort.get_available_providers():
             pytest.skip("CUDA is available here")
         Predictor(arts["onnx"], backend="onnxruntime", providers=["CUDAExecutionProvider"])
+
+
+def test_one_onnxruntime_session_factory():
+    """The runner, the face detector and calibration statistics all set up their sessions through
+    engines/onnxruntime/session.py: nothing else builds an InferenceSession or its options."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from edgeface.engines.onnxruntime.session import make_session
+
+    pkg = Path(__file__).resolve().parents[1] / "edgeface"
+    builders = sorted(str(f.relative_to(pkg)) for f in pkg.rglob("*.py")
+                      if re.search(r"\b(InferenceSession|SessionOptions)\(", f.read_text(encoding="utf-8")))
+    assert builders == [str(Path("engines/onnxruntime/session.py"))]
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    so = make_session(model.SerializeToString(), threads=2, optimize=False).get_session_options()
+    assert so.intra_op_num_threads == 2 and so.inter_op_num_threads == 1 and so.log_severity_level == 3
+    assert so.graph_optimization_level.name == "ORT_DISABLE_ALL"
 
 
 def test_onnxruntime_can_run_qdq_as_written(arts):

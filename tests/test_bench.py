@@ -22,6 +22,7 @@ LATENCY_KEYS = ("p50", "p90", "p99", "mean", "min", "max")
 
 @pytest.fixture(scope="module")
 def onnx_model(checkpoint, tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
     from edgeface.export import export_onnx
 
     return Path(export_onnx(checkpoint, tmp_path_factory.mktemp("bench") / "model.onnx"))
@@ -43,6 +44,27 @@ def test_latency_stats_match_an_independent_implementation():
     assert got["mean"] == pytest.approx(statistics.fmean(ms)) and got["min"] == min(ms) and got["max"] == max(ms)
     assert stats.latency_stats(list(range(1_000_000, 101_000_000, 1_000_000)))["p90"] == pytest.approx(90.1)
     assert stats.throughput([2_000_000] * 10, batch=8) == pytest.approx(4000.0)  # 8 images per 2 ms
+
+
+def test_interleaved_rounds_change_who_goes_first():
+    """One scheduler for bench (rotating) and deploy's engine choice (alternating, for a time with a floor)."""
+    seen: list[tuple[str, int]] = []
+
+    def turn(s, r):
+        seen.append((s, r))
+        return f"{s}{r}"
+
+    got = stats.interleaved_rounds("ABC", turn, rounds=3)
+    assert "".join(s for s, _ in seen) == "ABCBCACAB"
+    assert got == [["A0", "A1", "A2"], ["B0", "B1", "B2"], ["C0", "C1", "C2"]]
+    seen.clear()
+    stats.interleaved_rounds("ABC", turn, rounds=3, order="reverse")
+    assert "".join(s for s, _ in seen) == "ABCCBAABC"
+    seen.clear()
+    got = stats.interleaved_rounds("AB", turn, seconds=0.0, min_rounds=4, order="reverse")
+    assert len(got[0]) == len(got[1]) == 4 and "".join(s for s, _ in seen) == "ABBAABBA"
+    with pytest.raises(ValueError):
+        stats.interleaved_rounds("AB", turn, rounds=2, seconds=1.0)
 
 
 def test_timing_agrees_with_independent_perf_counter_on_a_real_artifact(onnx_model, synthetic_crops):

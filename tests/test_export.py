@@ -24,6 +24,7 @@ from export_cache import exported, parity_checkpoint
 
 @pytest.fixture(scope="module")
 def arts(checkpoint):
+    pytest.importorskip("torch")
     return exported(parity_checkpoint(str(checkpoint)))
 
 

@@ -73,6 +73,7 @@ PidFile {d / 'sshd.pid'}
 
 @pytest.fixture(scope="module")
 def onnx_model(checkpoint, tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
     from edgeface.export import export_onnx
 
     return Path(export_onnx(checkpoint, tmp_path_factory.mktemp("ssh_art") / "model.onnx"))

@@ -245,6 +245,7 @@ def test_static_batch_onnx_pins_the_profile():
 # -- ONNX preflight on real exported models -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, request):
+    pytest.importorskip("torch")
     from conftest import random_checkpoint
     from edgeface.export import export_onnx
 

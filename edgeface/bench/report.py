@@ -221,7 +221,7 @@ def plot_accuracy_latency(rows: list[dict], path: Path) -> Optional[tuple[float,
             ax.set_xlabel(f"latency p50 per call (ms), batch {b0}, {t0 or 'auto'} thread(s); bar: min to p90")
             ax.set_ylabel("pose mean MAE (degrees, lower is better)")
             ax.set_xlim(left=0, right=max(r["latency_ms"]["p90"] for r in have) * 1.3)
-            # A zero-based axis: a 0.09° difference between engines must look as small as it is.
+            # A zero-based axis: a hundredth-of-a-degree difference between engines must look as small as it is.
             ys = [r["accuracy"]["mean_mae"] for r in have]
             ax.set_ylim(0, max(ys) * 1.25)
             limits = tuple(float(v) for v in ax.get_ylim())

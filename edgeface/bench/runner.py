@@ -276,22 +276,22 @@ def _bench_configuration(run: _Run, threads: int, batch: int, first: bool, label
 
 
 def _interleaved_rounds(run: _Run, workers: list, batch: int) -> list[list[int]]:
-    """Each worker's call times (ns) over ``cfg.rounds`` rounds; who goes first rotates, so no one always follows
-    another."""
+    """Each worker's call times (ns) over ``cfg.rounds`` rounds (``stats.interleaved_rounds``); who goes first
+    rotates, so no one always follows another."""
     cfg = run.cfg
-    timings: list[list[int]] = [[] for _ in workers]
-    for r in range(cfg.rounds):
-        for k in range(len(workers)):
-            i = (k + r) % len(workers)
-            if cfg.iters is not None:
-                n = cfg.iters // cfg.rounds + (1 if r < cfg.iters % cfg.rounds else 0)
-                if n:
-                    timings[i] += workers[i].call("time", batch=batch, iters=n)["ns"]
-            else:
-                timings[i] += workers[i].call("time", batch=batch, seconds=cfg.duration / cfg.rounds)["ns"]
-            if run.progress:
-                run.progress.advance(run.task)
-    return timings
+
+    def turn(worker, r: int) -> list[int]:
+        if cfg.iters is not None:
+            n = cfg.iters // cfg.rounds + (1 if r < cfg.iters % cfg.rounds else 0)
+            ns = worker.call("time", batch=batch, iters=n)["ns"] if n else []
+        else:
+            ns = worker.call("time", batch=batch, seconds=cfg.duration / cfg.rounds)["ns"]
+        if run.progress:
+            run.progress.advance(run.task)
+        return ns
+
+    turns = stats.interleaved_rounds(workers, turn, rounds=cfg.rounds, order="rotate")
+    return [[ns for t in ts for ns in t] for ts in turns]
 
 
 def _row(run: _Run, i: int, loaded: dict, first_ms: float, timings: list[int], rss: dict, batch: int,

@@ -20,7 +20,7 @@ def prepend_preprocess(proto, spec: ModelSpec, cast_first: bool = True):
     input[c] = bgr[..., idx[c]] * scale[c] + bias[c] from preprocess.input_affine, feed the original graph.
     ``cast_first`` (for artifacts: TensorRT takes uint8 only as a network input cast straight to float);
     without it the layout ops move 1-byte pixels, a quarter of the memory traffic (for ORT at load time).
-    A 1x1 Conv would do the affine in one node but ran ~25 % slower in ORT than Mul and Add.
+    A 1x1 Conv would do the affine in one node but ran slower in ORT than Mul and Add (docs/figures.md).
     """
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper

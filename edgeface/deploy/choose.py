@@ -33,6 +33,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..bench.stats import interleaved_rounds
 from ..core.errors import EdgefaceError
 from ..engines import registry
 from ..runtime.predictor import Predictor
@@ -78,22 +79,20 @@ def measure_engines(artifact: str | Path, engines: list[str], *, batch: int, thr
         for p in preds.values():  # warm-up: first runs allocate, compile and pick kernels
             for _ in range(3):
                 p.predict(crops)
-        rounds: dict[str, list[float]] = {n: [] for n in preds}
         names = list(preds)
-        deadline = time.perf_counter() + seconds
-        turn = 0
-        while time.perf_counter() < deadline or min(len(v) for v in rounds.values()) < MIN_ROUNDS:
-            order = names if turn % 2 == 0 else names[::-1]
-            for n in order:
-                p, done, t0 = preds[n], 0, time.perf_counter()
-                while True:
-                    p.predict(crops)
-                    done += 1
-                    dt = time.perf_counter() - t0
-                    if dt >= SLICE_S:
-                        break
-                rounds[n].append(done * batch / dt)
-            turn += 1
+
+        def turn(n: str, _round: int) -> float:
+            """One slice of ``n``: calls for SLICE_S, as images/s."""
+            p, done, t0 = preds[n], 0, time.perf_counter()
+            while True:
+                p.predict(crops)
+                done += 1
+                dt = time.perf_counter() - t0
+                if dt >= SLICE_S:
+                    return done * batch / dt
+
+        rounds = dict(zip(names, interleaved_rounds(names, turn, seconds=seconds, min_rounds=MIN_ROUNDS,
+                                                    order="reverse")))
         for n in names:
             ips = statistics.median(rounds[n])
             out["engines"][n] = {"engine": engine_of(n), "precision": preds[n].precision, "options": options.get(n, {}),

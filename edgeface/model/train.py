@@ -44,7 +44,7 @@ TRAIN_SCHEMA = {
         "clip_grad": (float, None),  # clip the gradients' global norm (the Euler decode is steep near yaw 90)
         # Decay of an exponential moving average of the weights (and BatchNorm statistics), updated every step.
         # When set, the average is what each epoch measures and what best.pt and model.pt hold: the dev figure
-        # moves +-0.2 deg between epochs at the peak learning rate, and the average smooths that out.
+        # moves between epochs at the peak learning rate (docs/experiments.md), and the average smooths that out.
         "ema": (float, None),
     },
     "augment": {

@@ -10,8 +10,8 @@ data pack's train split (``scripts/fit_box_map.py``), shipped as a few numbers i
 
 Engines: ``cv2.FaceDetectorYN`` runs everywhere (OpenCV is a core dependency). Where onnxruntime is installed,
 ``engine="auto"`` runs the same network on it, at the frame's own size, with OpenCV's decode and NMS
-reproduced here: on the same pixels onnxruntime's inference alone took half the time of FaceDetectorYN
-(``scripts/bench_detector.py``, docs/frames.md). Torch-free: numpy, OpenCV, optionally onnxruntime.
+reproduced here: on the same pixels onnxruntime's inference is faster than FaceDetectorYN's
+(``scripts/bench_detector.py``; the figures are in docs/frames.md). Torch-free: numpy, OpenCV, optionally onnxruntime.
 """
 from __future__ import annotations
 
@@ -131,7 +131,8 @@ class YuNetOnnxRuntime:
     def __init__(self, path: Path, score_threshold: float, nms_threshold: float, top_k: int,
                  threads: Optional[int] = None):
         import onnx
-        import onnxruntime as ort
+
+        from ..engines.onnxruntime.session import make_session
 
         try:
             model = onnx.load(str(path))
@@ -147,12 +148,7 @@ class YuNetOnnxRuntime:
         dims[2].dim_param, dims[3].dim_param = "height", "width"  # replaces the fixed 640s (a oneof)
         for out in model.graph.output:
             out.type.tensor_type.ClearField("shape")  # anchor counts follow the input size
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-        self._sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self._sess = make_session(model.SerializeToString(), threads=threads)
         self._input = self._sess.get_inputs()[0].name
         self._outputs = [o.name for o in self._sess.get_outputs()]
         self.score_threshold, self.nms_threshold, self.top_k = score_threshold, nms_threshold, top_k

@@ -2,10 +2,10 @@
 onnxruntime has them (onnxruntime-gpu). Full graph optimizations, the thread count honoured.
 
 A float-input artifact gets its preprocessing folded in at load time (``core.fold.prepend_preprocess``, in
-memory; the file is untouched), so the session takes the uint8 NHWC BGR crops as they are. Measured on
-2 x86 cores at batch 32 (``scripts/bench_predictor.py``, three runs): numpy's ``to_input`` before the run
-cost 11-14 % of the raw session's throughput, the folded graph 0.5-11 % (median 3.6 %). A graph whose input
-is not one float32 tensor is left as it is. ``fold_preprocess=False`` keeps the float input.
+memory; the file is untouched), so the session takes the uint8 NHWC BGR crops as they are: ORT's threads
+do the preprocessing, and numpy's ``to_input`` beside the session cost more of its throughput than the folded
+graph does (``scripts/bench_predictor.py``; the figures are in docs/figures.md). A graph whose input is not one
+float32 tensor is left as it is. ``fold_preprocess=False`` keeps the float input.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ...core.errors import EdgefaceError
 from ...core.fold import prepend_preprocess
 from ...core.spec import FLOAT_NCHW, UINT8_NHWC
 from ..base import Backend
+from .session import make_session
 
 # Preferred first; only those the installed onnxruntime offers are used.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -31,7 +32,7 @@ class OnnxRuntimeBackend(Backend):
     nodes as written, around float operators, instead of fusing them into onnxruntime's int8 kernels. That
     is the quantized graph's exact arithmetic, which is what checking another engine's INT8 form here
     needs: on x86 CPUs without VNNI those int8 kernels saturate intermediate sums, and S8S8 graphs deviate
-    about twice as far from FP32 as the graph itself does)."""
+    further from FP32 than the graph itself does; docs/figures.md)."""
 
     name = "onnxruntime"
     OPTIONS = frozenset({"providers", "allow_spinning", "optimized_model_path", "fold_preprocess", "simulate_qdq"})
@@ -60,20 +61,12 @@ class OnnxRuntimeBackend(Backend):
             if folded is not None:
                 model, self.input_kind, self.folded_at_load = folded, UINT8_NHWC, True
         self.precision = meta.get(PRECISION_KEY, self.precision)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: parallel mode only adds overhead
-        so.inter_op_num_threads = 1
-        if self.threads:
-            so.intra_op_num_threads = int(self.threads)
+        config = {}
         spinning = self.options.get("allow_spinning")
         if spinning is not None:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+            config["session.intra_op.allow_spinning"] = "1" if spinning else "0"
         if self.options.get("simulate_qdq"):
-            so.add_session_config_entry("session.disable_quant_qdq", "1")
-        if self.options.get("optimized_model_path"):
-            so.optimized_model_filepath = str(self.options["optimized_model_path"])
-        so.log_severity_level = 3  # warnings about unused initialisers etc. are noise for users
+            config["session.disable_quant_qdq"] = "1"
         available = ort.get_available_providers()
         providers = self.options.get("providers") or [p for p in PROVIDER_PREFERENCE if p in available]
         missing = [p for p in providers if p not in available]
@@ -81,7 +74,8 @@ class OnnxRuntimeBackend(Backend):
             raise EdgefaceError(f"onnxruntime here lacks {', '.join(missing)} (it has {', '.join(available)}); "
                                 f"install onnxruntime-gpu for CUDA/TensorRT")
         try:
-            self._sess = ort.InferenceSession(model, sess_options=so, providers=providers)
+            self._sess = make_session(model, threads=self.threads, providers=providers, config=config,
+                                      optimized_model_path=self.options.get("optimized_model_path"))
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise EdgefaceError(f"onnxruntime cannot load {self.artifact.name} "
                                 f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None

@@ -19,17 +19,17 @@ from ..descriptor import Engine, Int8Form, TargetSection
 
 HINTS = ("latency", "throughput")
 # backend="auto" on x86 (a bare ONNX; a bundle follows deploy's measurement) prefers OpenVINO over
-# onnxruntime from batch AUTO_MIN_BATCH on: always for the INT8 Q/DQ (1.37x onnxruntime's INT8 at batch 8,
-# 1.56x at 64 on an AVX2-only EPYC), and for FP32 only on a CPU with AVX-512 (0.87x on the AVX2 EPYC; 1.17x at
-# f32 on an AMX Xeon; the 1.83x once measured on an AVX-512 Zen 4 ran unpinned, i.e. bf16). docs/engines.md.
+# onnxruntime from batch AUTO_MIN_BATCH on: always for the INT8 Q/DQ (faster than onnxruntime's INT8 even on an
+# AVX2-only CPU), and for FP32 only on a CPU with AVX-512 (slower than onnxruntime on AVX2 alone). The
+# measurements behind this rule are in docs/engines.md.
 AUTO_MIN_BATCH = 8
 AUTO_FP32_ISA = ("avx512f",)
 MIN_CHUNK = 8  # a batch is split over async infer requests only into pieces of at least this many crops
 
 # Float precisions OpenVINO runs an FP32 model at, by INFERENCE_PRECISION_HINT (our name -> OpenVINO's). Its CPU
 # plugin defaults the hint to bf16 on CPUs that compute bf16 natively (avx512_bf16, AMX), so every FP32 model
-# is compiled with the hint pinned: f32 unless bf16 was asked for. Measured on an AMX Xeon (batch 64, 1 thread,
-# docs/engines.md): f32 1.17x onnxruntime FP32 with 1e-4 deg from torch; bf16 1.68x, 0.77 deg per face.
+# is compiled with the hint pinned: f32 unless bf16 was asked for. bf16 is faster but moves each face's pose
+# visibly where f32 stays with torch (the figures are in docs/engines.md).
 FLOAT_HINTS = {"fp32": "f32", "bf16": "bf16"}
 # CPU features that give OpenVINO a native bf16 path. fp16 is not offered: on x86 only AMX-FP16 (Granite
 # Rapids) computes it, and OpenVINO's CPU plugin answers an f16 hint with bf16 on the CPUs we have.
@@ -73,8 +73,8 @@ def _check_target(section: dict, where: str) -> None:
 def _measure_variants(section: dict, threads, batch: int) -> list[tuple[str, dict]]:
     """The other performance hint, where it can differ: the throughput hint runs several streams only with
     more than one thread (``threads`` None = all cores), and a batch is split over its requests only into
-    pieces of MIN_CHUNK crops. Measured on a 2-core AVX2 EPYC: 1.21x the latency hint at batch 64 on 2
-    threads, 0.72-0.74x at batch 8 (docs/engines.md), so neither hint wins everywhere."""
+    pieces of MIN_CHUNK crops. The throughput hint won at large batches and lost at small ones
+    (docs/engines.md), so neither hint wins everywhere."""
     if (threads is not None and threads < 2) or batch < 2 * MIN_CHUNK:
         return []
     other = "throughput" if section["hint"] == "latency" else "latency"

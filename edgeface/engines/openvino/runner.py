@@ -46,8 +46,8 @@ def fold_preprocess(model, spec):
     ppp.input().model().set_layout(ov.Layout("NCHW"))
     # Layout and channel order first, on the 1-byte pixels, then to float: in this order OpenVINO fuses the
     # float steps into one pass and, on an INT8 Q/DQ graph, into the input's quantization. Converting first
-    # left a float Gather and Transpose in the graph: the Predictor ran the INT8 Q/DQ at batch 64 on 1 thread
-    # at 0.75x the raw float request; in this order at 1.02x (AVX2 EPYC; docs/engines.md).
+    # left a float Gather and Transpose in the graph, and the Predictor ran the INT8 Q/DQ well below the raw
+    # float request; in this order it keeps up with it (the figures are in docs/engines.md).
     steps = ppp.input().preprocess().convert_layout(ov.Layout("NCHW"))
     if list(idx) == [2, 1, 0]:
         steps.reverse_channels()

@@ -23,7 +23,7 @@ class TorchBackend(Backend):
             torch.set_num_threads(int(self.threads))
         self._torch = torch
         model, _, _ = load_model(self.artifact)
-        # channels_last is ~2x faster for eager inference of this depthwise network on CPU (field notes).
+        # channels_last is markedly faster for eager inference of this depthwise network on CPU.
         self._model = model.to(memory_format=torch.channels_last)
 
     def _run_impl(self, x: np.ndarray) -> dict[str, np.ndarray]:

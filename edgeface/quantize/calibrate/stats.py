@@ -92,7 +92,8 @@ def float_tensors(model) -> list[str]:
 
 def _session_with_all_outputs(model, names: list[str], threads: int | None):
     import onnx
-    import onnxruntime as ort
+
+    from ...engines.onnxruntime.session import make_session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -100,13 +101,8 @@ def _session_with_all_outputs(model, names: list[str], threads: int | None):
     for n in names:
         if n not in present and n not in {i.name for i in m.graph.input}:
             m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
     # No graph optimisation: fused nodes would hide the very tensors we want to observe.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return make_session(m.SerializeToString(), threads=threads, optimize=False)
 
 
 def _model_input(sess, crops: np.ndarray, spec: ModelSpec) -> tuple[str, np.ndarray]:

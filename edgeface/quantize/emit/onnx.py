@@ -5,8 +5,8 @@ runs no calibration of its own) — its graph rules (which ops take Q/DQ, Conv+C
 weight axes) are the ones ORT's and TensorRT's kernels are written for.
 
     onnxruntime (x86): U8S8 — uint8 asymmetric activations, int8 per-channel symmetric weights, QDQ,
-                       after ORT's quant_pre_process. Measured here (Zen 4, VNNI): U8S8 is ~1.5x faster
-                       than FP32 while S8S8 QDQ is ~1.4-2x SLOWER (ORT's x86 int8 kernels want u8 inputs).
+                       after ORT's quant_pre_process. ORT's x86 int8 kernels want u8 inputs: S8S8 QDQ
+                       runs slower than FP32 there (the figures are in docs/figures.md and docs/engines.md).
     tensorrt:          S8S8 symmetric Q/DQ (zero points 0), per-channel weights, float bias (TensorRT
                        parses only int8 Q/DQ), opset kept; plus calib.cache for the implicit path.
 

@@ -6,11 +6,11 @@ The package is layered; each layer imports only the ones below it (docs/architec
     deploy     weights -> a verified bundle for a device (targets are data: recipes/targets/*.yaml)
     bench      latency, throughput, memory and accuracy, side by side, here or on a device over SSH
     quantize   INT8 per engine from one calibration pass; quantization-aware training (qat/)
-    export     checkpoint -> ONNX / ncnn / TensorRT artifacts
+    export     checkpoint -> each engine's artifact (one exporter per format)
     model      training: data, augmentation (blur, pose), the training loop, evaluation
     remote     SSH to a device, shared by bench and deploy
     runtime    Predictor and bundles: torch-free, what a device installs
-    engines    onnxruntime, ncnn, TensorRT, torch: one package each, one registry
+    engines    one package per engine, one registry (edgeface.engines.registry lists them)
     core       ModelSpec, preprocessing, artifacts' metadata, atomic files, the device vocabulary
 """
 from __future__ import annotations

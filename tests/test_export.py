@@ -186,13 +186,12 @@ def test_ncnn_spec_missing(tmp_path, arts):
 
 
 def test_formats_come_from_the_registry():
-    from edgeface.engines.descriptor import resolve
+    from edgeface.export import EXPORTERS, formats
 
     for engine in registry.ENGINES:
         assert registry.engine_of_artifact(f"x/{engine.artifact}") is engine
         assert registry.by_format(engine.format) is engine
-        if engine.exporter:
-            assert callable(resolve(engine.exporter))
+    assert set(formats()) == set(EXPORTERS) and all(callable(f) for f in EXPORTERS.values())
     assert registry.engine_of_artifact("a/b.ncnn.param").format == "ncnn"
     with pytest.raises(EdgefaceError, match="unknown artifact type"):
         registry.engine_of_artifact("model.tflite")

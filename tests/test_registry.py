@@ -51,27 +51,26 @@ def test_entry_names_its_package_extra_and_files(engine):
 
 @pytest.mark.parametrize("engine", ENGINES, ids=IDS)
 def test_entry_code_references_resolve_in_their_layers(engine):
-    """Runner and spec reader in the engine's own package (or core); exporter in export/; emitter in quantize/:
-    the registry names code above it only by string, and only those layers resolve it."""
-    for ref in filter(None, (engine.runner, engine.read_spec, engine.exporter, engine.bundle_check,
-                             engine.int8 and engine.int8.emitter)):
+    """Runner and spec reader in the engine's own package (or core), named by string; its exporter and INT8
+    emitter in the tables of export/ and quantize/, which name the engine, never the other way round."""
+    from edgeface.export import EXPORTERS, formats
+    from edgeface.quantize.emit import emitter_of
+
+    for ref in (engine.runner, engine.read_spec):
         assert REF.match(ref), f"{ref!r} is not 'edgeface.module:attribute'"
         assert callable(resolve(ref)), ref
     runner = engine.runner_class()  # importable without the engine's own package (it loads it lazily)
     assert issubclass(runner, Backend) and runner.name == engine.name
     assert engine.runner.startswith(f"edgeface.engines.{engine.name}.")
     assert engine.read_spec.startswith((f"edgeface.engines.{engine.name}.", "edgeface.core."))
-    if engine.exporter:
-        assert engine.exporter.startswith("edgeface.export.")
+    assert (engine.format in EXPORTERS) == (engine.name != "torch"), "every format but the checkpoint exports"
     if engine.int8:
-        assert engine.int8.emitter.startswith("edgeface.quantize.")
-        assert set(engine.int8.sources) <= {e.format for e in registry.exportable()}
-    if engine.checked_with:
-        assert engine.checked_with in registry.REGISTRY and engine.checked_with != engine.name
+        assert callable(emitter_of(engine.name))
+        assert set(engine.int8.sources) <= set(formats())
     backend, options = engine.checking()
+    assert backend in registry.REGISTRY
     assert set(options) <= registry.get(backend).runner_class().OPTIONS, "check options its checker reads"
-    assert engine.bundle_format is None or registry.by_format(engine.bundle_format).exporter, \
-        "a bundle carries an exportable format"
+    assert engine.bundle_format is None or engine.bundle_format in formats(), "a bundle carries an exportable format"
 
 
 @pytest.mark.parametrize("engine", [e for e in ENGINES if e.target], ids=[e.name for e in ENGINES if e.target])
@@ -104,21 +103,22 @@ def test_unknown_runner_options_are_refused(tmp_path):
 
 
 def test_registry_answers_the_former_tables():
-    """formats.py, predictor.RUNS_ON / BUNDLE_CANDIDATES, bench/remote.EXTRA_FOR_SUFFIX, bundle.MODEL_SUFFIXES,
+    """formats.py, predictor.RUNS_ON / BUNDLE_CANDIDATES, bench/remote.EXTRA_FOR_SUFFIX, bundle.model_suffixes,
     targets.BACKENDS and quantize's ARTIFACTS / RUN_WITH, as the registry now answers them."""
     from edgeface.bench.remote import install_hint
     from edgeface.deploy.targets import backends
     from edgeface.quantize.emit import int8_artifact
     from edgeface.quantize.guard import checking_engine
-    from edgeface.runtime.bundle import MODEL_SUFFIXES
+    from edgeface.export import exportable
+    from edgeface.runtime.bundle import model_suffixes
 
     assert [e.name for e in registry.engines_running("onnx")] == ["onnxruntime", "tensorrt", "openvino"]
     assert [e.name for e in registry.engines_running("ncnn")] == ["ncnn"]
-    assert [e.format for e in registry.exportable()] == ["onnx", "ncnn", "tensorrt", "openvino"]
+    assert [e.format for e in exportable()] == ["onnx", "ncnn", "tensorrt", "openvino"]
     assert install_hint(["a/model.onnx", "b/model.ncnn.param", "c/model.engine"]) == \
         "pip install 'edgeface[ort,ncnn,tensorrt]'"
     known = {".onnx", ".data", ".param", ".bin", ".ncnn.bin", ".spec.json", ".engine", ".pt", ".cache"}
-    assert known <= set(MODEL_SUFFIXES)
+    assert known <= set(model_suffixes())
     assert backends() == ["onnxruntime", "ncnn", "tensorrt", "openvino"]
     assert {e.name: int8_artifact(e.name) for e in registry.with_int8()} == {
         "onnxruntime": "onnxruntime/model.onnx", "ncnn": "ncnn/model.ncnn.param", "tensorrt": "tensorrt/model.onnx",
@@ -128,7 +128,7 @@ def test_registry_answers_the_former_tables():
     assert [e.name for e in registry.auto_order(ENGINES, "jetson")] == ["tensorrt", "onnxruntime", "ncnn", "openvino",
                                                                          "torch"]
     assert [e.name for e in registry.auto_order(ENGINES, "rpi")][0] == "ncnn"
-    # x86: onnxruntime for small batches, OpenVINO from its auto_min_batch on (docs/engines.md)
+    # x86: onnxruntime for small batches, OpenVINO from its AUTO_MIN_BATCH on (docs/engines.md)
     assert [e.name for e in registry.auto_order(ENGINES, "x86")][:1] == ["onnxruntime"]
     assert [e.name for e in registry.auto_order(ENGINES, "x86", batch=64, precision="int8")][:2] == ["openvino",
                                                                                                   "onnxruntime"]

@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from ..core.errors import EdgefaceError
+from ..engines import registry
 from .output import check_output_file, console, out_console, write_json
 
 NAME = "build"
@@ -52,7 +53,7 @@ def command(bundle: Path = typer.Argument(..., help="Jetson bundle folder (from 
         from ..runtime.bundle import open_bundle
 
         info = open_bundle(bundle)  # verified (under trusted keys: signed) before TensorRT reads a byte
-        if info.backend != "tensorrt":
+        if not registry.get(info.backend).builds_on_device:
             raise EdgefaceError(f"bundle {bundle} is for the {info.backend} backend (target '{info.target}'); "
                                 f"`edgeface build` builds TensorRT engines for Jetson bundles")
         require_version_in_range(str(trt.__version__), info.options.get("tensorrt_min_version"),

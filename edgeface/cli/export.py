@@ -1,4 +1,5 @@
-"""`edgeface export [MODEL] --format onnx|ncnn|tensorrt`: one artifact with its ModelSpec inside or beside it."""
+"""`edgeface export [MODEL] --format FORMAT` (an engine's format: ``edgeface.export.formats()``): one artifact
+with its ModelSpec inside or beside it."""
 from __future__ import annotations
 
 import time
@@ -9,10 +10,11 @@ import typer
 
 from ..core.errors import EdgefaceError
 from ..engines import registry
+from ..export import formats
 from .output import check_output_dir, check_output_file, console, out_console, write_json
 
 NAME = "export"
-_EXPORTABLE = [e.format for e in registry.exportable()]
+_EXPORTABLE = formats()  # for --help; the command asks again (an engine registered since has its format)
 
 
 def command(model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the shipped model."),
@@ -31,8 +33,8 @@ def command(model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt);
     from ..export import export as run_export
 
     engine = registry.by_format(fmt)
-    if engine.exporter is None:
-        raise EdgefaceError(f"--format must be one of {', '.join(_EXPORTABLE)}")
+    if fmt not in formats():
+        raise EdgefaceError(f"--format must be one of {', '.join(formats())}")
     if model is not None and not model.is_file():
         raise EdgefaceError(f"checkpoint {model} does not exist")
     t0 = time.perf_counter()

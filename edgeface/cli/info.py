@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from ..core import __version__
-from ..core.device import X86_MACHINES, device_info
+from ..core.device import X86, X86_MACHINES, device_info
+from ..engines import registry
 from ..engines.registry import available_backends
 from .output import check_output_file, out_console, write_json
 
@@ -35,19 +36,27 @@ def _version(mod: str):
 def collect_info() -> dict:
     report = {"edgeface": __version__, "python": platform.python_version(), "platform": platform.platform(),
               "machine": platform.machine(),
-              "packages": {m: _version(m) for m in ("numpy", "cv2", "torch", "onnx", "onnxruntime", "ncnn",
-                                                    "tensorrt")}}
+              "packages": {m: _version(m) for m in dict.fromkeys(["numpy", "cv2", "onnx",
+                                                                  *(e.package for e in registry.ENGINES)])}}
     report["device"] = device_info()
     report["backends"] = available_backends()
     if platform.machine().lower() in X86_MACHINES:
-        from ..engines.openvino import bf16_missing
-
-        # What `--precision` can ask for here: OpenVINO runs FP32 pinned at f32, and bf16 only where it is native.
-        missing = bf16_missing()
-        report["precisions"] = {"fp32": "onnxruntime, openvino (f32 pinned)", "int8": "onnxruntime, openvino",
-                                "bf16": "openvino" if missing is None else missing.split(";")[0]}
+        report["precisions"] = precisions_here(X86)
     report["default_model"] = default_model_card()
     return report
+
+
+def precisions_here(device: str) -> dict:
+    """What `--precision` can ask for on this machine, and the engines preferred on ``device`` that run it (bf16:
+    OpenVINO, only where the CPU computes it natively), or why none does."""
+    engines = [e.name for e in registry.ENGINES if device in e.preferred_on]
+    out = {}
+    for precision in ("fp32", "int8", "bf16"):
+        stored = "int8" if precision == "int8" else "fp32"
+        why = {name: registry.precision_problem(name, precision, stored) for name in engines}
+        runs = [name for name, problem in why.items() if problem is None]
+        out[precision] = ", ".join(runs) or "; ".join(f"{n}: {w.split(';')[0]}" for n, w in why.items())
+    return out
 
 
 def default_model_card() -> dict:

@@ -87,9 +87,8 @@ def plan_candidates(target: dict, precisions: list[str], *, backend: Optional[st
                 problems[f"{engine}{suffix or '@' + p}"] = problem
                 continue
             out[engine + suffix] = Candidate(engine + suffix, engine, p, None, _options(target, p, engine))
-            section = registry.get(engine).target
-            if measuring and section is not None and section.measure_variants is not None:
-                for variant, settings in section.measure_variants(target[engine], threads, batch):
+            if measuring and registry.get(engine).target is not None:
+                for variant, settings in registry.get(engine).measure_variants(target[engine], threads, batch):
                     name = f"{engine}:{variant}{suffix}"
                     out[name] = Candidate(name, engine, p, variant, _options({**target, engine: settings}, p, engine))
     return out, problems

@@ -23,7 +23,7 @@ from ..core.errors import EdgefaceError
 from ..core.limits import short
 from ..core.spec import FLOAT_NCHW, UINT8_NHWC
 from ..engines import registry
-from ..engines.descriptor import resolve
+from ..export import exporter_of
 from ..runtime.bundle import ANY_DEVICE, open_bundle, tool_versions, write_manifest
 from ..runtime.predictor import open_model
 from .staging import check_out, clean_stale_partials, make_staging_dir, move_into_place
@@ -108,7 +108,7 @@ def export_artifact(target: dict, source: Source, precision: str, work: Path) ->
     options = {"opset": int(target["onnx"]["opset"])} if fmt.format == "onnx" else {}
     # An fp16 bundle whose format stores fp16 weights gets them; otherwise (an ONNX for TensorRT) the device
     # decides the arithmetic from the bundle's precision.
-    path = resolve(fmt.exporter)(source.checkpoint, work / fmt.artifact,
+    path = exporter_of(fmt.format)(source.checkpoint, work / fmt.artifact,
                                  precision=precision if precision in fmt.precisions else "fp32",
                                  fold_preprocess=fold, **options)
     check_bundle_artifact(engine, path, int(target["onnx"]["opset"]))
@@ -117,9 +117,7 @@ def export_artifact(target: dict, source: Source, precision: str, work: Path) ->
 
 def check_bundle_artifact(engine, path: Path, opset: int) -> None:
     """The engine's own check of a bundle artifact it will build from on the device (TensorRT's parser)."""
-    if engine.bundle_check is None:
-        return
-    problems = resolve(engine.bundle_check)(path, opset)
+    problems = engine.bundle_problems(path, opset)
     if problems:
         raise EdgefaceError(f"{path.name} would not parse in {engine.title}: {problems[0]}"
                             + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))

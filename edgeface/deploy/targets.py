@@ -37,12 +37,16 @@ TARGET_SCHEMA: dict[str, Any] = {
     "input_layout": FLOAT_NCHW,
     "portable": False,
     "onnx": {"opset": 17},
-    # one section per engine that reads one: "ncnn", "tensorrt", ... (from the registry)
-    **{e.name: dict(e.target.defaults) for e in registry.ENGINES if e.target is not None},
+    # + one section per engine that reads one: "ncnn", "tensorrt", ... (target_schema(), from the registry)
     "quantization": {"format": ""},
     # {precision: budget}: one for each precision the target lists (checked in load_target)
     "verify": (dict, REQUIRED),
 }
+
+
+def target_schema() -> dict[str, Any]:
+    """TARGET_SCHEMA and the section of every registered engine that reads one."""
+    return {**TARGET_SCHEMA, **{e.name: dict(e.target.defaults) for e in registry.ENGINES if e.target is not None}}
 
 
 def backends() -> list[str]:
@@ -71,7 +75,7 @@ def load_target(name_or_path: str | Path) -> dict[str, Any]:
     """The validated target recipe (defaults filled in). EdgefaceError naming the bad field."""
     path = target_path(name_or_path)
     where = f"target {path.name}"
-    t = validate(load_yaml(path), TARGET_SCHEMA, where)
+    t = validate(load_yaml(path), target_schema(), where)
     for field_name, value, allowed in (("backend", t["backend"], backends()),
                                        ("default_precision", t["default_precision"], PRECISIONS),
                                        ("input_layout", t["input_layout"], INPUT_KINDS)):

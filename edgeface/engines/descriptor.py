@@ -1,13 +1,21 @@
-"""What an engine is, as data: the one descriptor each ``engines/<name>/`` package exports.
+"""What an engine is: the one descriptor each ``engines/<name>/`` package exports.
 
-A descriptor holds every fact the rest of edgeface needs about an engine: the artifact it runs and the
-files that travel with it, the package and pip extra it needs, where its runner, exporter and INT8
-emitter are, and the section of a target YAML it reads. ``edgeface.engines.registry`` collects them; the
-Predictor, bundles, deploy, bench and quantize read the registry instead of keeping tables of their own.
+A descriptor holds the facts the rest of edgeface needs about an engine, as data: its name, the artifact it
+runs and the files that travel with it, the package and pip extra it needs, where its runner and spec reader
+are, the section of a target YAML it reads. ``edgeface.engines.registry`` collects them; the Predictor,
+bundles, deploy, bench and quantize read the registry instead of keeping tables of their own.
 
-References to code are strings, "module:attribute", imported on first use: the runner needs the engine's
-own Python package (onnxruntime, ncnn, tensorrt, torch), which may be absent, and the exporter and
-emitter live in the export and quantize layers above this one, which only those layers resolve.
+What an engine *decides* is a method, not a flag: where ``backend="auto"`` ranks it (``auto_rank``), whether
+a device builds what it runs (``builds_on_device``), which engine checks its artifacts on a build machine
+(``checking``), the check a bundle's artifact must pass (``bundle_problems``), the other settings deploy
+measures (``measure_variants``). ``Engine`` answers them with the plain defaults; an engine package that
+decides otherwise subclasses it (OpenVINO, TensorRT) and overrides only those.
+
+Code above this layer is not named here: ``edgeface.export`` keeps the exporter of each format and
+``edgeface.quantize.emit`` the INT8 emitter of each engine (``register_exporter`` / ``register_emitter``),
+so nothing in engines/ points up. The runner and spec reader are "module:attribute" strings, imported on
+first use: the runner needs the engine's own Python package (onnxruntime, ncnn, tensorrt, torch), which may
+be absent.
 """
 from __future__ import annotations
 
@@ -40,29 +48,27 @@ class TargetSection:
     ``check(section, where)`` refuses values the types alone do not catch; ``runner_options(section,
     precision)`` turns the validated section into the options the engine's runner is created with, which
     deploy writes into the bundle's manifest. The runner reads those same keys (the registry test holds
-    every key to the runner's ``OPTIONS``), so a target setting cannot silently miss its engine.
+    every key to the runner's ``OPTIONS``), so a target setting cannot silently miss its engine. Other
+    settings of the section that deploy measures are the engine's ``measure_variants``.
     """
 
     defaults: Mapping[str, Any]
     runner_options: Callable[[dict, str], dict]
     check: Callable[[dict, str], None] = _no_check
-    # (section, threads, batch) -> [(variant, section)]: other settings of this section that deploy measures
-    # against the target's own when it chooses by measuring (OpenVINO's other performance hint)
-    measure_variants: Optional[Callable[[dict, Optional[int], int], list[tuple[str, dict]]]] = None
 
 
 @dataclass(frozen=True)
 class Int8Form:
     """The engine's INT8 artifact, as ``edgeface quantize`` writes it.
 
-    ``emitter`` is called as ``emitter(sources, plan, out_path, ort_format=...)`` with the FP32 artifacts
+    Its emitter is ``edgeface.quantize.emit``'s for the engine (``register_emitter``): called as
+    ``emitter(sources, plan, out_path, ort_format=..., calib_cache=...)`` with the FP32 artifacts
     (``edgeface.quantize.emit.Fp32Artifacts``; ``sources`` names the formats it reads) and the
-    quantization plan, writes ``out_path`` (and its companions) and returns a dict describing the form.
+    quantization plan, it writes ``out_path`` (and its companions) and returns a dict describing the form.
     ``qdq_native``: the form is the symmetric int8 Q/DQ ONNX itself, so a quantization-aware export is
     used as it is instead of being re-emitted.
     """
 
-    emitter: Ref
     artifact: str
     sources: tuple[str, ...] = ("onnx",)
     calib_cache: Optional[str] = None
@@ -71,6 +77,9 @@ class Int8Form:
 
 @dataclass(frozen=True)
 class Engine:
+    """One engine, as the registry knows it. Fields are facts; methods are the engine's decisions, with the
+    defaults most engines want (an engine package subclasses ``Engine`` to decide otherwise)."""
+
     name: str                          # Predictor(backend=...), a manifest's "backend", a target's "backend"
     title: str                         # how messages name it ("TensorRT")
     description: str
@@ -81,42 +90,49 @@ class Engine:
     artifact: str                      # the native artifact's file name in export folders and bundles
     runner: Ref                        # the Backend subclass
     read_spec: Ref                     # artifact path -> ModelSpec (needs no inference engine)
-    precisions: tuple[str, ...]        # what `edgeface export` makes (the first is the default)
-    exporter: Optional[Ref] = None     # (model, out_path, *, precision, fold_preprocess, **options) -> path;
-    #                                    None: the source format itself (checkpoints are trained, not exported)
+    precisions: tuple[str, ...]        # what its exporter makes (the first is the default)
     companions: tuple[str, ...] = ()   # files that travel with an artifact: "{name}" = its file name,
     #                                    "{stem}" = that name without the suffix
     also_runs: tuple[str, ...] = ()    # formats of other engines it loads (TensorRT builds its engine from ONNX)
     bundle_format: Optional[str] = None  # the format a bundle for this engine carries; None: no bundles
-    bundle_check: Optional[Ref] = None   # (artifact, opset) -> problems, run on a bundle's artifact by deploy
-    checked_with: Optional[str] = None   # the engine that runs its artifacts for accuracy checks on a build
-    #                                      machine, which need not have this one (None: itself)
-    check_options: tuple[tuple[str, Any], ...] = ()  # that engine's runner options for those checks
-    fold_preprocess: bool = False      # `--fold-preprocess` (uint8 crops into the graph) is available
+    fold_preprocess: bool = False      # its exporter can fold the preprocessing into the graph (uint8 crops in)
     int8: Optional[Int8Form] = None
     target: Optional[TargetSection] = None
-    preferred_on: tuple[str, ...] = ()  # device kinds where backend="auto" picks it first
-    auto_min_batch: int = 0            # >0: on those devices, backend="auto" prefers it only from this batch
-    #                                    size on, and then before the others preferred there (OpenVINO on x86)
-    auto_fp32_isa: tuple[str, ...] = ()  # non-empty: for an FP32 artifact that preference also needs one of these
-    #                                      CPU features (OpenVINO's FP32 kernels win with AVX-512, lose on AVX2)
-    device_build: bool = False         # the device builds what it runs from the bundle's format (TensorRT);
-    #                                    False: it loads the bundle's format as it is (OpenVINO reads the ONNX)
+    preferred_on: tuple[str, ...] = ()  # device kinds where backend="auto" prefers it (``auto_rank``)
     legacy_suffixes: tuple[str, ...] = ()  # older names of its artifact, still recognised
+
+    # -- decisions (override in the engine's package) ----------------------------------------------------------
+    def auto_rank(self, device: str, batch: int, precision: Optional[str], isa_flags=None) -> int:
+        """Where ``backend="auto"`` puts this engine on a ``device`` kind for batches of ``batch`` and an artifact
+        holding ``precision`` (None: unknown; ``isa_flags``: the CPU's, None: this one's): 0 before the others
+        preferred there, 1 preferred there, 2 not preferred. Default: preferred on ``preferred_on``."""
+        return 1 if device in self.preferred_on else 2
 
     @property
     def builds_on_device(self) -> bool:
-        """Its bundles carry another format, from which the device builds what it runs (`edgeface build`)."""
-        return self.device_build and self.bundle_format is not None and self.bundle_format != self.format
+        """Its bundles carry another format, from which the device builds what it runs (`edgeface build`).
+        Default: no, the device loads the bundle's format as it is (OpenVINO compiles the ONNX when it loads)."""
+        return False
+
+    def checking(self) -> tuple[str, dict]:
+        """(engine, runner options) that check this engine's artifacts on a build machine, which need not have
+        this engine. Default: itself, with no options."""
+        return self.name, {}
+
+    def bundle_problems(self, artifact: Path, opset: int) -> list[str]:
+        """What stops a bundle's artifact from running on this engine, found on the build machine before the
+        bundle ships (TensorRT: its ONNX parser's limits). Default: nothing."""
+        return []
+
+    def measure_variants(self, section: dict, threads: Optional[int], batch: int) -> list[tuple[str, dict]]:
+        """[(variant, section)]: other settings of this engine's target section that deploy measures against the
+        target's own when it chooses by measuring (OpenVINO's other performance hint). Default: none."""
+        return []
 
     # -- code ------------------------------------------------------------------------------------------------
     def runner_class(self):
         """The Backend subclass (imports the runner module; its engine package is imported when it loads)."""
         return resolve(self.runner)
-
-    def checking(self) -> tuple[str, dict]:
-        """(engine, runner options) that check this engine's artifacts on a build machine."""
-        return (self.checked_with or self.name), dict(self.check_options)
 
     def spec_of(self, artifact: str | Path):
         return resolve(self.read_spec)(artifact)

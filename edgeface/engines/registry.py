@@ -1,11 +1,12 @@
-"""THE table of engines: one descriptor per ``engines/<name>/`` package, in order of preference.
+"""THE table of engines: one descriptor per engine package, in order of preference.
 
 Everything that depends on which engines exist reads this module: the Predictor (which engine runs an
 artifact, ``backend="auto"``, the shipped default model), bundles (which files are model data), deploy
 (target sections, bundle artifacts, companions), bench (an artifact's files, the extra a device needs),
-export (``--format``) and quantize (INT8 emitters). Adding an engine is one package exporting an
-``ENGINE`` descriptor and one line in ``ENGINES`` below (plus a target YAML to deploy to it, and its pip
-extra in pyproject.toml); docs/architecture.md walks through it.
+export (``--format``) and quantize (INT8 forms). Adding an engine is one package exporting an ``ENGINE``
+descriptor and one entry: a line in ``ENGINES`` below for edgeface's own, ``register(ENGINE)`` (or
+``$EDGEFACE_ENGINES``, which every edgeface process reads, bench's workers included) for an engine from
+another package; docs/architecture.md walks through it.
 
 Nothing here imports an engine's Python package: ``get_backend_class`` does, when it is asked for one, and
 names the pip extra when the package is missing, so a missing engine never breaks the CLI.
@@ -14,17 +15,57 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import warnings
 from pathlib import Path
 
-from ..core.device import cpu_isa_flags
 from ..core.errors import EdgefaceError, MissingBackendError
 from . import ncnn, onnxruntime, openvino, tensorrt, torch
-from .descriptor import Engine
+from .descriptor import Engine, resolve
 
 # Order = preference where nothing else decides (backend="auto" also looks at the device kind);
-# torch, the reference, comes last: it needs the training dependencies.
-ENGINES: tuple[Engine, ...] = (onnxruntime.ENGINE, ncnn.ENGINE, tensorrt.ENGINE, openvino.ENGINE, torch.ENGINE)
+# torch, the reference, comes last: it needs the training dependencies. Registered engines follow.
+# Both change only through register() / unregister(), in place, so every reader sees the same table.
+ENGINES: list[Engine] = [onnxruntime.ENGINE, ncnn.ENGINE, tensorrt.ENGINE, openvino.ENGINE, torch.ENGINE]
 REGISTRY: dict[str, Engine] = {e.name: e for e in ENGINES}
+BUILT_IN: tuple[Engine, ...] = tuple(ENGINES)
+ENV_ENGINES = "EDGEFACE_ENGINES"  # "module:attribute" of Engine descriptors, comma-separated, registered on import
+
+
+def register(engine: Engine) -> Engine:
+    """Add an engine from another package (a plug-in, a test's fake engine). Its name, format and artifact
+    suffix must be new: an artifact belongs to one engine, and a format to the engine that makes it."""
+    if not isinstance(engine, Engine):
+        raise EdgefaceError(f"register() takes an edgeface.engines.descriptor.Engine, got {type(engine).__name__}")
+    for e in ENGINES:
+        clash = [f for f in ("name", "format", "suffix", "artifact") if getattr(e, f) == getattr(engine, f)]
+        if clash:
+            raise EdgefaceError(f"engine {engine.name!r} has the {clash[0]} of the registered engine {e.name!r} "
+                                f"({getattr(e, clash[0])!r}); an engine's {clash[0]} is its own")
+    ENGINES.append(engine)
+    REGISTRY[engine.name] = engine
+    return engine
+
+
+def unregister(name: str) -> None:
+    """Remove an engine ``register`` added (edgeface's own stay)."""
+    engine = get(name)
+    if any(engine is b for b in BUILT_IN):
+        raise EdgefaceError(f"{name!r} is one of edgeface's own engines; only registered ones can be removed")
+    ENGINES.remove(engine)
+    del REGISTRY[name]
+
+
+def _register_from_environment() -> None:
+    """Engines named in $EDGEFACE_ENGINES, so every edgeface process (a bench worker, a device) has them. One
+    that cannot be loaded is a warning naming it, not a broken import of edgeface."""
+    for ref in filter(None, (r.strip() for r in os.environ.get(ENV_ENGINES, "").split(","))):
+        try:
+            engine = resolve(ref)
+            if engine.name not in REGISTRY or REGISTRY[engine.name] is not engine:
+                register(engine)
+        except Exception as e:  # noqa: BLE001 - a broken plug-in must not break edgeface
+            warnings.warn(f"${ENV_ENGINES}: {ref} not registered ({type(e).__name__}: {e})", stacklevel=2)
 
 
 def names() -> list[str]:
@@ -99,11 +140,6 @@ def engines_running(fmt: str) -> list[Engine]:
     return [by_format(fmt)] + [e for e in ENGINES if fmt in e.also_runs]
 
 
-def exportable() -> list[Engine]:
-    """Engines with an exporter (``edgeface export --format``)."""
-    return [e for e in ENGINES if e.exporter is not None]
-
-
 def deployable() -> list[Engine]:
     """Engines a target YAML may name as its backend (a bundle can carry their artifact)."""
     return [e for e in ENGINES if e.bundle_format is not None]
@@ -126,21 +162,11 @@ def precision_problem(name: str, precision: str, stored: str = "fp32") -> str | 
 
 def auto_order(engines, device: str, batch: int = 1, precision: str | None = None,
                isa_flags=None) -> list[Engine]:
-    """``engines`` in the order backend="auto" tries them on ``device`` for batches of ``batch`` (stable
-    otherwise): first those preferred there from a batch size ``batch`` reaches (``auto_min_batch``: OpenVINO
-    on x86 from batch 8; for an FP32 artifact, ``auto_fp32_isa``, only on a CPU with AVX-512), then the others
-    preferred there, then the rest. An engine whose condition does not hold is not preferred at all.
-    ``precision``: the artifact's ("fp32" when unknown); ``isa_flags``: the CPU's (default: this one's)."""
-    def rank(e: Engine) -> int:
-        if device not in e.preferred_on or batch < e.auto_min_batch:
-            return 2
-        if e.auto_fp32_isa and precision != "int8":
-            flags = cpu_isa_flags() if isa_flags is None else isa_flags
-            if not set(flags) & set(e.auto_fp32_isa):
-                return 2
-        return 0 if e.auto_min_batch else 1
-
-    return sorted(engines, key=rank)
+    """``engines`` in the order backend="auto" tries them on ``device`` for batches of ``batch``, by each
+    engine's own ``auto_rank`` (stable otherwise): those that ask to go first there (OpenVINO on x86 from
+    batch 8; for an FP32 artifact only on a CPU with AVX-512), then the others preferred there, then the rest.
+    ``precision``: the artifact's (None when unknown); ``isa_flags``: the CPU's (default: this one's)."""
+    return sorted(engines, key=lambda e: e.auto_rank(device, batch, precision, isa_flags))
 
 
 def model_file_suffixes() -> tuple[str, ...]:
@@ -159,3 +185,6 @@ def model_file_suffixes() -> tuple[str, ...]:
                 if s not in out and s != ".json":
                     out.append(s)
     return tuple(out)
+
+
+_register_from_environment()

@@ -1,34 +1,62 @@
 """Export a checkpoint to deployable artifacts (torch, imported when an export runs).
 
-    onnx.py      ONNX opset 17 (onnxruntime's artifact; TensorRT builds from it), optionally folded
+    onnx.py      ONNX opset 17 (onnxruntime's artifact; TensorRT and OpenVINO run it), optionally folded
     ncnn.py      ncnn .param/.bin through pnnx
     tensorrt.py  the ONNX, then a TensorRT engine built here
+    openvino.py  OpenVINO's IR, converted from the ONNX
     source.py    what an export starts from: a checkpoint or a torch module
 
-``export(format, ...)`` is `edgeface export --format`: which exporter, file name and precisions a format
-has comes from the engine registry.
+``EXPORTERS`` is the exporter of each format (an engine's ``format`` in the registry); an engine from another
+package adds its own with ``register_exporter``. ``export(format, ...)`` is `edgeface export --format`: the
+file name and precisions a format has come from the engine registry.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 from ..core.errors import EdgefaceError
 from ..core.io import clean_stale_temp, removed_on_failure
 from ..core.preprocess import to_input
 from ..engines import registry
-from ..engines.descriptor import resolve
 from ..runtime.predictor import check_outputs
 from .ncnn import export_ncnn
 from .onnx import export_onnx
+from .openvino import export_openvino
 from .source import require_torch, resolve_model
+from .tensorrt import export_tensorrt
 
-__all__ = ["export", "export_ncnn", "export_onnx", "formats"]
+__all__ = ["EXPORTERS", "export", "export_ncnn", "export_onnx", "exportable", "exporter_of", "formats",
+           "register_exporter"]
+
+# format -> exporter: (model, out_path, *, precision, fold_preprocess, **options) -> the artifact's path.
+# The torch format has none: the checkpoint is what every other artifact is exported from.
+EXPORTERS: dict[str, Callable[..., Path]] = {"onnx": export_onnx, "ncnn": export_ncnn, "tensorrt": export_tensorrt,
+                                             "openvino": export_openvino}
+
+
+def register_exporter(fmt: str, exporter: Callable[..., Path]) -> None:
+    """The exporter of another package's engine's format (the engine itself goes to ``registry.register``)."""
+    EXPORTERS[fmt] = exporter
+
+
+def exporter_of(fmt: str) -> Callable[..., Path]:
+    engine = registry.by_format(fmt)
+    if fmt not in EXPORTERS:
+        raise EdgefaceError(f"format {fmt!r} has no exporter ({engine.title}'s artifact is not exported); "
+                            f"choose one of {', '.join(formats())}")
+    return EXPORTERS[fmt]
+
+
+def exportable() -> list:
+    """The engines whose format has an exporter, in the registry's order."""
+    return [e for e in registry.ENGINES if e.format in EXPORTERS]
 
 
 def formats() -> list[str]:
     """The `--format` values: every engine with an exporter."""
-    return [e.format for e in registry.exportable()]
+    return [e.format for e in exportable()]
 
 
 def check_replaceable(target: Path, engine) -> None:
@@ -75,19 +103,20 @@ def export(format_name: str, model=None, out_dir: str | Path = "export", *, prec
            fold_preprocess: bool = False, **options) -> Path:
     """Export ``model`` (checkpoint path, module, or None = shipped default) to ``out_dir``; the artifact path."""
     engine = registry.by_format(format_name)
-    if engine.exporter is None:
-        raise EdgefaceError(f"format {engine.format!r} is the training checkpoint itself; nothing to export")
+    if engine.format not in EXPORTERS:
+        raise EdgefaceError(f"format {engine.format!r} has no exporter (the torch format is the training "
+                            f"checkpoint itself); choose one of {', '.join(formats())}")
     precision = precision or engine.precisions[0]
     if precision not in engine.precisions:
         raise EdgefaceError(f"format {engine.format!r} supports precision {' or '.join(engine.precisions)}, not "
                             f"{precision!r}" + ("; INT8 comes from `edgeface quantize`" if precision == "int8" else ""))
     if fold_preprocess and not engine.fold_preprocess:
-        folds = " or ".join(e.format for e in registry.exportable() if e.fold_preprocess)
+        folds = " or ".join(e.format for e in exportable() if e.fold_preprocess)
         raise EdgefaceError(f"--fold-preprocess is not available for {engine.format!r}; use --format {folds}")
     target = Path(out_dir) / engine.artifact
     check_replaceable(target, engine)
     check_source_outputs(model)
-    exporter = resolve(engine.exporter)
+    exporter = EXPORTERS[engine.format]
     clean_stale_temp()
     with removed_on_failure(target.parent):  # a failed export leaves no --out folder behind
         return exporter(model, target, precision=precision, fold_preprocess=fold_preprocess, **options)

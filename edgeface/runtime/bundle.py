@@ -46,8 +46,8 @@ DEVICE_BUILT_DIR = "engines"       # device-built engine cache inside a bundle: 
 MAX_MANIFEST_BYTES = 4 << 20       # a manifest is a few KB; refuse a huge file instead of parsing it
 # Files with these endings are model data: one the manifest does not list is refused, not ignored, so
 # nobody can slip a different model into a verified bundle. The engines' own files (registry), and model
-# formats no edgeface engine makes but some runtime might pick up.
-MODEL_SUFFIXES = registry.model_file_suffixes() + (".plan", ".trt", ".pth", ".tflite")
+# formats no edgeface engine makes but some runtime might pick up (``model_suffixes()``: both).
+FOREIGN_MODEL_SUFFIXES = (".plan", ".trt", ".pth", ".tflite")
 ANY_DEVICE = "*"                   # open_bundle(device=ANY_DEVICE): inspect a bundle without the device check
 
 
@@ -56,7 +56,7 @@ class BundleInfo:
     """A verified bundle: what to load and how."""
 
     artifact: Path                 # the file the backend loads (model.onnx, model.ncnn.param, ...)
-    backend: str                   # "onnxruntime" | "ncnn" | "tensorrt"
+    backend: str                   # the engine that runs it (a name in the engine registry)
     precision: str                 # "fp32" | "fp16" | "int8"
     spec: ModelSpec
     target: str                    # the device the bundle was deployed for ("x86", "rpi", "jetson", ...)
@@ -89,14 +89,20 @@ def _bundle_files(root: Path) -> list[str]:
     return names
 
 
+def model_suffixes() -> tuple[str, ...]:
+    """Endings of files that hold model data: every registered engine's, and FOREIGN_MODEL_SUFFIXES."""
+    return registry.model_file_suffixes() + FOREIGN_MODEL_SUFFIXES
+
+
 def tool_versions() -> dict[str, str | None]:
-    """Versions of what made (or runs) a bundle. Only looks packages up; imports nothing heavy."""
+    """Versions of what made (or runs) a bundle: the engines' packages (from the registry) and the tools
+    around them. Only looks packages up; imports nothing heavy."""
     from importlib import metadata
 
     out: dict[str, str | None] = {"edgeface": __version__, "python": platform.python_version(),
                                   "machine": platform.machine()}
-    for dist in ("numpy", "torch", "onnx", "onnxruntime", "openvino", "onnxslim", "ncnn", "pnnx", "tensorrt",
-                 "opencv-python-headless", "torchao"):
+    engines = [e.package for e in registry.ENGINES]
+    for dist in dict.fromkeys(["numpy", *engines, "onnx", "onnxslim", "pnnx", "opencv-python-headless", "torchao"]):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -349,7 +355,7 @@ def verify_files(root: Path, manifest: dict, snapshot: FolderSnapshot | None = N
             raise EdgefaceError(f"signed bundle {root} holds {rel}, which its signed manifest does not list; the "
                                 f"signature must cover everything the runtime may read: remove it (TensorRT "
                                 f"engines are built into this device's own cache) or re-run edgeface deploy --sign")
-        if kind == "file" and rel.split("/", 1)[0] != DEVICE_BUILT_DIR and rel.lower().endswith(MODEL_SUFFIXES):
+        if kind == "file" and rel.split("/", 1)[0] != DEVICE_BUILT_DIR and rel.lower().endswith(model_suffixes()):
             raise EdgefaceError(f"bundle {root} holds {rel}, which its manifest does not list; remove it "
                                 f"or re-run edgeface deploy")
     for key in ("artifact", "calib_cache"):

@@ -406,8 +406,7 @@ def _choose_engine(kind: Engine, backend: str, path: Path, batch: int = 1, preci
             raise EdgefaceError(f"{path.name} is an artifact of format {kind.format!r}, which backend {backend!r} "
                                 f"cannot run; use backend={' or '.join(repr(e.name) for e in fits)} ({hint})")
         return backend
-    precision = _artifact_precision(path, kind) if any(e.auto_fp32_isa for e in fits) else None
-    for engine in registry.auto_order(fits, detect_device(), batch, precision):
+    for engine in registry.auto_order(fits, detect_device(), batch, _artifact_precision(path, kind)):
         if _installed(engine):
             return engine.name
     raise EdgefaceError(f"{path.name} needs the {fits[0].name} backend: pip install 'edgeface[{fits[0].extra}]'")

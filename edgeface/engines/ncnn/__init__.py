@@ -35,10 +35,8 @@ ENGINE = Engine(
     runner="edgeface.engines.ncnn.runner:NcnnBackend",
     read_spec="edgeface.core.artifact:read_ncnn_spec",
     precisions=("fp32", "fp16"),
-    exporter="edgeface.export.ncnn:export_ncnn",
     bundle_format="ncnn",
-    int8=Int8Form(emitter="edgeface.quantize.emit.ncnn:ncnn_int8", artifact="model.ncnn.param",
-                  sources=("onnx", "ncnn")),
+    int8=Int8Form(artifact="model.ncnn.param", sources=("onnx", "ncnn")),
     # "fp16": the fp16 policy of fp32/int8 bundles (an fp16 bundle always runs with "on");
     # "int8_arithmetic": an INT8 bundle's layers run ncnn's INT8 kernels (they pay off on ARM).
     target=TargetSection(defaults={"fp16": "off", "int8_arithmetic": True}, runner_options=_runner_options,

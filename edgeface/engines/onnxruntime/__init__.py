@@ -16,10 +16,9 @@ ENGINE = Engine(
     runner="edgeface.engines.onnxruntime.runner:OnnxRuntimeBackend",
     read_spec="edgeface.core.artifact:read_onnx_spec",
     precisions=("fp32",),
-    exporter="edgeface.export.onnx:export_onnx",
     bundle_format="onnx",
     fold_preprocess=True,
     # U8S8: uint8 activations, int8 per-channel weights (ORT's fast x86 kernels want uint8 inputs)
-    int8=Int8Form(emitter="edgeface.quantize.emit.onnx:onnxruntime_int8", artifact="model.onnx"),
+    int8=Int8Form(artifact="model.onnx"),
     preferred_on=("x86",),
 )

@@ -70,23 +70,36 @@ def _check_target(section: dict, where: str) -> None:
         raise EdgefaceError(f"{where}: field 'openvino.requests' must be an integer >= 0 (0 = OpenVINO's optimum)")
 
 
-def _measure_variants(section: dict, threads, batch: int) -> list[tuple[str, dict]]:
-    """The other performance hint, where it can differ: the throughput hint runs several streams only with
-    more than one thread (``threads`` None = all cores), and a batch is split over its requests only into
-    pieces of MIN_CHUNK crops. The throughput hint won at large batches and lost at small ones
-    (docs/engines.md), so neither hint wins everywhere."""
-    if (threads is not None and threads < 2) or batch < 2 * MIN_CHUNK:
-        return []
-    other = "throughput" if section["hint"] == "latency" else "latency"
-    return [(other, {**section, "hint": other})]
-
-
 def _runner_options(section: dict, precision: str) -> dict:
     """What a bundle's manifest tells the OpenVINO runner (OpenVinoBackend reads exactly these keys)."""
     return {"hint": section["hint"], "requests": section["requests"]}
 
 
-ENGINE = Engine(
+class OpenVinoEngine(Engine):
+    """OpenVINO decides two things itself: when ``backend="auto"`` prefers it on x86, and which of its target
+    settings deploy measures."""
+
+    def auto_rank(self, device: str, batch: int, precision: Optional[str], isa_flags=None) -> int:
+        """First on x86 from batch AUTO_MIN_BATCH on (before onnxruntime), for an FP32 artifact only on a CPU
+        with AUTO_FP32_ISA; otherwise not preferred at all."""
+        if device not in self.preferred_on or batch < AUTO_MIN_BATCH:
+            return 2
+        if precision != "int8" and not set(cpu_isa_flags() if isa_flags is None else isa_flags) & set(AUTO_FP32_ISA):
+            return 2
+        return 0
+
+    def measure_variants(self, section: dict, threads: Optional[int], batch: int) -> list[tuple[str, dict]]:
+        """The other performance hint, where it can differ: the throughput hint runs several streams only with
+        more than one thread (``threads`` None = all cores), and a batch is split over its requests only into
+        pieces of MIN_CHUNK crops. The throughput hint won at large batches and lost at small ones
+        (docs/engines.md), so neither hint wins everywhere."""
+        if (threads is not None and threads < 2) or batch < 2 * MIN_CHUNK:
+            return []
+        other = "throughput" if section["hint"] == "latency" else "latency"
+        return [(other, {**section, "hint": other})]
+
+
+ENGINE = OpenVinoEngine(
     name="openvino",
     title="OpenVINO",
     description="OpenVINO on x86 CPUs: runs the ONNX (FP32 and the INT8 Q/DQ) or its own IR (model.xml + .bin)",
@@ -100,19 +113,16 @@ ENGINE = Engine(
     runner="edgeface.engines.openvino.runner:OpenVinoBackend",
     read_spec="edgeface.engines.openvino.ir:read_spec",
     precisions=("fp32",),
-    exporter="edgeface.export.openvino:export_openvino",
     # A bundle carries the ONNX: OpenVINO compiles it when it loads (no build step), and deploy can measure
     # onnxruntime and OpenVINO on the very same file before it picks one.
     bundle_format="onnx",
     fold_preprocess=True,
     # The INT8 form is onnxruntime's U8S8 Q/DQ ONNX from the same statistics: OpenVINO reads the Q/DQ
     # graph and runs its own int8 kernels on it (no second calibration).
-    int8=Int8Form(emitter="edgeface.quantize.emit.onnx:onnxruntime_int8", artifact="model.onnx"),
+    int8=Int8Form(artifact="model.onnx"),
     # hint: OpenVINO's PERFORMANCE_HINT; requests: infer requests a batch is split over (0: one for the
     # latency hint, OpenVINO's optimum for the throughput hint).
     target=TargetSection(defaults={"hint": "latency", "requests": 0}, runner_options=_runner_options,
-                         check=_check_target, measure_variants=_measure_variants),
-    preferred_on=("x86",),
-    auto_min_batch=AUTO_MIN_BATCH,
-    auto_fp32_isa=AUTO_FP32_ISA,
+                         check=_check_target),
+    preferred_on=("x86",),  # from batch AUTO_MIN_BATCH on (OpenVinoEngine.auto_rank)
 )

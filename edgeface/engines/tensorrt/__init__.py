@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from ...core.errors import EdgefaceError
 from ..descriptor import Engine, Int8Form, TargetSection
 from .library import is_version
@@ -34,7 +36,27 @@ def _runner_options(section: dict, precision: str) -> dict:
             "tensorrt_max_version": section["max_version"]}
 
 
-ENGINE = Engine(
+class TensorRTEngine(Engine):
+    """TensorRT engines do not move between GPUs or TensorRT versions: the device builds one from the bundle's
+    ONNX, which is checked against TensorRT's parser before it ships, and checked for accuracy on a build
+    machine (no GPU) by onnxruntime."""
+
+    @property
+    def builds_on_device(self) -> bool:
+        return self.bundle_format != self.format
+
+    def checking(self) -> tuple[str, dict]:
+        """onnxruntime running the Q/DQ graph as written (its exact arithmetic, as TensorRT's int8 kernels compute
+        it), not through ORT's own x86 int8 kernels."""
+        return "onnxruntime", {"simulate_qdq": True}
+
+    def bundle_problems(self, artifact: Path, opset: int) -> list[str]:
+        from .preflight import check_onnx_for_tensorrt
+
+        return check_onnx_for_tensorrt(artifact, opset)
+
+
+ENGINE = TensorRTEngine(
     name="tensorrt",
     title="TensorRT",
     description="TensorRT engine built from the ONNX on the device that runs it (cached by TRT/GPU/precision/sha256)",
@@ -48,20 +70,12 @@ ENGINE = Engine(
     runner="edgeface.engines.tensorrt.runner:TensorRTBackend",
     read_spec="edgeface.core.artifact:read_engine_spec",
     precisions=("fp16", "fp32"),
-    exporter="edgeface.export.tensorrt:export_tensorrt",
     # Engines do not move between GPUs or TensorRT versions: a bundle carries the ONNX and the device
     # builds the engine (`edgeface build`, or the first Predictor call).
     bundle_format="onnx",
-    device_build=True,
-    bundle_check="edgeface.engines.tensorrt.preflight:check_onnx_for_tensorrt",
-    # Checked on a build machine by onnxruntime running the Q/DQ graph as written (its exact arithmetic, as
-    # TensorRT's int8 kernels compute it), not through ORT's own x86 int8 kernels.
-    checked_with="onnxruntime",
-    check_options=(("simulate_qdq", True),),
     fold_preprocess=True,
     # S8S8 symmetric Q/DQ (zero points 0), float bias; calib.cache for the implicit-INT8 build path
-    int8=Int8Form(emitter="edgeface.quantize.emit.onnx:tensorrt_int8", artifact="model.onnx",
-                  calib_cache="calib.cache", qdq_native=True),
+    int8=Int8Form(artifact="model.onnx", calib_cache="calib.cache", qdq_native=True),
     # min/max_version: execute_async_v3 / build_serialized_network exist from 8.5; 11 drops the FP16/INT8
     # builder flags (strongly typed networks only). workspace_mb: the builder's workspace pool.
     target=TargetSection(defaults={"min_version": "8.5", "max_version": "10.99", "workspace_mb": 256,

@@ -20,6 +20,5 @@ ENGINE = Engine(
     artifact="model.pt",
     runner="edgeface.engines.torch.runner:TorchBackend",
     read_spec="edgeface.engines.torch.checkpoint:read_spec",
-    precisions=("fp32",),
-    exporter=None,  # the source every other artifact is exported from
+    precisions=("fp32",),  # no exporter: the source every other artifact is exported from
 )

@@ -13,9 +13,8 @@ from ...core.errors import EdgefaceError
 from ...core.io import atomic_path, temp_dir
 from ...core.spec import ModelSpec
 from ...engines import registry
-from ...engines.descriptor import resolve
 from ..calibrate.policy import QuantPlan, head_nodes
-from ..emit import Fp32Artifacts
+from ..emit import Fp32Artifacts, emitter_of
 from ..emit.onnx import emit_tensorrt_cache, ranges_from_qdq
 from .export import fix_opset
 
@@ -142,7 +141,7 @@ def convert_qdq(qdq_path, backend: str, out_path, spec=None) -> dict:
                 sources.ncnn = export_ncnn(module_from_float_onnx(float_model, spec), td / "fp32.ncnn.param",
                                            spec=spec)
             plan = QuantPlan("qat", sym, asym, set(heads))
-            info = resolve(form.emitter)(sources, plan, out_path, calib_cache=cache)
+            info = emitter_of(backend)(sources, plan, out_path, calib_cache=cache)
         info["form"] += ", QAT scales"
         if out_path.suffix == ".onnx":
             _tag_quantization(out_path, {"converted_from": "qat_qdq", "engine": backend})

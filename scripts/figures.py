@@ -252,7 +252,7 @@ def readme_figures() -> str:
                  f"of it the detector (YuNet on onnxruntime, {spd['cv2_native'] / spd['ort_native']:.1f}× faster "
                  "than OpenCV's DNN)",
                  f"{cite[det]}; {source(fr).cite()}; {source(de).cite()}"])
-    q4, qat = "docs/bench/quantize_v4.json", "docs/bench/qat_table_v2_recipe.json"
+    q4, qat = newest_quantize(), "docs/bench/qat_table_v2_recipe.json"  # the shipped model's INT8
     acc = load(q4)["accuracy"]
     rises = {b: acc[b]["pose_mae_rise"] for b in acc if b != "fp32"}
     lo, hi = min(rises, key=rises.get), max(rises, key=rises.get)
@@ -264,6 +264,25 @@ def readme_figures() -> str:
                  "better than PTQ ([docs/figures.md](docs/figures.md))",
                  f"{source(q4).cite()}; {source(qat).cite()}"])
     return table(["", "figure", "run (JSON: CPU, date)"], rows)
+
+
+def frames_accuracy() -> str:
+    """docs/frames.md: detection and pose end to end (detector boxes beside labelled boxes) per set."""
+    rel = "docs/eval_detect.json"
+    d = load(rel)["sets"]
+    names = {"aflw2000_dev": "AFLW2000-3D dev half", "celeba": "CelebA", "utkface": "UTKFace",
+             "pointing04": "Pointing'04", "qmul": "QMUL"}
+
+    def rate(r, key):
+        r = r["detection"].get(key)
+        return "–" if r is None else f"{r['detected']}/{r['n']} ({100 * r['rate']:.1f} %)"
+    rows = [[names.get(k, k), rate(r, "yaw<=60"), rate(r, "yaw>60"), f(r["mean_iou"]),
+             f(r["labelled_boxes"]["mean_mae"]) + "°", f(r["detector_boxes"]["mean_mae"]) + "°",
+             sgn(r["mean_mae_delta"], 2), f(r["blur_detector_vs_labelled_mae"], "{:.3f}")]
+            for k, r in sorted(d.items(), key=lambda kv: (kv[0] != "aflw2000_dev", kv[0]))]
+    head = ["set", "detected, \\|yaw\\| ≤ 60°", "detected, \\|yaw\\| > 60°", "mean IoU", "pose MAE, labelled boxes",
+            "pose MAE, detector boxes", "Δ", "blur \\|det−lab\\|"]
+    return "\n".join([table(head, rows), "", caption(rel, doc="docs/frames.md")])
 
 
 # ------------------------------------------------------------------------------------------------ engines.md
@@ -504,6 +523,16 @@ def _quantize(rel: str, per_face: str | None) -> str:
                       "", caption(rel, doc=IN_DOCS)])
 
 
+def newest_quantize() -> str:
+    """docs/bench/quantize_vN.json of the highest N: the shipped model's INT8 accuracy."""
+    files = sorted((REPO / "docs" / "bench").glob("quantize_v*.json"), key=lambda p: int(p.stem.split("_v")[-1]))
+    return f"docs/bench/{files[-1].name}"
+
+
+def figures_quantize_v5() -> str:
+    return _quantize("docs/bench/quantize_v5.json", "320")
+
+
 def figures_quantize_v4() -> str:
     return _quantize("docs/bench/quantize_v4.json", "320")
 
@@ -573,6 +602,8 @@ BLOCKS = {
     "figures-predictor": ("docs/figures.md", figures_predictor),
     "figures-bench-three": ("docs/figures.md", figures_bench_three),
     "figures-ort-int8": ("docs/figures.md", figures_ort_int8),
+    "figures-quantize-v5": ("docs/figures.md", figures_quantize_v5),
+    "frames-accuracy": ("docs/frames.md", frames_accuracy),
     "figures-quantize-v4": ("docs/figures.md", figures_quantize_v4),
     "figures-quantize-v3": ("docs/figures.md", figures_quantize_v3),
     "figures-quantize-v2": ("docs/figures.md", figures_quantize_v2),

@@ -441,12 +441,46 @@ def _bench_rows(rel: str, labels: dict[str, str]):
     return out
 
 
+BENCH_HEAD = ["artifact", "p50 b1", "img/s b32", "peak RSS b32", "size", "Pointing'04 mean MAE", "blur ρ",
+              "Δpose max / mean vs FP32"]
+
+
 def figures_bench_three() -> str:
     rel = "docs/bench/bench_three.json"
     rows = _bench_rows(rel, {"weights/default.onnx": "ORT FP32", "onnxruntime/model.onnx": "ORT INT8 U8S8",
                              "weights/default.ncnn.param": "ncnn FP32"})
-    return "\n".join([table(["artifact", "p50 b1", "img/s b32", "peak RSS b32", "size", "Pointing'04 mean MAE",
-                             "blur ρ", "Δpose max / mean vs FP32"], rows), "", caption(rel, doc=IN_DOCS)])
+    return "\n".join([table(BENCH_HEAD, rows), "", caption(rel, doc=IN_DOCS)])
+
+
+def figures_v1_bench_three() -> str:
+    rel = "docs/bench/v1/bench_three.json"
+    rows = _bench_rows(rel, {"x86/model.onnx": "ORT FP32", "onnxruntime/model.onnx": "ORT INT8 U8S8",
+                             "ncnn_fp32/model.ncnn.param": "ncnn FP32"})
+    return "\n".join([table(BENCH_HEAD, rows), "", caption(rel, doc=IN_DOCS)])
+
+
+def figures_v1_predictor() -> str:
+    """The v1.x latency table with the targets of the latency issue, all from docs/bench/v1/predictor.json."""
+    rel = "docs/bench/v1/predictor.json"
+    d = load(rel)
+    o, p, t = d["ort_b1_1thread_ms"], d["predictor_vs_raw_b32"], d["vs_torch_b1_1thread"]
+    var = o["variants"]
+
+    def met(x):
+        return "yes" if x["meets_target"] else "**no**"
+    rows = [["ORT FP32, batch 1, 1 thread, median",
+             f"{var['iobinding_default']['p50']:.3f} ms (IOBinding); {var['run_no_spinning']['p50']:.3f} ms plain "
+             f"`run` without spinning; {var['predictor_default']['p50']:.3f} ms through the Predictor",
+             f"≤ {o['target_p50']:g} ms", met(o)],
+            ["Predictor end to end vs the raw ORT session of the exported float graph fed the preprocessed batch, "
+             "batch 32 uint8 crops", f"**{p['ratio']:.3f}** ({n0(p['predictor_ips'])} vs {n0(p['raw_session_ips'])} "
+             "img/s)", f"≥ {p['target_ratio']:.2f}", met(p)],
+            ["the same with numpy preprocessing (`fold_preprocess=False`)", f"{p['numpy_preprocess_ratio']:.2f}", "",
+             ""],
+            ["ORT / ncnn vs torch eager, batch 1, 1 thread",
+             f"{t['ort_speedup']:.1f}× / {t['ncnn_speedup']:.1f}× ({t['ort_ms_p50']:.3f} / {t['ncnn_ms']['p50']:.3f} "
+             f"ms vs {t['torch_eager_ms']['p50']:.2f} ms)", f"≥ {t['target_speedup']:g}×", met(t)]]
+    return "\n".join([table(["measure", "result", "target", "met"], rows), "", caption(rel, doc=IN_DOCS)])
 
 
 def _ort_int8(rel: str, fp32: str) -> str:
@@ -545,25 +579,43 @@ def figures_quantize_v2() -> str:
     return _quantize("docs/bench/quantize_v2.json", "val")
 
 
-def figures_deploy() -> str:
-    rel = "docs/bench/deploy_acceptance.json"
-    d = load(rel)
-    by = {(b["target"], b["precision"]): b for b in d["bundles"]}
-    label = {"x86": "x86 (onnxruntime)", "rpi": "rpi (ncnn)",
-             "jetson": "jetson (TensorRT Q/DQ ONNX, checked with the graph's arithmetic)"}
+def _deploy_table(bundles: list[dict], label: dict[str, str], runs_here: bool = False) -> tuple[str, dict]:
+    """The per-target deploy-acceptance table (fp32 and int8 bundle of each target) and the x86 fp32 bundle."""
+    by = {(b["target"], b["precision"]): b for b in bundles}
     rows = []
-    for t in ("x86", "rpi", "jetson"):
+    for t in label:
         a, q = by[(t, "fp32")], by[(t, "int8")]
         rows.append([label[t], f"{sci(a['pose_max_abs'])}°",
                      f"{q['pose_mean_abs']:.2f}° / {q['pose_p99_abs']:.1f}° / {q['pose_max_abs']:.1f}°, "
                      f"{q['pose_mae_bundle']:.3f}°", f"{a['size_mb']:.2f} / {q['size_mb']:.2f} MB",
+                     *([q["runs_here"]] if runs_here else []),
                      "yes" if a["passed"] and q["passed"] else "**no**"])
-    fp = by[("x86", "fp32")]
-    return "\n".join([table(["target", "fp32: max \\|Δpose\\|", "int8: mean / p99 / max \\|Δpose\\|, MAE after",
-                             "size fp32 / int8", "passed"], rows), "",
-                      f"{fp['n_faces']} faces ({fp['data'].split(' val split ')[-1].strip('()')}), pose mean MAE "
-                      f"{fp['pose_mae_ref']:.3f}° in FP32; INT8 on a CPU with {d['cpu_int8']}.", "",
+    head = ["target", "fp32: max \\|Δpose\\|", "int8: mean / p99 / max \\|Δpose\\|, MAE after", "size fp32 / int8",
+            *(["runs here"] if runs_here else []), "passed"]
+    return table(head, rows), by[("x86", "fp32")]
+
+
+def _deploy_faces(fp: dict) -> str:
+    return (f"{fp['n_faces']} faces ({fp['data'].split(' val split ')[-1].strip('()')}), pose mean MAE "
+            f"{fp['pose_mae_ref']:.3f}° in FP32")
+
+
+def figures_deploy() -> str:
+    rel = "docs/bench/deploy_acceptance.json"
+    d = load(rel)
+    label = {"x86": "x86 (onnxruntime)", "rpi": "rpi (ncnn)",
+             "jetson": "jetson (TensorRT Q/DQ ONNX, checked with the graph's arithmetic)"}
+    tab, fp = _deploy_table(d["bundles"], label)
+    return "\n".join([tab, "", f"{_deploy_faces(fp)}; INT8 on a CPU with {d['cpu_int8']}.", "",
                       caption(rel, doc=IN_DOCS)])
+
+
+def figures_v1_deploy() -> str:
+    rel = "docs/bench/v1/deploy_acceptance.json"
+    tab, fp = _deploy_table(load(rel), {"x86": "x86 (onnxruntime)", "rpi": "rpi (ncnn)",
+                                        "jetson": "jetson (TensorRT; its ONNX run in onnxruntime here)"},
+                            runs_here=True)
+    return "\n".join([tab, "", f"{_deploy_faces(fp)}.", "", caption(rel, doc=IN_DOCS)])
 
 
 QAT_LABEL = {"tensorrt": "TensorRT S8S8 Q/DQ ONNX", "onnxruntime": "ORT x86 U8S8", "ncnn": "ncnn INT8"}
@@ -583,6 +635,15 @@ def figures_qat_v2() -> str:
                       f"*4-epoch column: {source(a).cite(IN_DOCS)} (`{load(a)['qat']}`); shipped-recipe column: "
                       f"{source(b).cite(IN_DOCS)} (`{load(b)['qat']}`). Pose mean MAE / blur MAE over the four val "
                       "splits. Generated by `scripts/figures.py`.*"])
+
+
+def figures_v1_qat() -> str:
+    rel = "docs/bench/v1/qat_table.json"
+    r = load(rel)["rows"]
+    rows = [[QAT_LABEL[k], _pb(r[k]["fp32"]), f"{_pb(r[k]['ptq_best'])} ({r[k]['ptq_best']['method']})",
+             f"**{_pb(r[k]['qat'])}**"] for k in QAT_LABEL]
+    return "\n".join([table(["INT8 artifact", "FP32", "PTQ, best method", "QAT"], rows), "",
+                      caption(rel, doc=IN_DOCS)])
 
 
 # ---------------------------------------------------------------------------------------------------- blocks
@@ -611,6 +672,10 @@ BLOCKS = {
     "figures-qat-v2": ("docs/figures.md", figures_qat_v2),
     "figures-v1-ort-int8": ("docs/figures.md", figures_v1_ort_int8),
     "figures-v1-quantize": ("docs/figures.md", figures_v1_quantize),
+    "figures-v1-predictor": ("docs/figures.md", figures_v1_predictor),
+    "figures-v1-bench-three": ("docs/figures.md", figures_v1_bench_three),
+    "figures-v1-deploy": ("docs/figures.md", figures_v1_deploy),
+    "figures-v1-qat": ("docs/figures.md", figures_v1_qat),
     "experiments": ("docs/experiments.md", experiments_table),
 }
 

@@ -558,13 +558,13 @@ def _quantize(rel: str, per_face: str | None) -> str:
 
 
 def newest_quantize() -> str:
-    """docs/bench/quantize_vN.json of the highest N: the shipped model's INT8 accuracy."""
-    files = sorted((REPO / "docs" / "bench").glob("quantize_v*.json"), key=lambda p: int(p.stem.split("_v")[-1]))
-    return f"docs/bench/{files[-1].name}"
+    """docs/bench/quantize_vN.json of the shipped model's major version N: its INT8 accuracy."""
+    major = str(shipped_rows()[0].get("model_version", "0")).split(".")[0]
+    return f"docs/bench/quantize_v{major}.json"
 
 
-def figures_quantize_v5() -> str:
-    return _quantize("docs/bench/quantize_v5.json", "320")
+def figures_quantize_candidate_v6() -> str:
+    return _quantize("docs/bench/quantize_candidate_v6.json", "320")
 
 
 def figures_quantize_v4() -> str:
@@ -663,7 +663,7 @@ BLOCKS = {
     "figures-predictor": ("docs/figures.md", figures_predictor),
     "figures-bench-three": ("docs/figures.md", figures_bench_three),
     "figures-ort-int8": ("docs/figures.md", figures_ort_int8),
-    "figures-quantize-v5": ("docs/figures.md", figures_quantize_v5),
+    "figures-quantize-candidate-v6": ("docs/figures.md", figures_quantize_candidate_v6),
     "frames-accuracy": ("docs/frames.md", frames_accuracy),
     "figures-quantize-v4": ("docs/figures.md", figures_quantize_v4),
     "figures-quantize-v3": ("docs/figures.md", figures_quantize_v3),

@@ -187,3 +187,42 @@ def test_a_dev_set_is_never_trained_on(tmp_path):
                                   "    - {name: celeba, weight: 1.0}\n    - {name: aflw2000_dev, weight: 1.0}"))
     assert_one_line_error(run_cli("train", "--recipe", bad, "--out", tmp_path / "o"), "never trained on")
     assert not (tmp_path / "o").exists()
+
+
+def test_weight_average_is_the_exponential_moving_average():
+    """train.ema: after each step the average moves (1 - decay) of the way to the weights; BatchNorm statistics too."""
+    torch = pytest.importorskip("torch")
+    from edgeface.model.train import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    avg = WeightAverage(model, decay=0.5)
+    avg.update()  # the first update copies the weights
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.add_(2.0)
+    avg.update()
+    assert torch.allclose(avg.module[0].weight, start + 0.5)
+    assert torch.allclose(avg.module[1].running_mean, torch.full((2,), 1.0))
+
+
+def test_training_with_a_weight_average_measures_both_and_resumes(tmp_path, shared_data):
+    """Each epoch measures the average and, beside it, the raw weights on the dev set; --resume restores both."""
+    recipe = (REPO / "recipes" / "train" / "mbv2_025.yaml").read_text()
+    assert "\n  warmup_epochs: 1.0\n" in recipe
+    ema = tmp_path / "ema.yaml"
+    ema.write_text(recipe.replace("\n  warmup_epochs: 1.0\n", "\n  warmup_epochs: 1.0\n  ema: 0.9\n", 1))
+    out = tmp_path / "run"
+    args = ("--limit", "32", "--epoch-size", "64", "--data-root", shared_data, "--out", out)
+    proc = run_cli("train", "--recipe", ema, "--epochs", "1", *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli("train", "--recipe", ema, "--epochs", "2", *args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    torch = pytest.importorskip("torch")
+    last = torch.load(out / "last.pt", weights_only=True)
+    history = last["meta"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(set(h["raw_dev_mean_mae"]) == {"aflw2000_dev"} for h in history)
+    assert {"raw_weights", "weight_average"} <= set(last["train_state"])
+    raw, kept = last["train_state"]["raw_weights"], last["state_dict"]
+    assert any(not torch.equal(raw[k], kept[k]) for k in kept if kept[k].is_floating_point())

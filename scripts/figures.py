@@ -385,8 +385,8 @@ def engines_rule() -> str:
 # ------------------------------------------------------------------------------------------------ figures.md
 
 
-def figures_move() -> str:
-    rel = "docs/bench/move_before_after.json"
+def _before_after(rel: str, before: str, after: str) -> str:
+    """A before/after bench of the same artifacts from two checkouts, alternating (runs 1 and 2 of each)."""
     runs = load(rel)["runs"]
 
     def cell(tag, backend, batch):
@@ -394,13 +394,23 @@ def figures_move() -> str:
                 ["throughput_ips"] for i in (1, 2)]
         return " / ".join(n0(v) for v in vals)
     rows = []
-    for tag, label in (("before", "before (flat), runs 1 / 2"), ("after", "after (layered), runs 1 / 2")):
+    for tag, label in (("before", before), ("after", after)):
         r = runs[f"{tag}_1"]
         ncnn = max(x["pose_max_abs_vs_fp32"] for x in r if x["backend"] == "ncnn")
         rows.append([label, cell(tag, "onnxruntime", 1), cell(tag, "ncnn", 1), cell(tag, "onnxruntime", 32),
                      cell(tag, "ncnn", 32), f"{r[0]['mean_mae']:.4f}°", f"{sci(ncnn)}°"])
     return "\n".join([table(["", "ORT b1", "ncnn b1", "ORT b32", "ncnn b32", "Pointing'04 mean MAE",
                              "max \\|Δpose\\| ncnn vs ORT"], rows), "", caption(rel, doc=IN_DOCS)])
+
+
+def figures_move() -> str:
+    return _before_after("docs/bench/move_before_after.json", "before (flat), runs 1 / 2",
+                         "after (layered), runs 1 / 2")
+
+
+def figures_tidy() -> str:
+    return _before_after("docs/bench/tidy_before_after.json", "before (e0cab27), runs 1 / 2",
+                         "after (issue 25's refactors), runs 1 / 2")
 
 
 def figures_predictor() -> str:
@@ -665,6 +675,7 @@ BLOCKS = {
     "figures-ort-int8": ("docs/figures.md", figures_ort_int8),
     "figures-quantize-candidate-v6": ("docs/figures.md", figures_quantize_candidate_v6),
     "frames-accuracy": ("docs/frames.md", frames_accuracy),
+    "figures-tidy": ("docs/figures.md", figures_tidy),
     "figures-quantize-v4": ("docs/figures.md", figures_quantize_v4),
     "figures-quantize-v3": ("docs/figures.md", figures_quantize_v3),
     "figures-quantize-v2": ("docs/figures.md", figures_quantize_v2),

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from edgeface.bench import stats
+from edgeface.core import timing
 from edgeface.faces.data import default_verify_data, find_sets
 from edgeface.bench.runner import ACCURACY_KEYS, CONTRACT_KEYS, VS_FP32_KEYS, VS_REFERENCE_KEYS
 
@@ -54,17 +55,17 @@ def test_interleaved_rounds_change_who_goes_first():
         seen.append((s, r))
         return f"{s}{r}"
 
-    got = stats.interleaved_rounds("ABC", turn, rounds=3)
+    got = timing.interleaved_rounds("ABC", turn, rounds=3)
     assert "".join(s for s, _ in seen) == "ABCBCACAB"
     assert got == [["A0", "A1", "A2"], ["B0", "B1", "B2"], ["C0", "C1", "C2"]]
     seen.clear()
-    stats.interleaved_rounds("ABC", turn, rounds=3, order="reverse")
+    timing.interleaved_rounds("ABC", turn, rounds=3, order="reverse")
     assert "".join(s for s, _ in seen) == "ABCCBAABC"
     seen.clear()
-    got = stats.interleaved_rounds("AB", turn, seconds=0.0, min_rounds=4, order="reverse")
+    got = timing.interleaved_rounds("AB", turn, seconds=0.0, min_rounds=4, order="reverse")
     assert len(got[0]) == len(got[1]) == 4 and "".join(s for s, _ in seen) == "ABBAABBA"
     with pytest.raises(ValueError):
-        stats.interleaved_rounds("AB", turn, rounds=2, seconds=1.0)
+        timing.interleaved_rounds("AB", turn, rounds=2, seconds=1.0)
 
 
 def test_timing_agrees_with_independent_perf_counter_on_a_real_artifact(onnx_model, synthetic_crops):

@@ -372,6 +372,9 @@ from test_ssh import sshd  # noqa: E402,F401 - reuse the fixture: host key, clie
 @pytest.mark.ssh
 @pytest.mark.slow
 def test_deploy_to_host_over_ssh(bundles, sshd, tmp_path):  # noqa: F811
+    from functools import partial
+
+    from edgeface.bench.remote import bench_bundle_on_device
     from edgeface.deploy.remote import deploy_remote
     from edgeface.deploy.targets import load_target
 
@@ -383,12 +386,34 @@ def test_deploy_to_host_over_ssh(bundles, sshd, tmp_path):  # noqa: F811
     try:
         rep = deploy_remote(bundle, sshd["host"], load_target("x86"), remote_python=sys.executable,
                             port=sshd["port"], identity=d / "client_key", known_hosts=d / "known_hosts",
-                            bench_options={"duration": 0.2, "rounds": 2, "warmup": 2})
+                            bench=partial(bench_bundle_on_device, duration=0.2, rounds=2, warmup=2))
         assert rep["check"] == {"target": "x86", "backend": "onnxruntime"}
         assert {p.name: sha256_file(p) for p in landed.iterdir()} == {p.name: sha256_file(p) for p in bundle.iterdir()}
         row = rep["bench"][0]
         assert row["backend"] == "onnxruntime" and row["latency_ms"]["p50"] > 0
         assert row["device"]["ssh_port"] == sshd["port"]
         assert not list(landed.parent.glob(f"{name}.*")), "no .partial/.old left on the device"
+    finally:
+        shutil.rmtree(landed, ignore_errors=True)
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_deploy_cli_with_host_benches_on_the_device(sshd, tmp_path):  # noqa: F811
+    """`edgeface deploy --host`: the CLI hands deploy the device bench (deploy imports nothing from bench), and
+    the device's latency is printed."""
+    out = tmp_path / f"x86-cli-{os.getpid()}"
+    landed = Path.home() / "edgeface-bundles" / out.name
+    d = sshd["dir"]
+    try:
+        r = subprocess.run([sys.executable, "-m", "edgeface", "deploy", "--target", "x86", "--backend", "onnxruntime",
+                            "--out", str(out), "--host", sshd["host"], "--port", str(sshd["port"]),
+                            "--identity", str(d / "client_key"), "--known-hosts", str(d / "known_hosts"),
+                            "--remote-python", sys.executable, "--json", str(tmp_path / "r.json")],
+                           capture_output=True, text=True, timeout=900, env=dict(os.environ, COLUMNS="200"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        bench = json.loads((tmp_path / "r.json").read_text())["remote"]["bench"]
+        assert bench and bench[0]["backend"] == "onnxruntime" and bench[0]["latency_ms"]["p50"] > 0
+        assert f"{sshd['host']}: onnxruntime fp32 batch" in r.stdout
     finally:
         shutil.rmtree(landed, ignore_errors=True)

@@ -163,3 +163,14 @@ def bench_remote(cfg: BenchConfig, target: SshTarget, *, remote_python: str = "p
         row["device"] = dict(row.get("device") or {}, host=target.host, ssh_port=target.port,
                              edgeface_remote=remote_version)
     return rows, [f"{target.host}: {w}" for w in warnings], fetched
+
+
+def bench_bundle_on_device(bundle: Path, target: SshTarget, remote_python: str = "python3", console=None,
+                           **options) -> tuple[list[dict], list[str]]:
+    """`deploy --host`'s last step: the device's bench of the bundle just deployed (``options``: BenchConfig's
+    fields). Returns (rows, warnings); nothing is kept here."""
+    rows, warns, fetched = bench_remote(BenchConfig(artifacts=[str(bundle)], **options), target,
+                                        remote_python=remote_python, console=console)
+    if fetched is not None:
+        shutil.rmtree(fetched, ignore_errors=True)
+    return rows, warns

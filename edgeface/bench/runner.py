@@ -24,6 +24,7 @@ from ..core.device import device_info, is_throttled, pitfall_warnings
 from ..core.errors import EdgefaceError
 from ..core.limits import check_batch, check_threads, finite, short
 from ..core.io import TEMP_PREFIX, atomic_path, clean_stale_temp
+from ..core import timing
 from ..core.spec import PRECISIONS, ModelSpec
 from ..engines import registry
 from ..runtime.predictor import artifact_engine
@@ -276,7 +277,7 @@ def _bench_configuration(run: _Run, threads: int, batch: int, first: bool, label
 
 
 def _interleaved_rounds(run: _Run, workers: list, batch: int) -> list[list[int]]:
-    """Each worker's call times (ns) over ``cfg.rounds`` rounds (``stats.interleaved_rounds``); who goes first
+    """Each worker's call times (ns) over ``cfg.rounds`` rounds (``core.timing.interleaved_rounds``); who goes first
     rotates, so no one always follows another."""
     cfg = run.cfg
 
@@ -290,7 +291,7 @@ def _interleaved_rounds(run: _Run, workers: list, batch: int) -> list[list[int]]
             run.progress.advance(run.task)
         return ns
 
-    turns = stats.interleaved_rounds(workers, turn, rounds=cfg.rounds, order="rotate")
+    turns = timing.interleaved_rounds(workers, turn, rounds=cfg.rounds, order="rotate")
     return [[ns for t in ts for ns in t] for ts in turns]
 
 

@@ -91,9 +91,11 @@ def command(target: Optional[str] = typer.Option(None, "--target", "-t",
                       build_options=build_options)
     _check_one_device(target, rollback=rollback, bundle=bundle, limit=limit, serial=serial, max_fail=max_fail,
                       report=report)
+    from ..bench.remote import bench_bundle_on_device
     from ..deploy import deploy as run_deploy
 
     result = run_deploy(target, host=host, console=console, **build_options,
+                        device_bench=bench_bundle_on_device if host else None,
                         ssh_options={"port": port, "identity": identity, "known_hosts": known_hosts,
                                      "remote_python": remote_python})
     _print_result(result, host)

@@ -33,7 +33,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..bench.stats import interleaved_rounds
+from ..core.timing import interleaved_rounds
 from ..core.errors import EdgefaceError
 from ..engines import registry
 from ..runtime.predictor import Predictor

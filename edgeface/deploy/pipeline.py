@@ -230,7 +230,9 @@ class DeployOptions:
     bundle runs on (``host``, or this one) at its ``batch`` (``batch`` overrides it) and thread count, then
     verifies them fastest first and keeps the first within its precision's budget. ``precision="fastest"``:
     the candidates of every precision the target lists (INT8 with ``calib``, bf16 where the CPU computes it).
-    ``sign``: an Ed25519 private key that signs the manifest (docs/security.md)."""
+    ``sign``: an Ed25519 private key that signs the manifest (docs/security.md). ``device_bench``: with ``host``,
+    how to bench the bundle on the device after it is checked there (``bench(bundle, ssh, remote_python, console)
+    -> (rows, warnings)``; the CLI passes ``edgeface.bench.remote.bench_bundle_on_device``); None: no bench."""
 
     precision: Optional[str] = None
     calib: Optional[str | Path] = None
@@ -244,6 +246,7 @@ class DeployOptions:
     batch: Optional[int] = None
     measure_seconds: Optional[float] = None
     sign: Optional[str | Path] = None
+    device_bench: Optional[Callable] = None
 
 
 @dataclass
@@ -294,7 +297,8 @@ def deploy(target_name: str, model: Optional[str | Path] = None, options: Option
 
         ssh_options = dict(opts.ssh_options or {})
         result.remote = deploy_remote(plan.out, opts.host, dict(plan.target, backend=winner.engine), console,
-                                      remote_python=ssh_options.pop("remote_python", None) or "python3", **ssh_options)
+                                      remote_python=ssh_options.pop("remote_python", None) or "python3",
+                                      bench=opts.device_bench, **ssh_options)
     return result
 
 

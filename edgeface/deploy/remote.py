@@ -1,17 +1,15 @@
 """`edgeface deploy --host`: copy a bundle to a device over SSH, check it there with the device's own edgeface
-(sha256, version, target), build the TensorRT engine there (Jetson), and bench it there."""
+(sha256, version, target), build the TensorRT engine there (Jetson), and bench it there with the bench the caller
+passes (the CLI passes ``edgeface.bench.remote.bench_bundle_on_device``: deploy sits beside bench, not above it)."""
 from __future__ import annotations
 
 import io
 import json
 import shlex
-import shutil
 import tarfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from ..bench.remote import bench_remote
-from ..bench.runner import BenchConfig
 from ..engines import registry
 from ..remote.ssh import SshTarget, unpack_command
 from .steps import Steps
@@ -67,9 +65,10 @@ def measure_remote(files: list[Path], host: str, *, engines: list[str], default:
 
 def deploy_remote(bundle: Path, host: str, target: dict, console=None, remote_python: str = "python3",
                   port: Optional[int] = None, identity: Optional[Path] = None,
-                  known_hosts: Optional[Path] = None, bench_options: Optional[dict] = None) -> dict:
+                  known_hosts: Optional[Path] = None, bench: Optional[Callable] = None) -> dict:
     """Copy the bundle to ``host`` (~/edgeface-bundles/NAME) over SSH, check it there with the device's own
-    edgeface (sha256, version, target), build the TensorRT engine there (Jetson), and run the device's bench."""
+    edgeface (sha256, version, target), build the TensorRT engine there (Jetson), and, with ``bench``
+    (``bench(bundle, ssh, remote_python, console) -> (rows, warnings)``), bench it there."""
     ssh = SshTarget(host, port=port, identity=identity, known_hosts=known_hosts)
     remote = f"{REMOTE_DIR}/{bundle.name}"
     report: dict[str, Any] = {"host": host, "path": f"~/{remote}"}
@@ -94,10 +93,7 @@ def deploy_remote(bundle: Path, host: str, target: dict, console=None, remote_py
             out = steps.run(f"build the {registry.get(target['backend']).title} engine on {host}", lambda: ssh.check(
                 ssh.run(f"{py} -m edgeface build {shlex.quote(remote)}", timeout=3600), "edgeface build"))
             report["build"] = out.strip().splitlines()[-1:] if out.strip() else []
-        rows, warns, fetched = steps.run(f"bench on {host}", bench_remote,
-                                         BenchConfig(artifacts=[str(bundle)], **(bench_options or {})), ssh,
-                                         remote_python=remote_python, console=console)
-        if fetched is not None:
-            shutil.rmtree(fetched, ignore_errors=True)
-        report["bench"], report["warnings"] = rows, warns
+        if bench is not None:
+            report["bench"], report["warnings"] = steps.run(f"bench on {host}", bench, bundle, ssh, remote_python,
+                                                            console)
     return report

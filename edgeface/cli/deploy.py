@@ -91,15 +91,20 @@ def command(target: Optional[str] = typer.Option(None, "--target", "-t",
                       build_options=build_options)
     _check_one_device(target, rollback=rollback, bundle=bundle, limit=limit, serial=serial, max_fail=max_fail,
                       report=report)
+    ssh_options = {"port": port, "identity": identity, "known_hosts": known_hosts, "remote_python": remote_python}
+    result = _deploy_one(target, host, build_options, ssh_options)
+    _print_result(result, host)
+    write_json(json_out, result.to_json())
+
+
+def _deploy_one(target: str, host: Optional[str], build_options: dict, ssh_options: dict):
+    """One bundle, here or over SSH; with --host the device benches it (the bench is handed to deploy, which
+    sits beside bench and does not import it)."""
     from ..bench.remote import bench_bundle_on_device
     from ..deploy import deploy as run_deploy
 
-    result = run_deploy(target, host=host, console=console, **build_options,
-                        device_bench=bench_bundle_on_device if host else None,
-                        ssh_options={"port": port, "identity": identity, "known_hosts": known_hosts,
-                                     "remote_python": remote_python})
-    _print_result(result, host)
-    write_json(json_out, result.to_json())
+    return run_deploy(target, host=host, console=console, **build_options, ssh_options=ssh_options,
+                      device_bench=bench_bundle_on_device if host else None)
 
 
 def _check_one_device(target: Optional[str], **fleet_flags) -> None:

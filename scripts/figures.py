@@ -285,6 +285,32 @@ def frames_accuracy() -> str:
     return "\n".join([table(head, rows), "", caption(rel, doc="docs/frames.md")])
 
 
+MODEL_CARD_SETS = [("aflw2000_dev", "AFLW2000-3D dev half (3D GT yaw/pitch/roll, landmark boxes; validation only)"),
+                   ("pointing04", "Pointing'04 (GT yaw/pitch, 15° steps)"), ("qmul", "QMUL (GT yaw/pitch, 10° grid)"),
+                   ("utkface", "UTKFace (teacher)"), ("celeba", "CelebA (teacher)"),
+                   ("rendered", "rendered wide-pose val (exact labels)")]
+
+
+def model_card_accuracy() -> str:
+    """docs/model-card.md: the shipped model's accuracy per set (edgeface eval --json)."""
+    rel = "docs/eval_default.json"
+    d = load(rel)["sets"]
+
+    def deg(v):
+        return "–" if v is None else f"{v:.2f}°"
+    rows = []
+    for key, label in MODEL_CARD_SETS:
+        r = d[key]
+        bins = " / ".join(f((r["by_yaw"].get(b) or {}).get("mean_mae")) for b in ("0-30", "30-60", "60+"))
+        blur = ["–"] * 3 if key == "rendered" else [f(r.get("blur_mae"), "{:.3f}"), f(r.get("blur_spearman"), "{:.3f}"),
+                                                    f(r.get("blur_sharp_mean"), "{:.3f}")]
+        rows.append([label, f"{r['n']:,}", deg(r["yaw_mae"]), deg(r["pitch_mae"]), deg(r["roll_mae"]),
+                     f"**{deg(r['mean_mae'])}** ({bins})", *blur])
+    head = ["set (labels)", "n", "yaw MAE", "pitch MAE", "roll MAE", "mean MAE (0–30 / 30–60 / 60+)", "blur MAE",
+            "blur Spearman", "sharp faces' mean score"]
+    return "\n".join([table(head, rows), "", caption(rel, doc="docs/model-card.md")])
+
+
 # ------------------------------------------------------------------------------------------------ engines.md
 
 
@@ -675,6 +701,7 @@ BLOCKS = {
     "figures-ort-int8": ("docs/figures.md", figures_ort_int8),
     "figures-quantize-candidate-v6": ("docs/figures.md", figures_quantize_candidate_v6),
     "frames-accuracy": ("docs/frames.md", frames_accuracy),
+    "model-card-accuracy": ("docs/model-card.md", model_card_accuracy),
     "figures-tidy": ("docs/figures.md", figures_tidy),
     "figures-quantize-v4": ("docs/figures.md", figures_quantize_v4),
     "figures-quantize-v3": ("docs/figures.md", figures_quantize_v3),

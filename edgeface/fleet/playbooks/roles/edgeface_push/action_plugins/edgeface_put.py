@@ -46,7 +46,10 @@ class ActionModule(ActionBase):
                 res = self._low_level_execute_command(f"mv -f {shlex.quote(part)} {shlex.quote(dest)}",
                                                       sudoable=False)
         except AnsibleError as e:
-            self._low_level_execute_command(f"rm -f {shlex.quote(part)}", sudoable=False)
+            try:  # the connection may be what failed: the device's next probe removes leftovers either way
+                self._low_level_execute_command(f"rm -f {shlex.quote(part)}", sudoable=False)
+            except AnsibleError:
+                pass
             return dict(result, failed=True, msg=str(e))
         if res.get("rc", 1) != 0:
             words = " ".join((res.get("stderr") or res.get("stdout") or "").split())

@@ -252,7 +252,7 @@ def readme_figures() -> str:
                  f"of it the detector (YuNet on onnxruntime, {spd['cv2_native'] / spd['ort_native']:.1f}× faster "
                  "than OpenCV's DNN)",
                  f"{cite[det]}; {source(fr).cite()}; {source(de).cite()}"])
-    q4, qat = newest_quantize(), "docs/bench/qat_table_v2_recipe.json"  # the shipped model's INT8
+    q4, qat = shipped_quantize(), "docs/bench/qat_table_v2_recipe.json"  # the shipped model's INT8
     acc = load(q4)["accuracy"]
     rises = {b: acc[b]["pose_mae_rise"] for b in acc if b != "fp32"}
     lo, hi = min(rises, key=rises.get), max(rises, key=rises.get)
@@ -593,7 +593,7 @@ def _quantize(rel: str, per_face: str | None) -> str:
                       "", caption(rel, doc=IN_DOCS)])
 
 
-def newest_quantize() -> str:
+def shipped_quantize() -> str:
     """docs/bench/quantize_vN.json of the shipped model's major version N: its INT8 accuracy."""
     major = str(shipped_rows()[0].get("model_version", "0")).split(".")[0]
     return f"docs/bench/quantize_v{major}.json"

@@ -65,7 +65,7 @@ def main() -> None:
         if a.per_set:
             samples = samples[:: max(1, len(samples) // a.per_set)][: a.per_set]
         t = time.time()
-        key = folder.name
+        key = f"{folder.name}-{a.per_set}"  # the detections of exactly these samples (--per-set picks them)
         if key in cache and len(cache[key]) == len(samples):
             found = [None if np.isnan(r[0]) else (r[:4], r[4:].reshape(5, 2)) for r in cache[key]]
         else:

@@ -449,12 +449,13 @@ class TrainingData:
     rendered_val: tuple[np.ndarray, np.ndarray] | None  # (crops, poses) of the rendered wide-pose val set
     dev_sets: dict[str, list[Sample]] = None  # real photos for model selection (data.dev_sets), never trained on
 
-    def evaluate(self, runner, blur: bool) -> dict[str, dict]:
+    def evaluate(self, runner, blur: bool, dev_only: bool = False) -> dict[str, dict]:
+        """Every val set, the dev sets and the rendered val set; ``dev_only``: the dev sets alone."""
         from ..faces.evaluate import evaluate_crops, evaluate_samples
 
-        out = {name: evaluate_samples(runner, s, self.cache.spec, blur=blur, seed=0)
-               for name, s in {**self.val_sets, **(self.dev_sets or {})}.items() if s}
-        if self.rendered_val is not None:  # renders carry no blur label: pose only
+        sets = dict(self.dev_sets or {}) if dev_only else {**self.val_sets, **(self.dev_sets or {})}
+        out = {name: evaluate_samples(runner, s, self.cache.spec, blur=blur, seed=0) for name, s in sets.items() if s}
+        if self.rendered_val is not None and not dev_only:  # renders carry no blur label: pose only
             out["rendered"] = evaluate_crops(runner, *self.rendered_val, blur=False)
         return out
 
@@ -651,9 +652,8 @@ def _measure_epoch(epoch: int, sums: np.ndarray, steps: int, seconds: float, dat
         row["dev_by_yaw"] = {k: {b: r["mean_mae"] for b, r in val[k]["by_yaw"].items()} for k in data.dev_sets}
         if average is not None:
             model.eval()
-            raw = TrainingData(data.cache, data.weights, data.n_sharp, {}, None, data.dev_sets)
-            row["raw_dev_mean_mae"] = {k: v.get("mean_mae")
-                                       for k, v in raw.evaluate(_torch_runner(model, spec), blur=False).items()}
+            raw = data.evaluate(_torch_runner(model, spec), blur=False, dev_only=True)
+            row["raw_dev_mean_mae"] = {k: v.get("mean_mae") for k, v in raw.items()}
     return row, val
 
 

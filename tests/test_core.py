@@ -8,7 +8,7 @@ import pytest
 
 from edgeface.faces.blur import apply_blur, blur_label, degrade, sharpness, sigma_for_label
 from edgeface.core.errors import EdgefaceError
-from edgeface.faces.pose import flip_pose, rotate_pose
+from edgeface.faces.pose import flip_pose, rotate_pose, rotation_angle
 from edgeface.core.preprocess import crop_face, to_input
 from edgeface.core.spec import ModelSpec
 
@@ -56,6 +56,20 @@ def test_pose_rotation_exact():
     back = rotate_pose(*rotate_pose(20, -10, 5, 25), -25)
     assert np.allclose(back, (20, -10, 5), atol=1e-6)
     assert flip_pose(10, 5, -3) == (-10, 5, 3)
+
+
+def test_rotation_angle_is_how_far_the_head_turned():
+    assert np.allclose(rotation_angle([[10, 5, 3]], [[10, 5, 3]]), 0.0, atol=1e-9)
+    assert np.allclose(rotation_angle([[0, 0, 12]], [[0, 0, 0]]), 12.0)
+    assert np.allclose(rotation_angle([[0, 0, 0.01]], [[0, 0, 0]]), 0.01, rtol=1e-6)  # exact for tiny turns
+    # Near 90 deg yaw a 10 deg tilt in the image moves Euler pitch and roll by ~60 deg each: one turn of 10 deg.
+    tilted = rotate_pose(85, 0, 0, 10)
+    assert abs(tilted[1]) > 50 and abs(tilted[2]) > 50
+    assert np.allclose(rotation_angle([tilted], [[85, 0, 0]]), 10.0)
+    # Vectorised, and symmetric.
+    a, b = np.array([[30, -10, 5], [70, 20, -15]]), np.array([[25, -5, 5], [75, 10, 0]])
+    assert np.allclose(rotation_angle(a, b), rotation_angle(b, a))
+    assert rotation_angle(a, b).shape == (2,)
 
 
 def test_blur_label_monotonic_and_noise_is_not_blur():

@@ -275,14 +275,50 @@ def test_int8_without_calib_is_one_line(checkpoint, tmp_path):
     assert proc.returncode == 2 and "supports --precision fp32|bf16|int8|fastest, not fp16" in proc.stderr
 
 
+def test_budget_bounds_the_turn_of_the_head_not_one_euler_angle():
+    """A profile face whose answer tilts by 5 deg reads ~30 deg apart in pitch and roll: pose_max_rotation passes
+    it, a budget on one Euler angle (pose_max_abs, still honoured where a target sets it) does not."""
+    from edgeface.deploy.verify import verify_bundle
+    from edgeface.faces.data import synthetic_faces
+    from edgeface.core.spec import ModelSpec
+    from edgeface.faces.pose import rotate_pose
+
+    crops = synthetic_faces(ModelSpec(), n=8)
+    ref_pose, tilted = (85.0, 0.0, 0.0), rotate_pose(85.0, 0.0, 0.0, 5.0)
+
+    def runner(pose):
+        return lambda batch: (np.zeros(len(batch), np.float32), np.tile(np.float32(pose), (len(batch), 1)))
+
+    budget = {"pose_max_rotation": 6.0, "pose_max_abs": None, "pose_p99_abs": 90.0, "pose_mean_abs": 90.0,
+              "blur_max_abs": 1.0, "pose_mae_increase": 90.0}
+    truth = np.full((len(crops), 3), np.nan, np.float32)
+    res = verify_bundle(runner(tilted), runner(ref_pose), crops, truth, budget)
+    assert res["pose_max_abs"] > 25 and abs(res["pose_max_rotation"] - 5.0) < 1e-3
+    assert res["passed"], res["exceeded"]
+    res = verify_bundle(runner(tilted), runner(ref_pose), crops, truth, {**budget, "pose_max_abs": 6.0})
+    assert not res["passed"] and res["exceeded"][0].startswith("pose_max_abs")
+    res = verify_bundle(runner(rotate_pose(85.0, 0.0, 0.0, 8.0)), runner(ref_pose), crops, truth, budget)
+    assert not res["passed"] and res["exceeded"][0].startswith("pose_max_rotation")
+
+
+def test_a_budget_must_bound_the_largest_change(tmp_path):
+    from edgeface.deploy.targets import load_target
+
+    text = (REPO / "recipes/targets/x86.yaml").read_text().replace("name: x86", "name: loose")
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(text.replace("fp32: {pose_max_rotation: 0.05, ", "fp32: {"))
+    with pytest.raises(EdgefaceError, match=r"verify.fp32' bounds no largest change of pose; add 'pose_max_rotation'"):
+        load_target(str(loose))
+
+
 def test_over_budget_is_refused_and_writes_nothing(checkpoint, tmp_path):
     from edgeface.deploy import deploy
 
     strict = tmp_path / "strict-x86.yaml"
     text = (REPO / "recipes/targets/x86.yaml").read_text().replace("name: x86", "name: strict-x86")
-    strict.write_text(text.replace("fp32: {pose_max_abs: 0.05", "fp32: {pose_max_abs: 0.0"))
+    strict.write_text(text.replace("fp32: {pose_max_rotation: 0.05", "fp32: {pose_max_rotation: 0.0"))
     out = tmp_path / "b"
-    with pytest.raises(EdgefaceError, match=r"exceeds the accuracy budget .*\(pose_max_abs .* > 0\b.*float precision "
+    with pytest.raises(EdgefaceError, match=r"exceeds the accuracy budget .*\(pose_max_rotation .* > 0\b.*float precision "
                                             r"limit.*--no-verify") as err:
         deploy(str(strict), str(checkpoint), out=out)
     assert "--calib" not in str(err.value)  # FP32 has nothing to calibrate

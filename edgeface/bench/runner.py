@@ -34,8 +34,8 @@ CONTRACT_KEYS = ("artifact", "backend", "precision", "batch", "threads", "latenc
                  "first_inference_ms", "peak_rss_mb", "size_mb", "accuracy", "vs_reference", "device")
 ACCURACY_KEYS = ("yaw_mae", "pitch_mae", "roll_mae", "mean_mae", "blur_mae", "blur_spearman", "n")
 VS_REFERENCE_KEYS = ("pose_max_abs", "pose_mean_abs", "blur_max_abs")  # the contract's; faces.evaluate.vs_fp32 adds
-VS_FP32_KEYS = ("n_faces", "pose_max_abs", "pose_mean_abs", "pose_p99_abs", "blur_max_abs", "blur_mean_abs",
-                "pose_mae", "fp32_pose_mae")
+VS_FP32_KEYS = ("n_faces", "pose_max_abs", "pose_mean_abs", "pose_p99_abs", "pose_max_rotation", "pose_mean_rotation",
+                "blur_max_abs", "blur_mean_abs", "pose_mae", "fp32_pose_mae")
 REFERENCE_INPUTS = 64  # synthetic crops for the vs-reference check when no labelled faces are found
 # A typo (--duration 2000000, --iters 1e9) must not hold the machine for days: an hour per configuration at most.
 MAX_DURATION_S = 3600.0

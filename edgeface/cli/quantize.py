@@ -50,14 +50,14 @@ def command(model: Optional[str] = typer.Argument(None,
 
     faces = rep["vs_fp32_faces"]
     t = Table(title=f"INT8 ({method}) vs FP32 on {faces}")
-    for c in ("backend", "artifact", "faces", "pose |Δ| max °", "p99 °", "mean °", "blur |Δ| max",
+    for c in ("backend", "artifact", "faces", "pose |Δ| max °", "p99 °", "mean °", "turned max °", "blur |Δ| max",
               "pose MAE ° (FP32)", "float layers"):
         t.add_column(c)
     for b, a in rep["artifacts"].items():
         v = a["vs_fp32"]
         mae = "-" if v["pose_mae"] is None else f"{v['pose_mae']:.2f} ({v['fp32_pose_mae']:.2f})"
         t.add_row(b, a["artifact"], str(v["n_faces"]), f"{v['pose_max_abs']:.2f}", f"{v['pose_p99_abs']:.2f}",
-                  f"{v['pose_mean_abs']:.3f}", f"{v['blur_max_abs']:.4f}", mae,
+                  f"{v['pose_mean_abs']:.3f}", f"{v['pose_max_rotation']:.2f}", f"{v['blur_max_abs']:.4f}", mae,
                   str(len(a.get("extra_float_layers", []))))
     table_console().print(t)
     for b, a in rep["artifacts"].items():

@@ -101,7 +101,8 @@ def _options(target: dict, precision: str, engine: str) -> dict:
 
 def verify_summary(res: dict) -> dict:
     """A verification result as the manifest's engine_choice records it per candidate."""
-    keys = ("passed", "exceeded", "pose_max_abs", "pose_p99_abs", "pose_mean_abs", "blur_max_abs", "pose_mae_increase")
+    keys = ("passed", "exceeded", "pose_max_abs", "pose_max_rotation", "pose_p99_abs", "pose_mean_abs", "blur_max_abs",
+            "pose_mae_increase")
     return {k: res.get(k) for k in keys}
 
 

@@ -20,8 +20,10 @@ TARGETS_DIR = RECIPES_DIR / "targets"
 MAX_TARGET_THREADS = 256  # a target names a device's threads; the device bounds them again by its own cores
 MAX_TARGET_BATCH = 1024   # deploy measures the engines at this batch: 1e8 would allocate terabytes
 
-_BUDGET = {"pose_max_abs": REQUIRED, "pose_p99_abs": REQUIRED, "pose_mean_abs": REQUIRED, "blur_max_abs": REQUIRED,
-           "pose_mae_increase": REQUIRED}
+# The largest change of pose is bounded by the angle the head turned (pose_max_rotation), by the largest change
+# of one Euler angle (pose_max_abs), or by both; a budget names at least one (deploy.verify.BUDGET_KEYS).
+_BUDGET = {"pose_max_rotation": (float, None), "pose_max_abs": (float, None), "pose_p99_abs": REQUIRED,
+           "pose_mean_abs": REQUIRED, "blur_max_abs": REQUIRED, "pose_mae_increase": REQUIRED}
 
 TARGET_SCHEMA: dict[str, Any] = {
     "name": REQUIRED,
@@ -98,6 +100,8 @@ def load_target(name_or_path: str | Path) -> dict[str, Any]:
     t["verify"] = check_budgets(t["verify"], t["precisions"], where)
     for prec, budget in t["verify"].items():
         for k, v in budget.items():
+            if v is None:
+                continue
             if not finite(v) or v < 0:  # a NaN budget would pass every verification (x > NaN is False)
                 raise EdgefaceError(f"{where}: field 'verify.{prec}.{k}' must be a number >= 0, got {short(v)}")
     for engine in registry.ENGINES:
@@ -117,6 +121,9 @@ def check_budgets(verify: dict, precisions: list, where: str) -> dict:
         if not isinstance(budget, dict):
             raise EdgefaceError(f"{where}: field 'verify.{prec}' must be a mapping, got {type(budget).__name__}")
         out[prec] = validate(budget, _BUDGET, where, f"verify.{prec}.")
+        if out[prec]["pose_max_rotation"] is None and out[prec]["pose_max_abs"] is None:
+            raise EdgefaceError(f"{where}: field 'verify.{prec}' bounds no largest change of pose; add "
+                                f"'pose_max_rotation' (degrees the head may turn) or 'pose_max_abs'")
     for prec in precisions:
         if prec not in out:
             raise EdgefaceError(f"{where}: missing required field 'verify.{prec}' (a budget for each of precisions)")

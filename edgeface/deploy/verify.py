@@ -20,7 +20,12 @@ from ..runtime.bundle import ANY_DEVICE, open_bundle
 from ..runtime.predictor import Predictor
 
 VERIFY_PER_SET = 64          # held-out faces per labelled set used for verification (deterministic choice)
-BUDGET_KEYS = ("pose_max_abs", "pose_p99_abs", "pose_mean_abs", "blur_max_abs", "pose_mae_increase")
+# pose_max_rotation: the largest angle the head turned between the two answers (faces.pose.rotation_angle).
+# The shipped targets bound the largest change by it, not by the largest change of one Euler angle
+# (pose_max_abs, still reported, and still budgeted where a target sets it): near ±90° yaw pitch and roll turn
+# about nearly the same axis, and a head turned by 7° there reads 30° apart in both.
+BUDGET_KEYS = ("pose_max_abs", "pose_max_rotation", "pose_p99_abs", "pose_mean_abs", "blur_max_abs",
+               "pose_mae_increase")
 
 
 def load_verify_set(data: Optional[Path], spec, per_set: int = VERIFY_PER_SET, seed: int = 0):
@@ -54,10 +59,11 @@ def verify_bundle(runner, reference, crops: np.ndarray, poses: np.ndarray, budge
     increase = None
     if ref_acc.get("mean_mae") is not None and art_acc.get("mean_mae") is not None:
         increase = art_acc["mean_mae"] - ref_acc["mean_mae"]
+    faces_vs = vs_fp32(art_b, art_p, ref_b, ref_p, poses)  # the faces alone: what quantize and bench print
     result = {
         "n_faces": int(len(crops)), "n_blurred": int(len(blur_imgs)),
         "pose_max_abs": d["pose_max_abs"], "pose_p99_abs": d["pose_p99_abs"], "pose_mean_abs": d["pose_mean_abs"],
-        "pose_max_abs_blurred": abs_deviation(art_bp, ref_bp)["max"] if len(blur_imgs) else None,
+        "pose_max_rotation": faces_vs["pose_max_rotation"], "pose_max_abs_blurred": abs_deviation(art_bp, ref_bp)["max"] if len(blur_imgs) else None,
         "blur_max_abs": d["blur_max_abs"], "blur_mean_abs": d["blur_mean_abs"],
         "reference": {"pose_mean_mae": ref_acc.get("mean_mae"), "yaw_mae": ref_acc.get("yaw_mae"),
                       "pitch_mae": ref_acc.get("pitch_mae"), "roll_mae": ref_acc.get("roll_mae"),
@@ -67,12 +73,12 @@ def verify_bundle(runner, reference, crops: np.ndarray, poses: np.ndarray, budge
                    "blur_spearman": spearman(art_bb, blur_labels) if len(blur_imgs) > 1 else None},
         "pose_mae_increase": increase,
         "budget": dict(budget),
-        "vs_fp32": vs_fp32(art_b, art_p, ref_b, ref_p, poses),  # the faces alone: what quantize and bench print
+        "vs_fp32": faces_vs,
     }
     over = []
     for key in BUDGET_KEYS:
         value = result[key]
-        if value is not None and value > budget[key]:
+        if value is not None and budget.get(key) is not None and value > budget[key]:
             over.append(f"{key} {value:.4g} > {budget[key]:.4g}")
     result["passed"] = not over
     result["exceeded"] = over
@@ -106,7 +112,7 @@ def verify_line(v: dict) -> str:
 
     b = v["budget"]
     limits = ", ".join(f"{k.replace('_abs', '').replace('_', ' ')} {v[k]:.2f} {'≤' if v[k] <= b[k] else '>'} {b[k]:g}"
-                       for k in ("pose_max_abs", "pose_p99_abs", "pose_mean_abs", "blur_max_abs")
+                       for k in ("pose_max_rotation", "pose_max_abs", "pose_p99_abs", "pose_mean_abs", "blur_max_abs")
                        if v.get(k) is not None and b.get(k) is not None)
     verdict = "[green]within budget[/green]" if v["passed"] else "[red]over budget[/red]"
     face_line = format_vs_fp32(v["vs_fp32"], v.get("data", "held-out faces")) if "vs_fp32" in v else ""

@@ -283,8 +283,12 @@ def vs_fp32(blur, pose, ref_blur, ref_pose, truth=None) -> dict:
     ``format_vs_fp32``, so the same artifact on the same faces reads the same everywhere."""
     from ..core.compare import deviation
 
+    from .pose import rotation_angle
+
     d = deviation(blur, pose, ref_blur, ref_pose)
-    out = {"n_faces": int(len(pose)), **d, "pose_mae": None, "fp32_pose_mae": None}
+    turned = rotation_angle(pose, ref_pose) if len(pose) else np.full(1, np.nan)
+    out = {"n_faces": int(len(pose)), **d, "pose_max_rotation": float(turned.max()),
+           "pose_mean_rotation": float(turned.mean()), "pose_mae": None, "fp32_pose_mae": None}
     if truth is not None and len(truth) and not np.isnan(np.asarray(truth, np.float64)).all():
         out["pose_mae"] = _axis_maes(np.asarray(pose, np.float64), np.asarray(truth, np.float64))["mean_mae"]
         out["fp32_pose_mae"] = _axis_maes(np.asarray(ref_pose, np.float64), np.asarray(truth, np.float64))["mean_mae"]
@@ -294,7 +298,10 @@ def vs_fp32(blur, pose, ref_blur, ref_pose, truth=None) -> dict:
 def format_vs_fp32(v: dict, faces: str) -> str:
     """One line: what was compared, on how many faces, in which units, with the FP32 baseline beside it."""
     line = (f"vs FP32 on {v['n_faces']} faces ({faces}): pose |Δ| max {v['pose_max_abs']:.2f}°, "
-            f"p99 {v['pose_p99_abs']:.2f}°, mean {v['pose_mean_abs']:.3f}°; blur |Δ| max {v['blur_max_abs']:.4f}")
+            f"p99 {v['pose_p99_abs']:.2f}°, mean {v['pose_mean_abs']:.3f}°")
+    if v.get("pose_max_rotation") is not None:  # older JSON has no rotation figures
+        line += f", head turned by at most {v['pose_max_rotation']:.2f}°"
+    line += f"; blur |Δ| max {v['blur_max_abs']:.4f}"
     if v.get("pose_mae") is not None:
         line += (f"; pose mean MAE {v['pose_mae']:.2f}° (FP32 {v['fp32_pose_mae']:.2f}°, "
                  f"{v['pose_mae'] - v['fp32_pose_mae']:+.2f}°)")

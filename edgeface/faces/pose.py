@@ -45,3 +45,27 @@ def rotate_pose(yaw: float, pitch: float, roll: float, theta_deg: float) -> tupl
 def flip_pose(yaw: float, pitch: float, roll: float) -> tuple[float, float, float]:
     """Pose after a horizontal mirror: yaw and roll change sign, pitch stays."""
     return -yaw, pitch, -roll
+
+
+def pose_matrices(poses) -> np.ndarray:
+    """(N, 3, 3) rotation matrices of (N, 3) yaw / pitch / roll degrees (``pose_to_matrix``, vectorised)."""
+    y, p, r = np.radians(np.asarray(poses, np.float64).reshape(-1, 3)).T
+    cy, sy, cp, sp, cr, sr = np.cos(y), np.sin(y), np.cos(p), np.sin(p), np.cos(r), np.sin(r)
+    one, zero = np.ones_like(y), np.zeros_like(y)
+    rx = np.stack([one, zero, zero, zero, cp, sp, zero, -sp, cp], -1).reshape(-1, 3, 3)   # Rx(-pitch)
+    ry = np.stack([cy, zero, -sy, zero, one, zero, sy, zero, cy], -1).reshape(-1, 3, 3)   # Ry(-yaw)
+    rz = np.stack([cr, sr, zero, -sr, cr, zero, zero, zero, one], -1).reshape(-1, 3, 3)   # Rz(-roll)
+    return rx @ ry @ rz
+
+
+def rotation_angle(poses, reference) -> np.ndarray:
+    """(N,) degrees: the angle of the rotation that takes each reference head pose to the other one.
+
+    This is how far an answer moved, whatever the angles' convention: near ±90° yaw the Euler pitch and roll
+    turn about nearly the same axis, so a head that turns by a few degrees can read 30° apart in pitch and in
+    roll. From the chordal distance (2 asin(|Ra - Rb|_F / 2√2)), which stays exact for tiny angles where
+    acos of the trace does not.
+    """
+    diff = pose_matrices(poses) - pose_matrices(reference)
+    chord = np.sqrt((diff ** 2).sum(axis=(1, 2))) / (2.0 * np.sqrt(2.0))
+    return np.degrees(2.0 * np.arcsin(np.clip(chord, 0.0, 1.0)))

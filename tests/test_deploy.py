@@ -318,8 +318,8 @@ def test_over_budget_is_refused_and_writes_nothing(checkpoint, tmp_path):
     text = (REPO / "recipes/targets/x86.yaml").read_text().replace("name: x86", "name: strict-x86")
     strict.write_text(text.replace("fp32: {pose_max_rotation: 0.05", "fp32: {pose_max_rotation: 0.0"))
     out = tmp_path / "b"
-    with pytest.raises(EdgefaceError, match=r"exceeds the accuracy budget .*\(pose_max_rotation .* > 0\b.*float precision "
-                                            r"limit.*--no-verify") as err:
+    with pytest.raises(EdgefaceError, match=r"exceeds the accuracy budget .*\(pose_max_rotation .* > 0\b.*"
+                                            r"float precision limit.*--no-verify") as err:
         deploy(str(strict), str(checkpoint), out=out)
     assert "--calib" not in str(err.value)  # FP32 has nothing to calibrate
     assert not out.exists() and not list(tmp_path.glob(".b.*"))

@@ -63,7 +63,8 @@ def verify_bundle(runner, reference, crops: np.ndarray, poses: np.ndarray, budge
     result = {
         "n_faces": int(len(crops)), "n_blurred": int(len(blur_imgs)),
         "pose_max_abs": d["pose_max_abs"], "pose_p99_abs": d["pose_p99_abs"], "pose_mean_abs": d["pose_mean_abs"],
-        "pose_max_rotation": faces_vs["pose_max_rotation"], "pose_max_abs_blurred": abs_deviation(art_bp, ref_bp)["max"] if len(blur_imgs) else None,
+        "pose_max_rotation": faces_vs["pose_max_rotation"],
+        "pose_max_abs_blurred": abs_deviation(art_bp, ref_bp)["max"] if len(blur_imgs) else None,
         "blur_max_abs": d["blur_max_abs"], "blur_mean_abs": d["blur_mean_abs"],
         "reference": {"pose_mean_mae": ref_acc.get("mean_mae"), "yaw_mae": ref_acc.get("yaw_mae"),
                       "pitch_mae": ref_acc.get("pitch_mae"), "roll_mae": ref_acc.get("roll_mae"),

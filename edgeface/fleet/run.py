@@ -137,7 +137,7 @@ class Events:
                 r = HostResult(name, UNREACHABLE, self.unreachable.get(name, "unreachable"))
             elif name in failures or (name in self.failed and name not in self.results):
                 reason = self.failed.get(name)
-                if reason and reason.startswith("unreachable: "):  # edgeface_reach turned it into a failure
+                if reason and reason.startswith("unreachable: "):  # edgeface_probe turned it into a failure
                     r = HostResult(name, UNREACHABLE, reason[len("unreachable: "):])
                 elif reason:
                     r = HostResult(name, FAILED, reason)

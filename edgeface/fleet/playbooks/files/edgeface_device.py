@@ -1,4 +1,4 @@
-"""The device side of the edgeface fleet playbooks, run by Ansible's `script` module with the device's own
+"""The device side of the edgeface fleet playbooks, sent inside each SSH command and run by the device's own
 Python (the one that has edgeface installed: `edgeface_python`). Only the device's edgeface is used to judge
 a bundle (its digest, every file's sha256 and, when the device trusts keys, the signature).
 
@@ -10,6 +10,9 @@ a bundle (its digest, every file's sha256 and, when the device trusts keys, the 
     swap    ROOT DIGEST   ROOT/bundles/.incoming-DIGEST -> ROOT/bundles/DIGEST, `current` -> it, the old
                           `current` becomes `previous`; each link is replaced by rename(2), so a reader sees the
                           old or the new bundle, never none; versions other than current and previous are removed
+    install ROOT DIGEST   receive the pushed archive (or, when the device keeps DIGEST already, verify that copy),
+                          then swap it in: one Python start for the two steps. A refused copy is removed and never
+                          becomes `current`
     rollback ROOT         `current` <-> `previous` (the previous bundle is verified first)
 
 Prints one JSON object on stdout; a failure prints `error: ...` on stderr and exits 2.
@@ -228,6 +231,22 @@ def swap(root, digest):
             "changed": old != new}
 
 
+def install(root, digest):
+    bundles = os.path.join(root, BUNDLES)
+    staged = os.path.join(bundles, INCOMING + digest)
+    try:
+        if os.path.isfile(staged + ".tar"):
+            described = receive(root, digest)
+        else:  # not copied: the device keeps this version already (e.g. as `previous`)
+            described = verify(os.path.join(bundles, digest))
+    except BaseException:  # fail() exits: the refused copy goes with it
+        shutil.rmtree(staged, ignore_errors=True)
+        if os.path.lexists(staged + ".tar"):
+            os.remove(staged + ".tar")
+        raise
+    return dict(described, **swap(root, digest))
+
+
 def rollback(root):
     trust(root)
     prev, cur = link_target(root, "previous"), link_target(root, "current")
@@ -242,7 +261,7 @@ def rollback(root):
 
 def main(argv):
     if len(argv) < 2:
-        fail("usage: edgeface_device.py trust|probe|verify|receive|swap|rollback ARGS")
+        fail("usage: edgeface_device.py trust|probe|verify|receive|swap|install|rollback ARGS")
     verb, args = argv[1], argv[2:]
     try:
         if verb == "trust":
@@ -258,6 +277,8 @@ def main(argv):
             out = receive(os.path.abspath(os.path.expanduser(args[0])), args[1])
         elif verb == "swap":
             out = swap(os.path.abspath(os.path.expanduser(args[0])), args[1])
+        elif verb == "install":
+            out = install(os.path.abspath(os.path.expanduser(args[0])), args[1])
         elif verb == "rollback":
             out = rollback(os.path.abspath(os.path.expanduser(args[0])))
         else:

@@ -282,12 +282,10 @@ def test_plain_ansible_playbook_runs_the_shipped_playbook(fleet, bundles, tmp_pa
 
 
 def test_deploying_to_four_at_once_beats_one_after_another(fleet, bundles, tmp_path):
-    """Parallel: 4 devices (--forks 4) take less than the same 4 one after another (--forks 1); fresh root
-    folders every time, best of three rounds. The ratios are printed as JSON (-s). Neither bound the issue's 2x
-    nor a tight parallel-vs-sequential one is asserted: on a 2-core machine the simulated devices share the cores
-    with Ansible, so the work is CPU-bound and the ratios move with the machine's load (four vs one measured
-    1.83-1.89x after the playbooks lost their copy module and set_fact tasks, 2.07x before, in one interleaved
-    run; docs/fleet.md)."""
+    """Parallel: 4 devices (--forks 4) take at most twice the time of one (the issue's bound) and less than the
+    same 4 one after another (--forks 1); fresh root folders every time, best of three rounds, interleaved. The
+    ratios are printed as JSON (-s). On a 2-core machine the simulated devices share the cores with Ansible, so
+    the work is CPU-bound and the ratio moves with the load: on an idle 2-core Zen 4, 1.75x (docs/fleet.md)."""
     times: dict[str, list[float]] = {"one": [], "four": [], "seq": []}
     runs = [("one", 4), ("four", 4), ("seq", 1), ("one", 4), ("four", 4), ("one", 4), ("four", 4)]
     for i, (name, forks) in enumerate(runs):
@@ -300,6 +298,7 @@ def test_deploying_to_four_at_once_beats_one_after_another(fleet, bundles, tmp_p
     one, four, seq = (min(times[k]) for k in ("one", "four", "seq"))
     print(json.dumps({"deploy_seconds": times, "four_vs_one": four / one, "parallel_vs_sequential": four / seq,
                       "cpus": os.cpu_count()}))
+    assert four <= 2.0 * one, times
     assert four < 0.9 * seq, times
 
 

@@ -46,7 +46,9 @@ def pack(files: list[tuple[str, str]], fileobj) -> None:
 
 
 class ActionModule(ActionBase):
-    TRANSFERS_FILES = True
+    # False: with True, Ansible makes a temporary folder on the device before run() and removes it after, two
+    # more SSH commands per host; the archive goes straight to its .part file instead.
+    TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("bundle", "dest"))
 
     def run(self, tmp=None, task_vars=None):

@@ -577,6 +577,8 @@ def _quantize(rel: str, per_face: str | None) -> str:
         if per_face == "320":
             v = arts[b]["vs_fp32"]
             row.append(f"{v['pose_mean_abs']:.2f}° / {v['pose_p99_abs']:.1f}° / {v['pose_max_abs']:.1f}°")
+            if "pose_max_rotation" in arts["onnxruntime"]["vs_fp32"]:  # measured since deploy budgets the turn
+                row.append(f"{v['pose_max_rotation']:.1f}°")
         elif per_face == "val":
             v = acc[b]["vs_fp32"]
             row.append(f"{v['pose_mean_abs']:.2f}° / {v['pose_max_abs']:.1f}°")
@@ -584,6 +586,8 @@ def _quantize(rel: str, per_face: str | None) -> str:
     head = ["INT8 artifact", "pose MAE rise", "blur MAE rise"]
     if per_face == "320":
         head.append(f"per face vs FP32, mean / p99 / max ({arts['onnxruntime']['vs_fp32']['n_faces']} faces)")
+        if "pose_max_rotation" in arts["onnxruntime"]["vs_fp32"]:
+            head.append("head turned, max")
     elif per_face == "val":
         head.append("mean / max \\|Δpose\\| vs FP32 per face")
     fp = acc["fp32"]
@@ -597,6 +601,10 @@ def shipped_quantize() -> str:
     """docs/bench/quantize_vN.json of the shipped model's major version N: its INT8 accuracy."""
     major = str(shipped_rows()[0].get("model_version", "0")).split(".")[0]
     return f"docs/bench/quantize_v{major}.json"
+
+
+def figures_quantize_v5() -> str:
+    return _quantize("docs/bench/quantize_v5.json", "320")
 
 
 def figures_quantize_candidate_v6() -> str:
@@ -699,6 +707,7 @@ BLOCKS = {
     "figures-predictor": ("docs/figures.md", figures_predictor),
     "figures-bench-three": ("docs/figures.md", figures_bench_three),
     "figures-ort-int8": ("docs/figures.md", figures_ort_int8),
+    "figures-quantize-v5": ("docs/figures.md", figures_quantize_v5),
     "figures-quantize-candidate-v6": ("docs/figures.md", figures_quantize_candidate_v6),
     "frames-accuracy": ("docs/frames.md", frames_accuracy),
     "model-card-accuracy": ("docs/model-card.md", model_card_accuracy),

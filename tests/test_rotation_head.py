@@ -58,6 +58,26 @@ def test_geodesic_loss_is_the_rotation_angle_and_skips_partial_labels():
     turned = pose_matrices(torch.tensor([[30.0, 10.0, -5.0], [0.0, 0.0, 40.0], [0.0, 0.0, 0.0]]))
     # row 0: the same rotation (0 deg); row 1: 40 deg of roll; row 2 has no pitch label and is left out
     assert float(geodesic_loss(turned, truth)) == pytest.approx((0.0 + 40.0) / 2 / 10.0, abs=0.01)
+    # weighted: row 1 counts three times as much as row 0
+    assert float(geodesic_loss(turned, truth, torch.tensor([1.0, 3.0, 5.0]))) == pytest.approx(
+        (0.0 + 3 * 40.0) / 4 / 10.0, abs=0.01)
+
+
+def test_wide_yaw_faces_weigh_more_in_the_pose_losses():
+    from edgeface.model.train import face_weights, masked_losses
+
+    truth = torch.tensor([[70.0, 0.0, float("nan")], [-65.0, 0.0, 0.0], [10.0, 0.0, 0.0], [float("nan"), 5.0, 0.0]])
+    w = face_weights(truth, 3.0)
+    assert w.tolist() == [3.0, 3.0, 1.0, 1.0]  # |yaw| >= 60 either way; an unknown yaw is not wide
+    pred = truth.nan_to_num() + torch.tensor([[10.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    blur = torch.zeros(4, 1)
+    plain, _ = masked_losses(blur, pred, torch.full((4,), float("nan")), truth, beta=2.0)
+    same, _ = masked_losses(blur, pred, torch.full((4,), float("nan")), truth, beta=2.0, weights=torch.ones(4))
+    weighted, _ = masked_losses(blur, pred, torch.full((4,), float("nan")), truth, beta=2.0, weights=w)
+    assert float(same) == pytest.approx(float(plain))
+    # one error term of 1.0 - 0.1 = 0.9 (smooth L1 at 1.0, beta 0.2) among 10 known terms; weighted, 3 of 20 units
+    assert float(plain) == pytest.approx(0.9 / 10, abs=1e-5)
+    assert float(weighted) == pytest.approx(3 * 0.9 / (2 * 3 + 3 * 3 + 3 * 1 + 2 * 1), abs=1e-5)
 
 
 def test_ncnn_decode_layers_match_torch():

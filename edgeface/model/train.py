@@ -61,8 +61,9 @@ TRAIN_SCHEMA = {
         "yaw_min": 15.0, "yaw_max": 90.0, "pitch_p": 0.4, "pitch_delta": 25.0, "max_pitch": 45.0, "seed": 0,
     },
     # pose: smooth L1 on the Euler angles; geodesic: the angle between predicted and true rotation, on faces
-    # with all three angles known (rot6d heads only)
-    "loss": {"pose": 1.0, "blur": 1.0, "pose_beta": 2.0, "geodesic": 0.0},
+    # with all three angles known (rot6d heads only); wide_yaw_weight: how many times a face whose true |yaw| is
+    # at least WIDE_YAW counts in both pose losses (the widest bin is where real photos are furthest off)
+    "loss": {"pose": 1.0, "blur": 1.0, "pose_beta": 2.0, "geodesic": 0.0, "wide_yaw_weight": 1.0},
     "out": "runs/mbv2_025",
 }
 
@@ -124,6 +125,7 @@ def check_ranges(recipe: dict, where: str) -> None:
         ("augment.sharp_min", a["sharp_min"], 0.0, 1e9),
         ("loss.pose", loss["pose"], 0.0, 1e6), ("loss.blur", loss["blur"], 0.0, 1e6),
         ("loss.pose_beta", loss["pose_beta"], 1e-6, 1e6), ("loss.geodesic", loss["geodesic"], 0.0, 1e6),
+        ("loss.wide_yaw_weight", loss["wide_yaw_weight"], 1e-6, 1e6),
         ("render.weight", recipe["render"]["weight"], 0.0, 1e6),
     ]
     rules += [(f"augment.{k}", a[k], 0.0, 1.0) for k in a if k.endswith("_p")]
@@ -321,8 +323,20 @@ def warmup_cosine(t: dict, steps_per_epoch: int):
     return lr_at
 
 
-def masked_losses(blur_pred, pose_pred, blur_t, pose_t, beta: float):
-    """Smooth-L1 pose loss (degrees / 10) and BCE blur loss, each averaged over known labels only."""
+WIDE_YAW = 60.0  # degrees: the benchmark's widest |yaw| bin starts here
+
+
+def face_weights(pose_t, wide_yaw_weight: float):
+    """(N,) weight of each face in the pose losses: ``wide_yaw_weight`` where the true |yaw| >= WIDE_YAW, else 1."""
+    import torch
+
+    wide = torch.nan_to_num(pose_t[:, 0].abs(), nan=0.0) >= WIDE_YAW
+    return torch.where(wide, torch.full_like(pose_t[:, 0], wide_yaw_weight), torch.ones_like(pose_t[:, 0]))
+
+
+def masked_losses(blur_pred, pose_pred, blur_t, pose_t, beta: float, weights=None):
+    """Smooth-L1 pose loss (degrees / 10) and BCE blur loss, each averaged over known labels only; ``weights``
+    (N,) weighs each face's pose terms (a weighted mean)."""
     import torch
     import torch.nn.functional as F
 
@@ -332,7 +346,9 @@ def masked_losses(blur_pred, pose_pred, blur_t, pose_t, beta: float):
     blur_loss = blur_pred.new_zeros(())
     if pose_mask.any():
         d = (pose_pred[pose_mask] - pose_t[pose_mask]) / 10.0
-        pose_loss = F.smooth_l1_loss(d, torch.zeros_like(d), beta=beta / 10.0)
+        terms = F.smooth_l1_loss(d, torch.zeros_like(d), beta=beta / 10.0, reduction="none")
+        w = torch.ones_like(terms) if weights is None else weights[:, None].expand_as(pose_t)[pose_mask]
+        pose_loss = (terms * w).sum() / w.sum()
     if blur_mask.any():
         p = blur_pred.squeeze(1)[blur_mask].clamp(1e-6, 1 - 1e-6)
         blur_loss = F.binary_cross_entropy(p, blur_t[blur_mask])
@@ -355,8 +371,9 @@ def pose_matrices(poses):
     return rx @ ry @ rz  # Rx(-pitch) Ry(-yaw) Rz(-roll)
 
 
-def geodesic_loss(rotation, pose_t):
-    """Mean angle (degrees / 10) between predicted and true rotations, over faces with all three angles known."""
+def geodesic_loss(rotation, pose_t, weights=None):
+    """Mean angle (degrees / 10) between predicted and true rotations, over faces with all three angles known;
+    ``weights`` (N,) makes it a weighted mean."""
     import torch
 
     full = ~torch.isnan(pose_t).any(1)
@@ -364,7 +381,9 @@ def geodesic_loss(rotation, pose_t):
         return pose_t.new_zeros(())
     truth = pose_matrices(pose_t[full])
     cos = ((rotation[full] * truth).sum((1, 2)) - 1.0) / 2.0
-    return torch.rad2deg(torch.acos(cos.clamp(-1.0 + 1e-6, 1.0 - 1e-6))).mean() / 10.0
+    angle = torch.rad2deg(torch.acos(cos.clamp(-1.0 + 1e-6, 1.0 - 1e-6)))
+    w = torch.ones_like(angle) if weights is None else weights[full]
+    return (angle * w).sum() / w.sum() / 10.0
 
 
 def run_epoch(forward, loader, opt, lr_at, step: int, loss_weights: dict, spec: ModelSpec, progress, task,
@@ -383,10 +402,11 @@ def run_epoch(forward, loader, opt, lr_at, step: int, loss_weights: dict, spec: 
             group["lr"] = lr_at(step)
         bp, pp, *rotation = forward(torch.from_numpy(to_input(imgs, spec)))
         pose_t = torch.from_numpy(poses)
-        pl, bl = masked_losses(bp, pp, torch.from_numpy(blurs), pose_t, loss_weights["pose_beta"])
+        weights = face_weights(pose_t, loss_weights.get("wide_yaw_weight", 1.0))
+        pl, bl = masked_losses(bp, pp, torch.from_numpy(blurs), pose_t, loss_weights["pose_beta"], weights)
         pl = loss_weights["pose"] * pl  # the logged pose loss is the weighted one, geodesic term included
         if loss_weights.get("geodesic") and rotation and rotation[0] is not None:
-            pl = pl + loss_weights["geodesic"] * geodesic_loss(rotation[0], pose_t)
+            pl = pl + loss_weights["geodesic"] * geodesic_loss(rotation[0], pose_t, weights)
         loss = pl + loss_weights["blur"] * bl
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -282,7 +282,6 @@ def vs_fp32(blur, pose, ref_blur, ref_pose, truth=None) -> dict:
     score units) and, where ``truth`` has labels, the pose mean MAE of both. Every tool prints this dict with
     ``format_vs_fp32``, so the same artifact on the same faces reads the same everywhere."""
     from ..core.compare import deviation
-
     from .pose import rotation_angle
 
     d = deviation(blur, pose, ref_blur, ref_pose)

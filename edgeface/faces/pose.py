@@ -9,24 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def _rx(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-
-
-def _ry(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-
-
 def _rz(a):
     c, s = np.cos(a), np.sin(a)
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
 def pose_to_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
-    y, p, r = np.radians([yaw, pitch, roll])
-    return _rx(-p) @ _ry(-y) @ _rz(-r)
+    return pose_matrices([[yaw, pitch, roll]])[0]
 
 
 def matrix_to_pose(m: np.ndarray) -> tuple[float, float, float]:

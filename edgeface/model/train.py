@@ -17,6 +17,7 @@ from ..core.recipe import REQUIRED, load_yaml, read_csv_utf8, validate
 from ..core.spec import CropRule, ModelSpec
 from ..faces.blur import degrade, random_blur, sharpness
 from ..faces.data import Sample, load_samples
+from ..faces.evaluate import YAW_BINS
 from ..faces.pose import rotate_pose
 from .profiling import landmark_box
 
@@ -323,7 +324,7 @@ def warmup_cosine(t: dict, steps_per_epoch: int):
     return lr_at
 
 
-WIDE_YAW = 60.0  # degrees: the benchmark's widest |yaw| bin starts here
+WIDE_YAW = YAW_BINS[-1][0]  # degrees: where the benchmark's widest |yaw| bin starts
 
 
 def face_weights(pose_t, wide_yaw_weight: float):

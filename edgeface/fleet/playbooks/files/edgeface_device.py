@@ -6,7 +6,8 @@ a bundle (its digest, every file's sha256 and, when the device trusts keys, the 
     probe   ROOT DIGEST   what the device is, which bundle `current` and `previous` hold, whether DIGEST is there
     verify  PATH          open the bundle with the device's edgeface (EDGEFACE_TRUSTED_KEYS from ROOT/trusted.pub)
     receive ROOT DIGEST   unpack ROOT/bundles/.incoming-DIGEST.tar (the pushed bundle: plain files, no path outside
-                          the folder) into ROOT/bundles/.incoming-DIGEST, remove the archive, then verify it
+                          the folder) into ROOT/bundles/.incoming-DIGEST, remove the archive, then verify it; a
+                          refused copy is removed
     swap    ROOT DIGEST   ROOT/bundles/.incoming-DIGEST -> ROOT/bundles/DIGEST, `current` -> it, the old
                           `current` becomes `previous`; each link is replaced by rename(2), so a reader sees the
                           old or the new bundle, never none; versions other than current and previous are removed
@@ -186,9 +187,12 @@ def receive(root, digest):
     shutil.rmtree(staged, ignore_errors=True)
     try:
         unpack(archive, staged)
+        return verify(staged)
+    except BaseException:  # fail() exits: a refused copy never stays behind
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     finally:
         os.remove(archive)
-    return verify(staged)
 
 
 def clear_incoming(root):
@@ -233,17 +237,10 @@ def swap(root, digest):
 
 def install(root, digest):
     bundles = os.path.join(root, BUNDLES)
-    staged = os.path.join(bundles, INCOMING + digest)
-    try:
-        if os.path.isfile(staged + ".tar"):
-            described = receive(root, digest)
-        else:  # not copied: the device keeps this version already (e.g. as `previous`)
-            described = verify(os.path.join(bundles, digest))
-    except BaseException:  # fail() exits: the refused copy goes with it
-        shutil.rmtree(staged, ignore_errors=True)
-        if os.path.lexists(staged + ".tar"):
-            os.remove(staged + ".tar")
-        raise
+    if os.path.isfile(os.path.join(bundles, INCOMING + digest + ".tar")):
+        described = receive(root, digest)
+    else:  # not copied: the device keeps this version already (e.g. as `previous`)
+        described = verify(os.path.join(bundles, digest))
     return dict(described, **swap(root, digest))
 
 

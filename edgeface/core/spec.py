@@ -76,6 +76,10 @@ class ModelSpec:
     arch: str = "mobilenetv2"
     width: float = 0.25
     pose_head: str = "euler"
+    # The answer for a face is the mean of the network's answers for its crop and for the crop's mirror image
+    # (whose yaw and roll change sign): two passes per face, done by the runtime (Predictor) for every engine,
+    # so an ncnn graph, which has no batch, needs nothing of its own. Off for artifacts from before v5.1.0.
+    mirror_average: bool = False
     model_version: str = "0.0.0"
     spec_version: int = SPEC_VERSION
 
@@ -154,6 +158,8 @@ class ModelSpec:
                 bad(name, "must be a string")
         if self.pose_head not in POSE_HEADS:
             bad("pose_head", f"must be one of {', '.join(POSE_HEADS)}, got {_short(self.pose_head)}")
+        if not isinstance(self.mirror_average, bool):
+            bad("mirror_average", f"must be true or false, got {_short(self.mirror_average)}")
         if self.arch not in ARCHS:
             bad("arch",
                 f"must be one of {', '.join(ARCHS)} (the networks this edgeface builds), got {_short(self.arch)}")

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from ..core.errors import EdgefaceError
-from ..core.preprocess import context_crop, context_matrix, crop_face, read_image, to_input
+from ..core.preprocess import context_crop, context_matrix, crop_face, mirror_mean, read_image, to_input, with_mirrors
 from ..core.limits import short
 from ..core.recipe import REQUIRED, load_yaml, read_csv_utf8, validate
 from ..core.spec import CropRule, ModelSpec
@@ -25,6 +25,9 @@ TRAIN_SCHEMA = {
     "kind": "train",
     "model": {"arch": "mobilenetv2", "width": 0.25, "input_size": 112, "crop_scale": 1.4, "version": "1.1.0",
               "pose_head": "euler",  # or "rot6d": a rotation decoded to Euler angles in the graph (network.py)
+              # answer with the mean of the face's and its mirror image's answers (ModelSpec.mirror_average);
+              # training sees single crops, and the per-epoch measurements answer as the runtime will
+              "mirror_average": False,
               "terms": (str, None)},  # the weights' terms (those of the data they learn from), into every bundle
     "data": {
         "root": "../shared/data",
@@ -163,7 +166,8 @@ def spec_from_recipe(recipe: dict) -> ModelSpec:
     m = recipe["model"]
     try:
         return ModelSpec(input_size=m["input_size"], crop=CropRule(scale=m["crop_scale"]), arch=m["arch"],
-                         width=m["width"], pose_head=m["pose_head"], model_version=m["version"]).validate()
+                         width=m["width"], pose_head=m["pose_head"], mirror_average=m["mirror_average"],
+                         model_version=m["version"]).validate()
     except EdgefaceError as e:
         raise EdgefaceError(str(e).replace("ModelSpec field", "recipe: model field").replace(
             "; re-export the artifact with `edgeface export`", "; fix the recipe")) from None
@@ -652,11 +656,14 @@ def _torch_runner(model, spec: ModelSpec):
     """Predictor-style runner (BGR uint8 crops in; blur, pose out) over a torch model in eval mode."""
     import torch
 
-    def run(batch_bgr):
+    def answers(batch_bgr):
         with torch.no_grad():
             x = torch.from_numpy(to_input(batch_bgr, spec)).contiguous(memory_format=torch.channels_last)
             b, p = model(x)
         return b.numpy()[:, 0], p.numpy()
+
+    def run(batch_bgr):  # as the runtime answers: with the mirror images when the spec says so (Predictor)
+        return mirror_mean(*answers(with_mirrors(batch_bgr))) if spec.mirror_average else answers(batch_bgr)
     return run
 
 

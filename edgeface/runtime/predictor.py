@@ -28,7 +28,7 @@ from ..core.artifact import PRECISION_KEY, WEIGHTS_DIR, read_onnx_metadata, ship
 from ..core.device import detect_device
 from ..core.errors import EdgefaceError
 from ..core.limits import check_batch, check_threads, short
-from ..core.preprocess import check_boxes, check_crops, check_image, crop_face, to_input
+from ..core.preprocess import check_boxes, check_crops, check_image, crop_face, mirror_mean, to_input, with_mirrors
 from ..core.spec import PRECISIONS, UINT8_NHWC, ModelSpec
 from ..engines import registry
 from ..engines.descriptor import Engine
@@ -93,12 +93,16 @@ class Predictor:
     OpenVINO from ``batch`` (the batch size you expect to run; default 1) 8 on for an INT8 ONNX, and for an
     FP32 one on a CPU with AVX-512 (docs/engines.md has the measurements behind the rule).
 
+    ``mirror``: answer each face with the mean of its crop's and its mirror image's answers (two passes a face);
+    None follows the model (its spec's ``mirror_average``; on for the shipped default since v5.1.0).
+
     ``precision`` and extra keyword ``options`` go to the backend (e.g. ncnn ``fp16=False``, ``vulkan=True``;
     onnxruntime ``providers=[...]``; openvino ``hint="throughput"``).
     """
 
     def __init__(self, artifact: str | Path | None = None, backend: str = "auto", threads: Optional[int] = None,
-                 *, precision: Optional[str] = None, batch: int = 1, trusted_keys=None, **options: Any):
+                 *, precision: Optional[str] = None, batch: int = 1, trusted_keys=None,
+                 mirror: Optional[bool] = None, **options: Any):
         if backend != "auto" and backend not in registry.REGISTRY:
             raise EdgefaceError(f"unknown backend {backend!r}; choose auto or one of {', '.join(registry.REGISTRY)}")
         check_threads(threads, "threads")
@@ -109,6 +113,8 @@ class Predictor:
         if artifact is not None and not isinstance(artifact, (str, os.PathLike)):
             raise EdgefaceError(f"artifact must be a path (str or Path) or None for the shipped model, got a "
                                 f"{type(artifact).__name__}")
+        if mirror is not None and not isinstance(mirror, bool):
+            raise EdgefaceError(f"mirror must be True, False or None (the model's own setting), got {short(mirror)}")
         if precision is not None and precision not in PRECISIONS:
             raise EdgefaceError(f"precision must be one of {', '.join(PRECISIONS)} (or None: the artifact's), "
                                 f"got {short(precision)}")
@@ -168,6 +174,9 @@ class Predictor:
             options.update(verified_files=verified, signed=signed)
         self._backend = cls(path, self.spec, threads=threads, precision=precision or bundle_precision, **options)
         self._backend.load()
+        # Each face's answer is the mean of its crop's and its mirror image's: the model's own setting unless
+        # the caller chose (mirror=False halves the work at some accuracy; docs/model_card.md has both)
+        self.mirror: bool = self.spec.mirror_average if mirror is None else mirror
         self._closed = False
 
     @staticmethod
@@ -202,7 +211,7 @@ class Predictor:
         return self._backend
 
     def info(self) -> dict:
-        return {**self._backend.info(), "format": self.format,
+        return {**self._backend.info(), "format": self.format, "mirror_average": self.mirror,
                 "bundle": str(self.bundle.root) if self.bundle is not None else None}
 
     def prepare(self, crops, rgb: bool = False) -> np.ndarray:
@@ -220,17 +229,27 @@ class Predictor:
     def predict(self, crops, rgb: bool = False) -> Result:
         """One crop (H, W, 3), a list of crops, or an (N, H, W, 3) uint8 array; BGR unless ``rgb``.
 
-        Crops of another size are resized to the spec's input size.
+        Crops of another size are resized to the spec's input size. With ``mirror`` on (the spec's
+        ``mirror_average``), each answer is the mean of the crop's and its mirror image's (two passes a face).
         """
         self._check_open()
         batch = check_crops(crops, self.spec, rgb=rgb)
+        if not self.mirror:
+            return self._result(self._run_crops(batch))
+        if self._backend.fixed_batch is None:
+            outs = self._run_crops(with_mirrors(batch))
+        else:  # a graph that fixes its batch takes the crops and their mirror images as two batches
+            halves = [self._run_crops(batch), self._run_crops(np.ascontiguousarray(batch[:, :, ::-1]))]
+            outs = {k: np.concatenate([h[k] for h in halves]) for k in halves[0]}
+        blur, pose = self._outputs(outs)
+        return Result(*self._checked(*mirror_mean(blur, pose)))
+
+    def _run_crops(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with self._lock:
             self._check_open()  # again under the lock: a close() in between must not let the backend reload
             if self.input_kind == UINT8_NHWC:
-                outs = self._backend.run(batch)
-            else:
-                outs = self._backend.run(to_input(batch, self.spec, out=self._input_buffer(batch.shape[0])))
-        return self._result(outs)
+                return self._backend.run(batch)
+            return self._backend.run(to_input(batch, self.spec, out=self._input_buffer(batch.shape[0])))
 
     def blur_and_pose(self, crops, rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(blur (N,), pose (N, 3)) for crops: the "runner" form evaluation, deploy's verification, bench
@@ -309,12 +328,18 @@ class Predictor:
             self._buffer = np.empty((n, 3, s, s), dtype=np.float32)
         return self._buffer
 
-    def _result(self, outs: dict[str, np.ndarray]) -> Result:
+    def _outputs(self, outs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         names = self.spec.output_names
         blur = np.asarray(outs[names[0]], dtype=np.float32).reshape(-1)
-        pose = np.asarray(outs[names[1]], dtype=np.float32).reshape(blur.shape[0], 3)
+        return blur, np.asarray(outs[names[1]], dtype=np.float32).reshape(blur.shape[0], 3)
+
+    def _checked(self, blur: np.ndarray, pose: np.ndarray) -> tuple:
+        """Result's fields (blur, yaw, pitch, roll) of checked outputs."""
         check_outputs(blur, pose, self.artifact)
-        return Result(blur, pose[:, 0].copy(), pose[:, 1].copy(), pose[:, 2].copy())
+        return blur, pose[:, 0].copy(), pose[:, 1].copy(), pose[:, 2].copy()
+
+    def _result(self, outs: dict[str, np.ndarray]) -> Result:
+        return Result(*self._checked(*self._outputs(outs)))
 
     # -- lifecycle --------------------------------------------------------------------------------
     def _check_open(self) -> None:

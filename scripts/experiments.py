@@ -91,11 +91,13 @@ def measure(name: str, checkpoint: Path, data: Path, minutes: float | None, note
 
 
 def latency(names: list[str], rounds: int = 15, iters: int = 300) -> dict[str, float]:
-    """Median per-round ratio of each model's batch-1 onnxruntime latency (1 thread) to v2.0.0's, the
-    models interleaved round by round so a loaded machine slows them alike."""
+    """Median per-round ratio of each model's onnxruntime latency for one face (1 thread) to v2.0.0's, the
+    models interleaved round by round so a loaded machine slows them alike. One face is a batch of 1, or of 2
+    for a model whose spec says ``mirror_average`` (the crop and its mirror image, as the Predictor runs them)."""
     import numpy as np
     import onnxruntime as ort
 
+    from edgeface.engines.torch.checkpoint import read_spec
     from edgeface.export.onnx import export_onnx
 
     rows = {n: json.loads((ROWS / f"{n}.json").read_text()) for n in {BASELINE, *names}}
@@ -109,7 +111,8 @@ def latency(names: list[str], rounds: int = 15, iters: int = 300) -> dict[str, f
         feeds = {}
         for n, s in sessions.items():
             i = s.get_inputs()[0]
-            shape = [1 if not isinstance(d, int) else d for d in i.shape]
+            rows_per_face = 2 if read_spec(rows[n]["checkpoint"]).mirror_average else 1
+            shape = [rows_per_face if not isinstance(d, int) else d for d in i.shape]
             dtype = np.uint8 if "uint8" in i.type else np.float32
             feeds[n] = {i.name: (np.random.default_rng(0).random(shape) * 255).astype(dtype)}
         per = {n: [] for n in sessions}
@@ -127,6 +130,7 @@ def latency(names: list[str], rounds: int = 15, iters: int = 300) -> dict[str, f
         rows[n]["latency_b1_ort_vs_v2"] = round(out[n], 3)
         rows[n]["latency_ms_b1_ort"] = round(1e3 * statistics.median(per[n]), 4)
         rows[n]["latency_cpu"] = cpu_name()
+        rows[n]["latency_rows_per_face"] = feeds[n][next(iter(feeds[n]))].shape[0]
         (ROWS / f"{n}.json").write_text(json.dumps(rows[n], indent=1) + "\n")
     return out
 

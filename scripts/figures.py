@@ -224,9 +224,11 @@ def readme_figures() -> str:
         ms = (x["ort_b1_1thread_ms"]["best_p50"], t["ncnn_ms"]["p50"], t["torch_eager_ms"]["p50"])
         return " / ".join(f"{v:.3g}" for v in ms) + " ms"
     ratio = head_row.get("latency_b1_ort_vs_v2")
+    per_face = {2: " per face (two passes: the crop and its mirror image)"}
     rows.append(["latency, batch 1, 1 thread: onnxruntime / ncnn / PyTorch eager",
                  f"v2.0.0 on AVX2: {lat(pr)}; v1.x on AVX-512 VNNI: {lat(pv1)}"
-                 + (f"; {version_of(head_row)}'s onnxruntime latency is {ratio:.2f}× v2.0.0's" if ratio else ""),
+                 + (f"; {version_of(head_row)}'s onnxruntime latency{per_face.get(head_row.get('latency_rows_per_face'), '')} "
+                    f"is {ratio:.2f}× v2.0.0's" if ratio else ""),
                  f"{source(pr).cite()}; {source(pv1).cite()}" + (f"; {cite[exp]}" if ratio else "")])
     ovj, ova = load(ovz), load("docs/bench/openvino.json")
     z, a2 = ovj["throughput_ips"]["b64_t1"], ova["throughput_ips"]["b64_t1"]

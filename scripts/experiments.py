@@ -159,7 +159,8 @@ def render_table() -> str:
             f"| {_f(det['mean'])} ({det['found']}/{det['n']}{BOX_MAP_NOTE.get(det.get('box_map', 'data'), '')}) "
             f"| {_f(r['teacher_mae']['utkface'])} / {_f(r['teacher_mae']['celeba'])} "
             f"| {_f(min(v for v in r['blur_spearman'].values() if v is not None), '{:.3f}')} "
-            f"| {r['onnx_bytes'] / 1e6:.2f} MB | {_f(r.get('latency_b1_ort_vs_v2'), '{:.2f}×')} "
+            f"| {r['onnx_bytes'] / 1e6:.2f} MB | {_f(r.get('latency_b1_ort_vs_v2'), '{:.2f}×')}"
+            f"{' (2 passes)' if r.get('latency_rows_per_face') == 2 else ''} "
             f"| {_f(r.get('train_minutes'), '{:.0f} min')} | {r['date']}, {r['cpu']} |")
     return "\n".join(lines)
 

@@ -600,9 +600,14 @@ def _quantize(rel: str, per_face: str | None) -> str:
 
 
 def shipped_quantize() -> str:
-    """docs/bench/quantize_vN.json of the shipped model's major version N: its INT8 accuracy."""
-    major = str(shipped_rows()[0].get("model_version", "0")).split(".")[0]
-    return f"docs/bench/quantize_v{major}.json"
+    """The shipped model's INT8 accuracy: docs/bench/quantize_vN_M.json for version N.M (M > 0), else
+    quantize_vN.json."""
+    major, minor = (str(shipped_rows()[0].get("model_version", "0.0")).split(".") + ["0"])[:2]
+    return f"docs/bench/quantize_v{major}{'_' + minor if minor != '0' else ''}.json"
+
+
+def figures_quantize_v5_1() -> str:
+    return _quantize("docs/bench/quantize_v5_1.json", "320")
 
 
 def figures_quantize_v5() -> str:
@@ -709,6 +714,7 @@ BLOCKS = {
     "figures-predictor": ("docs/figures.md", figures_predictor),
     "figures-bench-three": ("docs/figures.md", figures_bench_three),
     "figures-ort-int8": ("docs/figures.md", figures_ort_int8),
+    "figures-quantize-v5-1": ("docs/figures.md", figures_quantize_v5_1),
     "figures-quantize-v5": ("docs/figures.md", figures_quantize_v5),
     "figures-quantize-candidate-v6": ("docs/figures.md", figures_quantize_candidate_v6),
     "frames-accuracy": ("docs/frames.md", frames_accuracy),

@@ -332,9 +332,11 @@ def test_out_of_range_outputs_are_errors(onnx_pred, monkeypatch, blur, yaw, matc
         return {"blur": np.full((n, 1), blur, np.float32), "pose": np.tile(np.float32([yaw, 0, 0]), (n, 1))}
 
     monkeypatch.setattr(onnx_pred._backend, "run", fake_run)
-    with pytest.raises(EdgefaceError, match=match) as e:
-        onnx_pred.predict(np.zeros((2, 112, 112, 3), np.uint8))
-    assert str(onnx_pred.artifact) in str(e.value) and "\n" not in str(e.value)
+    for mirror in (False, True):  # with the mirror average, checked before the mean (+1012 and -1012 give 0)
+        monkeypatch.setattr(onnx_pred, "mirror", mirror)
+        with pytest.raises(EdgefaceError, match=match) as e:
+            onnx_pred.predict(np.zeros((2, 112, 112, 3), np.uint8))
+        assert str(onnx_pred.artifact) in str(e.value) and "\n" not in str(e.value)
 
 
 def test_in_range_outputs_pass(onnx_pred):

@@ -73,7 +73,9 @@ def default_model_card() -> dict:
         card.update(arch=f"{spec.arch} x{spec.width}",
                     input=f"{spec.input_size}x{spec.input_size} {spec.channel_order}",
                     params=count_params(model), macs=count_macs(model, spec.input_size),
-                    version=spec.model_version, val=meta.get("val"))
+                    version=spec.model_version, val=meta.get("val"),
+                    passes="2 a face: its crop and the crop's mirror image, answers averaged" if spec.mirror_average
+                    else "1 a face")
     except Exception as e:  # torch missing on a device, or no weights yet
         card["note"] = f"model details need torch and the weights ({type(e).__name__})"
     return card
@@ -100,7 +102,7 @@ def print_info(report: dict, console) -> None:
     for k, v in (report.get("device") or {}).items():
         row(f"device {k}", v)
     card = report["default_model"]
-    for k in ("arch", "input", "version", "size_mb", "note"):
+    for k in ("arch", "input", "version", "passes", "size_mb", "note"):
         row(f"model {k}", card.get(k))
     if card.get("params") is not None:
         row("model params", f"{card['params'] / 1e6:.3f} M")

@@ -220,7 +220,8 @@ class Predictor:
         return batch.copy() if self.input_kind == UINT8_NHWC else to_input(batch, self.spec)
 
     def run_raw(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The backend's named outputs for an already prepared batch (see ``prepare``)."""
+        """The backend's named outputs for an already prepared batch (see ``prepare``): one engine call, so the
+        network's answers for these crops alone, without the mirror average ``predict`` adds when ``mirror``."""
         self._check_open()
         with self._lock:
             self._check_open()  # again under the lock: a close() in between must not let the backend reload
@@ -241,8 +242,8 @@ class Predictor:
         else:  # a graph that fixes its batch takes the crops and their mirror images as two batches
             halves = [self._run_crops(batch), self._run_crops(np.ascontiguousarray(batch[:, :, ::-1]))]
             outs = {k: np.concatenate([h[k] for h in halves]) for k in halves[0]}
-        blur, pose = self._outputs(outs)
-        return Result(*self._checked(*mirror_mean(blur, pose)))
+        # checked before the mean: a broken graph's yaw of 1012 on both views would average to 0
+        return self._answer(*mirror_mean(*self._outputs(outs)))
 
     def _run_crops(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with self._lock:
@@ -329,17 +330,19 @@ class Predictor:
         return self._buffer
 
     def _outputs(self, outs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(blur (N,), pose (N, 3)) of an engine call, checked in range (``check_outputs``)."""
         names = self.spec.output_names
         blur = np.asarray(outs[names[0]], dtype=np.float32).reshape(-1)
-        return blur, np.asarray(outs[names[1]], dtype=np.float32).reshape(blur.shape[0], 3)
-
-    def _checked(self, blur: np.ndarray, pose: np.ndarray) -> tuple:
-        """Result's fields (blur, yaw, pitch, roll) of checked outputs."""
+        pose = np.asarray(outs[names[1]], dtype=np.float32).reshape(blur.shape[0], 3)
         check_outputs(blur, pose, self.artifact)
-        return blur, pose[:, 0].copy(), pose[:, 1].copy(), pose[:, 2].copy()
+        return blur, pose
+
+    @staticmethod
+    def _answer(blur: np.ndarray, pose: np.ndarray) -> Result:
+        return Result(blur, pose[:, 0].copy(), pose[:, 1].copy(), pose[:, 2].copy())
 
     def _result(self, outs: dict[str, np.ndarray]) -> Result:
-        return Result(*self._checked(*self._outputs(outs)))
+        return self._answer(*self._outputs(outs))
 
     # -- lifecycle --------------------------------------------------------------------------------
     def _check_open(self) -> None:

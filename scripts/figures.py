@@ -240,8 +240,8 @@ def readme_figures() -> str:
                  f"onnxruntime U8S8 {a2['ort_int8']['vs_ort_fp32']:.2f}×, OpenVINO INT8 "
                  f"{a2['ov_int8']['vs_ort_fp32']:.2f}×",
                  f"{source(ovz).cite()}; {source('docs/bench/openvino.json').cite()}"])
-    fr, de = "docs/bench/frames.json", "docs/bench/detector_engines.json"
-    one = next(r for r in load(fr) if r["artifact"] == "default" and r["faces"] == 1)
+    fr, de = "docs/bench/frames_v5_1.json", "docs/bench/detector_engines.json"
+    one = next(r for r in load(fr) if Path(r["artifact"]).name in ("default", "default.onnx") and r["faces"] == 1)
     found = [d[s]["detection"]["yaw<=60"]["rate"] for s in VAL_SETS]
     deltas = [d[s]["mean_mae_delta"] for s in (*VAL_SETS, "aflw2000_dev")]
     spd = load(de)["results"]["1 face"]
@@ -249,7 +249,7 @@ def readme_figures() -> str:
                  f"faces found at \\|yaw\\| ≤ 60° on the four val splits: {100 * min(found):.1f} – "
                  f"{100 * max(found):.1f} %; pose MAE with detector vs labelled boxes {sgn(min(deltas), 2)} … "
                  f"{sgn(max(deltas), 2)}; a {one['frame']} frame with one face: {one['total']['median_ms']:.1f} ms "
-                 f"end to end on 1 core ({one['fps']:.0f} FPS), "
+                 f"end to end on 1 core ({one['fps']:.0f} FPS, two model passes a face), "
                  f"{100 * one['detect']['median_ms'] / one['total']['median_ms']:.0f} % "
                  f"of it the detector (YuNet on onnxruntime, {spd['cv2_native'] / spd['ort_native']:.1f}× faster "
                  "than OpenCV's DNN)",
@@ -606,6 +606,31 @@ def shipped_quantize() -> str:
     return f"docs/bench/quantize_v{major}{'_' + minor if minor != '0' else ''}.json"
 
 
+def figures_mirror_cost() -> str:
+    """docs/figures.md: what the mirror average costs a face, v2.0.0 (one pass) vs the shipped default."""
+    rel = "docs/bench/mirror_cost.json"
+    rows_by = {(Path(r["artifact"]).name, r["batch"]): r for r in load(rel)}
+    rows = []
+    for batch in sorted({b for _, b in rows_by}):
+        one, two = rows_by[("v2.0.0.onnx", batch)], rows_by[("default.onnx", batch)]
+        rows.append([str(batch)] + [f"{r['latency_ms']['p50']:.3f} ms ({r['throughput_ips']:,.0f} faces/s)"
+                                    for r in (one, two)]
+                    + [f"{two['latency_ms']['p50'] / one['latency_ms']['p50']:.2f}×"])
+    return "\n".join([table(["batch (faces)", "v2.0.0, one pass a face", "v5.1.0, two passes a face",
+                              "v5.1.0 / v2.0.0"], rows), "", caption(rel, doc=IN_DOCS)])
+
+
+def frames_stages() -> str:
+    """docs/frames.md: per-stage latency of full frames with the shipped default (median ms per frame)."""
+    rel = "docs/bench/frames_v5_1.json"
+    names = {"onnxruntime": "onnxruntime", "ncnn": "ncnn"}
+    rows = [[f"{names.get(r['backend'], r['backend'])} {r['precision'].upper()}", f"{r['faces']} ({r['frame']})"]
+            + [f"{r[k]['median_ms']:.2f}" for k in ("decode", "detect", "crop", "model", "total")]
+            + [f"{r['fps']:.1f}"] for r in load(rel)]
+    return "\n".join([table(["model engine", "faces per frame (frame)", "decode", "detect", "crop", "model", "total",
+                              "FPS"], rows), "", caption(rel, doc=IN_DOCS)])
+
+
 def figures_quantize_v5_1() -> str:
     return _quantize("docs/bench/quantize_v5_1.json", "320")
 
@@ -715,6 +740,8 @@ BLOCKS = {
     "figures-bench-three": ("docs/figures.md", figures_bench_three),
     "figures-ort-int8": ("docs/figures.md", figures_ort_int8),
     "figures-quantize-v5-1": ("docs/figures.md", figures_quantize_v5_1),
+    "figures-mirror-cost": ("docs/figures.md", figures_mirror_cost),
+    "frames-stages": ("docs/frames.md", frames_stages),
     "figures-quantize-v5": ("docs/figures.md", figures_quantize_v5),
     "figures-quantize-candidate-v6": ("docs/figures.md", figures_quantize_candidate_v6),
     "frames-accuracy": ("docs/frames.md", frames_accuracy),

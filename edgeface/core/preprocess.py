@@ -552,7 +552,18 @@ MIRROR_SIGNS = np.array([-1.0, 1.0, -1.0], np.float32)
 
 def with_mirrors(crops: np.ndarray) -> np.ndarray:
     """(2N, H, W, 3): the N crops (N, H, W, 3), then their horizontal mirror images, as one batch."""
-    return np.concatenate([crops, crops[:, :, ::-1]])
+    n, h, w, c = crops.shape
+    out = np.empty((2 * n, h, w, c), crops.dtype)
+    out[:n] = crops
+    # The crops' rows stacked as one (N*H, W, C) image: one cv2.flip mirrors every row, 15-20x faster than
+    # numpy's copy of a negative-stride view (60 us of a 0.5 ms model call for one crop)
+    cv2.flip(np.ascontiguousarray(crops).reshape(n * h, w, c), 1, dst=out[n:].reshape(n * h, w, c))
+    return out
+
+
+def mirrored(crops: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3): the crops' horizontal mirror images (``with_mirrors``' second half)."""
+    return with_mirrors(crops)[crops.shape[0]:]
 
 
 def mirror_mean(blur: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,8 @@ from ..core.artifact import PRECISION_KEY, WEIGHTS_DIR, read_onnx_metadata, ship
 from ..core.device import detect_device
 from ..core.errors import EdgefaceError
 from ..core.limits import check_batch, check_threads, short
-from ..core.preprocess import check_boxes, check_crops, check_image, crop_face, mirror_mean, to_input, with_mirrors
+from ..core.preprocess import (check_boxes, check_crops, check_image, crop_face, mirror_mean, mirrored, to_input,
+                               with_mirrors)
 from ..core.spec import PRECISIONS, UINT8_NHWC, ModelSpec
 from ..engines import registry
 from ..engines.descriptor import Engine
@@ -240,7 +241,7 @@ class Predictor:
         if self._backend.fixed_batch is None:
             outs = self._run_crops(with_mirrors(batch))
         else:  # a graph that fixes its batch takes the crops and their mirror images as two batches
-            halves = [self._run_crops(batch), self._run_crops(np.ascontiguousarray(batch[:, :, ::-1]))]
+            halves = [self._run_crops(batch), self._run_crops(mirrored(batch))]
             outs = {k: np.concatenate([h[k] for h in halves]) for k in halves[0]}
         # checked before the mean: a broken graph's yaw of 1012 on both views would average to 0
         return self._answer(*mirror_mean(*self._outputs(outs)))

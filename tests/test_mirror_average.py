@@ -68,6 +68,19 @@ def test_spec_field_checked_and_old_specs_read_as_single_view():
     assert ModelSpec.from_json(ModelSpec(mirror_average=True).to_json()).mirror_average is True
 
 
+def test_a_mirror_spec_is_refused_by_an_edgeface_that_predates_it(monkeypatch):
+    """The spec records the oldest version that reads it right: an older runtime would answer from one pass."""
+    from edgeface.core import spec as spec_module
+
+    assert ModelSpec().to_dict()["spec_version"] == 1  # readable by every edgeface, as before
+    mirrored_spec = ModelSpec(mirror_average=True).to_dict()
+    assert mirrored_spec["spec_version"] == 2
+    monkeypatch.setattr(spec_module, "SPEC_VERSION", 1)  # an edgeface from before v5.1.0
+    with pytest.raises(EdgefaceError, match="newer than this edgeface understands; upgrade edgeface"):
+        ModelSpec.from_dict(mirrored_spec)
+    assert ModelSpec.from_dict(ModelSpec().to_dict()).mirror_average is False
+
+
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime", "openvino", "ncnn"])
 def test_a_mirror_averaged_model_answers_a_mirror_image_with_the_mirrored_answer(mirror_artifacts, face_crops,
                                                                                  engine):

@@ -14,7 +14,11 @@ from typing import Any
 from .errors import EdgefaceError
 
 SPEC_KEY = "edgeface.spec"  # key in ONNX metadata_props / manifest
-SPEC_VERSION = 1
+# The newest ModelSpec version this edgeface reads. A spec records the oldest version that reads it right: 1, or 2
+# with mirror_average (an edgeface that predates it would answer from one pass where the model wants two, a
+# silent change of answers; it refuses a version 2 spec instead, "upgrade edgeface").
+SPEC_VERSION = 2
+MIRROR_SPEC_VERSION = 2
 
 # Numeric precisions an artifact, a bundle or a TensorRT engine can have (export, quantize, deploy, build).
 # bf16 is a precision an engine runs an FP32 artifact at (OpenVINO on x86 CPUs with avx512_bf16 / amx_bf16),
@@ -81,12 +85,13 @@ class ModelSpec:
     # so an ncnn graph, which has no batch, needs nothing of its own. Off for artifacts from before v5.1.0.
     mirror_average: bool = False
     model_version: str = "0.0.0"
-    spec_version: int = SPEC_VERSION
+    spec_version: int = 1
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["outputs"] = [asdict(o) for o in self.outputs]
+        d["spec_version"] = max(int(self.spec_version), MIRROR_SPEC_VERSION if self.mirror_average else 1)
         return d
 
     def to_json(self) -> str:

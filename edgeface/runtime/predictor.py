@@ -176,7 +176,7 @@ class Predictor:
         self._backend = cls(path, self.spec, threads=threads, precision=precision or bundle_precision, **options)
         self._backend.load()
         # Each face's answer is the mean of its crop's and its mirror image's: the model's own setting unless
-        # the caller chose (mirror=False halves the work at some accuracy; docs/model_card.md has both)
+        # the caller chose (mirror=False halves the work at some accuracy; docs/model-card.md has both)
         self.mirror: bool = self.spec.mirror_average if mirror is None else mirror
         self._closed = False
 

@@ -224,11 +224,11 @@ def readme_figures() -> str:
         ms = (x["ort_b1_1thread_ms"]["best_p50"], t["ncnn_ms"]["p50"], t["torch_eager_ms"]["p50"])
         return " / ".join(f"{v:.3g}" for v in ms) + " ms"
     ratio = head_row.get("latency_b1_ort_vs_v2")
-    per_face = {2: " per face (two passes: the crop and its mirror image)"}
+    passes = {2: " per face (two passes: the crop and its mirror image)"}.get(head_row.get("latency_rows_per_face"), "")
     rows.append(["latency, batch 1, 1 thread: onnxruntime / ncnn / PyTorch eager",
                  f"v2.0.0 on AVX2: {lat(pr)}; v1.x on AVX-512 VNNI: {lat(pv1)}"
-                 + (f"; {version_of(head_row)}'s onnxruntime latency{per_face.get(head_row.get('latency_rows_per_face'), '')} "
-                    f"is {ratio:.2f}× v2.0.0's" if ratio else ""),
+                 + (f"; {version_of(head_row)}'s onnxruntime latency{passes} is {ratio:.2f}× v2.0.0's"
+                    if ratio else ""),
                  f"{source(pr).cite()}; {source(pv1).cite()}" + (f"; {cite[exp]}" if ratio else "")])
     ovj, ova = load(ovz), load("docs/bench/openvino.json")
     z, a2 = ovj["throughput_ips"]["b64_t1"], ova["throughput_ips"]["b64_t1"]
@@ -631,6 +631,29 @@ def frames_stages() -> str:
                               "FPS"], rows), "", caption(rel, doc=IN_DOCS)])
 
 
+def model_card_widths() -> str:
+    """docs/model-card.md: what each width costs against the default's budget (scripts/widths.py)."""
+    rel = "docs/bench/widths.json"
+    d = load(rel)
+    rows = []
+    for r in d["widths"]:
+        dev = r.get("dev")
+        fits = {(True, True): "yes, with the mirror average", (True, False): "one pass only",
+                (False, False): "no"}[(r["fits_one_pass"], r["fits_two_passes"])]
+        rows.append([f"×{r['width']:g}", f"{r['params'] / 1e6:.3f} M", f"{r['macs'] / 1e6:.1f} M",
+                     f"{r['onnx_bytes'] / 1e6:.2f} MB", f"{r['ort_one_ms']:.3f} ms ({r['ort_one_vs_v2']:.2f}×)",
+                     f"{r['ort_two_ms']:.3f} ms ({r['ort_two_vs_v2']:.2f}×)", f"{r['ncnn_one_ms']:.3f} ms",
+                     f"**{f(dev['mean'])}°** ({' / '.join(f(dev['by_yaw'][b]) for b in ('0-30', '30-60', '60+'))}), "
+                     f"v{dev['model']}" if dev else "– (not trained)", fits])
+    return "\n".join([table(["width", "parameters", "multiply-adds", "ONNX", "onnxruntime, one pass (× v2.0.0)",
+                              "onnxruntime, two passes (×)", "ncnn, one pass", "dev half (0–30 / 30–60 / 60+)",
+                              "fits the budget"], rows), "",
+                      f"Budget: ONNX ≤ {d['size_budget_bytes'] / 1e6:g} MB and onnxruntime latency per face ≤ "
+                      f"{d['latency_budget_vs_v2']:g}× v2.0.0's ({d['v2.0.0_ort_ms']:.3f} ms in the same run). Latency "
+                      f"through the Predictor, one face, {d['threads']} thread, all interleaved.", "",
+                      caption(rel, doc=IN_DOCS)])
+
+
 def figures_quantize_v5_1() -> str:
     return _quantize("docs/bench/quantize_v5_1.json", "320")
 
@@ -746,6 +769,7 @@ BLOCKS = {
     "figures-quantize-candidate-v6": ("docs/figures.md", figures_quantize_candidate_v6),
     "frames-accuracy": ("docs/frames.md", frames_accuracy),
     "model-card-accuracy": ("docs/model-card.md", model_card_accuracy),
+    "model-card-widths": ("docs/model-card.md", model_card_widths),
     "figures-tidy": ("docs/figures.md", figures_tidy),
     "figures-quantize-v4": ("docs/figures.md", figures_quantize_v4),
     "figures-quantize-v3": ("docs/figures.md", figures_quantize_v3),

@@ -7,6 +7,7 @@ A single-view network does not (checked too, so the check can fail).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +150,22 @@ def test_training_measures_as_the_runtime_answers(mirror_artifacts, face_crops):
         r = p.predict(face_crops[:6])
     np.testing.assert_allclose(pose, r.pose, atol=1e-3)
     np.testing.assert_allclose(blur, r.blur, atol=1e-5)
+
+
+def test_bench_says_when_a_face_takes_two_passes(mirror_artifacts, ckpt, tmp_path):
+    """A bench row of a mirror-averaged model times two passes a face, and its table and JSON say so."""
+    import json
+
+    from conftest import edgeface_cli
+
+    from edgeface.export import export_onnx
+
+    one_pass = export_onnx(_with_mirror_spec(ckpt, tmp_path, False), tmp_path / "one" / "model.onnx")
+    out = tmp_path / "bench.json"
+    r = edgeface_cli("bench", mirror_artifacts["onnxruntime"], one_pass, "--batch", "1", "--iters", "20",
+                     "--reference", "none", "--json", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {Path(row["path"]).resolve(): row for row in json.loads(out.read_text())}
+    assert rows[Path(mirror_artifacts["onnxruntime"]).resolve()]["passes_per_face"] == 2
+    assert rows[Path(one_pass).resolve()]["passes_per_face"] == 1
+    assert r.stdout.count("×2 mirror") == 2, r.stdout[-3000:]  # its row in the speed and the accuracy table

@@ -17,7 +17,7 @@ def _f(v, fmt="{:.3f}", none="–"):
 
 
 def row_name(r: dict) -> str:
-    return f"{r['artifact']} ({r['backend']} {r['precision']})"
+    return f"{r['artifact']} ({engine_label(r)})"
 
 
 def device_line(dev: Optional[dict]) -> str:
@@ -41,6 +41,12 @@ def device_line(dev: Optional[dict]) -> str:
     return ", ".join(str(p) for p in parts)
 
 
+def engine_label(row: dict) -> str:
+    """The engine and precision (``onnxruntime fp32``), marked ``×2 mirror`` when each face takes two passes (the
+    spec's mirror average): a face's latency is then the network's for a batch of two."""
+    return f"{row['backend']} {row['precision']}" + (" ×2 mirror" if row.get("passes_per_face", 1) == 2 else "")
+
+
 def make_tables(rows: list[dict], title: str = "edgeface bench"):
     """(speed table: one row per artifact x batch x threads, accuracy table: one row per artifact)."""
     from rich.table import Table
@@ -52,7 +58,7 @@ def make_tables(rows: list[dict], title: str = "edgeface bench"):
                          no_wrap=col != "artifact", overflow="fold")
     for r in rows:
         lat = r["latency_ms"]
-        speed.add_row(r["artifact"], f"{r['backend']} {r['precision']}", str(r["batch"]), str(r["threads"] or "auto"),
+        speed.add_row(r["artifact"], engine_label(r), str(r["batch"]), str(r["threads"] or "auto"),
                       _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(r["throughput_ips"], "{:.0f}"),
                       _f(r["load_ms"], "{:.1f}"), _f(r["first_inference_ms"], "{:.2f}"), _f(r["peak_rss_mb"], "{:.1f}"))
     faces = next((r.get("faces") for r in rows if r.get("faces")), None)
@@ -68,7 +74,7 @@ def make_tables(rows: list[dict], title: str = "edgeface bench"):
             continue
         seen.add(r["artifact"])
         a, d = r.get("accuracy") or {}, r.get("vs_reference") or {}
-        acc.add_row(r["artifact"], f"{r['backend']} {r['precision']}", _f(r["size_mb"], "{:.3f}"),
+        acc.add_row(r["artifact"], engine_label(r), _f(r["size_mb"], "{:.3f}"),
                     _f(a.get("yaw_mae"), "{:.2f}"), _f(a.get("pitch_mae"), "{:.2f}"), _f(a.get("roll_mae"), "{:.2f}"),
                     _f(a.get("mean_mae"), "{:.2f}"), _f(a.get("blur_mae"), "{:.4f}"), _f(a.get("blur_spearman"),
                                                                                          "{:.3f}"),
@@ -84,7 +90,8 @@ def markdown_table(rows: list[dict]) -> str:
     lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in rows:
         lat, acc, dev = r["latency_ms"], r.get("accuracy") or {}, r.get("vs_reference") or {}
-        cells = [f"`{r['artifact']}`", r["backend"], r["precision"], str(r["batch"]), str(r["threads"] or "auto"),
+        cells = [f"`{r['artifact']}`", r["backend"] + (" (×2 mirror)" if r.get("passes_per_face", 1) == 2 else ""),
+                 r["precision"], str(r["batch"]), str(r["threads"] or "auto"),
                  _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(r["throughput_ips"], "{:.0f}"),
                  _f(r["load_ms"], "{:.1f}"), _f(r["first_inference_ms"], "{:.2f}"), _f(r["peak_rss_mb"], "{:.1f}"),
                  _f(r["size_mb"], "{:.3f}"), _f(acc.get("yaw_mae"), "{:.2f}"), _f(acc.get("pitch_mae"), "{:.2f}"),
@@ -163,7 +170,7 @@ def plot_latency(rows: list[dict], path: Path) -> None:
             ax.set_ylim(0, top)
             ax.set_xticks(pos)
             ax.set_xlim(0.5, len(sel) + 0.9)  # room for the last p50 label
-            ax.set_xticklabels([f"{r['artifact']}\n{r['backend']} {r['precision']}" for r in sel], fontsize=9)
+            ax.set_xticklabels([f"{r['artifact']}\n{engine_label(r)}" for r in sel], fontsize=9)
             ax.set_ylabel("latency per call (ms)")
             ax.set_title(f"batch {b}, {threads0 or 'auto'} thread(s), {len(data[0])} calls each")
             ax.grid(axis="y", alpha=0.3)

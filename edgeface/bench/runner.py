@@ -301,6 +301,8 @@ def _row(run: _Run, i: int, loaded: dict, first_ms: float, timings: list[int], r
     measured_s = sum(timings) / 1e9
     return {
         "artifact": run.labels[i], "backend": loaded["backend"], "precision": loaded["precision"],
+        # the network runs this many times a face (2: the spec's mirror average); a device's older edgeface says 1
+        "passes_per_face": loaded.get("passes_per_face", 1),
         "batch": batch, "threads": threads, "latency_ms": stats.latency_stats(timings),
         "throughput_ips": stats.throughput(timings, batch),
         "load_ms": loaded["load_ms"], "first_inference_ms": first_ms,

@@ -55,6 +55,7 @@ class Subject:
         return {"load_ms": load_ms, "import_ms": import_ms, "engine_package": package,
                 "backend": self.predictor.backend, "precision": self.predictor.precision,
                 "inference_precision": self.predictor.info().get("inference_precision"),
+                "passes_per_face": 2 if self.predictor.mirror else 1,
                 "spec": self.predictor.spec.to_dict(), "rss_before_load_mb": rss_before}
 
     def _batch(self, batch):

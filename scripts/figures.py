@@ -128,7 +128,7 @@ def n0(v) -> str:
 
 
 def sgn(v, digits=3, unit="°") -> str:
-    s = f"{v:+.{digits}f}".replace("-", "−")
+    s = f"{round(v, digits) + 0.0:+.{digits}f}".replace("-", "−")  # + 0.0: a rise that rounds to zero is +0, not −0
     return f"{s}{unit}"
 
 
@@ -262,7 +262,7 @@ def readme_figures() -> str:
     qgap = max(abs(r["qat"]["pose_mean_mae"] - r["fp32"]["pose_mean_mae"]) for r in qrows.values())
     rows.append(["INT8 accuracy (minmax PTQ, five val sets)",
                  f"pose MAE rise {sgn(rises[lo])} ({lo}) … {sgn(rises[hi])} ({hi}), blur MAE rise ≤ "
-                 f"{max(acc[b]['blur_mae_rise'] for b in rises):+.4f}; QAT on v2.0.0 within {qgap:.3f}° of FP32, not "
+                 f"{sgn(max(acc[b]['blur_mae_rise'] for b in rises), 4, '')}; QAT on v2.0.0 within {qgap:.3f}° of FP32, not "
                  "better than PTQ ([docs/figures.md](docs/figures.md))",
                  f"{source(q4).cite()}; {source(qat).cite()}"])
     return table(["", "figure", "run (JSON: CPU, date)"], rows)

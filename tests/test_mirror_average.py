@@ -169,3 +169,23 @@ def test_bench_says_when_a_face_takes_two_passes(mirror_artifacts, ckpt, tmp_pat
     assert rows[Path(mirror_artifacts["onnxruntime"]).resolve()]["passes_per_face"] == 2
     assert rows[Path(one_pass).resolve()]["passes_per_face"] == 1
     assert r.stdout.count("×2 mirror") == 2, r.stdout[-3000:]  # its row in the speed and the accuracy table
+
+
+def test_int8_statistics_see_what_inference_feeds(mirror_artifacts, face_crops, tmp_path):
+    """With the mirror average the network also sees each face's mirror image, so calibration does too: the input
+    tensor's histogram counts twice the values of the same faces without it."""
+    from edgeface.quantize.calibrate.dataset import CalibrationSet, fingerprint_crops
+    from edgeface.quantize.calibrate.stats import load_or_collect
+
+    crops = face_crops[:8]
+    calib = CalibrationSet(crops, fingerprint=fingerprint_crops(crops))
+    onnx = mirror_artifacts["onnxruntime"]
+    spec = registry.by_format("onnx").spec_of(Path(onnx))
+    assert spec.mirror_average
+    counts = {}
+    for on in (True, False):
+        stats, _, reused = load_or_collect(onnx, calib, dataclasses.replace(spec, mirror_average=on),
+                                           cache_dir=tmp_path)
+        assert not reused
+        counts[on] = int(stats.hist[stats.index(spec.input_name)].sum())
+    assert counts[True] == 2 * counts[False] == 2 * crops.size

@@ -262,8 +262,8 @@ def readme_figures() -> str:
     qgap = max(abs(r["qat"]["pose_mean_mae"] - r["fp32"]["pose_mean_mae"]) for r in qrows.values())
     rows.append(["INT8 accuracy (minmax PTQ, five val sets)",
                  f"pose MAE rise {sgn(rises[lo])} ({lo}) … {sgn(rises[hi])} ({hi}), blur MAE rise ≤ "
-                 f"{sgn(max(acc[b]['blur_mae_rise'] for b in rises), 4, '')}; QAT on v2.0.0 within {qgap:.3f}° of FP32, not "
-                 "better than PTQ ([docs/figures.md](docs/figures.md))",
+                 f"{sgn(max(acc[b]['blur_mae_rise'] for b in rises), 4, '')}; QAT on v2.0.0 within {qgap:.3f}° of "
+                 "FP32, not better than PTQ ([docs/figures.md](docs/figures.md))",
                  f"{source(q4).cite()}; {source(qat).cite()}"])
     return table(["", "figure", "run (JSON: CPU, date)"], rows)
 

@@ -189,3 +189,14 @@ def test_int8_statistics_see_what_inference_feeds(mirror_artifacts, face_crops, 
         assert not reused
         counts[on] = int(stats.hist[stats.index(spec.input_name)].sum())
     assert counts[True] == 2 * counts[False] == 2 * crops.size
+
+
+def test_tensorrt_calibration_batches_hold_the_mirror_images_too(face_crops):
+    """TensorRT's own calibrator (implicit INT8 on a Jetson) is fed what the network sees; its batches are numpy."""
+    from edgeface.core.spec import UINT8_NHWC
+    from edgeface.engines.tensorrt.calibrator import _prepare_batches
+
+    crops = face_crops[:8]
+    both = np.concatenate(_prepare_batches(crops, ModelSpec(mirror_average=True), UINT8_NHWC, 16))
+    assert both.shape[0] == 16 and (both[:8] == crops).all() and (both[8:] == crops[:, :, ::-1]).all()
+    assert np.concatenate(_prepare_batches(crops, ModelSpec(), UINT8_NHWC, 8)).shape[0] == 8

@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from experiments import BASELINE, ROWS, cpu_name  # noqa: E402
+from figures import shipped_rows  # noqa: E402
 
 SIZE_BUDGET_BYTES = 2.5e6    # FSA-Net's pair of ONNX files
 LATENCY_BUDGET = 2.0         # x v2.0.0's onnxruntime latency for one face
@@ -90,9 +91,7 @@ def main(argv=None) -> int:
         ms = latencies({k: (lambda p=p: p.predict(crop)) for k, p in preds.items()}, args.rounds, args.iters)
         for p in preds.values():
             p.close()
-    shipped = [json.loads(p.read_text()) for p in sorted(ROWS.glob("*.json"))]
-    shipped = max((r for r in shipped if r.get("note", "").startswith("shipped")),
-                  key=lambda r: tuple(int(x) for x in str(r.get("model_version", "0")).split(".")))
+    shipped = shipped_rows()[0]
     for r in rows:
         w = r.pop("width")
         r.pop("onnx"), r.pop("ncnn")

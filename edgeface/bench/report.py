@@ -41,10 +41,15 @@ def device_line(dev: Optional[dict]) -> str:
     return ", ".join(str(p) for p in parts)
 
 
+def passes_mark(row: dict) -> str:
+    """`` ×2 mirror`` when each face takes two passes (the spec's mirror average): a face's latency is then the
+    network's for a batch of two; else empty."""
+    return " ×2 mirror" if row.get("passes_per_face", 1) == 2 else ""
+
+
 def engine_label(row: dict) -> str:
-    """The engine and precision (``onnxruntime fp32``), marked ``×2 mirror`` when each face takes two passes (the
-    spec's mirror average): a face's latency is then the network's for a batch of two."""
-    return f"{row['backend']} {row['precision']}" + (" ×2 mirror" if row.get("passes_per_face", 1) == 2 else "")
+    """The engine and precision (``onnxruntime fp32``), with ``passes_mark``."""
+    return f"{row['backend']} {row['precision']}{passes_mark(row)}"
 
 
 def make_tables(rows: list[dict], title: str = "edgeface bench"):
@@ -90,8 +95,8 @@ def markdown_table(rows: list[dict]) -> str:
     lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in rows:
         lat, acc, dev = r["latency_ms"], r.get("accuracy") or {}, r.get("vs_reference") or {}
-        cells = [f"`{r['artifact']}`", r["backend"] + (" (×2 mirror)" if r.get("passes_per_face", 1) == 2 else ""),
-                 r["precision"], str(r["batch"]), str(r["threads"] or "auto"),
+        cells = [f"`{r['artifact']}`", r["backend"] + passes_mark(r), r["precision"], str(r["batch"]),
+                 str(r["threads"] or "auto"),
                  _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(r["throughput_ips"], "{:.0f}"),
                  _f(r["load_ms"], "{:.1f}"), _f(r["first_inference_ms"], "{:.2f}"), _f(r["peak_rss_mb"], "{:.1f}"),
                  _f(r["size_mb"], "{:.3f}"), _f(acc.get("yaw_mae"), "{:.2f}"), _f(acc.get("pitch_mae"), "{:.2f}"),

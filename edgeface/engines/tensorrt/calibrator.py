@@ -243,15 +243,14 @@ class _Calibration:
 
 def _prepare_batches(images: np.ndarray, spec, input_kind: str, batch_size: int) -> list[np.ndarray]:
     """Fixed-size batches (the last one padded by repeating images, so every batch has the profile's shape)."""
-    from ...core.preprocess import check_crops, to_input, with_mirrors
+    from ...core.preprocess import check_crops, fed_to_network, to_input
     from ...core.spec import ModelSpec
 
     spec = spec or ModelSpec()
     crops = check_crops(images, spec)
     if len(crops) == 0:
         raise EdgefaceError("no calibration images")
-    if spec.mirror_average:  # what the network is fed: each face's crop and its mirror image (quantize does the same)
-        crops = with_mirrors(crops)
+    crops = fed_to_network(crops, spec)  # with their mirror images when the spec averages them, as quantize does
     batches = []
     for start in range(0, len(crops), batch_size):
         chunk = crops[start:start + batch_size]

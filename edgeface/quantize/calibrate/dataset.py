@@ -31,7 +31,7 @@ SAMPLE_FOR_KIND = 16   # images the detector looks at to tell crops from full fr
 
 @dataclass
 class CalibrationSet:
-    crops: np.ndarray  # uint8 (N, S, S, 3) BGR, cropped as inference crops (statistics add mirror images: stats.py)
+    crops: np.ndarray  # uint8 (N, S, S, 3) BGR, cropped as inference crops (statistics: fed_to_network)
     files: list[str] = field(default_factory=list)
     folder: str = ""
     fingerprint: str = ""  # sha256 of the crops' bytes and shape

@@ -22,7 +22,7 @@ import numpy as np
 
 from ...core.errors import EdgefaceError
 from ...core.io import atomic_path, check_output_file, npz_shapes, sha256_file
-from ...core.preprocess import to_input, with_mirrors
+from ...core.preprocess import fed_to_network, to_input
 from ...core.spec import ModelSpec
 
 STATS_VERSION = 1
@@ -244,9 +244,7 @@ def load_or_collect(model_path: str | Path, calib, spec: ModelSpec, cache_path: 
     check_output_file(path, "--stats-cache" if cache_path else
                       "statistics cache (in "
                       f"{'$EDGEFACE_CACHE' if os.environ.get('EDGEFACE_CACHE') else 'the cache folder'})")
-    # What inference feeds the network: with the spec's mirror average, each face's crop and its mirror image
-    crops = with_mirrors(calib.crops) if spec.mirror_average else calib.crops
-    stats = collect_statistics(model_path, crops, spec, progress=progress)
+    stats = collect_statistics(model_path, fed_to_network(calib.crops, spec), spec, progress=progress)
     stats.header = dict(keys, tensors=len(stats.names))
     save_stats(stats, path, keys)
     return stats, path, False
